@@ -1,0 +1,49 @@
+# wgcast: `make lab` runs the main job, `make test` passes the tests.
+# Both install what is missing first (Debian, as root).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PKGS := wireguard-go wireguard-tools iproute2 nftables babeld
+STAMP := $(VENV)/.installed
+
+.PHONY: setup sysdeps test lint typecheck unit lab bench fuzz clean
+
+sysdeps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: sysdeps $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check src tests bench
+
+typecheck: setup
+	$(BIN)/mypy --strict
+
+unit: setup
+	$(BIN)/pytest -q tests/unit tests/sim
+
+test: setup lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+lab: setup
+	$(BIN)/wgcast lab demo
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+fuzz: setup
+	$(BIN)/python bench/fuzz_wire.py --count 1000000
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

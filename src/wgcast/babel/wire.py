@@ -1,0 +1,653 @@
+"""Babel (RFC 8966) packet, TLV and sub-TLV codec: strict, bounded, sans-IO.
+
+Two levels. The raw level (`decode_packet`/`encode_packet`) keeps every wire field,
+including prefix compression and flags, so bytes round-trip exactly. The semantic level
+(`resolve`, `PacketWriter`) carries the parser state of RFC 8966 section 4.5 (current
+router-id, next hop, default prefixes) and gives the engine whole prefixes and router-ids.
+Any byte string either decodes or raises RemoteProtocolError; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from wgcast.babel.errors import LocalProtocolError, RemoteProtocolError
+
+MAGIC = 42
+VERSION = 2
+HEADER_LEN = 4
+PORT = 6696
+INFINITY = 0xFFFF
+#: Largest body we build: fits IPv6's minimum MTU (1280) minus IPv6 and UDP headers.
+MAX_BODY = 1280 - 40 - 8 - HEADER_LEN
+
+# TLV types
+T_PAD1, T_PADN, T_ACKREQ, T_ACK, T_HELLO, T_IHU = 0, 1, 2, 3, 4, 5
+T_ROUTERID, T_NEXTHOP, T_UPDATE, T_ROUTEREQ, T_SEQNOREQ = 6, 7, 8, 9, 10
+# Sub-TLV types
+S_PAD1, S_PADN, S_TIMESTAMP = 0, 1, 3
+MANDATORY = 0x80
+# Address encodings
+AE_WILDCARD, AE_IPV4, AE_IPV6, AE_LL, AE_V4V6 = 0, 1, 2, 3, 4
+# Flags
+HELLO_UNICAST = 0x8000
+UPDATE_DEFAULT_PREFIX = 0x80
+UPDATE_DEFAULT_ROUTER_ID = 0x40
+
+_ADDR_LEN = {AE_WILDCARD: 0, AE_IPV4: 4, AE_IPV6: 16, AE_LL: 8, AE_V4V6: 4}
+_MAX_PLEN = {AE_WILDCARD: 0, AE_IPV4: 32, AE_IPV6: 128, AE_LL: 128, AE_V4V6: 32}
+_LL_PREFIX = bytes.fromhex("fe80000000000000")
+
+Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# ---------------------------------------------------------------- sub-TLVs
+
+
+@dataclass(frozen=True, slots=True)
+class SubPad1:
+    """One byte of sub-TLV padding."""
+
+
+@dataclass(frozen=True, slots=True)
+class SubPadN:
+    """Sub-TLV padding of `length` zero bytes."""
+
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """RTT extension: one stamp in a Hello (send time), two in an IHU (echo, receive).
+
+    Values are microseconds modulo 2**32, as babeld sends them.
+    """
+
+    stamps: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownSub:
+    """A sub-TLV we do not understand; if mandatory, its TLV must be ignored."""
+
+    type: int
+    body: bytes
+
+    @property
+    def mandatory(self) -> bool:
+        return bool(self.type & MANDATORY)
+
+
+SubTLV = SubPad1 | SubPadN | Timestamp | UnknownSub
+
+
+# ---------------------------------------------------------------- TLVs
+
+
+@dataclass(frozen=True, slots=True)
+class Pad1:
+    """One byte of padding."""
+
+
+@dataclass(frozen=True, slots=True)
+class PadN:
+    """Padding: `length` zero bytes."""
+
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckReq:
+    """Asks the receiver to send an Ack with `opaque` within `interval` centiseconds."""
+
+    opaque: int
+    interval: int
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Answers an AckReq."""
+
+    opaque: int
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Hello: `interval` in centiseconds; we always send unicast Hellos over WireGuard."""
+
+    flags: int
+    seqno: int
+    interval: int
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IHU:
+    """I Heard You: the receive cost of the link as seen by the sender."""
+
+    ae: int
+    rxcost: int
+    interval: int
+    address: bytes = b""
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouterId:
+    """Sets the router-id of the following Updates (8 bytes)."""
+
+    router_id: bytes
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """Sets the next hop of the following Updates of the same family."""
+
+    ae: int
+    address: bytes
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Raw Update: `prefix` holds only the bytes on the wire (after `omitted`)."""
+
+    ae: int
+    flags: int
+    plen: int
+    omitted: int
+    interval: int
+    seqno: int
+    metric: int
+    prefix: bytes
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """Asks for an update of one prefix, or of all (AE 0)."""
+
+    ae: int
+    plen: int
+    prefix: bytes
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SeqnoRequest:
+    """Asks the source `router_id` for a seqno at least `seqno`, forwarded hop by hop."""
+
+    ae: int
+    plen: int
+    seqno: int
+    hopcount: int
+    router_id: bytes
+    prefix: bytes
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownTLV:
+    """A TLV type we do not know: kept for round-trip, ignored by the engine."""
+
+    type: int
+    body: bytes
+
+
+TLV = (
+    Pad1 | PadN | AckReq | Ack | Hello | IHU | RouterId | NextHop | Update | RouteRequest
+    | SeqnoRequest | UnknownTLV
+)
+
+
+# ---------------------------------------------------------------- sub-TLV codec
+
+
+def _decode_subtlvs(data: bytes, pos: int, end: int, in_ihu: bool) -> tuple[SubTLV, ...]:
+    out: list[SubTLV] = []
+    while pos < end:
+        stype = data[pos]
+        if stype == S_PAD1:
+            out.append(SubPad1())
+            pos += 1
+            continue
+        if pos + 2 > end:
+            raise RemoteProtocolError("truncated sub-TLV header")
+        slen = data[pos + 1]
+        body_start = pos + 2
+        pos = body_start + slen
+        if pos > end:
+            raise RemoteProtocolError(f"sub-TLV {stype} overruns its TLV")
+        body = data[body_start:pos]
+        if stype == S_PADN:
+            out.append(SubPadN(slen))
+        elif stype == S_TIMESTAMP:
+            want = 8 if in_ihu else 4
+            if slen != want:
+                raise RemoteProtocolError(f"timestamp sub-TLV of {slen} bytes, expected {want}")
+            out.append(Timestamp(struct.unpack(f"!{slen // 4}I", body)))
+        else:
+            out.append(UnknownSub(stype, bytes(body)))
+    return tuple(out)
+
+
+def _encode_subtlvs(subtlvs: Iterable[SubTLV], out: bytearray) -> None:
+    for s in subtlvs:
+        if isinstance(s, SubPad1):
+            out.append(S_PAD1)
+        elif isinstance(s, SubPadN):
+            out += bytes((S_PADN, s.length)) + bytes(s.length)
+        elif isinstance(s, Timestamp):
+            out += bytes((S_TIMESTAMP, 4 * len(s.stamps)))
+            out += struct.pack(f"!{len(s.stamps)}I", *s.stamps)
+        else:
+            out += bytes((s.type, len(s.body))) + s.body
+
+
+# ---------------------------------------------------------------- TLV codec
+
+
+def _prefix_len(ae: int, plen: int, omitted: int) -> int:
+    """Bytes of prefix on the wire, or raise for an impossible combination."""
+    if ae not in _ADDR_LEN:
+        raise RemoteProtocolError(f"unknown address encoding {ae}")
+    if plen > _MAX_PLEN[ae]:
+        raise RemoteProtocolError(f"prefix length {plen} too long for AE {ae}")
+    if ae == AE_WILDCARD:
+        if plen or omitted:
+            raise RemoteProtocolError("AE 0 with a prefix")
+        return 0
+    if ae == AE_LL:
+        if omitted:
+            raise RemoteProtocolError("AE 3 does not allow compression")
+        return 8
+    full = (plen + 7) // 8
+    if omitted > _ADDR_LEN[ae] or omitted > full:
+        raise RemoteProtocolError(f"omitted {omitted} bytes of a /{plen} prefix")
+    return full - omitted
+
+
+def _decode_tlv(ttype: int, data: bytes, pos: int, end: int) -> TLV:
+    n = end - pos
+
+    def need(k: int, what: str) -> None:
+        if n < k:
+            raise RemoteProtocolError(f"{what} TLV of {n} bytes, needs at least {k}")
+
+    if ttype == T_PADN:
+        return PadN(n)
+    if ttype == T_ACKREQ:
+        need(6, "AckReq")
+        _, opaque, interval = struct.unpack_from("!HHH", data, pos)
+        return AckReq(opaque, interval, _decode_subtlvs(data, pos + 6, end, False))
+    if ttype == T_ACK:
+        need(2, "Ack")
+        (opaque,) = struct.unpack_from("!H", data, pos)
+        return Ack(opaque, _decode_subtlvs(data, pos + 2, end, False))
+    if ttype == T_HELLO:
+        need(6, "Hello")
+        flags, seqno, interval = struct.unpack_from("!HHH", data, pos)
+        return Hello(flags, seqno, interval, _decode_subtlvs(data, pos + 6, end, False))
+    if ttype == T_IHU:
+        need(6, "IHU")
+        ae, _, rxcost, interval = struct.unpack_from("!BBHH", data, pos)
+        if ae not in _ADDR_LEN or ae == AE_V4V6:
+            raise RemoteProtocolError(f"IHU with address encoding {ae}")
+        alen = _ADDR_LEN[ae]
+        need(6 + alen, "IHU")
+        addr = bytes(data[pos + 6 : pos + 6 + alen])
+        return IHU(ae, rxcost, interval, addr, _decode_subtlvs(data, pos + 6 + alen, end, True))
+    if ttype == T_ROUTERID:
+        need(10, "Router-Id")
+        rid = bytes(data[pos + 2 : pos + 10])
+        return RouterId(rid, _decode_subtlvs(data, pos + 10, end, False))
+    if ttype == T_NEXTHOP:
+        need(2, "Next Hop")
+        ae = data[pos]
+        if ae not in _ADDR_LEN or ae in (AE_WILDCARD, AE_V4V6):
+            raise RemoteProtocolError(f"Next Hop with address encoding {ae}")
+        alen = _ADDR_LEN[ae]
+        need(2 + alen, "Next Hop")
+        addr = bytes(data[pos + 2 : pos + 2 + alen])
+        return NextHop(ae, addr, _decode_subtlvs(data, pos + 2 + alen, end, False))
+    if ttype == T_UPDATE:
+        need(10, "Update")
+        ae, flags, plen, omitted, interval, seqno, metric = struct.unpack_from(
+            "!BBBBHHH", data, pos
+        )
+        plen_bytes = _prefix_len(ae, plen, omitted)
+        need(10 + plen_bytes, "Update")
+        prefix = bytes(data[pos + 10 : pos + 10 + plen_bytes])
+        subs = _decode_subtlvs(data, pos + 10 + plen_bytes, end, False)
+        return Update(ae, flags, plen, omitted, interval, seqno, metric, prefix, subs)
+    if ttype == T_ROUTEREQ:
+        need(2, "Route Request")
+        ae, plen = data[pos], data[pos + 1]
+        plen_bytes = _prefix_len(ae, plen, 0)
+        need(2 + plen_bytes, "Route Request")
+        prefix = bytes(data[pos + 2 : pos + 2 + plen_bytes])
+        return RouteRequest(ae, plen, prefix, _decode_subtlvs(data, pos + 2 + plen_bytes, end, False))
+    if ttype == T_SEQNOREQ:
+        need(14, "Seqno Request")
+        ae, plen, seqno, hopcount = struct.unpack_from("!BBHB", data, pos)
+        if ae == AE_WILDCARD:
+            raise RemoteProtocolError("Seqno Request with AE 0")
+        plen_bytes = _prefix_len(ae, plen, 0)
+        need(14 + plen_bytes, "Seqno Request")
+        rid = bytes(data[pos + 6 : pos + 14])
+        prefix = bytes(data[pos + 14 : pos + 14 + plen_bytes])
+        subs = _decode_subtlvs(data, pos + 14 + plen_bytes, end, False)
+        return SeqnoRequest(ae, plen, seqno, hopcount, rid, prefix, subs)
+    return UnknownTLV(ttype, bytes(data[pos:end]))
+
+
+def decode_packet(data: bytes) -> list[TLV]:
+    """Decode one Babel packet; trailing bytes after the body (trailer) are ignored."""
+    if len(data) < HEADER_LEN:
+        raise RemoteProtocolError(f"packet of {len(data)} bytes, shorter than a header")
+    if data[0] != MAGIC:
+        raise RemoteProtocolError(f"bad magic {data[0]}")
+    if data[1] != VERSION:
+        raise RemoteProtocolError(f"unsupported version {data[1]}")
+    (blen,) = struct.unpack_from("!H", data, 2)
+    end = HEADER_LEN + blen
+    if end > len(data):
+        raise RemoteProtocolError(f"body length {blen} exceeds the {len(data)}-byte datagram")
+    pos = HEADER_LEN
+    tlvs: list[TLV] = []
+    while pos < end:
+        ttype = data[pos]
+        if ttype == T_PAD1:
+            tlvs.append(Pad1())
+            pos += 1
+            continue
+        if pos + 2 > end:
+            raise RemoteProtocolError("truncated TLV header")
+        tlen = data[pos + 1]
+        start = pos + 2
+        pos = start + tlen
+        if pos > end:
+            raise RemoteProtocolError(f"TLV {ttype} of {tlen} bytes overruns the body")
+        tlvs.append(_decode_tlv(ttype, data, start, pos))
+    return tlvs
+
+
+def _check_u(value: int, bits: int, what: str) -> None:
+    if not 0 <= value < (1 << bits):
+        raise LocalProtocolError(f"{what}={value} does not fit in {bits} bits")
+
+
+def encode_tlv(tlv: TLV, out: bytearray) -> None:
+    """Append one TLV to `out`; a value out of range is our bug (LocalProtocolError)."""
+    if isinstance(tlv, Pad1):
+        out.append(T_PAD1)
+        return
+    body = bytearray()
+    if isinstance(tlv, PadN):
+        ttype = T_PADN
+        body += bytes(tlv.length)
+    elif isinstance(tlv, AckReq):
+        ttype = T_ACKREQ
+        body += struct.pack("!HHH", 0, tlv.opaque, tlv.interval)
+    elif isinstance(tlv, Ack):
+        ttype = T_ACK
+        body += struct.pack("!H", tlv.opaque)
+    elif isinstance(tlv, Hello):
+        ttype = T_HELLO
+        body += struct.pack("!HHH", tlv.flags, tlv.seqno, tlv.interval)
+    elif isinstance(tlv, IHU):
+        ttype = T_IHU
+        if len(tlv.address) != _ADDR_LEN.get(tlv.ae, -1):
+            raise LocalProtocolError(f"IHU address of {len(tlv.address)} bytes for AE {tlv.ae}")
+        body += struct.pack("!BBHH", tlv.ae, 0, tlv.rxcost, tlv.interval) + tlv.address
+    elif isinstance(tlv, RouterId):
+        ttype = T_ROUTERID
+        if len(tlv.router_id) != 8:
+            raise LocalProtocolError("router-id must be 8 bytes")
+        body += b"\0\0" + tlv.router_id
+    elif isinstance(tlv, NextHop):
+        ttype = T_NEXTHOP
+        body += bytes((tlv.ae, 0)) + tlv.address
+    elif isinstance(tlv, Update):
+        ttype = T_UPDATE
+        body += struct.pack(
+            "!BBBBHHH", tlv.ae, tlv.flags, tlv.plen, tlv.omitted, tlv.interval, tlv.seqno,
+            tlv.metric,
+        )
+        body += tlv.prefix
+    elif isinstance(tlv, RouteRequest):
+        ttype = T_ROUTEREQ
+        body += bytes((tlv.ae, tlv.plen)) + tlv.prefix
+    elif isinstance(tlv, SeqnoRequest):
+        ttype = T_SEQNOREQ
+        if len(tlv.router_id) != 8:
+            raise LocalProtocolError("router-id must be 8 bytes")
+        body += struct.pack("!BBHBB", tlv.ae, tlv.plen, tlv.seqno, tlv.hopcount, 0)
+        body += tlv.router_id + tlv.prefix
+    else:
+        ttype = tlv.type
+        body += tlv.body
+    if not isinstance(tlv, (PadN, UnknownTLV)):
+        _encode_subtlvs(tlv.subtlvs, body)
+    if len(body) > 255:
+        raise LocalProtocolError(f"TLV {ttype} body of {len(body)} bytes exceeds 255")
+    out += bytes((ttype, len(body)))
+    out += body
+
+
+def encode_packet(tlvs: Iterable[TLV]) -> bytes:
+    """Encode TLVs into one packet (header + body)."""
+    body = bytearray()
+    for tlv in tlvs:
+        encode_tlv(tlv, body)
+    if len(body) > 0xFFFF:
+        raise LocalProtocolError("packet body exceeds 65535 bytes")
+    return bytes((MAGIC, VERSION)) + struct.pack("!H", len(body)) + bytes(body)
+
+
+# ---------------------------------------------------------------- semantic level
+
+
+def prefix_from_wire(ae: int, plen: int, data: bytes) -> Prefix:
+    """Whole prefix from a full (uncompressed) address field; host bits are cleared."""
+    if ae in (AE_IPV4, AE_V4V6):
+        raw = data.ljust(4, b"\0")[:4]
+        return ipaddress.IPv4Network((int.from_bytes(raw, "big"), plen), strict=False)
+    if ae == AE_IPV6:
+        raw = data.ljust(16, b"\0")[:16]
+        return ipaddress.IPv6Network((int.from_bytes(raw, "big"), plen), strict=False)
+    if ae == AE_LL:
+        return ipaddress.IPv6Network((int.from_bytes(_LL_PREFIX + data, "big"), plen), strict=False)
+    raise RemoteProtocolError(f"no prefix in address encoding {ae}")
+
+
+def prefix_to_wire(prefix: Prefix) -> tuple[int, bytes]:
+    """(AE, address bytes trimmed to the prefix length) of a prefix."""
+    ae = AE_IPV4 if prefix.version == 4 else AE_IPV6
+    return ae, prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
+
+
+def ll_from_wire(data: bytes) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(_LL_PREFIX + data)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteUpdate:
+    """A resolved Update: whole prefix (None for a wildcard retraction) and router-id."""
+
+    prefix: Prefix | None
+    router_id: bytes
+    seqno: int
+    metric: int
+    interval: int
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedRouteRequest:
+    prefix: Prefix | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSeqnoRequest:
+    prefix: Prefix
+    router_id: bytes
+    seqno: int
+    hopcount: int
+
+
+Message = Hello | IHU | AckReq | Ack | RouteUpdate | ResolvedRouteRequest | ResolvedSeqnoRequest
+
+
+def _has_mandatory_unknown(tlv: TLV) -> bool:
+    subs = getattr(tlv, "subtlvs", ())
+    return any(isinstance(s, UnknownSub) and s.mandatory for s in subs)
+
+
+def resolve(tlvs: Sequence[TLV], skipped: list[str] | None = None) -> Iterator[Message]:
+    """Walk a decoded packet with the parser state of RFC 8966 section 4.5.
+
+    TLVs that cannot be interpreted (unknown mandatory sub-TLV, compression without a
+    default prefix, Update without a router-id) are skipped, with a reason appended to
+    `skipped`, as the RFC asks; they do not invalidate the rest of the packet.
+    """
+    router_id: bytes | None = None
+    default: dict[int, bytes] = {4: b"", 6: b""}
+    has_default = {4: False, 6: False}
+
+    def skip(why: str) -> None:
+        if skipped is not None:
+            skipped.append(why)
+
+    for tlv in tlvs:
+        if isinstance(tlv, (Pad1, PadN, UnknownTLV, NextHop)):
+            continue
+        if _has_mandatory_unknown(tlv):
+            skip("unknown mandatory sub-TLV")
+            continue
+        if isinstance(tlv, (Hello, IHU, AckReq, Ack)):
+            yield tlv
+        elif isinstance(tlv, RouterId):
+            if tlv.router_id in (bytes(8), b"\xff" * 8):
+                skip("reserved router-id")
+                router_id = None
+            else:
+                router_id = tlv.router_id
+        elif isinstance(tlv, Update):
+            if tlv.ae == AE_WILDCARD:
+                if tlv.metric != INFINITY:
+                    skip("wildcard Update that is not a retraction")
+                    continue
+                yield RouteUpdate(None, router_id or bytes(8), tlv.seqno, tlv.metric, tlv.interval)
+                continue
+            fam = 6 if tlv.ae in (AE_IPV6, AE_LL) else 4
+            if tlv.omitted and tlv.ae != AE_LL:
+                if not has_default[fam]:
+                    skip("compressed prefix without a default prefix")
+                    continue
+                full = default[fam][: tlv.omitted] + tlv.prefix
+            else:
+                full = tlv.prefix
+            if len(full) < (tlv.plen + 7) // 8 and tlv.ae != AE_LL:
+                skip("default prefix shorter than the omitted bytes")
+                continue
+            if tlv.flags & UPDATE_DEFAULT_PREFIX and tlv.ae != AE_LL:
+                default[fam] = full
+                has_default[fam] = True
+            prefix = prefix_from_wire(tlv.ae, tlv.plen, full)
+            if tlv.flags & UPDATE_DEFAULT_ROUTER_ID:
+                addr = prefix.network_address.packed
+                router_id = addr[-8:] if len(addr) == 16 else bytes(4) + addr
+            if router_id is None:
+                skip("Update without a router-id")
+                continue
+            yield RouteUpdate(prefix, router_id, tlv.seqno, tlv.metric, tlv.interval)
+        elif isinstance(tlv, RouteRequest):
+            if tlv.ae == AE_WILDCARD:
+                yield ResolvedRouteRequest(None)
+            else:
+                yield ResolvedRouteRequest(prefix_from_wire(tlv.ae, tlv.plen, tlv.prefix))
+        elif isinstance(tlv, SeqnoRequest):
+            yield ResolvedSeqnoRequest(
+                prefix_from_wire(tlv.ae, tlv.plen, tlv.prefix), tlv.router_id, tlv.seqno,
+                tlv.hopcount,
+            )
+
+
+@dataclass(slots=True)
+class PacketWriter:
+    """Builds packets of at most `max_body` bytes, compressing Updates (sans-IO).
+
+    Router-Id TLVs are emitted only when the router-id changes, and each Update sets the
+    default-prefix flag and omits the bytes it shares with the previous prefix of its
+    family, as babeld does. State resets at every packet boundary.
+    """
+
+    max_body: int = MAX_BODY
+    packets: list[bytes] = field(default_factory=list)
+    _body: bytearray = field(default_factory=bytearray)
+    _router_id: bytes | None = None
+    _default: dict[int, bytes] = field(default_factory=dict)
+
+    def _room(self, tlv_bytes: bytes) -> None:
+        if len(self._body) + len(tlv_bytes) > self.max_body:
+            self.flush()
+
+    def add(self, tlv: TLV) -> None:
+        buf = bytearray()
+        encode_tlv(tlv, buf)
+        self._room(bytes(buf))
+        self._body += buf
+
+    def add_update(
+        self, prefix: Prefix | None, router_id: bytes, seqno: int, metric: int, interval: int,
+        subtlvs: tuple[SubTLV, ...] = (),
+    ) -> None:
+        for attempt in range(2):
+            buf = bytearray()
+            if prefix is None:
+                encode_tlv(Update(AE_WILDCARD, 0, 0, 0, interval, seqno, metric, b"", subtlvs), buf)
+            else:
+                if router_id != self._router_id:
+                    encode_tlv(RouterId(router_id), buf)
+                ae, full = prefix_to_wire(prefix)
+                fam = prefix.version
+                prev = self._default.get(fam)
+                omitted = 0
+                if prev is not None:
+                    limit = min(len(prev), len(full))
+                    while omitted < limit and prev[omitted] == full[omitted]:
+                        omitted += 1
+                    if omitted == len(full) and omitted > 0 and len(prev) == len(full):
+                        omitted = len(full)
+                upd = Update(
+                    ae, UPDATE_DEFAULT_PREFIX, prefix.prefixlen, omitted, interval, seqno, metric,
+                    full[omitted:], subtlvs,
+                )
+                encode_tlv(upd, buf)
+            if attempt == 0 and len(self._body) + len(buf) > self.max_body:
+                self.flush()
+                continue
+            self._body += buf
+            if prefix is not None:
+                self._router_id = router_id
+                self._default[prefix.version] = prefix_to_wire(prefix)[1]
+            return
+
+    def flush(self) -> None:
+        if self._body:
+            self.packets.append(bytes((MAGIC, VERSION)) + struct.pack("!H", len(self._body))
+                                + bytes(self._body))
+        self._body = bytearray()
+        self._router_id = None
+        self._default = {}
+
+    def take(self) -> list[bytes]:
+        self.flush()
+        out, self.packets = self.packets, []
+        return out
