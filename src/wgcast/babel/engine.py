@@ -1,0 +1,686 @@
+"""Node: the sans-IO Babel engine, the only public face of `wgcast.babel`.
+
+Bytes and `now` in, datagrams and events out (after aioquic and h11): the asyncio daemon
+and the virtual-time simulator are thin drivers around the same object.
+
+    node = Node(NodeConfig(router_id), now)
+    node.add_neighbour("peer")
+    node.receive(now, "peer", data); node.handle_timer(now)
+    node.next_deadline(); node.datagrams_to_send(); node.next_event()
+    node.originate(prefix, metric=0); node.retract(prefix)
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from wgcast.babel.errors import LocalProtocolError, RemoteProtocolError
+from wgcast.babel.events import (
+    LOCAL,
+    Event,
+    NeighbourDown,
+    NeighbourUp,
+    RetractionAcked,
+    RouteSelected,
+    SeqnoChanged,
+)
+from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
+from wgcast.babel.request import PendingAck, PendingSeqnoRequest, RequestTracker
+from wgcast.babel.route import Route, RouteTable, SelectionParams
+from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
+from wgcast.babel.wire import (
+    AE_WILDCARD,
+    HELLO_UNICAST,
+    IHU,
+    INFINITY,
+    MAX_BODY,
+    Ack,
+    AckReq,
+    Hello,
+    PacketWriter,
+    Prefix,
+    ResolvedRouteRequest,
+    ResolvedSeqnoRequest,
+    RouteRequest,
+    RouteUpdate,
+    SeqnoRequest,
+    Timestamp,
+    decode_packet,
+    prefix_to_wire,
+    resolve,
+)
+from wgcast.babel.xroute import XRouteTable
+
+#: accept(neighbour, prefix, router_id) -> bool: the driver's announcement policy.
+AcceptFilter = Callable[[str, Prefix, bytes], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Engine parameters; durations in seconds."""
+
+    router_id: bytes
+    hello_interval: float = 0.2
+    #: Hello intervals of silence before a neighbour is declared down.
+    dead: int = 3
+    update_interval: float = 4.0
+    link: LinkCostParams = field(default_factory=LinkCostParams)
+    selection: SelectionParams = field(default_factory=SelectionParams)
+    #: Initial seqno (restored from the state file so a restart is not rejected).
+    seqno: int = 0
+    retraction_tries: int = 3
+    seqno_request_tries: int = 3
+    max_body: int = MAX_BODY
+    accept: AcceptFilter | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.router_id) != 8 or self.router_id in (bytes(8), b"\xff" * 8):
+            raise LocalProtocolError("router-id must be 8 bytes, not all zeros or all ones")
+        if self.hello_interval <= 0 or self.update_interval <= 0 or self.dead < 1:
+            raise LocalProtocolError("timers must be positive")
+
+
+@dataclass(slots=True)
+class Selected:
+    """The route we use and announce for one prefix."""
+
+    via: str
+    router_id: bytes
+    seqno: int
+    metric: int
+
+
+@dataclass(slots=True)
+class _Retraction:
+    router_id: bytes
+    seqno: int
+    tries_left: int
+    next_time: float
+
+
+def _cs(seconds: float) -> int:
+    return max(1, min(0xFFFF, round(seconds * 100)))
+
+
+class Node:
+    """One Babel speaker; neighbours are the WireGuard peers the driver adds."""
+
+    def __init__(self, config: NodeConfig, now: float) -> None:
+        self.config = config
+        self.router_id = config.router_id
+        self._now = now
+        self.neighbours: dict[str, Neighbour] = {}
+        self.routes = RouteTable()
+        self.sources = SourceTable()
+        self.xroutes = XRouteTable(config.seqno)
+        self.requests = RequestTracker()
+        self.selected: dict[Prefix, Selected] = {}
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("packets_in", "packets_bad", "packets_unknown_neighbour", "packets_out",
+             "bytes_in", "bytes_out", "tlvs_skipped", "updates_in", "updates_filtered",
+             "updates_unfeasible", "route_changes", "seqno_requests_in",
+             "seqno_requests_forwarded", "seqno_requests_sent"), 0)
+        self._events: deque[Event] = deque()
+        self._out: dict[str, PacketWriter] = {}
+        self._triggered: set[Prefix] = set()
+        self._acks_to_attach: dict[str, list[int]] = {}
+        self._retractions: dict[Prefix, _Retraction] = {}
+        self._expiry: list[tuple[float, int, Prefix, str]] = []
+        self._expiry_seq = 0
+        self._next_hello: dict[str, float] = {}
+        self._next_update = now + config.update_interval
+        self._reselect: dict[Prefix, float] = {}
+        self._next_gc = now + 60.0
+        self._cost_cache: dict[str, int] = {}
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def seqno(self) -> int:
+        return self.xroutes.seqno
+
+    def add_neighbour(self, nid: str, extra_cost: int = 0) -> None:
+        if nid in self.neighbours or nid == LOCAL:
+            raise LocalProtocolError(f"neighbour {nid!r} already exists or is reserved")
+        self.neighbours[nid] = Neighbour(nid, extra_cost)
+        self._out[nid] = PacketWriter(self.config.max_body)
+        self._next_hello[nid] = self._now
+
+    def remove_neighbour(self, nid: str) -> None:
+        nb = self.neighbours.get(nid)
+        if nb is None:
+            raise LocalProtocolError(f"no neighbour {nid!r}")
+        if nb.up:
+            self._neighbour_down(nb)
+        del self.neighbours[nid]
+        del self._out[nid]
+        del self._next_hello[nid]
+
+    def originate(self, prefix: Prefix, metric: int = 0, now: float | None = None) -> None:
+        """Announce `prefix` from this node (own address or anycast instance)."""
+        self._tick(now)
+        if not 0 <= metric < INFINITY:
+            raise LocalProtocolError(f"metric {metric} out of range")
+        if self.xroutes.add(prefix, metric):
+            self._retractions.pop(prefix, None)
+            self._select(prefix)
+        self._flush()
+
+    def retract(self, prefix: Prefix, now: float | None = None) -> None:
+        """Stop announcing `prefix`; RetractionAcked follows when every neighbour knows."""
+        self._tick(now)
+        if not self.xroutes.remove(prefix):
+            raise LocalProtocolError(f"{prefix} is not originated here")
+        waiting = {nid for nid, nb in self.neighbours.items() if nb.up}
+        pending = PendingAck(prefix, waiting, self.config.retraction_tries,
+                             self._now + 2 * self.config.hello_interval,
+                             2 * self.config.hello_interval)
+        self._select(prefix, force_trigger=True)
+        if waiting:
+            pending.opaque = self.requests.new_opaque()
+            self.requests.acks[pending.opaque] = pending
+            for nid in waiting:
+                self._acks_to_attach.setdefault(nid, []).append(pending.opaque)
+        else:
+            self._events.append(RetractionAcked(prefix))
+        self._flush()
+
+    def receive(self, now: float, neighbour: str, data: bytes) -> None:
+        """Process one datagram; bad bytes are counted and dropped, never raised."""
+        self._tick(now)
+        nb = self.neighbours.get(neighbour)
+        if nb is None:
+            self.counters["packets_unknown_neighbour"] += 1
+            return
+        self.counters["packets_in"] += 1
+        self.counters["bytes_in"] += len(data)
+        try:
+            tlvs = decode_packet(data)
+        except RemoteProtocolError:
+            self.counters["packets_bad"] += 1
+            return
+        skipped: list[str] = []
+        hello_ts: int | None = None
+        ihu_ts: tuple[int, int] | None = None
+        try:
+            for msg in resolve(tlvs, skipped):
+                if isinstance(msg, Hello):
+                    hello_ts = self._on_hello(nb, msg)
+                elif isinstance(msg, IHU):
+                    ihu_ts = self._on_ihu(nb, msg)
+                elif isinstance(msg, RouteUpdate):
+                    self._on_update(nb, msg)
+                elif isinstance(msg, ResolvedSeqnoRequest):
+                    self._on_seqno_request(nb, msg)
+                elif isinstance(msg, ResolvedRouteRequest):
+                    self._on_route_request(nb, msg)
+                elif isinstance(msg, AckReq):
+                    self._out[nb.id].add(Ack(msg.opaque))
+                elif isinstance(msg, Ack):
+                    self._on_ack(nb.id, msg.opaque)
+        except RemoteProtocolError:
+            self.counters["packets_bad"] += 1
+        self.counters["tlvs_skipped"] += len(skipped)
+        if hello_ts is not None and ihu_ts is not None:
+            nb.on_rtt_sample(now, ihu_ts[0], ihu_ts[1], hello_ts, self.config.link.rtt_alpha)
+        self._check_neighbour(nb)
+        self._maybe_recost(nb)
+        self._flush()
+
+    def handle_timer(self, now: float) -> None:
+        self._tick(now)
+        cfg = self.config
+        for nid, t in self._next_hello.items():
+            if t <= now:
+                self._send_hello(self.neighbours[nid])
+        for nb in list(self.neighbours.values()):
+            self._check_neighbour(nb)
+        while self._expiry and self._expiry[0][0] <= now:
+            _, _, prefix, nid = heapq.heappop(self._expiry)
+            route = self.routes.get(prefix, nid)
+            if route is not None and route.expires <= now:
+                self.routes.remove(prefix, nid)
+                self._select(prefix)
+        if now >= self._next_update:
+            self._next_update = now + cfg.update_interval
+            for nb in self.neighbours.values():
+                if nb.up:
+                    self._send_full_update(nb.id)
+        self._resend_requests()
+        for prefix, rt in list(self._retractions.items()):
+            if rt.next_time <= now:
+                self._send_update_all(prefix)
+                rt.tries_left -= 1
+                rt.next_time = now + cfg.hello_interval
+                if rt.tries_left <= 0:
+                    del self._retractions[prefix]
+        for prefix, t in list(self._reselect.items()):
+            if t <= now:
+                del self._reselect[prefix]
+                self._select(prefix)
+        if now >= self._next_gc:
+            self._next_gc = now + 60.0
+            self.sources.gc(now)
+        self._flush()
+
+    def next_deadline(self) -> float | None:
+        times = list(self._next_hello.values())
+        dead = self.config.dead
+        for nb in self.neighbours.values():
+            if nb.up:
+                exp = nb.expiry(dead)
+                if exp is not None:
+                    times.append(exp)
+        if self._expiry:
+            times.append(self._expiry[0][0])
+        if any(nb.up for nb in self.neighbours.values()):
+            times.append(self._next_update)
+        req = self.requests.next_deadline()
+        if req is not None:
+            times.append(req)
+        times.extend(rt.next_time for rt in self._retractions.values())
+        times.extend(self._reselect.values())
+        return min(times) if times else None
+
+    def datagrams_to_send(self) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        for nid, writer in self._out.items():
+            for pkt in writer.take():
+                out.append((nid, pkt))
+                self.counters["packets_out"] += 1
+                self.counters["bytes_out"] += len(pkt)
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def neighbour_cost(self, nid: str) -> int:
+        return self.neighbours[nid].cost(self.config.link)
+
+    # ------------------------------------------------------------ neighbours
+
+    def _tick(self, now: float | None) -> None:
+        if now is not None:
+            if now < self._now - 1e-9:
+                raise LocalProtocolError(f"time went backwards: {now} < {self._now}")
+            self._now = now
+
+    def _send_hello(self, nb: Neighbour) -> None:
+        now, cfg = self._now, self.config
+        nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
+        w = self._out[nb.id]
+        w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, _cs(cfg.hello_interval),
+                    (Timestamp((stamp(now),)),)))
+        if nb.last_hello is not None and nb.peer_hello_stamp is not None \
+                and nb.peer_hello_recv is not None:
+            w.add(IHU(AE_WILDCARD, cfg.link.base_cost, _cs(cfg.hello_interval), b"",
+                      (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)))
+        nb.last_sent_hello = now
+        self._next_hello[nb.id] = now + cfg.hello_interval
+
+    def _on_hello(self, nb: Neighbour, msg: Hello) -> int | None:
+        ts = next((s.stamps[0] for s in msg.subtlvs if isinstance(s, Timestamp)), None)
+        was_heard = nb.last_hello is not None
+        nb.on_hello(self._now, msg.seqno, msg.interval, ts)
+        if not nb.up and (not was_heard or nb.last_ihu is None):
+            # Answer at once so the neighbour gets an IHU without waiting a full interval.
+            last = nb.last_sent_hello
+            if last is None or self._now - last >= self.config.hello_interval / 4:
+                self._send_hello(nb)
+        return ts
+
+    def _on_ihu(self, nb: Neighbour, msg: IHU) -> tuple[int, int] | None:
+        nb.on_ihu(self._now, msg.rxcost, msg.interval)
+        for s in msg.subtlvs:
+            if isinstance(s, Timestamp) and len(s.stamps) == 2:
+                return (s.stamps[0], s.stamps[1])
+        return None
+
+    def _check_neighbour(self, nb: Neighbour) -> None:
+        alive = nb.alive(self._now, self.config.dead)
+        if alive and not nb.up:
+            nb.up = True
+            self._events.append(NeighbourUp(nb.id))
+            self._send_full_update(nb.id)
+            self._out[nb.id].add(RouteRequest(AE_WILDCARD, 0, b""))
+            self._maybe_recost(nb, force=True)
+        elif not alive and nb.up:
+            self._neighbour_down(nb)
+
+    def _neighbour_down(self, nb: Neighbour) -> None:
+        nb.forget()
+        self._events.append(NeighbourDown(nb.id))
+        for prefix in self.routes.via(nb.id):
+            self.routes.remove(prefix, nb.id)
+            self._select(prefix)
+        for pending in list(self.requests.acks.values()):
+            pending.waiting.discard(nb.id)
+        self._finish_acks()
+        self._acks_to_attach.pop(nb.id, None)
+
+    def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
+        """Reselect routes via `nb` when its cost moved enough to matter."""
+        cost = nb.cost(self.config.link)
+        old = nb.applied_cost
+        if not force and cost == old:
+            return
+        if not force and old < INFINITY and cost < INFINITY and \
+                abs(cost - old) < self.config.selection.margin(old) / 2:
+            return
+        nb.applied_cost = cost
+        for prefix in self.routes.via(nb.id):
+            self._select(prefix)
+
+    # ------------------------------------------------------------ updates in
+
+    def _on_update(self, nb: Neighbour, msg: RouteUpdate) -> None:
+        self.counters["updates_in"] += 1
+        if msg.prefix is None:
+            for prefix in self.routes.via(nb.id):
+                self.routes.remove(prefix, nb.id)
+                self._select(prefix)
+            return
+        prefix = msg.prefix
+        accept = self.config.accept
+        if accept is not None and msg.metric < INFINITY \
+                and not accept(nb.id, prefix, msg.router_id):
+            self.counters["updates_filtered"] += 1
+            return
+        route = self.routes.get(prefix, nb.id)
+        if msg.metric >= INFINITY:
+            if route is not None:
+                self.routes.remove(prefix, nb.id)
+                self._select(prefix)
+            return
+        feasible = self.sources.feasible(prefix, msg.router_id, msg.seqno, msg.metric)
+        interval = msg.interval / 100.0 if msg.interval else self.config.update_interval
+        expires = self._now + 3.5 * interval
+        if route is None:
+            route = Route(prefix, nb.id, msg.router_id, msg.seqno, msg.metric, interval, expires)
+            self.routes.put(route)
+        else:
+            route.router_id, route.seqno, route.refmetric = msg.router_id, msg.seqno, msg.metric
+            route.interval, route.expires = interval, expires
+        self._expiry_seq += 1
+        heapq.heappush(self._expiry, (expires, self._expiry_seq, prefix, nb.id))
+        sel = self.selected.get(prefix)
+        if feasible:
+            self.requests.satisfied(prefix, msg.router_id, msg.seqno)
+        else:
+            self.counters["updates_unfeasible"] += 1
+            if sel is not None and sel.via == nb.id:
+                # Our selected route got worse than our feasibility distance: keep it (it
+                # is still loop-free, see DESIGN) and ask its source for a new seqno.
+                self._request_seqno(prefix, msg.router_id, seqno_plus(msg.seqno), nb.id)
+        self._select(prefix)
+
+    def _on_route_request(self, nb: Neighbour, msg: ResolvedRouteRequest) -> None:
+        if not nb.up:
+            return
+        if msg.prefix is None:
+            self._send_full_update(nb.id)
+        else:
+            self._send_update(nb.id, msg.prefix)
+
+    def _on_seqno_request(self, nb: Neighbour, msg: ResolvedSeqnoRequest) -> None:
+        self.counters["seqno_requests_in"] += 1
+        prefix = msg.prefix
+        if msg.router_id == self.router_id:
+            if prefix in self.xroutes:
+                if seqno_less(self.xroutes.seqno, msg.seqno) or self.xroutes.seqno == msg.seqno:
+                    if seqno_less(self.xroutes.seqno, msg.seqno):
+                        self.xroutes.bump(msg.seqno)
+                    else:
+                        self.xroutes.bump()
+                    self._events.append(SeqnoChanged(self.xroutes.seqno))
+                    self._refresh_local_seqno()
+                self._triggered.add(prefix)
+            return
+        sel = self.selected.get(prefix)
+        if sel is None or sel.metric >= INFINITY:
+            return
+        if sel.router_id == msg.router_id and not seqno_less(sel.seqno, msg.seqno):
+            self._send_update(nb.id, prefix)
+            return
+        if msg.hopcount < 2 or sel.via == LOCAL:
+            return
+        # Forward towards the source, never back where it came from.
+        target = sel.via
+        if target == nb.id:
+            alt = [r for r in self.routes.routes(prefix).values()
+                   if r.router_id == msg.router_id and r.neighbour != nb.id]
+            if not alt:
+                return
+            target = alt[0].neighbour
+        if self.requests.is_duplicate(prefix, msg.router_id, msg.seqno, self._now):
+            return
+        self.requests.note_forwarded(prefix, msg.router_id, msg.seqno, self._now)
+        self.counters["seqno_requests_forwarded"] += 1
+        self._out[target].add(self._seqno_tlv(prefix, msg.router_id, msg.seqno,
+                                              msg.hopcount - 1))
+
+    def _on_ack(self, nid: str, opaque: int) -> None:
+        pending = self.requests.acks.get(opaque)
+        if pending is not None:
+            pending.waiting.discard(nid)
+            self._finish_acks()
+
+    def _finish_acks(self) -> None:
+        for op, pending in list(self.requests.acks.items()):
+            if not pending.waiting:
+                del self.requests.acks[op]
+                self._events.append(RetractionAcked(pending.prefix))
+
+    # ------------------------------------------------------------ selection
+
+    def _route_metric(self, route: Route) -> int:
+        nb = self.neighbours.get(route.neighbour)
+        if nb is None:
+            return INFINITY
+        return route.metric(nb.cost(self.config.link))
+
+    def _select(self, prefix: Prefix, force_trigger: bool = False) -> None:
+        """Re-run route selection for one prefix; emit events and triggered updates."""
+        old = self.selected.get(prefix)
+        new: Selected | None
+        xmetric = self.xroutes.metric(prefix)
+        now = self._now
+        params = self.config.selection
+        if xmetric is not None:
+            new = Selected(LOCAL, self.router_id, self.xroutes.seqno, xmetric)
+        else:
+            routes = self.routes.routes(prefix)
+            cur = routes.get(old.via) if old is not None and old.via != LOCAL else None
+            cur_m = INFINITY
+            if cur is not None and old is not None:
+                cur_m = self._route_metric(cur)
+                if cur.router_id != old.router_id and not self.sources.feasible(
+                        prefix, cur.router_id, cur.seqno, cur.refmetric):
+                    cur_m = INFINITY  # a new source from the same neighbour must be feasible
+            best: Route | None = None
+            best_m = INFINITY
+            for route in routes.values():
+                if route is cur:
+                    continue
+                m = self._route_metric(route)
+                if m >= INFINITY or m > best_m or (m == best_m and best is not None
+                                                   and route.neighbour > best.neighbour):
+                    continue
+                if not self.sources.feasible(prefix, route.router_id, route.seqno,
+                                             route.refmetric):
+                    continue
+                best, best_m = route, m
+            chosen: Route | None
+            if cur is None or cur_m >= INFINITY:
+                chosen = best
+            elif best is None or params.mode == "sticky":
+                chosen = cur
+            else:
+                margin = params.margin(cur_m)
+                if best_m < cur_m - margin:
+                    hl = params.smoothing_half_life
+                    if best.smooth(now, best_m, hl) < cur.smooth(now, cur_m, hl) - margin:
+                        chosen = best
+                    else:
+                        chosen = cur
+                        self._reselect.setdefault(prefix, now + hl / 2)
+                else:
+                    chosen = cur
+            if chosen is None:
+                new = None
+            else:
+                m = best_m if chosen is best else cur_m
+                chosen.smooth(now, m, params.smoothing_half_life)
+                new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, m)
+        if new is None:
+            if old is not None:
+                del self.selected[prefix]
+                self._retractions[prefix] = _Retraction(
+                    old.router_id, old.seqno, self.config.retraction_tries - 1,
+                    now + self.config.hello_interval)
+                self._triggered.add(prefix)
+                self._events.append(RouteSelected(prefix, None, INFINITY, None))
+                self.counters["route_changes"] += 1
+                self._request_for_starved(prefix)
+            elif force_trigger:
+                self._triggered.add(prefix)
+            return
+        self._retractions.pop(prefix, None)
+        self.selected[prefix] = new
+        if old is None or old.via != new.via or old.router_id != new.router_id:
+            self._events.append(RouteSelected(prefix, new.via, new.metric, new.router_id))
+            self.counters["route_changes"] += 1
+            self._triggered.add(prefix)
+        elif force_trigger or old.seqno != new.seqno or \
+                abs(old.metric - new.metric) >= params.margin(min(old.metric, new.metric)):
+            # Small metric changes ride the periodic updates.
+            self._triggered.add(prefix)
+
+    def _request_for_starved(self, prefix: Prefix) -> None:
+        """No feasible route left: ask the source of the best unfeasible one for a seqno."""
+        best: Route | None = None
+        best_m = INFINITY
+        for route in self.routes.routes(prefix).values():
+            m = self._route_metric(route)
+            if m < best_m:
+                best, best_m = route, m
+        if best is not None:
+            self._request_seqno(prefix, best.router_id, seqno_plus(best.seqno), best.neighbour)
+
+    def _request_seqno(self, prefix: Prefix, router_id: bytes, seqno: int, nid: str) -> None:
+        key = (prefix, router_id)
+        old = self.requests.seqno_requests.get(key)
+        if old is not None and not seqno_less(old.seqno, seqno):
+            return
+        backoff = 2 * self.config.hello_interval
+        self.requests.seqno_requests[key] = PendingSeqnoRequest(
+            prefix, router_id, seqno, nid, 64, self.config.seqno_request_tries - 1,
+            self._now + backoff, backoff)
+        self.counters["seqno_requests_sent"] += 1
+        self._out[nid].add(self._seqno_tlv(prefix, router_id, seqno, 64))
+
+    def _resend_requests(self) -> None:
+        now = self._now
+        for key, req in list(self.requests.seqno_requests.items()):
+            if req.next_resend > now:
+                continue
+            nb = self.neighbours.get(req.neighbour)
+            if req.tries_left <= 0 or nb is None or not nb.up:
+                del self.requests.seqno_requests[key]
+                continue
+            req.tries_left -= 1
+            req.backoff *= 2
+            req.next_resend = now + req.backoff
+            self._out[req.neighbour].add(self._seqno_tlv(req.prefix, req.router_id, req.seqno,
+                                                         req.hopcount))
+        for op, pending in list(self.requests.acks.items()):
+            if pending.next_resend > now:
+                continue
+            if pending.tries_left <= 0:
+                pending.waiting.clear()
+                continue
+            pending.tries_left -= 1
+            pending.backoff *= 2
+            pending.next_resend = now + pending.backoff
+            for nid in pending.waiting:
+                self._send_update(nid, pending.prefix)
+                self._out[nid].add(AckReq(op, _cs(pending.backoff)))
+        self._finish_acks()
+
+    @staticmethod
+    def _seqno_tlv(prefix: Prefix, router_id: bytes, seqno: int, hopcount: int) -> SeqnoRequest:
+        ae, raw = prefix_to_wire(prefix)
+        return SeqnoRequest(ae, prefix.prefixlen, seqno, hopcount, router_id, raw)
+
+    def _refresh_local_seqno(self) -> None:
+        for prefix, sel in self.selected.items():
+            if sel.via == LOCAL:
+                sel.seqno = self.xroutes.seqno
+                self._triggered.add(prefix)
+
+    # ------------------------------------------------------------ updates out
+
+    def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int]:
+        """(router-id, seqno, metric) we tell `nid` about `prefix` (poison reverse)."""
+        sel = self.selected.get(prefix)
+        if sel is None:
+            rt = self._retractions.get(prefix)
+            if rt is not None:
+                return rt.router_id, rt.seqno, INFINITY
+            return self.router_id, self.xroutes.seqno, INFINITY
+        if sel.via == nid:
+            return sel.router_id, sel.seqno, INFINITY
+        if sel.via != LOCAL:
+            route = self.routes.get(prefix, sel.via)
+            if route is not None:
+                sel.metric = self._route_metric(route)
+                sel.seqno = route.seqno
+        return sel.router_id, sel.seqno, sel.metric
+
+    def _send_update(self, nid: str, prefix: Prefix) -> None:
+        rid, seqno, metric = self._announcement(nid, prefix)
+        self._out[nid].add_update(prefix, rid, seqno, metric, _cs(self.config.update_interval))
+        self.sources.advertised(prefix, rid, seqno, metric, self._now)
+
+    def _send_update_all(self, prefix: Prefix) -> None:
+        for nid, nb in self.neighbours.items():
+            if nb.up:
+                self._send_update(nid, prefix)
+
+    def _send_full_update(self, nid: str) -> None:
+        w = self._out[nid]
+        interval = _cs(self.config.update_interval)
+        now = self._now
+        for prefix, sel in self.selected.items():
+            if sel.via == nid:
+                continue  # split horizon: triggered updates already poisoned it
+            rid, seqno, metric = self._announcement(nid, prefix)
+            if metric >= INFINITY:
+                continue
+            w.add_update(prefix, rid, seqno, metric, interval)
+            self.sources.advertised(prefix, rid, seqno, metric, now)
+
+    def _flush(self) -> None:
+        """Send triggered updates (with any AckReqs attached after them)."""
+        if self._triggered:
+            prefixes = sorted(self._triggered, key=_prefix_key)
+            self._triggered.clear()
+            for nid, nb in self.neighbours.items():
+                if not nb.up:
+                    continue
+                for prefix in prefixes:
+                    self._send_update(nid, prefix)
+        if self._acks_to_attach:
+            for nid, ops in self._acks_to_attach.items():
+                for op in ops:
+                    pending = self.requests.acks.get(op)
+                    if pending is not None:
+                        self._out[nid].add(AckReq(op, _cs(pending.backoff)))
+            self._acks_to_attach.clear()
+
+
+def _prefix_key(p: Prefix) -> tuple[int, int, int]:
+    return (p.version, int(p.network_address), p.prefixlen)

@@ -1,0 +1,141 @@
+"""Neighbours: the configured WireGuard peers that speak Babel with us.
+
+Over WireGuard every neighbour is a point-to-point unicast link, so liveness is simple and
+fast: a neighbour is up while we hear its Hellos and it acknowledges ours with IHUs, and
+goes down after `dead` of its Hello intervals of silence. The link cost is a base cost plus
+an RTT term from the timestamp sub-TLVs (the RTT extension as babeld implements it),
+smoothed so that jitter does not move routes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wgcast.babel.wire import INFINITY
+
+_U32 = 1 << 32
+
+
+def stamp(now: float) -> int:
+    """A timestamp sub-TLV value: microseconds modulo 2**32."""
+    return int(now * 1_000_000) % _U32
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCostParams:
+    """How a measured RTT becomes a link cost (metric units)."""
+
+    base_cost: int = 32
+    rtt_cost_per_ms: float = 4.0
+    max_rtt_cost: int = 2048
+    #: Weight of a new RTT sample in the moving average.
+    rtt_alpha: float = 0.125
+
+    def cost(self, rtt_ms: float | None, extra: int = 0) -> int:
+        rtt_term = 0 if rtt_ms is None else min(self.max_rtt_cost,
+                                                round(rtt_ms * self.rtt_cost_per_ms))
+        return min(INFINITY - 1, self.base_cost + extra + rtt_term)
+
+
+class Neighbour:
+    """State of one neighbour: Hello history, IHU, RTT, cost, liveness."""
+
+    __slots__ = (
+        "applied_cost",
+        "extra_cost",
+        "hello_history",
+        "hello_interval",
+        "hello_seqno_in",
+        "hello_seqno_out",
+        "id",
+        "ihu_interval",
+        "last_hello",
+        "last_ihu",
+        "last_sent_hello",
+        "peer_hello_recv",
+        "peer_hello_stamp",
+        "rtt_ms",
+        "rtt_samples",
+        "txcost",
+        "up",
+    )
+
+    def __init__(self, nid: str, extra_cost: int = 0) -> None:
+        self.id = nid
+        self.extra_cost = extra_cost
+        self.up = False
+        self.hello_seqno_out = 0
+        self.hello_seqno_in: int | None = None
+        self.hello_history = 0
+        self.hello_interval = 0.0  # theirs, seconds
+        self.ihu_interval = 0.0
+        self.last_hello: float | None = None
+        self.last_ihu: float | None = None
+        self.last_sent_hello: float | None = None
+        self.txcost = INFINITY
+        # Their last Hello timestamp and when we received it: echoed in our next IHU.
+        self.peer_hello_stamp: int | None = None
+        self.peer_hello_recv: int | None = None
+        self.rtt_ms: float | None = None
+        self.rtt_samples = 0
+        #: Cost the route table last recomputed with (to skip insignificant changes).
+        self.applied_cost = INFINITY
+
+    def on_hello(self, now: float, seqno: int, interval_cs: int, ts: int | None) -> None:
+        if self.hello_seqno_in is not None:
+            gap = (seqno - self.hello_seqno_in) & 0xFFFF
+            self.hello_history = ((self.hello_history << min(gap, 16)) | 1) & 0xFFFF \
+                if 0 < gap < 0x8000 else (self.hello_history | 1)
+        else:
+            self.hello_history = 1
+        self.hello_seqno_in = seqno
+        self.hello_interval = interval_cs / 100.0
+        self.last_hello = now
+        if ts is not None:
+            self.peer_hello_stamp = ts
+            self.peer_hello_recv = stamp(now)
+
+    def on_ihu(self, now: float, rxcost: int, interval_cs: int) -> None:
+        self.txcost = rxcost
+        self.ihu_interval = interval_cs / 100.0
+        self.last_ihu = now
+
+    def on_rtt_sample(self, now: float, origin: int, peer_recv: int, peer_send: int,
+                      alpha: float) -> None:
+        """RTT = (now - our send) - (their hold time), all in wrapping microseconds."""
+        total = (stamp(now) - origin) % _U32
+        hold = (peer_send - peer_recv) % _U32
+        if hold > total or total > 10_000_000:
+            return  # reordered or stale echo: not a sample
+        rtt = (total - hold) / 1000.0
+        self.rtt_ms = rtt if self.rtt_ms is None else (1 - alpha) * self.rtt_ms + alpha * rtt
+        self.rtt_samples += 1
+
+    def expiry(self, dead: int) -> float | None:
+        """When this neighbour is declared down unless we hear from it."""
+        if self.last_hello is None or self.last_ihu is None:
+            return None
+        hi = self.hello_interval or 1.0
+        ii = self.ihu_interval or hi
+        return min(self.last_hello + dead * hi, self.last_ihu + dead * ii)
+
+    def alive(self, now: float, dead: int) -> bool:
+        exp = self.expiry(dead)
+        return exp is not None and now < exp and self.txcost < INFINITY
+
+    def cost(self, params: LinkCostParams) -> int:
+        if not self.up:
+            return INFINITY
+        return params.cost(self.rtt_ms, self.extra_cost)
+
+    def forget(self) -> None:
+        """The neighbour went down: drop what we measured, keep our Hello seqno."""
+        self.up = False
+        self.last_hello = self.last_ihu = None
+        self.hello_seqno_in = None
+        self.hello_history = 0
+        self.txcost = INFINITY
+        self.peer_hello_stamp = self.peer_hello_recv = None
+        self.rtt_ms = None
+        self.rtt_samples = 0
+        self.applied_cost = INFINITY

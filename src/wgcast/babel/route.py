@@ -1,0 +1,112 @@
+"""Route table and route selection.
+
+Routes are indexed by (prefix, neighbour) as RFC 8966 3.2.6 asks: a neighbour has at most
+one route per prefix, and a new router-id from it replaces the old one. Selection keeps the
+current route unless another is better by a margin on both its raw and its smoothed metric
+(babeld's route smoothing), so RTT jitter never flips a route; `sticky` keeps the current
+route until it is lost, for long TCP flows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from wgcast.babel.wire import INFINITY, Prefix
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionParams:
+    """Hysteresis: a challenger must beat the current route by max(abs, rel * metric)."""
+
+    mode: str = "hysteresis"  # or "sticky"
+    hysteresis_abs: int = 16
+    hysteresis_rel: float = 0.1
+    #: Half-life of the smoothed metric, seconds.
+    smoothing_half_life: float = 4.0
+
+    def margin(self, metric: int) -> float:
+        return max(self.hysteresis_abs, self.hysteresis_rel * metric)
+
+
+class Route:
+    """A route learned from a neighbour."""
+
+    __slots__ = ("expires", "interval", "neighbour", "prefix", "refmetric", "router_id",
+                 "seqno", "smoothed", "smoothed_time")
+
+    def __init__(self, prefix: Prefix, neighbour: str, router_id: bytes, seqno: int,
+                 refmetric: int, interval: float, expires: float) -> None:
+        self.prefix = prefix
+        self.neighbour = neighbour
+        self.router_id = router_id
+        self.seqno = seqno
+        self.refmetric = refmetric
+        self.interval = interval
+        self.expires = expires
+        self.smoothed: float = -1.0  # unset until the first metric is known
+        self.smoothed_time = 0.0
+
+    def metric(self, cost: int) -> int:
+        if cost >= INFINITY or self.refmetric >= INFINITY:
+            return INFINITY
+        return min(INFINITY - 1, self.refmetric + cost)
+
+    def smooth(self, now: float, metric: int, half_life: float) -> float:
+        """Smoothed metric at `now`, decaying exponentially towards `metric`."""
+        if metric >= INFINITY:
+            self.smoothed, self.smoothed_time = float(INFINITY), now
+        elif self.smoothed < 0 or self.smoothed >= INFINITY:
+            self.smoothed, self.smoothed_time = float(metric), now
+        else:
+            dt = now - self.smoothed_time
+            if dt > 0:
+                k = math.exp2(-dt / half_life)
+                self.smoothed = metric + (self.smoothed - metric) * k
+                self.smoothed_time = now
+        return self.smoothed
+
+
+class RouteTable:
+    """Routes per prefix, per neighbour."""
+
+    __slots__ = ("_by_neighbour", "_routes")
+
+    def __init__(self) -> None:
+        self._routes: dict[Prefix, dict[str, Route]] = {}
+        self._by_neighbour: dict[str, set[Prefix]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._routes.values())
+
+    def prefixes(self) -> list[Prefix]:
+        return list(self._routes)
+
+    def routes(self, prefix: Prefix) -> dict[str, Route]:
+        return self._routes.get(prefix, {})
+
+    def get(self, prefix: Prefix, neighbour: str) -> Route | None:
+        r = self._routes.get(prefix)
+        return None if r is None else r.get(neighbour)
+
+    def put(self, route: Route) -> None:
+        self._routes.setdefault(route.prefix, {})[route.neighbour] = route
+        self._by_neighbour.setdefault(route.neighbour, set()).add(route.prefix)
+
+    def remove(self, prefix: Prefix, neighbour: str) -> Route | None:
+        per = self._routes.get(prefix)
+        if per is None:
+            return None
+        route = per.pop(neighbour, None)
+        if not per:
+            del self._routes[prefix]
+        nb = self._by_neighbour.get(neighbour)
+        if nb is not None:
+            nb.discard(prefix)
+        return route
+
+    def via(self, neighbour: str) -> list[Prefix]:
+        return list(self._by_neighbour.get(neighbour, ()))
+
+    def all_routes(self) -> list[Route]:
+        return [r for per in self._routes.values() for r in per.values()]
