@@ -41,6 +41,7 @@ def run(config: str, verbose: int) -> None:
     level = logging.WARNING - 10 * min(verbose + 1, 2)
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     try:
         code = asyncio.run(Daemon(cfg).run())
     except KeyboardInterrupt:

@@ -254,11 +254,10 @@ class Daemon:
         assert node is not None and self._sock is not None and self._loop is not None
         for name, data in node.datagrams_to_send():
             peer = self.peers[name]
-            try:
+            # No handshake yet or peer unreachable: the next Hello retries.
+            with contextlib.suppress(OSError):
                 self._sock.sendto(data, (str(peer.control), self.config.port or PORT, 0,
                                          self._ifindex))
-            except OSError:
-                pass  # no handshake yet or peer unreachable: Hellos will retry
         now = self.now()
         while (ev := node.next_event()) is not None:
             if isinstance(ev, RouteSelected):
