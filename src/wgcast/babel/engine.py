@@ -188,6 +188,22 @@ class Node:
             self._events.append(RetractionAcked(prefix))
         self._flush()
 
+    def hold(self, seconds: float, now: float | None = None) -> None:
+        """Planned restart: a last Hello promising the next one within `seconds / dead`.
+
+        Neighbours keep us (and the routes through us) for `seconds`, so a daemon that
+        restarts within that time is invisible to the mesh; routes then age normally.
+        """
+        self._tick(now)
+        interval = seconds / self.config.dead
+        for nb in self.neighbours.values():
+            nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
+            w = self._out[nb.id]
+            w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, _cs(interval),
+                        (Timestamp((stamp(self._now),)),)))
+            if nb.up:
+                w.add(IHU(AE_WILDCARD, self.config.link.base_cost, _cs(interval), b""))
+
     def receive(self, now: float, neighbour: str, data: bytes) -> None:
         """Process one datagram; bad bytes are counted and dropped, never raised."""
         self._tick(now)

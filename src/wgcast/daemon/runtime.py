@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -136,21 +137,29 @@ class Daemon:
         self._ifindex = socket.if_nametoindex(cfg.interface)
         anycast = tuple(cfg.anycast)
         ensure: list[tuple[PeerKey, Prefix]] = []
+        remembered = _load_policy(cfg.state_file)
+        first_seen: dict[str, list[str]] = {}
         for pc in cfg.peers:
             key = pc.key
             ctrl = control_address(key)
             found = set(self._actual.get(key, set()))
             if pc.may_originate is not None:
                 may = tuple(pc.may_originate) + anycast
+            elif pc.public_key in remembered:
+                # AllowedIPs "as found at start" means at the first start: later ones
+                # also hold routes we installed, which prove nothing about the peer.
+                may = tuple(remembered[pc.public_key]) + anycast
             else:
                 own = {p for p in found if p.prefixlen != 128 or p.network_address != ctrl}
                 may = tuple(sorted(own - self._inherited, key=str)) + anycast
+            first_seen[pc.public_key] = [str(p) for p in may if p not in anycast]
             self.peers[pc.name] = PeerInfo(pc.name, key, ctrl, router_id(key), may,
                                            tuple(str(e) for e in pc.endpoints))
             self.by_control[ctrl] = pc.name
             ctrl_net = ipaddress.IPv6Network(f"{ctrl}/128")
             if ctrl_net not in found:
                 ensure.append((key, ctrl_net))
+        _save_policy(cfg.state_file, {**first_seen, **remembered})
         if ensure:
             from wgcast.dataplane.types import AddAllowedIP
 
@@ -396,6 +405,11 @@ class Daemon:
         _sd_notify("STOPPING=1")
         await asyncio.gather(*(self.unserve(p) for p in list(self._served)),
                              return_exceptions=True)
+        hold = getattr(self.config.timers, "restart_hold", 10.0)
+        if self.node is not None and hold > 0:
+            # Own unicast routes stay: neighbours keep us for the restart hold time.
+            self.node.hold(hold, now=self.now())
+            self._pump()
         # Let the dataplane task flush the last moves, then stop without any flush.
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._apply_once(), 1.0)
@@ -473,6 +487,35 @@ class Daemon:
                 "routes_via": len(node.routes.via(name)),
             })
         return out
+
+
+def _policy_path(state_file: str) -> str:
+    return state_file + ".policy"
+
+
+def _load_policy(state_file: str) -> dict[str, list[Prefix]]:
+    """Per-peer prefixes remembered from the first start (see `start`)."""
+    try:
+        with open(_policy_path(state_file)) as f:
+            raw = json.load(f)
+        return {k: [ipaddress.ip_network(p) for p in v] for k, v in raw.items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        log.warning("ignoring %s: %s", _policy_path(state_file), e)
+        return {}
+
+
+def _save_policy(state_file: str, policy: dict[str, list[Any]]) -> None:
+    path = _policy_path(state_file)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({k: [str(p) for p in v] for k, v in policy.items()}, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot save %s: %s", path, e)
 
 
 def _host_interface(prefix: Prefix) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
