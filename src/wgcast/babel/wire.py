@@ -40,6 +40,9 @@ UPDATE_DEFAULT_ROUTER_ID = 0x40
 _ADDR_LEN = {AE_WILDCARD: 0, AE_IPV4: 4, AE_IPV6: 16, AE_LL: 8, AE_V4V6: 4}
 _MAX_PLEN = {AE_WILDCARD: 0, AE_IPV4: 32, AE_IPV6: 128, AE_LL: 128, AE_V4V6: 32}
 _LL_PREFIX = bytes.fromhex("fe80000000000000")
+#: Router-ids that must never be used (RFC 8966 section 4.6.7).
+RESERVED_ROUTER_IDS = (bytes(8), b"\xff" * 8)
+_KNOWN_SUBTLVS = (S_PAD1, S_PADN, S_TIMESTAMP)
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -237,16 +240,28 @@ def _decode_subtlvs(data: bytes, pos: int, end: int, in_ihu: bool) -> tuple[SubT
     return tuple(out)
 
 
-def _encode_subtlvs(subtlvs: Iterable[SubTLV], out: bytearray) -> None:
+def _encode_subtlvs(subtlvs: Iterable[SubTLV], out: bytearray, in_ihu: bool) -> None:
     for s in subtlvs:
         if isinstance(s, SubPad1):
             out.append(S_PAD1)
         elif isinstance(s, SubPadN):
+            _check_u(s.length, 8, "sub-TLV PadN length")
             out += bytes((S_PADN, s.length)) + bytes(s.length)
         elif isinstance(s, Timestamp):
+            want = 2 if in_ihu else 1
+            if len(s.stamps) != want:
+                raise LocalProtocolError(
+                    f"timestamp sub-TLV with {len(s.stamps)} stamps, expected {want}"
+                )
+            for stamp in s.stamps:
+                _check_u(stamp, 32, "timestamp")
             out += bytes((S_TIMESTAMP, 4 * len(s.stamps)))
             out += struct.pack(f"!{len(s.stamps)}I", *s.stamps)
         else:
+            _check_u(s.type, 8, "sub-TLV type")
+            if s.type in _KNOWN_SUBTLVS:
+                raise LocalProtocolError(f"UnknownSub with the known type {s.type}")
+            _check_u(len(s.body), 8, "sub-TLV length")
             out += bytes((s.type, len(s.body))) + s.body
 
 
@@ -264,9 +279,12 @@ def _prefix_len(ae: int, plen: int, omitted: int) -> int:
             raise RemoteProtocolError("AE 0 with a prefix")
         return 0
     if ae == AE_LL:
+        # The fe80::/64 half is implied: only the octets after it are on the wire.
         if omitted:
             raise RemoteProtocolError("AE 3 does not allow compression")
-        return 8
+        if plen < 64:
+            raise RemoteProtocolError(f"prefix length {plen} too short for AE 3")
+        return (plen + 7) // 8 - 8
     full = (plen + 7) // 8
     if omitted > _ADDR_LEN[ae] or omitted > full:
         raise RemoteProtocolError(f"omitted {omitted} bytes of a /{plen} prefix")
@@ -332,7 +350,8 @@ def _decode_tlv(ttype: int, data: bytes, pos: int, end: int) -> TLV:
         plen_bytes = _prefix_len(ae, plen, 0)
         need(2 + plen_bytes, "Route Request")
         prefix = bytes(data[pos + 2 : pos + 2 + plen_bytes])
-        return RouteRequest(ae, plen, prefix, _decode_subtlvs(data, pos + 2 + plen_bytes, end, False))
+        subs = _decode_subtlvs(data, pos + 2 + plen_bytes, end, False)
+        return RouteRequest(ae, plen, prefix, subs)
     if ttype == T_SEQNOREQ:
         need(14, "Seqno Request")
         ae, plen, seqno, hopcount = struct.unpack_from("!BBHB", data, pos)
@@ -383,28 +402,58 @@ def _check_u(value: int, bits: int, what: str) -> None:
         raise LocalProtocolError(f"{what}={value} does not fit in {bits} bits")
 
 
+def _check_prefix(ae: int, plen: int, omitted: int, prefix: bytes, what: str) -> None:
+    _check_u(ae, 8, f"{what} AE")
+    _check_u(plen, 8, f"{what} plen")
+    _check_u(omitted, 8, f"{what} omitted")
+    try:
+        want = _prefix_len(ae, plen, omitted)
+    except RemoteProtocolError as e:
+        raise LocalProtocolError(f"{what}: {e}") from None
+    if len(prefix) != want:
+        raise LocalProtocolError(f"{what} prefix of {len(prefix)} bytes, expected {want}")
+
+
+def _check_address(ae: int, address: bytes, allowed: tuple[int, ...], what: str) -> None:
+    if ae not in allowed:
+        raise LocalProtocolError(f"{what} with address encoding {ae}")
+    if len(address) != _ADDR_LEN[ae]:
+        raise LocalProtocolError(f"{what} address of {len(address)} bytes for AE {ae}")
+
+
 def encode_tlv(tlv: TLV, out: bytearray) -> None:
-    """Append one TLV to `out`; a value out of range is our bug (LocalProtocolError)."""
+    """Append one TLV to `out`; a value out of range is our bug (LocalProtocolError).
+
+    Whatever this accepts, `decode_packet` accepts and decodes back to an equal TLV.
+    """
     if isinstance(tlv, Pad1):
         out.append(T_PAD1)
         return
     body = bytearray()
     if isinstance(tlv, PadN):
         ttype = T_PADN
+        _check_u(tlv.length, 8, "PadN length")
         body += bytes(tlv.length)
     elif isinstance(tlv, AckReq):
         ttype = T_ACKREQ
+        _check_u(tlv.opaque, 16, "AckReq opaque")
+        _check_u(tlv.interval, 16, "AckReq interval")
         body += struct.pack("!HHH", 0, tlv.opaque, tlv.interval)
     elif isinstance(tlv, Ack):
         ttype = T_ACK
+        _check_u(tlv.opaque, 16, "Ack opaque")
         body += struct.pack("!H", tlv.opaque)
     elif isinstance(tlv, Hello):
         ttype = T_HELLO
+        _check_u(tlv.flags, 16, "Hello flags")
+        _check_u(tlv.seqno, 16, "Hello seqno")
+        _check_u(tlv.interval, 16, "Hello interval")
         body += struct.pack("!HHH", tlv.flags, tlv.seqno, tlv.interval)
     elif isinstance(tlv, IHU):
         ttype = T_IHU
-        if len(tlv.address) != _ADDR_LEN.get(tlv.ae, -1):
-            raise LocalProtocolError(f"IHU address of {len(tlv.address)} bytes for AE {tlv.ae}")
+        _check_address(tlv.ae, tlv.address, (AE_WILDCARD, AE_IPV4, AE_IPV6, AE_LL), "IHU")
+        _check_u(tlv.rxcost, 16, "IHU rxcost")
+        _check_u(tlv.interval, 16, "IHU interval")
         body += struct.pack("!BBHH", tlv.ae, 0, tlv.rxcost, tlv.interval) + tlv.address
     elif isinstance(tlv, RouterId):
         ttype = T_ROUTERID
@@ -413,9 +462,15 @@ def encode_tlv(tlv: TLV, out: bytearray) -> None:
         body += b"\0\0" + tlv.router_id
     elif isinstance(tlv, NextHop):
         ttype = T_NEXTHOP
+        _check_address(tlv.ae, tlv.address, (AE_IPV4, AE_IPV6, AE_LL), "Next Hop")
         body += bytes((tlv.ae, 0)) + tlv.address
     elif isinstance(tlv, Update):
         ttype = T_UPDATE
+        _check_prefix(tlv.ae, tlv.plen, tlv.omitted, tlv.prefix, "Update")
+        _check_u(tlv.flags, 8, "Update flags")
+        _check_u(tlv.interval, 16, "Update interval")
+        _check_u(tlv.seqno, 16, "Update seqno")
+        _check_u(tlv.metric, 16, "Update metric")
         body += struct.pack(
             "!BBBBHHH", tlv.ae, tlv.flags, tlv.plen, tlv.omitted, tlv.interval, tlv.seqno,
             tlv.metric,
@@ -423,18 +478,27 @@ def encode_tlv(tlv: TLV, out: bytearray) -> None:
         body += tlv.prefix
     elif isinstance(tlv, RouteRequest):
         ttype = T_ROUTEREQ
+        _check_prefix(tlv.ae, tlv.plen, 0, tlv.prefix, "Route Request")
         body += bytes((tlv.ae, tlv.plen)) + tlv.prefix
     elif isinstance(tlv, SeqnoRequest):
         ttype = T_SEQNOREQ
+        if tlv.ae == AE_WILDCARD:
+            raise LocalProtocolError("Seqno Request with AE 0")
+        _check_prefix(tlv.ae, tlv.plen, 0, tlv.prefix, "Seqno Request")
+        _check_u(tlv.seqno, 16, "Seqno Request seqno")
+        _check_u(tlv.hopcount, 8, "Seqno Request hop count")
         if len(tlv.router_id) != 8:
             raise LocalProtocolError("router-id must be 8 bytes")
         body += struct.pack("!BBHBB", tlv.ae, tlv.plen, tlv.seqno, tlv.hopcount, 0)
         body += tlv.router_id + tlv.prefix
     else:
         ttype = tlv.type
+        _check_u(ttype, 8, "TLV type")
+        if ttype <= T_SEQNOREQ:
+            raise LocalProtocolError(f"UnknownTLV with the known type {ttype}")
         body += tlv.body
     if not isinstance(tlv, (PadN, UnknownTLV)):
-        _encode_subtlvs(tlv.subtlvs, body)
+        _encode_subtlvs(tlv.subtlvs, body, isinstance(tlv, IHU))
     if len(body) > 255:
         raise LocalProtocolError(f"TLV {ttype} body of {len(body)} bytes exceeds 255")
     out += bytes((ttype, len(body)))
@@ -455,7 +519,10 @@ def encode_packet(tlvs: Iterable[TLV]) -> bytes:
 
 
 def prefix_from_wire(ae: int, plen: int, data: bytes) -> Prefix:
-    """Whole prefix from a full (uncompressed) address field; host bits are cleared."""
+    """Whole prefix from a full (uncompressed) address field; host bits are cleared.
+
+    For AE 3 the field holds only the octets after the implied fe80::/64.
+    """
     if ae in (AE_IPV4, AE_V4V6):
         raw = data.ljust(4, b"\0")[:4]
         return ipaddress.IPv4Network((int.from_bytes(raw, "big"), plen), strict=False)
@@ -463,7 +530,8 @@ def prefix_from_wire(ae: int, plen: int, data: bytes) -> Prefix:
         raw = data.ljust(16, b"\0")[:16]
         return ipaddress.IPv6Network((int.from_bytes(raw, "big"), plen), strict=False)
     if ae == AE_LL:
-        return ipaddress.IPv6Network((int.from_bytes(_LL_PREFIX + data, "big"), plen), strict=False)
+        raw = _LL_PREFIX + data.ljust(8, b"\0")[:8]
+        return ipaddress.IPv6Network((int.from_bytes(raw, "big"), plen), strict=False)
     raise RemoteProtocolError(f"no prefix in address encoding {ae}")
 
 
@@ -509,16 +577,26 @@ def _has_mandatory_unknown(tlv: TLV) -> bool:
     return any(isinstance(s, UnknownSub) and s.mandatory for s in subs)
 
 
+def _derived_router_id(prefix: Prefix) -> bytes:
+    """Router-id of an Update with the Router-Id flag: the address right-aligned in 8 bytes."""
+    addr = prefix.network_address.packed
+    return addr[-8:] if len(addr) >= 8 else bytes(8 - len(addr)) + addr
+
+
 def resolve(tlvs: Sequence[TLV], skipped: list[str] | None = None) -> Iterator[Message]:
     """Walk a decoded packet with the parser state of RFC 8966 section 4.5.
 
     TLVs that cannot be interpreted (unknown mandatory sub-TLV, compression without a
-    default prefix, Update without a router-id) are skipped, with a reason appended to
-    `skipped`, as the RFC asks; they do not invalidate the rest of the packet.
+    default prefix, Update with a finite metric and no router-id) are skipped, with a reason
+    appended to `skipped`, as the RFC asks; they do not invalidate the rest of the packet.
+    A Router-Id TLV, and an Update's Prefix and Router-Id flags, still set the parser state
+    when their TLV is ignored for an unknown mandatory sub-TLV (RFC 8966 section 4.6.9).
+    The default prefix is kept per address encoding, as a whole masked address (so a sender
+    may omit the zero octets past the previous prefix's length, as babeld does). A
+    retraction needs no router-id: it gets `bytes(8)` when there is none.
     """
     router_id: bytes | None = None
-    default: dict[int, bytes] = {4: b"", 6: b""}
-    has_default = {4: False, 6: False}
+    default: dict[int, bytes] = {}  # AE -> whole address of the current default prefix
 
     def skip(why: str) -> None:
         if skipped is not None:
@@ -527,46 +605,60 @@ def resolve(tlvs: Sequence[TLV], skipped: list[str] | None = None) -> Iterator[M
     for tlv in tlvs:
         if isinstance(tlv, (Pad1, PadN, UnknownTLV, NextHop)):
             continue
-        if _has_mandatory_unknown(tlv):
-            skip("unknown mandatory sub-TLV")
-            continue
-        if isinstance(tlv, (Hello, IHU, AckReq, Ack)):
-            yield tlv
-        elif isinstance(tlv, RouterId):
-            if tlv.router_id in (bytes(8), b"\xff" * 8):
+        ignored = _has_mandatory_unknown(tlv)
+        if isinstance(tlv, RouterId):
+            if tlv.router_id in RESERVED_ROUTER_IDS:
                 skip("reserved router-id")
                 router_id = None
             else:
                 router_id = tlv.router_id
-        elif isinstance(tlv, Update):
-            if tlv.ae == AE_WILDCARD:
-                if tlv.metric != INFINITY:
-                    skip("wildcard Update that is not a retraction")
-                    continue
-                yield RouteUpdate(None, router_id or bytes(8), tlv.seqno, tlv.metric, tlv.interval)
-                continue
-            fam = 6 if tlv.ae in (AE_IPV6, AE_LL) else 4
-            if tlv.omitted and tlv.ae != AE_LL:
-                if not has_default[fam]:
+            if ignored:
+                skip("unknown mandatory sub-TLV")
+            continue
+        if isinstance(tlv, Update) and tlv.ae != AE_WILDCARD:
+            # The parser state first: it changes even when the TLV itself is ignored.
+            set_default = bool(tlv.flags & UPDATE_DEFAULT_PREFIX) and tlv.ae != AE_LL
+            if tlv.omitted:
+                base = default.get(tlv.ae)
+                if base is None:
+                    # Whatever state the sender meant to set is unknown: forget it.
+                    if set_default:
+                        default.pop(tlv.ae, None)
+                    if tlv.flags & UPDATE_DEFAULT_ROUTER_ID:
+                        router_id = None
                     skip("compressed prefix without a default prefix")
                     continue
-                full = default[fam][: tlv.omitted] + tlv.prefix
+                full = base[: tlv.omitted] + tlv.prefix
             else:
                 full = tlv.prefix
-            if len(full) < (tlv.plen + 7) // 8 and tlv.ae != AE_LL:
-                skip("default prefix shorter than the omitted bytes")
-                continue
-            if tlv.flags & UPDATE_DEFAULT_PREFIX and tlv.ae != AE_LL:
-                default[fam] = full
-                has_default[fam] = True
             prefix = prefix_from_wire(tlv.ae, tlv.plen, full)
+            if set_default:
+                default[tlv.ae] = prefix.network_address.packed
             if tlv.flags & UPDATE_DEFAULT_ROUTER_ID:
-                addr = prefix.network_address.packed
-                router_id = addr[-8:] if len(addr) == 16 else bytes(4) + addr
-            if router_id is None:
+                router_id = _derived_router_id(prefix)
+                if router_id in RESERVED_ROUTER_IDS:
+                    skip("reserved router-id")
+                    router_id = None
+            if ignored:
+                skip("unknown mandatory sub-TLV")
+                continue
+            if router_id is None and tlv.metric != INFINITY:
                 skip("Update without a router-id")
                 continue
-            yield RouteUpdate(prefix, router_id, tlv.seqno, tlv.metric, tlv.interval)
+            rid = router_id if router_id is not None else bytes(8)
+            yield RouteUpdate(prefix, rid, tlv.seqno, tlv.metric, tlv.interval)
+            continue
+        if ignored:
+            skip("unknown mandatory sub-TLV")
+            continue
+        if isinstance(tlv, (Hello, IHU, AckReq, Ack)):
+            yield tlv
+        elif isinstance(tlv, Update):  # AE 0: retracts every route of the sender
+            if tlv.metric != INFINITY:
+                skip("wildcard Update that is not a retraction")
+                continue
+            rid = router_id if router_id is not None else bytes(8)
+            yield RouteUpdate(None, rid, tlv.seqno, tlv.metric, tlv.interval)
         elif isinstance(tlv, RouteRequest):
             if tlv.ae == AE_WILDCARD:
                 yield ResolvedRouteRequest(None)
@@ -585,7 +677,8 @@ class PacketWriter:
 
     Router-Id TLVs are emitted only when the router-id changes, and each Update sets the
     default-prefix flag and omits the bytes it shares with the previous prefix of its
-    family, as babeld does. State resets at every packet boundary.
+    address encoding, as babeld does. State resets at every packet boundary. A TLV that
+    cannot fit even in an empty packet is our bug (LocalProtocolError).
     """
 
     max_body: int = MAX_BODY
@@ -594,21 +687,37 @@ class PacketWriter:
     _router_id: bytes | None = None
     _default: dict[int, bytes] = field(default_factory=dict)
 
-    def _room(self, tlv_bytes: bytes) -> None:
-        if len(self._body) + len(tlv_bytes) > self.max_body:
+    def _room(self, size: int) -> None:
+        if size > self.max_body:
+            raise LocalProtocolError(f"{size} bytes do not fit in a {self.max_body}-byte body")
+        if len(self._body) + size > self.max_body:
             self.flush()
 
     def add(self, tlv: TLV) -> None:
         buf = bytearray()
         encode_tlv(tlv, buf)
-        self._room(bytes(buf))
+        self._room(len(buf))
         self._body += buf
+        # Keep our idea of the receiver's parser state right (or forget it, to be safe).
+        if isinstance(tlv, RouterId):
+            ok = tlv.router_id not in RESERVED_ROUTER_IDS
+            self._router_id = tlv.router_id if ok else None
+        elif isinstance(tlv, Update) and tlv.ae != AE_WILDCARD:
+            if tlv.flags & UPDATE_DEFAULT_PREFIX:
+                self._default.pop(tlv.ae, None)
+            if tlv.flags & UPDATE_DEFAULT_ROUTER_ID:
+                self._router_id = None
 
     def add_update(
         self, prefix: Prefix | None, router_id: bytes, seqno: int, metric: int, interval: int,
         subtlvs: tuple[SubTLV, ...] = (),
     ) -> None:
-        for attempt in range(2):
+        if prefix is None:
+            if metric != INFINITY:
+                raise LocalProtocolError("a wildcard Update must be a retraction")
+        elif len(router_id) != 8 or router_id in RESERVED_ROUTER_IDS:
+            raise LocalProtocolError(f"invalid router-id {router_id.hex()}")
+        for _attempt in range(2):
             buf = bytearray()
             if prefix is None:
                 encode_tlv(Update(AE_WILDCARD, 0, 0, 0, interval, seqno, metric, b"", subtlvs), buf)
@@ -616,27 +725,26 @@ class PacketWriter:
                 if router_id != self._router_id:
                     encode_tlv(RouterId(router_id), buf)
                 ae, full = prefix_to_wire(prefix)
-                fam = prefix.version
-                prev = self._default.get(fam)
+                # The receiver's default is the whole masked address of the previous prefix.
+                prev = self._default.get(ae, b"")
+                limit = min(len(prev), len(full))
                 omitted = 0
-                if prev is not None:
-                    limit = min(len(prev), len(full))
-                    while omitted < limit and prev[omitted] == full[omitted]:
-                        omitted += 1
-                    if omitted == len(full) and omitted > 0 and len(prev) == len(full):
-                        omitted = len(full)
+                while omitted < limit and prev[omitted] == full[omitted]:
+                    omitted += 1
                 upd = Update(
                     ae, UPDATE_DEFAULT_PREFIX, prefix.prefixlen, omitted, interval, seqno, metric,
                     full[omitted:], subtlvs,
                 )
                 encode_tlv(upd, buf)
-            if attempt == 0 and len(self._body) + len(buf) > self.max_body:
-                self.flush()
+            if len(buf) > self.max_body:
+                raise LocalProtocolError(f"Update of {len(buf)} bytes exceeds max_body")
+            if len(self._body) + len(buf) > self.max_body:
+                self.flush()  # state reset: encode again for a fresh packet
                 continue
             self._body += buf
             if prefix is not None:
                 self._router_id = router_id
-                self._default[prefix.version] = prefix_to_wire(prefix)[1]
+                self._default[ae] = prefix.network_address.packed
             return
 
     def flush(self) -> None:
