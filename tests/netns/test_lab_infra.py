@@ -1,0 +1,193 @@
+"""The lab's own infrastructure, without daemons: namespaces, wireguard-go, relay, echo,
+prober, faults and teardown. Routes and AllowedIPs are set by hand here (the daemon's job
+otherwise)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+    pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="needs wireguard-go"),
+    pytest.mark.skipif(shutil.which("wg") is None, reason="needs wireguard-tools"),
+]
+
+from wgcast.lab import Lab, LabError  # noqa: E402
+from wgcast.lab.system import list_netns, pids_in_netns  # noqa: E402
+
+DELAY_MS = 15.0
+
+
+def route_neighbours(lab: Lab, extra: dict[tuple[str, str], list[str]] | None = None) -> None:
+    """What the daemon would do for neighbours: AllowedIPs + kernel routes to their
+    unicast addresses (plus ``extra[(node, peer)]`` prefixes routed node -> peer)."""
+    extra = extra or {}
+    for name, n in lab.nodes.items():
+        for peer in lab.topology.neighbours(name):
+            p = lab.nodes[peer]
+            prefixes = [f"{p.control}/128", f"{p.unicast}/128", *extra.get((name, peer), [])]
+            subprocess.run(["wg", "set", n.iface, "peer", p.public_key, "allowed-ips",
+                            ",".join(prefixes)], check=True, timeout=10)
+            for pfx in prefixes[1:]:
+                lab.exec(name, ["ip", "-6", "route", "replace", pfx, "dev", n.iface])
+
+
+def lab_traces(labid: str) -> dict[str, object]:
+    ns = [n for n in list_netns() if labid in n]
+    socks = [s for s in os.listdir("/var/run/wireguard") if s.startswith(f"wg{labid}")]
+    return {"namespaces": ns, "sockets": socks,
+            "dir": os.path.exists(f"/run/wgcast-lab/{labid}")}
+
+
+def test_lab_line3_no_daemons(capsys: pytest.CaptureFixture[str]) -> None:
+    t_start = time.monotonic()
+    figures: dict[str, object] = {}
+    lab = Lab("line:3", instances=["n3"], delay=f"{DELAY_MS}ms", daemons=False, echo="all",
+              seed=1)
+    with lab:
+        labid = lab.id
+        figures["up_s"] = round(time.monotonic() - t_start, 2)
+        # names carry the lab id, interface names fit in 15 chars
+        assert all(labid in n.ns and labid in n.iface and len(n.iface) <= 15
+                   for n in lab.nodes.values())
+        # another process finds the lab through its state file
+        other = Lab.attach(labid)
+        assert set(other.nodes) == {"n1", "n2", "n3"}
+        assert other.nodes["n2"].public_key == lab.nodes["n2"].public_key
+        st = other.status()
+        assert st["relay"]["alive"]
+        assert all(n["ns_exists"] and n["processes"]["wireguard-go"]["alive"]
+                   and n["processes"]["echo"]["alive"] for n in st["nodes"].values())
+        # the config the daemon will read
+        import tomllib
+
+        with open(lab.nodes["n3"].config_path, "rb") as f:
+            cfg = tomllib.load(f)
+        assert cfg["interface"] == lab.nodes["n3"].iface
+        assert cfg["anycast"] == [lab.groups[0].prefix]
+        assert cfg["groups"] == [{"prefix": lab.groups[0].prefix, "static": True}]
+        assert [p["name"] for p in cfg["peers"]] == ["n2"]
+        assert cfg["peers"][0]["endpoints"] == [lab.links[1].endpoint_b]
+        with open(lab.nodes["n1"].config_path, "rb") as f:
+            assert "groups" not in tomllib.load(f)
+
+        # the daemon's job, by hand: neighbours' unicast, and n3's anycast address for n2
+        route_neighbours(lab, {("n2", "n3"): [lab.groups[0].prefix]})
+
+        # echo between neighbours through WireGuard (the first query waits for handshakes)
+        u = lab.unicast
+        assert lab.query("n1", u("n2"), timeout=3.0) is not None
+        assert lab.query("n3", u("n2"), timeout=3.0) is not None
+        r = lab.query("n2", u("n1"), timeout=3.0)
+        assert r is not None and r[0] == "n1"
+        # not neighbours: no route, no answer
+        assert lab.query("n1", u("n3"), timeout=0.3) is None
+        # anycast address on n3's lo, answered FROM the anycast address (pktinfo)
+        assert lab.catchment(nodes=["n2"], timeout=2.0) == {"n2": "n3"}
+
+        # relay delay: RTT over one link ~ 2 x delay (+ wireguard-go and scheduling)
+        res = lab.run_prober("n1", u("n2"), duration=1.0, interval_ms=5.0)
+        assert res["answered"] >= 0.95 * res["sent"], res
+        assert res["nodes"] == {"n2": res["answered"]}
+        rtt = res["rtt_ms"]
+        figures["rtt_ms_configured_2x"] = 2 * DELAY_MS
+        figures["rtt_ms_measured"] = rtt
+        assert 2 * DELAY_MS - 1.0 <= rtt["p50"] <= 2 * DELAY_MS + 10.0, rtt
+
+        # change the delay at run time
+        lab.set_link("n1", "n2", delay_ms=2.0)
+        res = lab.run_prober("n1", u("n2"), duration=0.5, interval_ms=2.0)
+        figures["rtt_ms_after_set_delay_2ms"] = res["rtt_ms"]
+        assert res["rtt_ms"]["p50"] < 2 * DELAY_MS - 5, res["rtt_ms"]
+
+        # 1 ms probing against the echo service: pacing and the timeline
+        run = lab.start_prober("n2", u("n1"), duration=3.0)
+        time.sleep(1.0)
+        lab.fail("n1", how="link", peer="n2")
+        time.sleep(0.5)
+        assert lab.query("n2", u("n1"), timeout=0.3) is None  # traffic stops
+        lab.restore("n1", how="link", peer="n2")
+        res = run.wait()
+        figures["prober_1ms_link_cut_500ms"] = {
+            k: res[k] for k in ("sent", "answered", "lost", "outage_ms", "send_late_max_ms")
+        }
+        figures["prober_timeline"] = res["timeline"]
+        assert res["sent"] == 3000
+        assert 400 <= res["outage_ms"] <= 1500, res["outages"]
+        assert res["timeline"][0]["node"] == "n1" and res["timeline"][-1]["node"] == "n1"
+        assert any(seg["node"] is None for seg in res["timeline"])
+        assert lab.query("n2", u("n1"), timeout=2.0) is not None  # back
+
+        # fail node: n3 is cut off from everything, then comes back
+        lab.fail("n3", how="node")
+        assert lab.query("n2", u("n3"), timeout=0.3) is None
+        lab.restore("n3", how="node")
+        assert lab.query("n2", u("n3"), timeout=3.0) is not None
+
+        # faults through a second Lab object see the same state
+        assert Lab.attach(labid).status()["failures"] == {"links": [], "nodes": [],
+                                                          "daemons": []}
+        with pytest.raises(LabError, match="no daemon running"):
+            lab.fail("n1", how="daemon")
+        figures["relay_stats"] = lab.relay_control({"op": "stats"})
+
+        namespaces = [n.ns for n in lab.nodes.values()] + [lab.ns("relay")]
+        pids = list(pids_in_netns(namespaces))
+        assert len(pids) >= 3 + 3 + 1  # wireguard-go x3, echo x3, relay
+
+    # down cleans everything: no namespace, no process, no socket, no state dir
+    assert lab_traces(labid) == {"namespaces": [], "sockets": [], "dir": False}
+    assert all(not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2]
+               == "Z" for p in pids)
+    lab.down()  # idempotent
+    figures["total_s"] = round(time.monotonic() - t_start, 2)
+    with capsys.disabled():
+        print("\nlab infra figures:", json.dumps(
+            {k: v for k, v in figures.items() if k != "prober_timeline"}))
+        print("prober timeline:", json.dumps(figures["prober_timeline"]))
+
+
+def test_cli_up_status_down_cross_process() -> None:
+    """`wgcast lab` commands in separate processes find the lab through its state."""
+    cli = [sys.executable, "-c", "from wgcast.cli.lab import lab; lab()"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60)
+
+    up = run("up", "-t", "dual:2", "-i", "n2", "--no-daemons", "--delay", "1ms", "--json")
+    assert up.returncode == 0, up.stderr
+    labid = json.loads(up.stdout)["id"]
+    try:
+        st = run("status", "--lab", labid, "--json")
+        assert st.returncode == 0, st.stderr
+        data = json.loads(st.stdout)
+        assert [lk["id"] for lk in data["links"]] == [0, 1]  # two parallel paths
+        ex = run("exec", "--lab", labid, "n1", "--", "ip", "-o", "link", "show", "ul")
+        assert ex.returncode == 0 and "ul@" in ex.stdout, ex.stderr
+        f = run("fail", "--lab", labid, "n1", "--how", "link", "--peer", "n2")
+        assert f.returncode == 0, f.stderr
+        assert Lab.attach(labid).status()["failures"]["links"] == [0, 1]
+        bad = run("fail", "--lab", labid, "n9", "--how", "node")
+        assert bad.returncode != 0 and "unknown node" in bad.stderr
+    finally:
+        down = run("down", "--lab", labid)
+    assert down.returncode == 0, down.stderr
+    assert lab_traces(labid) == {"namespaces": [], "sockets": [], "dir": False}
+    again = run("down", "--lab", labid)
+    assert again.returncode == 0
+
+
+def test_up_failure_cleans_up() -> None:
+    """A bring-up that fails half-way (here: the daemon command exits) leaves nothing."""
+    lab = Lab("line:2", daemons=True, daemon_cmd=["false"], daemon_ready_timeout=5.0)
+    with pytest.raises(LabError, match="daemon of n1 exited"):
+        lab.up()
+    assert lab_traces(lab.id) == {"namespaces": [], "sockets": [], "dir": False}
