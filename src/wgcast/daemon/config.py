@@ -273,6 +273,9 @@ class Timers:
     dead: int = 3
     update: float = 4.0
     retract_grace: float = DEFAULT_RETRACT_GRACE
+    #: On SIGTERM neighbours are asked to hold us this long (0: no hold), so a restart
+    #: within it is invisible to the mesh.
+    restart_hold: float = 10.0
 
     @classmethod
     def for_profile(cls, profile: str) -> Timers:
@@ -694,7 +697,7 @@ _TOP_KEYS: Final = (
     "api_socket_group", "state_file", "port", "metrics", "route_selection", "timers",
     "link", "peers", "groups",
 )
-_TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace")
+_TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold")
 _LINK_KEYS: Final = ("base_cost", "rtt_cost_per_ms", "max_rtt_cost")
 _PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost")
 _GROUP_KEYS: Final = (
@@ -882,7 +885,8 @@ class _Reader:
         update = self.get(t, "timers", "update", interval, base.update)
         valid = len(self.found) == before
         grace = self.get(t, "timers", "retract_grace", _duration(0.001, 60.0), base.retract_grace)
-        timers = Timers(profile, hello, dead, update, grace)
+        hold = self.get(t, "timers", "restart_hold", _duration(0.0, 600.0), base.restart_hold)
+        timers = Timers(profile, hello, dead, update, grace, hold)
         if valid and timers.dead_interval >= update:
             set_keys = [k for k in ("update", "hello", "dead") if k in t]
             where = f"timers.{set_keys[0]}" if set_keys else "timers"

@@ -405,7 +405,7 @@ class Daemon:
         _sd_notify("STOPPING=1")
         await asyncio.gather(*(self.unserve(p) for p in list(self._served)),
                              return_exceptions=True)
-        hold = getattr(self.config.timers, "restart_hold", 10.0)
+        hold = self.config.timers.restart_hold
         if self.node is not None and hold > 0:
             # Own unicast routes stay: neighbours keep us for the restart hold time.
             self.node.hold(hold, now=self.now())
