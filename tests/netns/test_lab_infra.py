@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,14 @@ def route_neighbours(lab: Lab, extra: dict[tuple[str, str], list[str]] | None = 
                             ",".join(prefixes)], check=True, timeout=10)
             for pfx in prefixes[1:]:
                 lab.exec(name, ["ip", "-6", "route", "replace", pfx, "dev", n.iface])
+
+
+def proc_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def lab_traces(labid: str) -> dict[str, object]:
@@ -78,6 +87,13 @@ def test_lab_line3_no_daemons(capsys: pytest.CaptureFixture[str]) -> None:
         assert cfg["peers"][0]["endpoints"] == [lab.links[1].endpoint_b]
         with open(lab.nodes["n1"].config_path, "rb") as f:
             assert "groups" not in tomllib.load(f)
+        try:  # the daemon's own loader, where it exists
+            from wgcast.daemon.config import load
+        except ImportError:
+            load = None
+        if load is not None:
+            for n in lab.nodes.values():
+                load(n.config_path)
 
         # the daemon's job, by hand: neighbours' unicast, and n3's anycast address for n2
         route_neighbours(lab, {("n2", "n3"): [lab.groups[0].prefix]})
@@ -145,8 +161,7 @@ def test_lab_line3_no_daemons(capsys: pytest.CaptureFixture[str]) -> None:
 
     # down cleans everything: no namespace, no process, no socket, no state dir
     assert lab_traces(labid) == {"namespaces": [], "sockets": [], "dir": False}
-    assert all(not os.path.exists(f"/proc/{p}") or open(f"/proc/{p}/stat").read().split()[2]
-               == "Z" for p in pids)
+    assert all(proc_gone(p) for p in pids)
     lab.down()  # idempotent
     figures["total_s"] = round(time.monotonic() - t_start, 2)
     with capsys.disabled():
@@ -191,3 +206,77 @@ def test_up_failure_cleans_up() -> None:
     with pytest.raises(LabError, match="daemon of n1 exited"):
         lab.up()
     assert lab_traces(lab.id) == {"namespaces": [], "sockets": [], "dir": False}
+
+
+FAKE_DAEMON = """
+import os, signal, socket, sys, time, tomllib
+cfg = tomllib.load(open(sys.argv[1], "rb"))
+s = socket.socket(socket.AF_UNIX)
+s.bind(cfg["api_socket"])
+stop = []
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+deadline = time.monotonic() + 120
+while not stop and time.monotonic() < deadline:
+    time.sleep(0.05)
+os.unlink(cfg["api_socket"])
+"""
+
+
+def test_daemon_hooks_with_a_fake_daemon() -> None:
+    """start (waits for the API socket), fail daemon (SIGTERM / SIGKILL), restore."""
+    lab = Lab("line:2", instances=["n2"], echo="none",
+              daemon_cmd=[sys.executable, "-c", FAKE_DAEMON, "{config}"])
+    with lab:
+        assert all(os.path.exists(n.api_socket) for n in lab.nodes.values())
+        first = lab.process("n1", "daemon")
+        assert first is not None
+        lab.fail("n1", how="daemon")
+        assert proc_gone(first["pid"])
+        assert not os.path.exists(lab.nodes["n1"].api_socket)  # clean SIGTERM stop
+        assert lab.status()["failures"]["daemons"] == ["n1"]
+        assert lab.status()["nodes"]["n1"]["processes"]["daemon"]["alive"] is False
+        lab.restore("n1", how="daemon")
+        again = lab.process("n1", "daemon")
+        assert again is not None and again["pid"] != first["pid"]
+        assert os.path.exists(lab.nodes["n1"].api_socket)
+        assert lab.status()["failures"]["daemons"] == []
+        lab.fail("n2", how="daemon", sig=signal.SIGKILL)  # a crash
+        assert lab.process("n2", "daemon") is None
+        assert os.path.exists(lab.nodes["n2"].api_socket)  # a crash leaves its socket
+        labid = lab.id
+    assert lab_traces(labid) == {"namespaces": [], "sockets": [], "dir": False}
+
+
+INTERRUPTED = """
+import sys, time
+from wgcast.lab import Lab
+def hook(node, cfg):
+    if node == "n2":
+        print("IN-UP", Lab.list_labs()[-1]["id"], flush=True)
+        time.sleep(60)
+with Lab("line:3", daemons=False, config_hook=hook if sys.argv[1] == "up" else None) as lab:
+    print("UP", lab.id, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize(("when", "sig"), [("up", signal.SIGINT), ("body", signal.SIGINT),
+                                           ("body", signal.SIGTERM)])
+def test_interrupt_cleans_up(when: str, sig: int) -> None:
+    """Ctrl-C / SIGTERM during bring-up or while the lab is used: nothing is left."""
+    p = subprocess.Popen([sys.executable, "-c", INTERRUPTED, when], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline().split()  # bounded: the child sleeps at most 60 s
+        assert line and line[0] == ("IN-UP" if when == "up" else "UP"), p.stderr.read()
+        labid = line[1]
+        assert lab_traces(labid)["namespaces"]
+        p.send_signal(sig)
+        p.wait(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait(5)
+    assert p.returncode != 0
+    assert lab_traces(labid) == {"namespaces": [], "sockets": [], "dir": False}

@@ -601,6 +601,9 @@ class Lab:
                 f"address add {n.control}/128 dev {n.iface} nodad",
                 f"address add {n.unicast}/128 dev {n.iface} nodad",
                 f"link set dev {n.iface} up",
+                # On-link route to the peers' control addresses (the kernel would add it
+                # with an auto link-local address, which addrgenmode none suppresses).
+                f"route replace fe80::/64 dev {n.iface}",
             ]
             if self.preassign_anycast:
                 for g in self.groups:
