@@ -280,3 +280,125 @@ def test_interrupt_cleans_up(when: str, sig: int) -> None:
             p.wait(5)
     assert p.returncode != 0
     assert lab_traces(labid) == {"namespaces": [], "sockets": [], "dir": False}
+
+
+def test_relay_order_jitter_loss_cut(tmp_path: pytest.TempPathFactory) -> None:
+    """The relay alone, on loopback: FIFO with jitter 0 (also when the delay drops),
+    reordering bounded by the jitter, loss rate, cut and restore, control errors."""
+    import random
+    import socket
+    import struct
+
+    from wgcast.lab import relay as relay_mod
+
+    base = 43000 + random.randrange(1000) * 4
+    a_wg, b_wg, port_a, port_b = base, base + 1, base + 2, base + 3
+    cfg = {"links": [{"id": 0, "a": "a", "b": "b", "a_addr": ["127.0.0.1", a_wg],
+                      "b_addr": ["127.0.0.1", b_wg], "port_a": port_a, "port_b": port_b,
+                      "delay_ms": 20.0}], "bind": "127.0.0.1", "seed": 1}
+    cfg_path, ctl = str(tmp_path / "relay.json"), str(tmp_path / "relay.sock")  # type: ignore[operator]
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    proc = subprocess.Popen([sys.executable, "-m", "wgcast.lab.relay", "run", "--config",
+                             cfg_path, "--control", ctl])
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", a_wg))
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.bind(("127.0.0.1", b_wg))
+    b.settimeout(0.5)
+    pkt = struct.Struct("!Id")
+
+    def burst(n: int, gap: float, between: object = None) -> list[tuple[int, float, float]]:
+        """Send n packets a -> b, ``gap`` s apart; returns (seq, sent, received)."""
+        import threading
+
+        got: list[tuple[int, float, float]] = []
+        srcs: set[object] = set()
+
+        def receive() -> None:
+            while True:
+                try:
+                    data, src = b.recvfrom(100)
+                except TimeoutError:
+                    return
+                srcs.add(src)
+                seq, sent = pkt.unpack(data)
+                got.append((seq, sent, time.monotonic()))
+
+        rx = threading.Thread(target=receive)
+        rx.start()
+        t0 = time.monotonic()
+        for i in range(n):
+            time.sleep(max(0.0, t0 + i * gap - time.monotonic()))  # lets the receiver run
+            if between is not None and i == n // 2:
+                between()  # type: ignore[operator]
+            a.sendto(pkt.pack(i, time.monotonic()), ("127.0.0.1", port_a))
+        rx.join(30)
+        assert srcs <= {("127.0.0.1", port_b)}  # from the socket b uses to reach a
+        return got
+
+    try:
+        wait = time.monotonic() + 10
+        while True:
+            try:
+                relay_mod.control(ctl, {"op": "ping"}, timeout=0.5)
+                break
+            except (OSError, ConnectionError, TimeoutError):
+                assert time.monotonic() < wait and proc.poll() is None
+                time.sleep(0.02)
+        # delay, FIFO, and FIFO kept while the delay drops from 20 ms to 1 ms
+        got = burst(200, 0.0005, lambda: relay_mod.control(
+            ctl, {"op": "set", "link": 0, "delay_ms": 1}))
+        assert [g[0] for g in got] == list(range(200))
+        first = sorted(g[2] - g[1] for g in got[:50])[25]  # median, before the change
+        assert 0.019 <= first <= 0.025, first
+        last = sorted(g[2] - g[1] for g in got[-20:])[10]
+        assert last <= 0.005, last
+        # jitter 10 ms: reordered, but never by more than the jitter
+        relay_mod.control(ctl, {"op": "set", "link": 0, "delay_ms": 10, "jitter_ms": 10})
+        got = burst(300, 0.0005)
+        assert len(got) == 300
+        seqs = [g[0] for g in got]
+        assert seqs != sorted(seqs)
+        sent = {g[0]: g[1] for g in got}
+        worst = 0.0
+        for i, (s1, _, _) in enumerate(got):
+            for s0, _, _ in got[:i]:
+                if s0 > s1:  # s0 overtook s1
+                    worst = max(worst, sent[s0] - sent[s1])
+        assert worst <= 0.010 + 0.001, worst
+        # loss 30 %
+        relay_mod.control(ctl, {"op": "set", "link": 0, "delay_ms": 0, "jitter_ms": 0,
+                                "loss": 0.3})
+        got = burst(1000, 0.0002)
+        assert 600 <= len(got) <= 800, len(got)
+        # cut drops both directions, restore brings it back
+        relay_mod.control(ctl, {"op": "set", "link": 0, "loss": 0, "up": False})
+        assert burst(20, 0.001) == []
+        b.sendto(b"x", ("127.0.0.1", port_b))
+        a.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            a.recvfrom(100)
+        relay_mod.control(ctl, {"op": "set", "link": 0, "up": True})
+        assert len(burst(20, 0.001)) == 20
+        b.sendto(b"y", ("127.0.0.1", port_b))
+        assert a.recvfrom(100) == (b"y", ("127.0.0.1", port_a))
+        # bad requests get an error reply, the relay keeps running
+        for bad in ({"op": "set", "link": 9, "up": False}, {"op": "nope"},
+                    {"op": "set", "link": 0, "loss": 2}, {"op": "set", "link": 0, "up": 1}):
+            with pytest.raises(RuntimeError):
+                relay_mod.control(ctl, bad)
+        st = relay_mod.control(ctl, {"op": "get"})["links"][0]
+        assert st["ab"]["up"] and st["ab"]["loss"] == 0 and st["ab"]["drop_down"] >= 20
+        assert st["ba"]["tx"] == 1 and st["ba"]["drop_down"] == 1
+    finally:
+        with __import__("contextlib").suppress(Exception):
+            relay_mod.control(ctl, {"op": "stop"}, timeout=1)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        a.close()
+        b.close()
+    assert proc.returncode == 0
