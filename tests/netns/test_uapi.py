@@ -7,9 +7,9 @@ import errno
 import ipaddress
 import re
 import subprocess
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Netns
 
 from wgcast.dataplane.reconcile import plan
 from wgcast.dataplane.system import RTPROT_WGCAST, System
@@ -26,6 +26,9 @@ from wgcast.dataplane.types import (
 )
 from wgcast.dataplane.uapi import UapiDevice, UapiError
 from wgcast.keys import control_address, generate_private, public_from_private
+
+if TYPE_CHECKING:
+    from conftest import Netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 

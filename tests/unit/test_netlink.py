@@ -361,3 +361,24 @@ def test_no_kernel_module_is_a_clear_error() -> None:
 
 def test_invalid_value_is_mapped() -> None:
     assert isinstance(error_for(-errno.EINVAL, "apply"), InvalidValue)
+
+
+def test_removal_fallback_is_serialised_with_other_changes() -> None:
+    """The fallback reads then replaces; a move landing in between must not be wiped."""
+
+    async def go() -> None:
+        k = FakeKernel(False)
+        k._removal = False
+        k.peers = {P1: [N("10.0.0.0/24"), N("10.0.1.0/24")], P2: [N("10.0.2.0/24")]}
+        await asyncio.gather(
+            k.apply([RemoveAllowedIP(P1, N("10.0.0.0/24"))]),
+            k.apply([AddAllowedIP(P1, N("10.0.2.0/24"))]),
+            k.apply([AddAllowedIP(P1, N("10.0.3.0/24"))]),
+        )
+        assert sorted(k.peers[P1], key=str) == [
+            N("10.0.1.0/24"),
+            N("10.0.2.0/24"),
+            N("10.0.3.0/24"),
+        ]
+
+    asyncio.run(go())

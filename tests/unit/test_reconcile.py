@@ -185,3 +185,17 @@ def test_no_intermediate_state_blackholes_a_routed_prefix(
     for p, dest in desired.items():
         if p in before:
             assert mid.get(p) in (before[p], dest)
+
+
+def test_reconcile_stays_pure() -> None:
+    """DESIGN: reconcile.py imports no socket, asyncio, subprocess or pyroute2."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, wgcast.dataplane.reconcile\n"
+        "bad = {'asyncio', 'socket', 'subprocess', 'pyroute2', 'selectors'} & set(sys.modules)\n"
+        "print(sorted(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import ipaddress
 import pathlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wgcast.dataplane.types import (
     AddAllowedIP,
+    DeviceIOError,
     DeviceNotFound,
     InvalidValue,
     MalformedReply,
@@ -23,7 +27,14 @@ from wgcast.dataplane.types import (
     error_for,
     updates_from_ops,
 )
-from wgcast.dataplane.uapi import check_reply, format_set, parse_get
+from wgcast.dataplane.uapi import (
+    UapiDevice,
+    check_reply,
+    format_set,
+    parse_get,
+    parse_prefix,
+    prefix_text,
+)
 from wgcast.keys import public_from_private
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -193,3 +204,65 @@ def test_ops_become_peer_sections() -> None:
     assert all(u.update_only for u in ups)
     text = format_set(ups)
     assert text.count("public_key=") == 4 and "allowed_ip=-10.0.3.0/24\n" in text
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32)).map(
+            lambda t: ipaddress.IPv4Network(t, strict=False)
+        ),
+        st.tuples(st.integers(0, 2**128 - 1), st.integers(0, 128)).map(
+            lambda t: ipaddress.IPv6Network(t, strict=False)
+        ),
+    )
+)
+def test_prefix_text_round_trip(p: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
+    assert parse_prefix(prefix_text(p)) == p
+    assert parse_prefix(str(p)) == p
+
+
+@pytest.mark.parametrize("bad", ["10.0.0.0", "10.0.0.0/33", "nope/8", "fd00::/129", "1.2.3/8"])
+def test_parse_prefix_rejects(bad: str) -> None:
+    with pytest.raises(MalformedReply):
+        parse_prefix(bad)
+
+
+async def _serve(path: str, reply: bytes | None, seen: list[bytes]) -> asyncio.AbstractServer:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        seen.append(await r.readuntil(b"\n\n"))
+        if reply is None:
+            await asyncio.sleep(10)
+        w.write(reply or b"")
+        await w.drain()
+        w.close()
+
+    return await asyncio.start_unix_server(handle, path)
+
+
+def test_transport_one_request_per_connection(tmp_path: pathlib.Path) -> None:
+    async def go() -> None:
+        seen: list[bytes] = []
+        server = await _serve(str(tmp_path / "wgx.sock"), recorded("uapi_get_peers.txt"), seen)
+        async with server:
+            dev = UapiDevice("wgx", socket_dir=str(tmp_path))
+            got = await dev.get()
+            assert got.private_key == PRIV_A and len(got.peers) == 3
+            await dev.get()
+        assert seen == [b"get=1\n\n", b"get=1\n\n"]
+
+    asyncio.run(go())
+
+
+def test_transport_timeout_and_missing_socket(tmp_path: pathlib.Path) -> None:
+    async def go() -> None:
+        server = await _serve(str(tmp_path / "wgy.sock"), None, [])
+        async with server:
+            dev = UapiDevice("wgy", socket_dir=str(tmp_path), timeout=0.2)
+            with pytest.raises(DeviceIOError) as e:
+                await dev.get()
+            assert e.value.errno == errno.ETIMEDOUT and "get" in str(e.value)
+        with pytest.raises(DeviceNotFound):
+            await UapiDevice("wgz", socket_dir=str(tmp_path)).get()
+
+    asyncio.run(go())

@@ -382,6 +382,7 @@ class NetlinkDevice(WireGuardBackend):
 
     def __init__(self, ifname: str, *, dump_retries: int = 5) -> None:
         super().__init__()
+        self._lock = asyncio.Lock()
         self._ifname = ifname
         self.dump_retries = dump_retries
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"wgcast-nl-{ifname}")
@@ -390,6 +391,9 @@ class NetlinkDevice(WireGuardBackend):
     @property
     def name(self) -> str:
         return self._ifname
+
+    def _mutex(self) -> asyncio.Lock:
+        return self._lock
 
     def __repr__(self) -> str:
         return f"NetlinkDevice({self._ifname!r})"
@@ -446,7 +450,7 @@ class NetlinkDevice(WireGuardBackend):
 
     # ----------------------------------------------------------------- backend
 
-    async def get(self) -> Device:
+    async def _get(self) -> Device:
         return await self._run(self._get_sync)
 
     async def _send(
@@ -478,7 +482,7 @@ class NetlinkDevice(WireGuardBackend):
         Linux >= 6.16 removes nothing and answers 0; older kernels reject the unknown
         attribute (EINVAL) before touching the peer. No peers: None (ask later).
         """
-        dev = await self.get()
+        dev = await self._get()
         if not dev.peers:
             return None
         peer = dev.peers[0]

@@ -29,9 +29,9 @@ from wgcast.dataplane.types import (
 )
 
 
-def prefix_key(p: Prefix) -> tuple[int, bytes, int]:
+def prefix_key(p: Prefix) -> tuple[int, int, int]:
     """Total order over IPv4 and IPv6 prefixes (they do not compare with each other)."""
-    return (p.version, p.network_address.packed, p.prefixlen)
+    return (p.version, int(p.network_address), p.prefixlen)
 
 
 def holders(actual: Mapping[PeerKey, AbstractSet[Prefix]]) -> dict[Prefix, PeerKey]:

@@ -12,7 +12,9 @@ import errno as _errno
 import ipaddress
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 """One AllowedIPs entry. WireGuard stores exact (address, length) pairs, canonical."""
@@ -229,8 +231,10 @@ def error_for(errno: int, request: str, detail: str = "") -> WireGuardError:
 class WireGuardBackend(ABC):
     """What the daemon needs from a WireGuard implementation; UAPI and netlink agree.
 
-    Subclasses implement `get`, `_send` and `_probe_removal`; the AllowedIPs logic
-    (removal support and its fallback) lives here once.
+    Subclasses implement `_get`, `_send`, `_probe_removal` and `_mutex`; the AllowedIPs
+    logic (removal support and its fallback) lives here once. Every public method holds
+    the backend's mutex: the removal fallback is a read followed by a replace, and a
+    change slipped in between would be wiped by the replace.
     """
 
     def __init__(self) -> None:
@@ -242,8 +246,12 @@ class WireGuardBackend(ABC):
         """The interface name."""
 
     @abstractmethod
-    async def get(self) -> Device:
-        """Read the whole device."""
+    def _mutex(self) -> AbstractAsyncContextManager[Any]:
+        """The lock serialising this backend's public operations (an asyncio.Lock)."""
+
+    @abstractmethod
+    async def _get(self) -> Device:
+        """Read the whole device (caller holds the mutex)."""
 
     @abstractmethod
     async def _send(
@@ -261,8 +269,17 @@ class WireGuardBackend(ABC):
     async def _probe_removal(self) -> bool | None:
         """True/False if single-prefix removal works; None if it cannot tell now."""
 
+    async def get(self) -> Device:
+        """Read the whole device."""
+        async with self._mutex():
+            return await self._get()
+
     async def supports_removal(self) -> bool:
         """Whether `RemoveAllowedIP` maps to a native removal; probed once, cached."""
+        async with self._mutex():
+            return await self._supports_removal()
+
+    async def _supports_removal(self) -> bool:
         if self._removal is None:
             found = await self._probe_removal()
             if found is None:
@@ -274,30 +291,36 @@ class WireGuardBackend(ABC):
         """Apply AllowedIPs operations in order, in as few requests as possible.
 
         Without native removal, removals run last as one `replace_allowed_ips` per
-        affected peer with the peer's remaining list, read right before.
+        affected peer with the peer's remaining list, read right before (so a removal
+        costs O(that peer's list) there).
         A failure can leave part of the batch applied: re-read and re-plan.
         """
         if not ops:
             return
-        removals = [op for op in ops if isinstance(op, RemoveAllowedIP)]
-        if not removals or await self.supports_removal():
-            await self._send(updates_from_ops(ops), request="apply")
-            return
-        rest = [op for op in ops if not isinstance(op, RemoveAllowedIP)]
-        if rest:
-            await self._send(updates_from_ops(rest), request="apply")
-        current = (await self.get()).peers
-        gone: dict[PeerKey, set[Prefix]] = {}
-        for op in removals:
-            gone.setdefault(op.peer, set()).add(op.prefix)
-        replaces: list[Op] = []
-        for peer in current:
-            drop = gone.get(peer.public_key)
-            if drop and drop.intersection(peer.allowed_ips):
-                keep = tuple(p for p in peer.allowed_ips if p not in drop)
-                replaces.append(ReplaceAllowedIPs(peer.public_key, keep))
-        if replaces:
-            await self._send(updates_from_ops(replaces), request="apply (remove by replace)")
+        async with self._mutex():
+            removals = [op for op in ops if isinstance(op, RemoveAllowedIP)]
+            if not removals or await self._supports_removal():
+                await self._send(updates_from_ops(ops), request="apply")
+                return
+            rest = [op for op in ops if not isinstance(op, RemoveAllowedIP)]
+            if rest:
+                await self._send(updates_from_ops(rest), request="apply")
+            current = (await self._get()).peers
+            gone: dict[PeerKey, set[Prefix]] = {}
+            for op in removals:
+                gone.setdefault(op.peer, set()).add(op.prefix)
+            replaces: list[Op] = []
+            for peer in current:
+                drop = gone.get(peer.public_key)
+                if drop and drop.intersection(peer.allowed_ips):
+                    keep = tuple(p for p in peer.allowed_ips if p not in drop)
+                    replaces.append(ReplaceAllowedIPs(peer.public_key, keep))
+            if replaces:
+                await self._send(updates_from_ops(replaces), request="apply (remove by replace)")
+
+    async def _locked_send(self, updates: Sequence[PeerUpdate], **kw: Any) -> None:
+        async with self._mutex():
+            await self._send(updates, **kw)
 
     async def set_peer(
         self,
@@ -318,16 +341,16 @@ class WireGuardBackend(ABC):
             persistent_keepalive=persistent_keepalive,
             allowed_ips=[(p, False) for p in allowed_ips or ()],
         )
-        await self._send([up], request="set_peer")
+        await self._locked_send([up], request="set_peer")
 
     async def set_endpoint(self, public_key: bytes, endpoint: str) -> None:
         """Point an existing peer at "ip:port" / "[ip6]:port" (never creates the peer)."""
         endpoint_parts(endpoint)
         up = PeerUpdate(public_key, update_only=True, endpoint=endpoint)
-        await self._send([up], request="set_endpoint")
+        await self._locked_send([up], request="set_endpoint")
 
     async def remove_peer(self, public_key: bytes) -> None:
-        await self._send([PeerUpdate(public_key, remove=True)], request="remove_peer")
+        await self._locked_send([PeerUpdate(public_key, remove=True)], request="remove_peer")
 
     async def configure(
         self,
@@ -337,7 +360,7 @@ class WireGuardBackend(ABC):
         fwmark: int | None = None,
     ) -> None:
         """Device-level settings (used by tests and the lab; the daemon reads them)."""
-        await self._send(
+        await self._locked_send(
             [],
             private_key=private_key,
             listen_port=listen_port,

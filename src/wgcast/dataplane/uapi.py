@@ -56,6 +56,7 @@ class UapiDevice(WireGuardBackend):
         self, ifname: str, *, socket_dir: str = SOCKET_DIR, timeout: float = 10.0
     ) -> None:
         super().__init__()
+        self._lock = asyncio.Lock()
         self._ifname = ifname
         self.path = os.path.join(socket_dir, f"{ifname}.sock")
         self.timeout = timeout
@@ -63,6 +64,9 @@ class UapiDevice(WireGuardBackend):
     @property
     def name(self) -> str:
         return self._ifname
+
+    def _mutex(self) -> asyncio.Lock:
+        return self._lock
 
     def __repr__(self) -> str:
         return f"UapiDevice({self._ifname!r})"
@@ -75,13 +79,17 @@ class UapiDevice(WireGuardBackend):
         Raises the errno's `WireGuardError` subclass, naming `kind` in the message.
         Public for tests and debugging; the daemon uses the typed methods.
         """
-        async with asyncio.timeout(self.timeout):
-            reply = await _exchange(self.path, payload.encode(), kind)
+        try:
+            async with asyncio.timeout(self.timeout):
+                reply = await _exchange(self.path, payload.encode(), kind)
+        except TimeoutError as e:
+            detail = f"{self.path}: no reply within {self.timeout}s"
+            raise DeviceIOError(errno.ETIMEDOUT, kind, detail) from e
         return check_reply(reply, kind, self.path)
 
     # ----------------------------------------------------------------- backend
 
-    async def get(self) -> Device:
+    async def _get(self) -> Device:
         return parse_get(await self.request("get=1\n\n", "get"))
 
     async def _send(
@@ -105,7 +113,7 @@ class UapiDevice(WireGuardBackend):
         older versions reject the line with EINVAL before touching anything.
         Without peers there is nothing to remove yet: None (ask again later).
         """
-        dev = await self.get()
+        dev = await self._get()
         if not dev.peers:
             return None
         peer = dev.peers[0]
@@ -171,6 +179,28 @@ def check_reply(reply: bytes, kind: str, where: str = "") -> str:
 # --------------------------------------------------------------------------- codec
 
 
+def parse_prefix(text: str) -> Prefix:
+    """An `allowed_ip` value -> network (host bits masked), ~3x faster than ip_network."""
+    addr, sep, plen = text.partition("/")
+    try:
+        if not sep:
+            raise ValueError("no prefix length")
+        if ":" in addr:
+            raw = socket.inet_pton(socket.AF_INET6, addr)
+            return ipaddress.IPv6Network((int.from_bytes(raw, "big"), int(plen)), strict=False)
+        raw = socket.inet_pton(socket.AF_INET, addr)
+        return ipaddress.IPv4Network((int.from_bytes(raw, "big"), int(plen)), strict=False)
+    except (OSError, ValueError) as e:
+        raise MalformedReply(errno.EPROTO, "get", f"bad allowed_ip {text[:60]!r}") from e
+
+
+def prefix_text(p: Prefix) -> str:
+    """A network as UAPI text; inet_ntop is ~5x faster than str() for IPv6."""
+    if p.version == 4:
+        return f"{p.network_address}/{p.prefixlen}"
+    return f"{socket.inet_ntop(socket.AF_INET6, p.network_address.packed)}/{p.prefixlen}"
+
+
 def _key(value: str, what: str) -> bytes:
     try:
         raw = bytes.fromhex(value)
@@ -219,10 +249,7 @@ def parse_get(text: str) -> Device:
             elif key in ("listen_port", "fwmark"):
                 dev[key] = _int(value, key)
         elif key == "allowed_ip":
-            try:
-                cur["allowed_ips"].append(ipaddress.ip_network(value, strict=False))
-            except ValueError as e:
-                raise MalformedReply(errno.EPROTO, "get", f"bad allowed_ip {value!r}") from e
+            cur["allowed_ips"].append(parse_prefix(value))
         elif key == "endpoint":
             cur["endpoint"] = value
         elif key == "last_handshake_time_sec":
@@ -252,7 +279,7 @@ def _bounded(value: int, top: int, what: str) -> int:
 
 
 def _prefix_line(p: Prefix, remove: bool) -> str:
-    return f"allowed_ip={'-' if remove else ''}{p}\n"
+    return f"allowed_ip={'-' if remove else ''}{prefix_text(p)}\n"
 
 
 def format_set(
