@@ -227,6 +227,7 @@ class Lab:
         config_hook: Callable[[str, dict[str, Any]], None] | None = None,
         preassign_anycast: bool | None = None,
         daemon_ready_timeout: float = 10.0,
+        relay_sched: str = "rt",
     ) -> None:
         if seed is None:
             seed = secrets.randbelow(2**31)
@@ -258,6 +259,9 @@ class Lab:
         self.config_hook = config_hook
         self.preassign_anycast = (not daemons) if preassign_anycast is None else preassign_anycast
         self.daemon_ready_timeout = daemon_ready_timeout
+        if relay_sched not in ("rt", "nice", "none"):
+            raise LabError(f"relay_sched must be 'rt', 'nice' or 'none', got {relay_sched!r}")
+        self.relay_sched = relay_sched
         self.id: str = labid or ""
         self.dir: str = ""
         self.nodes: dict[str, NodeInfo] = {}
@@ -328,7 +332,8 @@ class Lab:
                   seed=opts["seed"], timers=opts["timers"], daemons=opts["daemons"],
                   echo=opts["echo"], echo_port=opts["echo_port"], labid=labid, base=base,
                   daemon_cmd=opts.get("daemon_cmd"),
-                  preassign_anycast=opts.get("preassign_anycast"))
+                  preassign_anycast=opts.get("preassign_anycast"),
+                  relay_sched=opts.get("relay_sched", "rt"))
         lab._load_state(st)
         lab._is_up = True
         return lab
@@ -529,7 +534,8 @@ class Lab:
             "options": {"seed": self.seed, "timers": self.timers, "daemons": self.daemons,
                         "echo": self.echo, "echo_port": self.echo_port,
                         "daemon_cmd": self.daemon_cmd,
-                        "preassign_anycast": self.preassign_anycast},
+                        "preassign_anycast": self.preassign_anycast,
+                        "relay_sched": self.relay_sched},
             "topology": self.topology.to_dict(),
             "relay": {"ns": ns_name(labid, RELAY),
                       "control": os.path.join(self.dir, "relay.sock"),
@@ -625,7 +631,8 @@ class Lab:
         with open(r["config"], "w") as f:
             json.dump(cfg, f)
         self._spawn(RELAY, [sys.executable, "-m", "wgcast.lab.relay", "run", "--config",
-                            r["config"], "--control", r["control"]], "relay", "relay.log",
+                            r["config"], "--control", r["control"], "--sched",
+                            self.relay_sched], "relay", "relay.log",
                     env={"PYTHONUNBUFFERED": "1"})
 
         def ready() -> bool:
@@ -855,10 +862,10 @@ class Lab:
     def start_prober(self, node: str, addr: str | None = None, port: int | None = None,
                      duration: float = 5.0, interval_ms: float = 1.0,
                      timeout_ms: float = 1000.0, source: str | None = None,
-                     linger: float | None = None) -> ProberRun:
+                     linger: float | None = None, realtime: bool = True) -> ProberRun:
         """Start a prober in ``node``'s namespace (one query per ``interval_ms`` to
         addr:port, default: anycast group 0, echo port). ``.wait()`` returns its result
-        (see wgcast.lab.prober)."""
+        (see wgcast.lab.prober). ``realtime``: SCHED_FIFO for precise pacing."""
         addr = addr or self.anycast(0)
         port = self.echo_port if port is None else port
         linger = min(timeout_ms / 1000, 2.0) if linger is None else linger
@@ -869,6 +876,8 @@ class Lab:
                "--timeout-ms", str(timeout_ms), "--linger", str(linger), "--out", out]
         if source:
             cmd += ["--source", source]
+        if realtime:
+            cmd.append("--rt")
         pid, st = self._spawn(node, cmd, "prober", tag + ".log")
         return ProberRun(self, node, pid, st, self._popens.get(pid), out,
                          os.path.join(self.dir, tag + ".log"), duration, linger)

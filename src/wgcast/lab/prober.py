@@ -39,7 +39,7 @@ from array import array
 from typing import Any
 
 from wgcast.lab.echo import parse_reply
-from wgcast.lab.relay import set_timer_slack_ns
+from wgcast.lab.relay import set_priority, set_timer_slack_ns
 
 MAGIC = b"wgcp"
 HEADER = struct.Struct("!4sIQQ")  # magic, run id, seq, send time (monotonic ns)
@@ -270,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to wait for answers after the last query")
     ap.add_argument("--source", default=None, help="source address to bind")
     ap.add_argument("--size", type=int, default=0, help="pad queries to this many bytes")
+    ap.add_argument("--rt", action="store_true",
+                    help="SCHED_FIFO priority 1 (precise pacing on a loaded machine)")
     ap.add_argument("--out", default="-", help="JSON output file ('-' = stdout)")
     args = ap.parse_args(argv)
     stop = False
@@ -281,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     set_timer_slack_ns(1)
+    if args.rt:
+        set_priority("rt")
     try:
         result = probe(args.addr, args.port, args.duration, args.interval_ms, args.timeout_ms,
                        args.linger, args.source, args.size, should_stop=lambda: stop)
