@@ -15,6 +15,8 @@
     name = "n2"
     public_key = "<base64>"
     endpoints = ["198.18.0.5:30000"]
+    may_originate = ["fd5a:XXXX:2::1/128"]     # the peer's own unicast prefix (the
+                                                # daemon adds the anycast prefixes)
 
     [[groups]]                                  # only on nodes serving an instance
     prefix = "fd5a:XXXX:ffff::53/128"
@@ -105,7 +107,8 @@ def node_config(
         "state_file": state_file,
         "timers": {"profile": timers},
         "peers": [
-            {"name": p["name"], "public_key": p["public_key"], "endpoints": list(p["endpoints"])}
+            {"name": p["name"], "public_key": p["public_key"], "endpoints": list(p["endpoints"]),
+             **({"may_originate": list(p["may_originate"])} if "may_originate" in p else {})}
             for p in peers
         ],
     }

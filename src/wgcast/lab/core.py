@@ -64,6 +64,7 @@ from wgcast.lab.system import (
     spawn,
     tail,
     terminate,
+    uapi_get,
     wait_for,
     wait_gone,
 )
@@ -95,11 +96,12 @@ def wg_name(labid: str, index: int) -> str:
 
 
 def unicast_address(labid: str, index: int) -> str:
-    return f"fd5a:{labid}:{index}::1"
+    """fd5a:<labid>:<index>::1 in canonical form (the index digits read as hex)."""
+    return str(ipaddress.IPv6Address(f"fd5a:{labid}:{index}::1"))
 
 
 def anycast_address(labid: str, k: int) -> str:
-    return f"fd5a:{labid}:ffff::{0x53 + k:x}"
+    return str(ipaddress.IPv6Address(f"fd5a:{labid}:ffff::{0x53 + k:x}"))
 
 
 def underlay(index: int) -> tuple[str, str]:
@@ -228,6 +230,7 @@ class Lab:
         preassign_anycast: bool | None = None,
         daemon_ready_timeout: float = 10.0,
         relay_sched: str = "rt",
+        warm_handshakes: bool = True,
     ) -> None:
         if seed is None:
             seed = secrets.randbelow(2**31)
@@ -262,6 +265,7 @@ class Lab:
         if relay_sched not in ("rt", "nice", "none"):
             raise LabError(f"relay_sched must be 'rt', 'nice' or 'none', got {relay_sched!r}")
         self.relay_sched = relay_sched
+        self.warm_handshakes = warm_handshakes
         self.id: str = labid or ""
         self.dir: str = ""
         self.nodes: dict[str, NodeInfo] = {}
@@ -474,6 +478,8 @@ class Lab:
             self._configure_wireguard()
             self._start_relay()
             self._write_configs()
+            if self.warm_handshakes:
+                self.warm_up()
             if self.echo != "none":
                 for n in (self.nodes if self.echo == "all" else self._serving_nodes()):
                     self.start_echo(n, self.echo_port)
@@ -617,6 +623,52 @@ class Lab:
                         lines.append(f"address add {g.address}/128 dev lo preferred_lft 0 nodad")
             ip_batch(lines, netns=n.ns)
 
+    def warm_up(self, timeout: float | None = None) -> list[tuple[str, str]]:
+        """Complete the WireGuard handshake of every neighbour pair, initiated from one
+        end only (the lower index), before anything else talks.
+
+        Daemons starting together make both ends initiate at once; the initiations cross
+        on the delayed links, each end drops the response to its own, and WireGuard only
+        retries after 5 s. Returns the pairs still without a handshake at the deadline.
+        """
+        pairs = [(a, b) for a in self.nodes for b in self.topology.neighbours(a)
+                 if self.nodes[a].index < self.nodes[b].index]
+        if not pairs:
+            return []
+        max_delay = max((lk.delay_ms + lk.jitter_ms for lk in self.links), default=0.0)
+        if timeout is None:
+            timeout = 3.0 + 4 * max_delay / 1000
+        socks: dict[str, tuple[socket.socket, int]] = {}
+        try:
+            for a in {a for a, _ in pairs}:
+                with in_netns(self.ns(a)):
+                    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                    socks[a] = (s, socket.if_nametoindex(self.nodes[a].iface))
+            deadline = time.monotonic() + timeout
+            pending = list(pairs)
+            next_kick = 0.0
+            while pending and time.monotonic() < deadline:
+                if time.monotonic() >= next_kick:  # one packet starts a handshake
+                    for a, b in pending:
+                        s, ifindex = socks[a]
+                        with contextlib.suppress(OSError):
+                            s.sendto(b"wgcast-lab warm-up", (self.nodes[b].control, 9, 0, ifindex))
+                    next_kick = time.monotonic() + 1.0 + 2 * max_delay / 1000
+                time.sleep(0.01)
+                done = set()
+                for a in {a for a, _ in pending}:
+                    for peer, info in self.wg_show(a)["peers"].items():
+                        if info["latest_handshake"]:
+                            done.add((a, peer))
+                pending = [p for p in pending if p not in done]
+        finally:
+            for s, _ in socks.values():
+                s.close()
+        if pending:
+            log.warning("lab %s: no WireGuard handshake yet between %s", self.id,
+                        ", ".join(f"{a}-{b}" for a, b in pending))
+        return pending
+
     def _start_relay(self) -> None:
         r = self.state["relay"]
         cfg = {"links": [], "seed": self.seed, "bind": "0.0.0.0"}
@@ -655,7 +707,10 @@ class Lab:
             p = self.nodes[peer]
             peers.append({"name": peer, "public_key": p.public_key,
                           "endpoints": [lk.endpoint_of(node)
-                                        for lk in self.links_between(node, peer)]})
+                                        for lk in self.links_between(node, peer)],
+                          # The daemon's default (the AllowedIPs found at start) would be
+                          # the control address only: let the peer originate its unicast.
+                          "may_originate": [f"{p.unicast}/128"]})
         return lab_config.node_config(
             interface=n.iface, addresses=[f"{n.unicast}/128"],
             anycast=[g.prefix for g in self.groups], api_socket=n.api_socket,
@@ -965,24 +1020,14 @@ class Lab:
 
     # ------------------------------------------------------------------ inspection
     def wg_show(self, node: str) -> dict[str, Any]:
-        """WireGuard state of a node: {listen_port, peers: {name: {...}}}."""
+        """WireGuard state of a node, read through the UAPI socket:
+        {interface, listen_port, peers: {peer name: {public_key, endpoint, allowed_ips,
+        latest_handshake, rx, tx}}}."""
         n = self.node(node)
-        out = run(["wg", "show", n.iface, "dump"]).stdout.splitlines()
+        st = uapi_get(n.iface)
         by_key = {v.public_key: k for k, v in self.nodes.items()}
-        res: dict[str, Any] = {"interface": n.iface, "peers": {}}
-        if out:
-            f = out[0].split("\t")
-            res["listen_port"] = int(f[2]) if len(f) > 2 and f[2].isdigit() else None
-        for line in out[1:]:
-            f = line.split("\t")
-            if len(f) < 8:
-                continue
-            res["peers"][by_key.get(f[0], f[0])] = {
-                "public_key": f[0], "endpoint": None if f[2] == "(none)" else f[2],
-                "allowed_ips": [] if f[3] == "(none)" else f[3].split(","),
-                "latest_handshake": int(f[4]), "rx": int(f[5]), "tx": int(f[6]),
-            }
-        return res
+        return {"interface": n.iface, "listen_port": st["listen_port"],
+                "peers": {by_key.get(k, k): v for k, v in st["peers"].items()}}
 
     def status(self) -> dict[str, Any]:
         """Everything about the lab, with liveness of namespaces and processes."""

@@ -308,3 +308,55 @@ def remove_wg_sockets(prefix: str) -> list[str]:
 
 def errno_name(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, str(e.errno))
+
+
+def uapi_get(iface: str, timeout: float = 2.0) -> dict[str, Any]:
+    """State of a userspace WireGuard interface through its UAPI socket (no subprocess).
+
+    Returns {"listen_port": int | None, "peers": {public key base64: {endpoint,
+    allowed_ips, latest_handshake, rx, tx}}}.
+    """
+    import base64
+
+    path = os.path.join(WG_SOCK_DIR, f"{iface}.sock")
+    buf = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            s.sendall(b"get=1\n\n")
+            deadline = time.monotonic() + timeout
+            while not buf.endswith(b"\n\n"):
+                if time.monotonic() > deadline or len(buf) > 4 * 1024 * 1024:
+                    raise LabError(f"{iface}: UAPI reply too slow or too long")
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except OSError as e:
+            raise LabError(f"{iface}: UAPI socket {path}: {e}") from None
+    out: dict[str, Any] = {"listen_port": None, "peers": {}}
+    peer: dict[str, Any] | None = None
+    for line in buf.decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
+        if key == "public_key":
+            pub = base64.b64encode(bytes.fromhex(value)).decode()
+            peer = {"public_key": pub, "endpoint": None, "allowed_ips": [],
+                    "latest_handshake": 0, "rx": 0, "tx": 0}
+            out["peers"][pub] = peer
+        elif key == "listen_port" and peer is None:
+            out["listen_port"] = int(value)
+        elif key == "errno" and value != "0":
+            raise LabError(f"{iface}: UAPI get failed, errno {value}")
+        elif peer is not None:
+            if key == "endpoint":
+                peer["endpoint"] = value
+            elif key == "allowed_ip":
+                peer["allowed_ips"].append(value)
+            elif key == "last_handshake_time_sec":
+                peer["latest_handshake"] = int(value)
+            elif key == "rx_bytes":
+                peer["rx"] = int(value)
+            elif key == "tx_bytes":
+                peer["tx"] = int(value)
+    return out
