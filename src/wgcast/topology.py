@@ -26,6 +26,7 @@ import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
@@ -141,7 +142,7 @@ class Topology:
             return False
         return bool(nx.is_connected(self.simple_graph()))
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "spec": self.spec,
             "seed": self.seed,
@@ -154,15 +155,15 @@ class Topology:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Topology:
+    def from_dict(cls, d: dict[str, Any]) -> Topology:
         links = [
             Link(a=str(x["a"]), b=str(x["b"]), delay_ms=float(x["delay_ms"]),
                  jitter_ms=float(x.get("jitter_ms", 0.0)), loss=float(x.get("loss", 0.0)),
                  id=int(x["id"]))
-            for x in d["links"]  # type: ignore[union-attr]
+            for x in d["links"]
         ]
-        return cls(nodes=[str(n) for n in d["nodes"]], links=links,  # type: ignore[union-attr]
-                   spec=str(d.get("spec", "")), seed=int(d.get("seed", 0)))  # type: ignore[arg-type]
+        return cls(nodes=[str(n) for n in d["nodes"]], links=links,
+                   spec=str(d.get("spec", "")), seed=int(d.get("seed", 0)))
 
 
 # -- value parsing -------------------------------------------------------------------

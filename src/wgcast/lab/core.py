@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import logging
@@ -791,8 +792,7 @@ class Lab:
                 raise LabError(f"the daemon of {name} is already running")
             self._spawn(name, self.daemon_command(name), "daemon", f"{name}.daemon.log",
                         env={"PYTHONUNBUFFERED": "1"})
-            self._mutate(lambda st, name=name: st["failures"]["daemons"].remove(name)
-                         if name in st["failures"]["daemons"] else None)
+            self._mutate(functools.partial(_discard, "daemons", name))
         if wait:
             self.wait_daemons(names, self.daemon_ready_timeout)
 
@@ -884,12 +884,10 @@ class Lab:
         if how == "daemon":
             if not self.stop_daemon(node, sig):
                 raise LabError(f"no daemon running on {node}")
-            self._mutate(lambda st: st["failures"]["daemons"].append(node)
-                         if node not in st["failures"]["daemons"] else None)
+            self._mutate(functools.partial(_add, "daemons", node))
         elif how == "node":
             run(["ip", "-n", self.ns(node), "link", "set", "ul", "down"])
-            self._mutate(lambda st: st["failures"]["nodes"].append(node)
-                         if node not in st["failures"]["nodes"] else None)
+            self._mutate(functools.partial(_add, "nodes", node))
         elif how == "link":
             self.set_link(node, peer, link_id=link_id, up=False)
         else:
@@ -902,12 +900,10 @@ class Lab:
         if how == "daemon":
             if self.process(node, "daemon") is None:
                 self.start_daemon(node, wait=wait)
-            self._mutate(lambda st: st["failures"]["daemons"].remove(node)
-                         if node in st["failures"]["daemons"] else None)
+            self._mutate(functools.partial(_discard, "daemons", node))
         elif how == "node":
             run(["ip", "-n", self.ns(node), "link", "set", "ul", "up"])
-            self._mutate(lambda st: st["failures"]["nodes"].remove(node)
-                         if node in st["failures"]["nodes"] else None)
+            self._mutate(functools.partial(_discard, "nodes", node))
         elif how == "link":
             self.set_link(node, peer, link_id=link_id, up=True)
         else:
@@ -1069,6 +1065,19 @@ class Lab:
             res = teardown(self.id, self.base, popens=self._popens)
         self._is_up = False
         return res
+
+
+def _discard(kind: str, item: str, st: dict[str, Any]) -> None:
+    """Remove ``item`` from the failures of ``kind`` in a state dict."""
+    lst = st["failures"][kind]
+    if item in lst:
+        lst.remove(item)
+
+
+def _add(kind: str, item: str, st: dict[str, Any]) -> None:
+    lst = st["failures"][kind]
+    if item not in lst:
+        lst.append(item)
 
 
 def _listdir(path: str) -> list[str]:

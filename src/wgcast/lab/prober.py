@@ -55,7 +55,7 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
     v = sorted(values)
 
     def pct(p: float) -> float:
-        return round(v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))], 3)
+        return float(round(v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))], 3))
 
     return {"min": round(v[0], 3), "mean": round(sum(v) / len(v), 3), "p50": pct(0.5),
             "p90": pct(0.9), "p99": pct(0.99), "max": round(v[-1], 3), "count": len(v)}
@@ -64,9 +64,9 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
 def analyse(
     sent: int,
     interval_ms: float,
-    send_ns: array,  # actual send times, ns relative to t0
-    node_of: array,  # index into names, -1 = unanswered
-    rtt_us: array,
+    send_ns: array[int],  # actual send times, ns relative to t0
+    node_of: array[int],  # index into names, -1 = unanswered
+    rtt_us: array[int],
     names: list[str],
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def set_timer_slack_ns(ns: int = 1) -> bool:
     """Make timed wakeups precise (default slack is 50 us)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(29, ctypes.c_ulong(ns), 0, 0, 0) == 0  # PR_SET_TIMERSLACK
+        return bool(libc.prctl(29, ctypes.c_ulong(ns), 0, 0, 0) == 0)  # PR_SET_TIMERSLACK
     except (OSError, AttributeError):
         return False
 

@@ -293,7 +293,7 @@ def require_tools() -> None:
 
 def remove_wg_sockets(prefix: str) -> list[str]:
     """Remove leftover UAPI sockets /var/run/wireguard/<prefix>*.sock."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(WG_SOCK_DIR)
     except FileNotFoundError:
