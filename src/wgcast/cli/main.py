@@ -151,3 +151,46 @@ def _optional(module: str, name: str) -> None:
 
 _optional("wgcast.cli.sim", "sim")
 _optional("wgcast.cli.lab", "lab")
+
+
+def _register_demo() -> None:
+    lab_group = main.commands.get("lab")
+    if not isinstance(lab_group, click.Group):
+        return
+
+    @lab_group.command("demo")
+    @click.option("--topology", "-t", default="line:5", show_default=True)
+    @click.option("--instances", "-i", default="n1,n5", show_default=True)
+    @click.option("--fail", "fail", type=click.Choice(["daemon", "node", "link"]),
+                  default="node", show_default=True)
+    @click.option("--runs", type=click.IntRange(1, 1000), default=1, show_default=True)
+    @click.option("--timers", type=click.Choice(["default", "fast"]), default="default",
+                  show_default=True)
+    @click.option("--delay", default="2-20ms", show_default=True)
+    @click.option("--jitter", default="0", show_default=True)
+    @click.option("--loss", default="0", show_default=True)
+    @click.option("--seed", type=int, default=7, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+    def demo(topology: str, instances: str, fail: str, runs: int, timers: str, delay: str,
+             jitter: str, loss: str, seed: int, as_json: bool) -> None:
+        """Up a mesh, fail the busiest anycast instance, measure each client's outage."""
+        from wgcast.lab.core import LabError
+        from wgcast.lab.demo import DemoOptions, run_demo
+
+        opt = DemoOptions(topology, instances, fail, runs, timers, delay, jitter, loss, seed,
+                          out=lambda s: click.echo(s, err=as_json), quiet=False)
+        try:
+            res = run_demo(opt)
+        except (LabError, ValueError) as e:
+            click.echo(f"lab demo: {e}", err=True)
+            sys.exit(1)
+        if as_json:
+            for r in res.get("runs", []):
+                for v in r["per_client"].values():
+                    v.pop("segments", None)
+            click.echo(json.dumps(res, indent=2))
+        if not res.get("cleaned_up"):
+            sys.exit(1)
+
+
+_register_demo()

@@ -1,0 +1,197 @@
+"""`wgcast lab demo`: the main job, a measured anycast failover on a real mesh.
+
+Up a mesh, print which instance every node reaches (and check it is the nearest by the
+emulated link delays), fail the instance that serves most nodes while every other node
+probes the anycast address once per millisecond, and report the outage each client saw.
+Everything is torn down at the end, also on errors and Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from wgcast.lab.core import Lab, LabError
+
+#: How long probers run before the failure, and after it, per timer profile (seconds).
+_LEAD = 1.0
+_TAIL = {"default": 2.5, "fast": 1.5}
+
+
+@dataclass
+class DemoOptions:
+    topology: str = "line:5"
+    instances: str = "n1,n5"
+    fail: str = "node"
+    runs: int = 1
+    timers: str = "default"
+    delay: str = "2-20ms"
+    jitter: str = "0"
+    loss: str = "0"
+    seed: int = 7
+    out: Callable[[str], None] = print
+    quiet: bool = False
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+
+def nearest_instances(lab: Lab, instances: list[str]) -> dict[str, set[str]]:
+    """Per node, the instances at the lowest summed link delay (several on a tie)."""
+    g = nx.Graph()
+    for lk in lab.topology.links:
+        w = lk.delay_ms
+        if g.has_edge(lk.a, lk.b):
+            w = min(w, g[lk.a][lk.b]["w"])
+        g.add_edge(lk.a, lk.b, w=w)
+    out: dict[str, set[str]] = {}
+    for n in lab.topology.nodes:
+        dist = nx.single_source_dijkstra_path_length(g, n, weight="w")
+        best = min(dist.get(i, float("inf")) for i in instances)
+        out[n] = {i for i in instances if abs(dist.get(i, float("inf")) - best) < 0.5}
+    return out
+
+
+def wait_catchment(lab: Lab, nodes: list[str], timeout: float,
+                   want: Callable[[dict[str, str | None]], bool]) -> dict[str, str | None]:
+    """Poll the catchment until `want` holds (or the deadline passes: return the last)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        c = lab.catchment(nodes=nodes, timeout=0.5)
+        if want(c) or time.monotonic() >= deadline:
+            return c
+        time.sleep(0.2)
+
+
+def _pct(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "max": None}
+    return {"p50": round(statistics.median(values), 1), "max": round(max(values), 1)}
+
+
+def run_demo(opt: DemoOptions) -> dict[str, Any]:
+    say = (lambda s: None) if opt.quiet else opt.out
+    lab = Lab(opt.topology, instances=opt.instances, timers=opt.timers, delay=opt.delay,
+              jitter=opt.jitter, loss=opt.loss, seed=opt.seed)
+    result: dict[str, Any] = {"cleaned_up": False}
+    try:
+        t0 = time.monotonic()
+        with lab:
+            nodes = list(lab.topology.nodes)
+            instances = list(lab.groups[0].members) if lab.groups else []
+            if not instances:
+                raise LabError("the demo needs at least one anycast instance (--instances)")
+            say(f"lab {lab.id}: {len(nodes)} nodes ({opt.topology}, delays {opt.delay}), "
+                f"instances {', '.join(instances)}, timers {opt.timers}; up in "
+                f"{time.monotonic() - t0:.1f}s")
+            nearest = nearest_instances(lab, instances)
+            catch = wait_catchment(
+                lab, nodes, 20.0,
+                lambda c: all(c[n] in nearest[n] for n in nodes))
+            rtts = lab.query_many(nodes, lab.anycast(0))
+            nearest_ok = all(catch[n] in nearest[n] for n in nodes)
+            say("\ncatchment (node -> instance, RTT):")
+            for n in nodes:
+                r = rtts.get(n)
+                mark = "" if catch[n] in nearest[n] else f"   (nearest: {sorted(nearest[n])})"
+                say(f"  {n:>4} -> {catch[n] or '-':>4}  "
+                    f"{'' if r is None else f'{r[1]:.1f} ms'}{mark}")
+            counts = {i: sum(1 for n in nodes if catch[n] == i) for i in instances}
+            target = max(instances, key=lambda i: (counts[i], -nodes.index(i)))
+            clients = [n for n in nodes if n != target]
+            say(f"\nfailing {target} (serves {counts[target]} nodes) by '{opt.fail}', "
+                f"{opt.runs} run(s), probing from {', '.join(clients)} at 1 query/ms")
+            runs: list[dict[str, Any]] = []
+            for k in range(opt.runs):
+                runs.append(_one_run(lab, opt, target, clients, catch, k, say))
+            per_client: dict[str, Any] = {}
+            all_outages: list[float] = []
+            lost = 0
+            for c in clients:
+                outs = [r["per_client"][c]["outage_ms"] for r in runs]
+                if catch.get(c) == target:
+                    all_outages += outs  # the summary covers the clients that had to move
+                lost += sum(r["per_client"][c]["lost"] for r in runs)
+                per_client[c] = {**_pct(outs), "lost": sum(r["per_client"][c]["lost"]
+                                                            for r in runs),
+                                 "moved_to": runs[-1]["per_client"][c]["after"]}
+            worst = [max(r["per_client"][c]["outage_ms"] for c in clients) for r in runs]
+            result.update({
+                "lab": lab.id, "topology": opt.topology, "timers": opt.timers,
+                "nodes": nodes, "instances": instances, "catchments": catch,
+                "rtt_ms": {n: (None if rtts.get(n) is None else rtts[n][1]) for n in nodes},
+                "nearest_ok": nearest_ok,
+                "failure": {"node": target, "how": opt.fail, "runs": opt.runs},
+                "outage_ms": _pct(all_outages),
+                "worst_client_outage_ms": _pct(worst),
+                "per_client": per_client, "lost": lost, "runs": runs,
+            })
+        down = lab.down()
+        result["cleaned_up"] = _clean(lab, down)
+    finally:
+        if not result["cleaned_up"]:
+            result["cleaned_up"] = _clean(lab, lab.down())
+    say(f"\nsummary: outage p50 {result.get('outage_ms', {}).get('p50')} ms, max "
+        f"{result.get('outage_ms', {}).get('max')} ms over clients and runs; "
+        f"{result.get('lost')} queries lost; nearest_ok={result.get('nearest_ok')}; "
+        f"cleaned_up={result['cleaned_up']}")
+    return result
+
+
+def _clean(lab: Lab, down: dict[str, Any]) -> bool:
+    from wgcast.lab.system import list_netns
+
+    return not any(lab.id in ns for ns in list_netns()) if lab.id else True
+
+
+def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
+             before: dict[str, str | None], k: int,
+             say: Callable[[str], None]) -> dict[str, Any]:
+    duration = _LEAD + _TAIL[opt.timers]
+    probers = [lab.start_prober(c, duration=duration) for c in clients]
+    time.sleep(_LEAD)
+    t_fail = time.monotonic()
+    peer = None
+    if opt.fail == "link":
+        # The link of the target that carries most clients: its first hop towards them.
+        peer = max(lab.topology.neighbours(target),
+                   key=lambda p: sum(_behind(lab, target, p, c) for c in clients))
+    lab.fail(target, opt.fail, peer)
+    res = {p.node: p.wait() for p in probers}
+    fail_ms = round((t_fail - probers[0].started) * 1000, 1)
+    per_client: dict[str, Any] = {}
+    for c, r in res.items():
+        segs = r.get("segments") or r.get("timeline") or []
+        after = segs[-1]["node"] if segs else None
+        per_client[c] = {"outage_ms": float(r.get("outage_ms") or 0.0),
+                         "lost": int(r.get("lost") or 0), "before": before.get(c),
+                         "after": after, "segments": segs}
+    outs = [v["outage_ms"] for v in per_client.values()]
+    say(f"run {k + 1}: failure at +{fail_ms} ms; outage per client: " + ", ".join(
+        f"{c} {v['outage_ms']:.0f}ms ({v['before']}->{v['after']})"
+        for c, v in per_client.items()) + f"; max {max(outs):.0f} ms")
+    if k == 0:
+        say("  timeline (ms since probe start: answering instance):")
+        for c, v in per_client.items():
+            parts = [f"{s.get('from_ms', 0):.0f}-{s.get('to_ms', 0):.0f}:{s.get('node') or '-'}"
+                     for s in v["segments"][:6]]
+            say(f"    {c}: {'  '.join(parts)}")
+    lab.restore(target, opt.fail, peer)
+    back = wait_catchment(lab, clients, 20.0,
+                          lambda c: all(c[n] == before.get(n) for n in clients))
+    if any(back[n] != before.get(n) for n in clients):
+        say(f"  (after restore the catchment differs: {back})")
+    return {"failure_at_ms": fail_ms, "per_client": per_client}
+
+
+def _behind(lab: Lab, target: str, first_hop: str, client: str) -> bool:
+    """Does `client` reach `target` through the link target-first_hop?"""
+    g = lab.topology.simple_graph()
+    try:
+        path = nx.shortest_path(g, client, target, weight="delay_ms")
+    except nx.NetworkXNoPath:
+        return False
+    return len(path) >= 2 and path[-2] == first_hop
