@@ -1,0 +1,5 @@
+"""python -m wgcast"""
+
+from wgcast.cli.main import main
+
+main()
