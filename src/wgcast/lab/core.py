@@ -333,6 +333,10 @@ class Lab:
         except (OSError, ValueError) as e:
             raise LabError(f"lab {labid}: cannot read {path}: {e}") from None
         opts = st["options"]
+        if opts.get("router") == "babeld" and cls is Lab:
+            from wgcast.lab.babeld import BabeldLab  # the same lab, babeld as the router
+
+            cls = BabeldLab
         lab = cls(Topology.from_dict(st["topology"]), groups=[g["members"] for g in st["groups"]],
                   seed=opts["seed"], timers=opts["timers"], daemons=opts["daemons"],
                   echo=opts["echo"], echo_port=opts["echo_port"], labid=labid, base=base,
@@ -677,7 +681,8 @@ class Lab:
             a, b = self.nodes[lk.a], self.nodes[lk.b]
             cfg["links"].append({  # type: ignore[attr-defined]
                 "id": lk.id, "a": lk.a, "b": lk.b,
-                "a_addr": [a.underlay_ip, a.listen_port], "b_addr": [b.underlay_ip, b.listen_port],
+                "a_addr": [a.underlay_ip, self._listen_port(lk.a, lk)],
+                "b_addr": [b.underlay_ip, self._listen_port(lk.b, lk)],
                 "port_a": lk.port_a, "port_b": lk.port_b, "delay_ms": lk.delay_ms,
                 "jitter_ms": lk.jitter_ms, "loss": lk.loss,
             })
@@ -699,6 +704,11 @@ class Lab:
                 return False
 
         wait_for(ready, 15.0, what="the relay")
+
+    def _listen_port(self, node: str, link: LinkInfo) -> int:
+        """Where ``node``'s WireGuard listens for traffic of ``link`` (the relay sends
+        there). One interface per node here; the babeld lab has one per link."""
+        return self.nodes[node].listen_port
 
     def node_config(self, node: str) -> dict[str, Any]:
         """The daemon config dict of a node (before the hook)."""
