@@ -189,8 +189,11 @@ def _fault(labid: str | None, node: str, how: str, peer: str | None, link_id: in
     click.echo(f"{'restored' if restore else 'failed'} {what}")
 
 
-_how = click.option("--how", type=click.Choice(["daemon", "node", "link"]), default="daemon",
-                    show_default=True)
+_how = click.option("--how", type=click.Choice(["daemon", "node", "link", "service", "health",
+                                                "drain"]), default="daemon",
+                    show_default=True,
+                    help="service: SIGKILL the instance (wgcast join + echo); health: its "
+                         "health check fails; drain: drain it, then stop it")
 _peer = click.option("--peer", default=None, help="other end of the link (--how link)")
 _link_id = click.option("--link-id", type=int, default=None, help="one link by id")
 
@@ -204,7 +207,8 @@ _link_id = click.option("--link-id", type=int, default=None, help="one link by i
 @click.option("--kill", is_flag=True, help="daemon: SIGKILL (crash) instead of SIGTERM")
 def fail(labid: str | None, node: str, how: str, peer: str | None, link_id: int | None,
          kill: bool) -> None:
-    """Inject a fault: stop NODE's daemon, cut NODE off, or cut the link NODE-PEER."""
+    """Inject a fault: stop NODE's daemon, cut NODE off, cut the link NODE-PEER, kill
+    NODE's instance, fail its health check or drain it."""
     _fault(labid, node, how, peer, link_id, False, kill)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from wgcast.cli.check import check
+from wgcast.cli.membership import drain, join, leave
 
 
 def _load(config: str) -> Any:
@@ -137,6 +138,9 @@ def peers(config: str | None, socket_path: str | None, as_json: bool) -> None:
 
 
 main.add_command(check)
+main.add_command(join)
+main.add_command(leave)
+main.add_command(drain)
 
 
 def _optional(module: str, name: str) -> None:
@@ -161,8 +165,11 @@ def _register_demo() -> None:
     @lab_group.command("demo")
     @click.option("--topology", "-t", default="line:5", show_default=True)
     @click.option("--instances", "-i", default="n1,n5", show_default=True)
-    @click.option("--fail", "fail", type=click.Choice(["daemon", "node", "link"]),
-                  default="node", show_default=True)
+    @click.option("--fail", "fail", type=click.Choice(["daemon", "node", "link", "service",
+                                                       "health", "drain"]),
+                  default="node", show_default=True,
+                  help="service: SIGKILL the instance; health: its check fails; drain: "
+                       "drain it, then stop it")
     @click.option("--runs", type=click.IntRange(1, 1000), default=1, show_default=True)
     @click.option("--timers", type=click.Choice(["default", "fast"]), default="default",
                   show_default=True)
@@ -170,14 +177,19 @@ def _register_demo() -> None:
     @click.option("--jitter", default="0", show_default=True)
     @click.option("--loss", default="0", show_default=True)
     @click.option("--seed", type=int, default=7, show_default=True)
+    @click.option("--health-interval", default="100ms", show_default=True,
+                  help="interval of the instances' health check")
+    @click.option("--health-fall", type=click.IntRange(1, 100), default=2, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
     def demo(topology: str, instances: str, fail: str, runs: int, timers: str, delay: str,
-             jitter: str, loss: str, seed: int, as_json: bool) -> None:
+             jitter: str, loss: str, seed: int, health_interval: str, health_fall: int,
+             as_json: bool) -> None:
         """Up a mesh, fail the busiest anycast instance, measure each client's outage."""
         from wgcast.lab.core import LabError
         from wgcast.lab.demo import DemoOptions, run_demo
 
         opt = DemoOptions(topology, instances, fail, runs, timers, delay, jitter, loss, seed,
+                          health_interval, health_fall,
                           out=lambda s: click.echo(s, err=as_json), quiet=False)
         try:
             res = run_demo(opt)

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import grp
+import itertools
 import json
 import logging
 import os
+import socket
+import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,6 +28,10 @@ log = logging.getLogger("wgcast.api")
 
 MAX_LINE = 16 * 1024
 MAX_CONNECTIONS = 4096
+#: Bytes read from a connection at once.
+_CHUNK = 64 * 1024
+#: Pending connections the kernel queues before accept().
+BACKLOG = 1024
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -30,6 +40,73 @@ class ApiError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCred:
+    """SO_PEERCRED of a client: its pid, uid and gid when it connected."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(eq=False)
+class Connection:
+    """One client connection, as handlers see it through `current_connection()`.
+
+    `id` is unique for the server's lifetime; `peer` is None where the platform has no
+    SO_PEERCRED. Callbacks registered with `on_close` run once, when the connection ends
+    (EOF, error, daemon stop), in the order registered; `data` is free for plug-ins.
+    """
+
+    id: int
+    peer: PeerCred | None
+    data: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+    _on_close: list[Callable[[Connection], None]] = field(default_factory=list)
+
+    def on_close(self, callback: Callable[[Connection], None]) -> None:
+        if self.closed:
+            callback(self)
+        else:
+            self._on_close.append(callback)
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        callbacks, self._on_close = self._on_close, []
+        for cb in callbacks:
+            try:
+                cb(self)
+            except Exception:  # one plug-in's bug must not skip the others
+                log.exception("API connection close callback failed")
+
+
+_current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
+    "wgcast_api_connection", default=None)
+
+
+def current_connection() -> Connection:
+    """The connection whose request is being handled (inside a handler only)."""
+    conn = _current.get()
+    if conn is None:
+        raise RuntimeError("current_connection() outside an API request")
+    return conn
+
+
+def peer_credentials(sock: Any) -> PeerCred | None:
+    """SO_PEERCRED of a connected Unix socket (Linux), else None."""
+    opt = getattr(socket, "SO_PEERCRED", None)
+    if sock is None or opt is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, opt, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCred(pid, uid, gid)
 
 
 class ApiServer:
@@ -45,17 +122,46 @@ class ApiServer:
             "routes": self._routes,
             "peers": self._peers,
         }
+        #: Called with each new connection before its first request; raising ApiError
+        #: refuses it (the client gets that error, then the connection is closed).
+        self.connect_hooks: list[Callable[[Connection], None]] = []
+        self._ids = itertools.count(1)
+        self._live: dict[int, Connection] = {}
 
     async def start(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        """Bind the socket with the configured mode and group, never wider meanwhile."""
+        cfg = self.daemon.config
+        gid = _resolve_group(cfg.api_socket_group)
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        self.server = await asyncio.start_unix_server(self._client, self.path, limit=MAX_LINE)
-        os.chmod(self.path, self.daemon.config.api_socket_mode)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            old = os.umask(0o077)  # born 0700: nobody else connects before chmod
+            try:
+                sock.bind(self.path)
+            finally:
+                os.umask(old)
+            if gid is not None:
+                os.chown(self.path, -1, gid)
+            os.chmod(self.path, cfg.api_socket_mode)
+            sock.setblocking(False)
+            self.server = await asyncio.start_unix_server(self._client, sock=sock,
+                                                          backlog=BACKLOG)
+        except BaseException:
+            sock.close()
+            raise
+        _raise_nofile(MAX_CONNECTIONS + 256)
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+        for conn in list(self._live.values()):
+            writer = conn.data.get("_writer")
+            if writer is not None:
+                writer.close()
+            conn._close()
+        if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
         with contextlib.suppress(FileNotFoundError):
@@ -63,25 +169,53 @@ class ApiServer:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        conn = Connection(next(self._ids), peer_credentials(writer.get_extra_info("socket")))
+        conn.data["_writer"] = writer
+        self._live[conn.id] = conn
+        token = _current.set(conn)
         try:
             if self.connections > MAX_CONNECTIONS:
                 await _reply(writer, {"ok": False, "error": "too_many_connections",
                                       "message": f"more than {MAX_CONNECTIONS} connections"})
                 return
+            try:
+                for hook in self.connect_hooks:
+                    hook(conn)
+            except ApiError as e:
+                await _reply(writer, {"ok": False, "error": e.code, "message": str(e)})
+                return
+            buf = b""
+            discarding = False
             while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError:
+                chunk = await reader.read(_CHUNK)
+                if not chunk:
                     return
-                except asyncio.LimitOverrunError:
-                    await _reply(writer, {"ok": False, "error": "line_too_long",
-                                          "message": f"requests are limited to {MAX_LINE} bytes"})
-                    return
-                await _reply(writer, await self.handle_line(line))
+                buf += chunk
+                while True:
+                    nl = buf.find(b"\n")
+                    if nl < 0:
+                        if len(buf) > MAX_LINE:
+                            # Drop the rest of this line; one error reply when it ends.
+                            buf = b""
+                            discarding = True
+                        break
+                    line, buf = buf[:nl], buf[nl + 1:]
+                    if discarding or nl > MAX_LINE:
+                        discarding = False
+                        await _reply(writer, {"ok": False, "error": "line_too_long",
+                                              "message": "requests are limited to "
+                                                         f"{MAX_LINE} bytes"})
+                        continue
+                    if not line.strip():
+                        continue
+                    await _reply(writer, await self.handle_line(line))
         except (ConnectionError, OSError):
             return
         finally:
+            _current.reset(token)
             self.connections -= 1
+            self._live.pop(conn.id, None)
+            conn._close()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -91,6 +225,8 @@ class ApiServer:
             req = json.loads(line)
         except (ValueError, UnicodeDecodeError) as e:
             return {"ok": False, "error": "bad_json", "message": f"not JSON: {e}"}
+        except RecursionError:
+            return {"ok": False, "error": "bad_json", "message": "not JSON: nested too deeply"}
         if not isinstance(req, dict):
             return {"ok": False, "error": "bad_request", "message": "expected a JSON object"}
         cmd = req.get("cmd")
@@ -115,6 +251,28 @@ class ApiServer:
 
     async def _peers(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"peers": self.daemon.peer_table()}
+
+
+def _resolve_group(group: str | int | None) -> int | None:
+    """The gid of `api_socket_group` (a name is looked up now, at start)."""
+    if group is None or isinstance(group, int):
+        return group
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise RuntimeError(f"api_socket_group: no group named {group!r} on this system") \
+            from None
+
+
+def _raise_nofile(want: int) -> None:
+    """Room for MAX_CONNECTIONS clients: raise the soft RLIMIT_NOFILE up to the hard one."""
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:

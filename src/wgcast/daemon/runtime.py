@@ -184,9 +184,8 @@ class Daemon:
             self.node.add_neighbour(pc.name, pc.cost)
         for p in cfg.addresses:
             self.node.originate(p, 0, now=self.now())
-        for g in cfg.groups:
-            if g.static:
-                await self.serve(g.prefix)
+        # Groups (static ones included) are served by the membership service (run()),
+        # once their health checks pass.
         self._save_state()
         self._pump()
         log.info("%s: router-id %s, control %s, %d peers, seqno %d", cfg.interface, rid.hex(),
@@ -365,8 +364,12 @@ class Daemon:
         self.node.originate(prefix, m, now=self.now())
         self._pump()
 
-    async def unserve(self, prefix: Prefix, wait: float | None = None) -> bool:
-        """Retract, wait for the neighbours' acks (bounded), then address down."""
+    async def unserve(self, prefix: Prefix, wait: float | None = None,
+                      settle: float = 0.0) -> bool:
+        """Retract, wait for the neighbours' acks (bounded), then address down.
+
+        `settle`: a pause between the acks and the address going down (a drain lets the
+        packets already on their way arrive)."""
         assert self.node is not None
         if prefix not in self._served:
             return True
@@ -381,6 +384,8 @@ class Daemon:
         except TimeoutError:
             acked = False
             self._acks.pop(prefix, None)
+        if settle > 0:
+            await asyncio.sleep(settle)
         ifname = self._served.pop(prefix)
         with contextlib.suppress(Exception):
             await self.system.remove_address(_host_interface(prefix), ifname=ifname)
@@ -394,15 +399,19 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         from wgcast.daemon.api import ApiServer
+        from wgcast.daemon.membership import MembershipService
 
         api = ApiServer(self)
+        membership = MembershipService(self, api)
+        await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
         dp = asyncio.create_task(self._dataplane())
         self._dirty.set()
         _sd_notify("READY=1")
         await self._stop.wait()
-        log.info("stopping: retracting %d served groups", len(self._served))
         _sd_notify("STOPPING=1")
+        await membership.stop()
+        log.info("stopping: retracting %d served groups", len(self._served))
         await asyncio.gather(*(self.unserve(p) for p in list(self._served)),
                              return_exceptions=True)
         hold = self.config.timers.restart_hold

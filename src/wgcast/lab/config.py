@@ -20,7 +20,12 @@
 
     [[groups]]                                  # only on nodes serving an instance
     prefix = "fd5a:XXXX:ffff::53/128"
-    static = true
+    static = false                              # true in the old static mode: the
+                                                # instance is a service (wgcast join)
+    [[groups.health]]                           # services mode: fails while the file
+    type = "exec"                               # /run/wgcast-lab/XXXX/n1.unhealthy exists
+    command = ["/usr/bin/test", "!", "-e", "/run/wgcast-lab/XXXX/n1.unhealthy"]
+    interval = "100ms"
 
 The config is built as a dict (so a caller can adjust it with a hook) and serialized by
 the small writer below (tomllib can read TOML but not write it).
@@ -97,6 +102,8 @@ def node_config(
     timers: str,
     peers: list[dict[str, Any]],
     groups: list[str],
+    static: bool = True,
+    health: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The config dict of one node (see the module doc)."""
     cfg: dict[str, Any] = {
@@ -108,10 +115,12 @@ def node_config(
         "timers": {"profile": timers},
         "peers": [
             {"name": p["name"], "public_key": p["public_key"], "endpoints": list(p["endpoints"]),
-             **({"may_originate": list(p["may_originate"])} if "may_originate" in p else {})}
+             **({"may_originate": list(p["may_originate"])} if "may_originate" in p else {}),
+             **({"probe_port": p["probe_port"]} if "probe_port" in p else {})}
             for p in peers
         ],
     }
     if groups:
-        cfg["groups"] = [{"prefix": g, "static": True} for g in groups]
+        cfg["groups"] = [{"prefix": g, "static": static, **({"health": health} if health else {})}
+                         for g in groups]
     return cfg

@@ -81,7 +81,7 @@ WG_PORT_BASE = 20000
 RELAY_PORT_BASE = 30000
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
 STATE_FILE = "lab.json"
-HOWS = ("daemon", "node", "link")
+HOWS = ("daemon", "node", "link", "service", "health", "drain")
 
 
 def base_dir(base: str | None = None) -> str:
@@ -232,6 +232,10 @@ class Lab:
         daemon_ready_timeout: float = 10.0,
         relay_sched: str = "rt",
         warm_handshakes: bool = True,
+        services: bool | None = None,
+        health_interval: str = "100ms",
+        health_fall: int = 2,
+        health_rise: int = 2,
     ) -> None:
         if seed is None:
             seed = secrets.randbelow(2**31)
@@ -267,6 +271,14 @@ class Lab:
             raise LabError(f"relay_sched must be 'rt', 'nice' or 'none', got {relay_sched!r}")
         self.relay_sched = relay_sched
         self.warm_handshakes = warm_handshakes
+        # Instances are real services: `wgcast join <groups> -- echo`, in non-static groups
+        # with a health check (see `service_command`). False: the old static groups + echo.
+        self.services = (daemons and echo != "none") if services is None else services
+        if self.services and not daemons:
+            raise LabError("services (wgcast join) need the daemons")
+        self.health_interval = health_interval
+        self.health_fall = health_fall
+        self.health_rise = health_rise
         self.id: str = labid or ""
         self.dir: str = ""
         self.nodes: dict[str, NodeInfo] = {}
@@ -342,7 +354,11 @@ class Lab:
                   echo=opts["echo"], echo_port=opts["echo_port"], labid=labid, base=base,
                   daemon_cmd=opts.get("daemon_cmd"),
                   preassign_anycast=opts.get("preassign_anycast"),
-                  relay_sched=opts.get("relay_sched", "rt"))
+                  relay_sched=opts.get("relay_sched", "rt"),
+                  services=opts.get("services", False),
+                  health_interval=opts.get("health_interval", "100ms"),
+                  health_fall=opts.get("health_fall", 2),
+                  health_rise=opts.get("health_rise", 2))
         lab._load_state(st)
         lab._is_up = True
         return lab
@@ -487,9 +503,12 @@ class Lab:
                 self.warm_up()
             if self.echo != "none":
                 for n in (self.nodes if self.echo == "all" else self._serving_nodes()):
-                    self.start_echo(n, self.echo_port)
+                    if not (self.services and self.nodes[n].serves):
+                        self.start_echo(n, self.echo_port)
             if self.daemons:
                 self.start_daemons()
+            if self.services:
+                self.start_services()
             self._mutate(lambda st: st.update(status="up"))
         except BaseException:
             log.warning("lab %s: bring-up failed, tearing down", self.id)
@@ -546,6 +565,8 @@ class Lab:
                         "echo": self.echo, "echo_port": self.echo_port,
                         "daemon_cmd": self.daemon_cmd,
                         "preassign_anycast": self.preassign_anycast,
+                        "services": self.services, "health_interval": self.health_interval,
+                        "health_fall": self.health_fall, "health_rise": self.health_rise,
                         "relay_sched": self.relay_sched},
             "topology": self.topology.to_dict(),
             "relay": {"ns": ns_name(labid, RELAY),
@@ -555,7 +576,8 @@ class Lab:
             "links": [asdict(lk) for lk in self.links],
             "groups": [asdict(g) for g in self.groups],
             "processes": [],
-            "failures": {"links": [], "nodes": [], "daemons": []},
+            "failures": {"links": [], "nodes": [], "daemons": [], "services": [],
+                         "health": [], "drains": []},
         }
 
     def _build_namespaces(self) -> None:
@@ -721,12 +743,28 @@ class Lab:
                                         for lk in self.links_between(node, peer)],
                           # The daemon's default (the AllowedIPs found at start) would be
                           # the control address only: let the peer originate its unicast.
-                          "may_originate": [f"{p.unicast}/128"]})
+                          "may_originate": [f"{p.unicast}/128"],
+                          # Endpoint probes to the relay port of each link: the relay
+                          # sends them through that link to the peer's responder.
+                          "probe_port": "endpoint"})
         return lab_config.node_config(
             interface=n.iface, addresses=[f"{n.unicast}/128"],
             anycast=[g.prefix for g in self.groups], api_socket=n.api_socket,
             state_file=n.state_file, timers=self.timers, peers=peers, groups=n.serves,
+            static=not self.services,
+            health=[self.health_check(node)] if self.services else None,
         )
+
+    def unhealthy_flag(self, node: str) -> str:
+        """The file whose existence fails ``node``'s health check (services mode)."""
+        return os.path.join(self.dir, f"{node}.unhealthy")
+
+    def health_check(self, node: str) -> dict[str, Any]:
+        """The exec check of every group of ``node``: passes while no flag file exists."""
+        test = shutil.which("test") or "/usr/bin/test"
+        return {"type": "exec", "command": [test, "!", "-e", self.unhealthy_flag(node)],
+                "interval": self.health_interval, "timeout": self.health_interval,
+                "rise": self.health_rise, "fall": self.health_fall}
 
     def _write_configs(self) -> None:
         for n in self.nodes.values():
@@ -775,6 +813,102 @@ class Lab:
         argv = cmd.split() if isinstance(cmd, str) else list(cmd)
         return run(["ip", "netns", "exec", self.ns(node), *argv], check=check,
                    timeout=timeout, input=input, capture=capture)
+
+    # ------------------------------------------------------------------ services
+    def wgcast_exe(self) -> str:
+        exe = os.path.join(os.path.dirname(sys.executable), "wgcast")
+        if not os.path.exists(exe):
+            exe = shutil.which("wgcast") or exe
+        return exe
+
+    def service_command(self, node: str, port: int | None = None) -> list[str]:
+        """``wgcast join <the node's groups> -- python -m wgcast.lab.echo ...``"""
+        n = self.node(node)
+        port = self.echo_port if port is None else port
+        return [self.wgcast_exe(), "join", "--socket", n.api_socket, "--wait", "20",
+                *n.serves, "--", sys.executable, "-m", "wgcast.lab.echo", "--name", node,
+                "--port", str(port)]
+
+    def start_services(self, nodes: Sequence[str] | None = None, wait: bool = True,
+                       timeout: float = 15.0) -> None:
+        """Start the instances of ``nodes`` (default: every serving node) as services held
+        by ``wgcast join``, then wait until their daemons serve them."""
+        names = list(nodes) if nodes is not None else self._serving_nodes()
+        for name in names:
+            if not self.nodes[name].serves:
+                raise LabError(f"{name} serves no anycast group")
+            if self.process(name, "service") is not None:
+                raise LabError(f"the service of {name} is already running")
+            self._spawn(name, self.service_command(name), "service", f"{name}.service.log",
+                        env={"PYTHONUNBUFFERED": "1"})
+        if wait:
+            self.wait_served(names, timeout)
+
+    def api(self, node: str, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """One request to ``node``'s daemon (raises LabError on an error reply)."""
+        from wgcast.client import Client, WgcastError
+
+        try:
+            with Client(self.node(node).api_socket, timeout=timeout) as c:
+                return c.request(request)
+        except WgcastError as e:
+            raise LabError(f"{node}: {e}") from None
+
+    def groups_of(self, node: str) -> dict[str, dict[str, Any]]:
+        """{prefix: group status} from ``node``'s daemon."""
+        return {g["prefix"]: g for g in self.api(node, {"cmd": "status"}).get("groups", [])}
+
+    def wait_served(self, nodes: Sequence[str], timeout: float = 15.0,
+                    served: bool = True) -> None:
+        """Wait until every group of each node is served (or, served=False, is not)."""
+        deadline = time.monotonic() + timeout
+        pending = set(nodes)
+        last: dict[str, Any] = {}
+        while pending:
+            for name in sorted(pending):
+                try:
+                    gs = self.groups_of(name)
+                except LabError as e:
+                    last[name] = str(e)
+                    continue
+                last[name] = {p: g["state"] for p, g in gs.items()}
+                if all(gs.get(p, {}).get("served") == served for p in self.nodes[name].serves):
+                    pending.discard(name)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                logs = "\n".join(f"{n}: {tail(os.path.join(self.dir, n + '.service.log'), 5)}"
+                                  for n in sorted(pending))
+                raise LabError(f"groups not {'served' if served else 'withdrawn'} after "
+                               f"{timeout:g}s on {', '.join(sorted(pending))} "
+                               f"(states: {last}); service logs:\n{logs}")
+            time.sleep(0.02)
+
+    def kill_service(self, node: str, sig: int = signal.SIGKILL, wait: float = 5.0) -> bool:
+        """Signal the service of ``node``: its whole process group (``wgcast join`` and the
+        echo it runs). SIGKILL = the service crashes."""
+        p = self.process(node, "service")
+        if p is None:
+            return False
+        if alive(p["pid"], p["starttime"]):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p["pid"], sig)
+        if wait:
+            po = self._popens.get(p["pid"])
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and alive(p["pid"], p["starttime"]):
+                if po is not None:
+                    po.poll()
+                time.sleep(0.005)
+        return True
+
+    def drain(self, node: str, **params: float) -> list[dict[str, Any]]:
+        """Drain every group ``node`` serves (returns once drained); the drain replies."""
+        out = []
+        for prefix in self.node(node).serves:
+            out.append(self.api(node, {"cmd": "drain", "prefix": prefix, **params},
+                                timeout=60.0))
+        return out
 
     def start_echo(self, node: str, port: int | None = None) -> int:
         """Start the echo service on ``node`` (UDP [::]:port); returns its pid."""
@@ -883,15 +1017,34 @@ class Lab:
         return ids
 
     def fail(self, node: str, how: str = "daemon", peer: str | None = None, *,
-             link_id: int | None = None, sig: int = signal.SIGTERM) -> None:
+             link_id: int | None = None, sig: int = signal.SIGTERM) -> Any:
         """Inject a fault.
 
-        how="daemon": signal the node's daemon (SIGTERM by default; sig=SIGKILL = crash).
-        how="node":   the node's underlay veth goes down (cut off from everything).
-        how="link":   the relay drops both directions of the link(s) node-peer (or link_id).
+        how="daemon":  signal the node's daemon (SIGTERM by default; sig=SIGKILL = crash).
+        how="node":    the node's underlay veth goes down (cut off from everything).
+        how="link":    the relay drops both directions of the link(s) node-peer (or link_id).
+        how="service": SIGKILL the node's instance (``wgcast join`` and its echo): a crash.
+        how="health":  the node's health check starts failing (its flag file appears).
+        how="drain":   drain the node's groups (returns once drained: the drain replies),
+                       then stop its service with SIGTERM.
         """
         self.node(node)
-        if how == "daemon":
+        if how in ("service", "health", "drain") and not self.services:
+            raise LabError(f"--how {how} needs a lab whose instances are services")
+        if how == "service":
+            if not self.kill_service(node, signal.SIGKILL):
+                raise LabError(f"no service running on {node}")
+            self._mutate(functools.partial(_add, "services", node))
+        elif how == "health":
+            with open(self.unhealthy_flag(node), "w") as f:
+                f.write("failed by the lab\n")
+            self._mutate(functools.partial(_add, "health", node))
+        elif how == "drain":
+            replies = self.drain(node)
+            self.kill_service(node, signal.SIGTERM)
+            self._mutate(functools.partial(_add, "drains", node))
+            return replies
+        elif how == "daemon":
             if not self.stop_daemon(node, sig):
                 raise LabError(f"no daemon running on {node}")
             self._mutate(functools.partial(_add, "daemons", node))
@@ -905,9 +1058,21 @@ class Lab:
 
     def restore(self, node: str, how: str = "daemon", peer: str | None = None, *,
                 link_id: int | None = None, wait: bool = True) -> None:
-        """Undo ``fail``: restart the daemon, bring the veth up, or restore the link(s)."""
+        """Undo ``fail``: restart the daemon or the service, bring the veth up, restore the
+        link(s) or the health check."""
         self.node(node)
-        if how == "daemon":
+        if how in ("service", "drain"):
+            if self.process(node, "service") is None:
+                self.start_services([node], wait=wait)
+            self._mutate(functools.partial(_discard, "services" if how == "service"
+                                           else "drains", node))
+        elif how == "health":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unhealthy_flag(node))
+            if wait:
+                self.wait_served([node])
+            self._mutate(functools.partial(_discard, "health", node))
+        elif how == "daemon":
             if self.process(node, "daemon") is None:
                 self.start_daemon(node, wait=wait)
             self._mutate(functools.partial(_discard, "daemons", node))
@@ -1044,7 +1209,7 @@ class Lab:
             mine = [p for p in procs if p["node"] == name]
             kinds: dict[str, Any] = {}
             for p in mine:
-                if p["kind"] in ("wireguard-go", "daemon", "echo"):
+                if p["kind"] in ("wireguard-go", "daemon", "echo", "service"):
                     kinds[p["kind"]] = {"pid": p["pid"], "alive": p["alive"]}
             nodes[name] = {"ns": n.ns, "ns_exists": netns_exists(n.ns), "iface": n.iface,
                            "unicast": n.unicast, "control": n.control,
@@ -1079,13 +1244,13 @@ class Lab:
 
 def _discard(kind: str, item: str, st: dict[str, Any]) -> None:
     """Remove ``item`` from the failures of ``kind`` in a state dict."""
-    lst = st["failures"][kind]
+    lst = st["failures"].setdefault(kind, [])
     if item in lst:
         lst.remove(item)
 
 
 def _add(kind: str, item: str, st: dict[str, Any]) -> None:
-    lst = st["failures"][kind]
+    lst = st["failures"].setdefault(kind, [])
     if item not in lst:
         lst.append(item)
 

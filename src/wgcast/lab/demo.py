@@ -34,6 +34,9 @@ class DemoOptions:
     jitter: str = "0"
     loss: str = "0"
     seed: int = 7
+    #: Health check of the instances (services mode): interval and fall.
+    health_interval: str = "100ms"
+    health_fall: int = 2
     out: Callable[[str], None] = print
     quiet: bool = False
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -75,7 +78,8 @@ def _pct(values: list[float]) -> dict[str, float | None]:
 def run_demo(opt: DemoOptions) -> dict[str, Any]:
     say = (lambda s: None) if opt.quiet else opt.out
     lab = Lab(opt.topology, instances=opt.instances, timers=opt.timers, delay=opt.delay,
-              jitter=opt.jitter, loss=opt.loss, seed=opt.seed)
+              jitter=opt.jitter, loss=opt.loss, seed=opt.seed,
+              health_interval=opt.health_interval, health_fall=opt.health_fall)
     result: dict[str, Any] = {"cleaned_up": False}
     try:
         t0 = time.monotonic()
@@ -109,11 +113,14 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
                 runs.append(_one_run(lab, opt, target, clients, catch, k, say))
             per_client: dict[str, Any] = {}
             all_outages: list[float] = []
+            all_moved: list[float] = []
             lost = 0
             for c in clients:
                 outs = [r["per_client"][c]["outage_ms"] for r in runs]
                 if catch.get(c) == target:
                     all_outages += outs  # the summary covers the clients that had to move
+                    all_moved += [r["per_client"][c]["moved_ms"] for r in runs
+                                  if r["per_client"][c]["moved_ms"] is not None]
                 lost += sum(r["per_client"][c]["lost"] for r in runs)
                 per_client[c] = {**_pct(outs), "lost": sum(r["per_client"][c]["lost"]
                                                             for r in runs),
@@ -126,6 +133,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
                 "nearest_ok": nearest_ok,
                 "failure": {"node": target, "how": opt.fail, "runs": opt.runs},
                 "outage_ms": _pct(all_outages),
+                "moved_ms": _pct(all_moved),
                 "worst_client_outage_ms": _pct(worst),
                 "per_client": per_client, "lost": lost, "runs": runs,
             })
@@ -134,8 +142,10 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
     finally:
         if not result["cleaned_up"]:
             result["cleaned_up"] = _clean(lab, lab.down())
+    moved = result.get("moved_ms") or {}
     say(f"\nsummary: outage p50 {result.get('outage_ms', {}).get('p50')} ms, max "
         f"{result.get('outage_ms', {}).get('max')} ms over clients and runs; "
+        f"failure to traffic moved p50 {moved.get('p50')} ms, max {moved.get('max')} ms; "
         f"{result.get('lost')} queries lost; nearest_ok={result.get('nearest_ok')}; "
         f"cleaned_up={result['cleaned_up']}")
     return result
@@ -159,16 +169,23 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
         # The link of the target that carries most clients: its first hop towards them.
         peer = max(lab.topology.neighbours(target),
                    key=lambda p: sum(_behind(lab, target, p, c) for c in clients))
-    lab.fail(target, opt.fail, peer)
+    fault = lab.fail(target, opt.fail, peer)
     res = {p.node: p.wait() for p in probers}
     fail_ms = round((t_fail - probers[0].started) * 1000, 1)
     per_client: dict[str, Any] = {}
     for c, r in res.items():
         segs = r.get("segments") or r.get("timeline") or []
         after = segs[-1]["node"] if segs else None
+        # The failure on the prober's own clock (CLOCK_MONOTONIC is shared).
+        c_fail = fail_ms if "t0_monotonic_ns" not in r else \
+            (t_fail * 1e9 - r["t0_monotonic_ns"]) / 1e6
+        moved = next((sw["at_ms"] - c_fail for sw in r.get("switches", [])
+                      if sw.get("from") == target and sw["at_ms"] >= c_fail), None)
         per_client[c] = {"outage_ms": float(r.get("outage_ms") or 0.0),
                          "lost": int(r.get("lost") or 0), "before": before.get(c),
-                         "after": after, "segments": segs}
+                         "after": after, "fail_at_ms": round(c_fail, 3),
+                         "moved_ms": None if moved is None else round(moved, 3),
+                         "segments": segs}
     outs = [v["outage_ms"] for v in per_client.values()]
     say(f"run {k + 1}: failure at +{fail_ms} ms; outage per client: " + ", ".join(
         f"{c} {v['outage_ms']:.0f}ms ({v['before']}->{v['after']})"
@@ -184,7 +201,10 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
                           lambda c: all(c[n] == before.get(n) for n in clients))
     if any(back[n] != before.get(n) for n in clients):
         say(f"  (after restore the catchment differs: {back})")
-    return {"failure_at_ms": fail_ms, "per_client": per_client}
+    out: dict[str, Any] = {"failure_at_ms": fail_ms, "per_client": per_client}
+    if opt.fail == "drain" and isinstance(fault, list):
+        out["drain"] = fault
+    return out
 
 
 def _behind(lab: Lab, target: str, first_hop: str, client: str) -> bool:

@@ -255,6 +255,8 @@ def probe(
         "planned": total, "late": late, "duplicates": duplicates, "foreign": foreign,
         "send_errors": send_errors, "send_late_max_ms": round(late_send_max / 1e6, 3),
         "stopped_early": sent < total,
+        # CLOCK_MONOTONIC is shared by every process: relates send offsets to events.
+        "t0_monotonic_ns": t0,
     })
 
 

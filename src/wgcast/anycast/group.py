@@ -1,0 +1,69 @@
+"""A group's wanted state, pure: (static or members) and healthy and not draining.
+
+`Group` mirrors what the daemon knows about one anycast group it may serve: its member
+count (from `member.Registry`), its health checks (`health.CheckState`), whether an
+operator drains it, and whether it is served right now (address up and originated). The
+driver compares `wanted` with `served` and acts; `state` names the situation for humans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wgcast.anycast import Prefix
+from wgcast.anycast.health import CheckState
+
+__all__ = ["Group"]
+
+
+@dataclass
+class Group:
+    prefix: Prefix
+    static: bool = False
+    checks: list[CheckState] = field(default_factory=list)
+    members: int = 0
+    draining: bool = False
+    served: bool = False
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.passing for c in self.checks)
+
+    @property
+    def held(self) -> bool:
+        """Someone wants the instance: static, or at least one member."""
+        return self.static or self.members > 0
+
+    @property
+    def wanted(self) -> bool:
+        return self.held and self.healthy and not self.draining
+
+    def set_members(self, n: int) -> None:
+        """A new member count. A drain of a non-static group ends when its last member
+        leaves: the next member to join (a restarted service) is served again."""
+        if n < 0:
+            raise ValueError("a member count is never negative")
+        self.members = n
+        if n == 0 and not self.static:
+            self.draining = False
+
+    def drain(self) -> None:
+        self.draining = True
+
+    def undrain(self) -> None:
+        self.draining = False
+
+    @property
+    def state(self) -> str:
+        """serving | starting | withdrawing | draining | drained | unhealthy | idle"""
+        if self.served:
+            if self.wanted:
+                return "serving"
+            return "draining" if self.draining else "withdrawing"
+        if self.wanted:
+            return "starting"
+        if self.draining and self.held:
+            return "drained"
+        if self.held and not self.healthy:
+            return "unhealthy"
+        return "idle"

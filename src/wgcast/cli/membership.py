@@ -1,0 +1,323 @@
+"""`wgcast join`, `wgcast leave`, `wgcast drain`: service membership from the shell.
+
+``wgcast join PREFIX [PREFIX...] -- CMD ARGS`` joins the groups, runs CMD, holds the
+memberships while CMD lives (reconnecting and joining again if the daemon restarts),
+forwards signals to it and exits with its status (128+N when it was killed by signal N).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+from wgcast.client import Client, WgcastError, default_socket
+
+#: Signals passed on to the command. SIGINT and SIGQUIT too, unless we run in the
+#: foreground of a terminal (which sends them to the command itself).
+_FORWARD = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
+            signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+
+
+def _socket_path(config: str | None, socket_path: str | None, interface: str | None) -> str:
+    if socket_path:
+        return socket_path
+    if config:
+        from wgcast.daemon.config import ConfigError, load
+
+        try:
+            return load(config).api_socket
+        except ConfigError as e:
+            click.echo(str(e), err=True)
+            sys.exit(2)
+    try:
+        return default_socket(interface)
+    except WgcastError as e:
+        raise click.UsageError(e.message) from None
+
+
+def _connect(path: str, wait: float) -> Client:
+    """Connect, retrying while the socket is missing or refuses (daemon starting)."""
+    deadline = time.monotonic() + wait
+    delay = 0.02
+    while True:
+        try:
+            return Client(path)
+        except WgcastError:
+            if time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+
+def _err(prog: str, e: WgcastError) -> None:
+    click.echo(f"wgcast {prog}: {e.code}: {e.message}", err=True)
+
+
+_socket_opts = [
+    click.option("-c", "--config", "config", type=click.Path(dir_okay=False),
+                 help="the daemon's config file (for its api_socket)"),
+    click.option("--socket", "socket_path", type=click.Path(), envvar="WGCAST_SOCKET",
+                 help="API socket path [env WGCAST_SOCKET]"),
+    click.option("-i", "--interface", default=None,
+                 help="use /run/wgcast/IFACE.sock"),
+]
+
+
+def _with_socket(f: Any) -> Any:
+    for opt in reversed(_socket_opts):
+        f = opt(f)
+    return f
+
+
+class _Holder(threading.Thread):
+    """Keeps the memberships: watches the connection, reconnects and joins again."""
+
+    def __init__(self, path: str, prefixes: list[str], client: Client, quiet: bool) -> None:
+        super().__init__(name="wgcast-join-holder", daemon=True)
+        self.path, self.prefixes, self.client, self.quiet = path, prefixes, client, quiet
+        self._wake_r, self._wake_w = os.pipe()
+        self._stop = False
+        self.lock = threading.Lock()
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            click.echo(f"wgcast join: {msg}", err=True)
+
+    def stop(self) -> None:
+        self._stop = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def run(self) -> None:
+        while not self._stop:
+            with self.lock:
+                client = self.client
+            if client is None:
+                self._rejoin()
+                continue
+            try:
+                r, _, _ = select.select([client.fileno(), self._wake_r], [], [])
+            except (OSError, ValueError):
+                r = [client.fileno()]
+            if self._stop:
+                return
+            if client.fileno() in r:
+                try:
+                    data = client.sock.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.say("connection to the daemon lost; joining again")
+                    client.close()
+                    with self.lock:
+                        self.client = None  # type: ignore[assignment]
+
+    def _rejoin(self) -> bool:
+        delay = 0.05
+        while not self._stop:
+            c: Client | None = None
+            try:
+                c = Client(self.path)
+                c.join(*self.prefixes)
+            except WgcastError as e:
+                if c is not None:
+                    c.close()
+                if e.code not in ("unreachable",):
+                    self.say(f"join refused ({e.code}: {e.message}); retrying")
+                    delay = 5.0
+                # Wait, but wake up at once on stop.
+                select.select([self._wake_r], [], [], delay)
+                delay = min(delay * 2, 0.5) if delay < 5.0 else delay
+                continue
+            with self.lock:
+                self.client = c
+            self.say(f"joined {', '.join(self.prefixes)} again")
+            return True
+        return False
+
+
+@click.command("join", context_settings={"ignore_unknown_options": True,
+                                          "allow_interspersed_args": False})
+@_with_socket
+@click.option("--wait", type=float, default=10.0, show_default=True,
+              help="seconds to wait for the daemon's socket")
+@click.option("--drain-on-term", is_flag=True,
+              help="on SIGTERM/SIGINT drain the groups first, then pass the signal on")
+@click.option("-q", "--quiet", is_flag=True, help="no messages on stderr")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
+def join(config: str | None, socket_path: str | None, interface: str | None, wait: float,
+         drain_on_term: bool, quiet: bool, args: tuple[str, ...]) -> None:
+    """Join anycast groups and run a command holding them: PREFIX... -- CMD ARGS.
+
+    The memberships last while CMD runs; when CMD exits (or is killed), the daemon
+    withdraws the groups it was the last member of. Without CMD the groups are held until
+    a signal. Exits with CMD's status.
+    """
+    prefixes: list[str] = []
+    cmd: list[str] = []
+    for i, a in enumerate(args):
+        try:
+            ipaddress.ip_network(a, strict=False)
+        except ValueError:
+            cmd = list(args[i:])
+            break
+        prefixes.append(a)
+    if not prefixes:
+        raise click.UsageError("give at least one PREFIX before the command")
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    path = _socket_path(config, socket_path, interface)
+    try:
+        client = _connect(path, wait)
+        for p in dict.fromkeys(prefixes):
+            r = client.join(p)[0]
+            if not quiet and r.get("state") != "serving":
+                click.echo(f"wgcast join: {p}: joined, state {r.get('state')}", err=True)
+    except WgcastError as e:
+        _err("join", e)
+        sys.exit(1)
+    holder = _Holder(path, list(dict.fromkeys(prefixes)), client, quiet)
+    holder.start()
+    code = _run_holding(cmd, holder, path, drain_on_term)
+    holder.stop()
+    with holder.lock:
+        if holder.client is not None:
+            holder.client.close()
+    sys.exit(code)
+
+
+def _run_holding(cmd: list[str], holder: _Holder, path: str, drain_on_term: bool) -> int:
+    on_tty = False
+    with contextlib.suppress(OSError):
+        on_tty = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    try:
+        child = subprocess.Popen(cmd) if cmd else None
+    except OSError as e:
+        click.echo(f"wgcast join: cannot run {cmd[0]}: {e.strerror or e}", err=True)
+        return 127 if isinstance(e, FileNotFoundError) else 126
+    done = threading.Event()
+    draining = threading.Event()
+
+    def graceful_then(sig: int) -> None:
+        for p in holder.prefixes:
+            try:
+                with Client(path) as c:
+                    c.drain(p)
+            except WgcastError as e:
+                holder.say(f"drain {p}: {e.code}: {e.message}")
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+        else:
+            done.set()
+
+    def forward(sig: int, frame: object) -> None:
+        if drain_on_term and sig in (signal.SIGTERM, signal.SIGINT) and \
+                not draining.is_set():
+            draining.set()
+            threading.Thread(target=graceful_then, args=(sig,), daemon=True).start()
+            return
+        if child is None:
+            if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+                done.set()
+            return
+        if on_tty and sig in (signal.SIGINT, signal.SIGQUIT):
+            return  # the terminal sent it to the command as well
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(sig)
+
+    for s in _FORWARD:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(s, forward)
+    if child is None:
+        while not done.wait(3600):
+            pass
+        return 0
+    rc = child.wait()
+    return 128 - rc if rc < 0 else rc
+
+
+@click.command("leave")
+@_with_socket
+@click.option("--pid", type=int, default=None,
+              help="only the memberships held by this process")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("prefix")
+def leave(config: str | None, socket_path: str | None, interface: str | None,
+          pid: int | None, as_json: bool, prefix: str) -> None:
+    """Release the memberships of PREFIX held by your processes (root: by anyone).
+
+    The member processes keep running; when no member is left the daemon withdraws the
+    group (retract, wait for the neighbours' acks, address down) before this returns.
+    """
+    path = _socket_path(config, socket_path, interface)
+    try:
+        with Client(path) as c:
+            r = c.leave(prefix, pid=pid, all=pid is None)
+    except WgcastError as e:
+        _err("leave", e)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    extra = ""
+    if "withdrawn" in r:
+        extra = f"; withdrawn{'' if r.get('acked', True) else ' (not every neighbour acked)'}"
+    click.echo(f"{prefix}: released {r['released']} membership(s), {r['members']} left, "
+               f"state {r['state']}{extra}")
+
+
+@click.command("drain")
+@_with_socket
+@click.option("--cancel", is_flag=True, help="undrain: serve the group again")
+@click.option("--move-timeout", type=float, default=None,
+              help="longest wait for the neighbours to move (s)")
+@click.option("--ack-timeout", type=float, default=None,
+              help="longest wait for the neighbours' acks of the retraction (s)")
+@click.option("--settle", type=float, default=None,
+              help="pause before the address goes down (s)")
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("prefix")
+def drain(config: str | None, socket_path: str | None, interface: str | None, cancel: bool,
+          move_timeout: float | None, ack_timeout: float | None, settle: float | None,
+          as_json: bool, prefix: str) -> None:
+    """Move the mesh away from this node's instance of PREFIX, losing nothing.
+
+    Returns once drained: the service may then stop. The group stays drained until its
+    last member leaves (or `--cancel`).
+    """
+    path = _socket_path(config, socket_path, interface)
+    try:
+        with Client(path) as c:
+            r = c.undrain(prefix) if cancel else c.drain(
+                prefix, move_timeout=move_timeout, ack_timeout=ack_timeout, settle=settle)
+    except WgcastError as e:
+        _err("drain", e)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(r, indent=2))
+        return
+    if cancel:
+        click.echo(f"{prefix}: undrained, state {r['state']}")
+        return
+    if not r.get("was_served"):
+        click.echo(f"{prefix}: drained (it was not served), state {r['state']}")
+        return
+    moved = r.get("moved")
+    click.echo(f"{prefix}: {'drained' if r.get('drained') else 'NOT drained'} in "
+               f"{r['elapsed_ms']:.0f} ms (neighbours moved: "
+               f"{'yes' if moved else 'no, timed out'}, acked: "
+               f"{'yes' if r.get('acked') else 'no'})")
+    if not r.get("drained"):
+        sys.exit(1)
