@@ -316,6 +316,16 @@ class Node:
     def neighbour_cost(self, nid: str) -> int:
         return self.neighbours[nid].cost(self.config.link)
 
+    def hello_now(self, nid: str, now: float | None = None) -> None:
+        """Send `nid` a Hello (and IHU) at once: the driver moved the neighbour's endpoint
+        and the neighbour should hear us on the new path before it declares us dead."""
+        self._tick(now)
+        nb = self.neighbours.get(nid)
+        if nb is None:
+            raise LocalProtocolError(f"no neighbour {nid!r}")
+        self._send_hello(nb)
+        self._flush()
+
     # ------------------------------------------------------------ neighbours
 
     def _tick(self, now: float | None) -> None:

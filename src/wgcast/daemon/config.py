@@ -30,10 +30,12 @@ from typing import Any, Final, Literal, TypeVar, cast
 
 __all__ = [
     "DEFAULT_PORT",
+    "DEFAULT_PROBE_PORT",
     "PROFILES",
     "Config",
     "ConfigError",
     "Endpoint",
+    "EndpointPolicy",
     "GroupConf",
     "HealthConf",
     "Link",
@@ -56,6 +58,8 @@ HealthType = Literal["exec", "tcp", "udp", "http", "dns"]
 #: Babel's UDP port (RFC 8966, section 5).
 DEFAULT_PORT: Final = 6696
 DEFAULT_METRICS_PORT: Final = 9586
+#: UDP port of the endpoint probe responder (on the underlay, beside WireGuard's 51820).
+DEFAULT_PROBE_PORT: Final = 51821
 #: sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH: Final = 107
 #: A config file larger than this is certainly not one.
@@ -298,12 +302,30 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointPolicy:
+    """How the endpoints of multi-endpoint peers are probed, learned and switched."""
+
+    probe_interval: float = 1.0
+    #: K: endpoints learned from roaming kept per peer, besides the configured ones.
+    learned_max: int = 8
+    learned_ttl: float = 600.0
+    #: A better endpoint must stay better this long before traffic moves to it.
+    switch_hold: float = 3.0
+    #: Host names in `endpoints` are resolved again this often.
+    resolve_interval: float = 300.0
+    #: WireGuard's current endpoint (roaming, handshakes) is read this often.
+    roam_poll: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class PeerConf:
     """A WireGuard peer of the interface that speaks Babel with us.
 
     `public_key` is the canonical base64 form; `name` defaults to its first 8 characters.
     `may_originate` None means: the peer's AllowedIPs found at start plus the anycast
-    prefixes.
+    prefixes. `probe_port` is where the peer's probe responder listens on each endpoint
+    host (None: this node's own `probe_port`; "endpoint": the endpoint's own port, for
+    a front end that tells probes from WireGuard packets, as the lab's relay does).
     """
 
     public_key: str
@@ -311,6 +333,7 @@ class PeerConf:
     endpoints: tuple[Endpoint, ...] = ()
     may_originate: tuple[Prefix, ...] | None = None
     cost: int = 0
+    probe_port: int | Literal["endpoint"] | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -381,6 +404,9 @@ class Config:
     peers: tuple[PeerConf, ...] = ()
     groups: tuple[GroupConf, ...] = ()
     path: str = "<string>"
+    #: UDP port of this node's endpoint probe responder; 0: no probes at all.
+    probe_port: int = DEFAULT_PROBE_PORT
+    endpoint_policy: EndpointPolicy = EndpointPolicy()
 
     def __post_init__(self) -> None:
         if not self.api_socket:
@@ -571,6 +597,14 @@ def _endpoint(default_port: int | None = None) -> Conv[Endpoint]:
     return conv
 
 
+def _peer_probe_port(v: Any) -> int | Literal["endpoint"]:
+    if v == "endpoint":
+        return "endpoint"
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+        raise _Bad(f'expected a port from 1 to 65535 or "endpoint", got {_show(v)}')
+    return v
+
+
 def _public_key(v: Any) -> str:
     expected = "expected a WireGuard public key (44 base64 characters)"
     if not isinstance(v, str):
@@ -695,11 +729,13 @@ def _qtype(v: Any) -> str:
 _TOP_KEYS: Final = (
     "interface", "backend", "addresses", "anycast", "api_socket", "api_socket_mode",
     "api_socket_group", "state_file", "port", "metrics", "route_selection", "timers",
-    "link", "peers", "groups",
+    "link", "peers", "groups", "probe_port", "endpoint_policy",
 )
 _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold")
 _LINK_KEYS: Final = ("base_cost", "rtt_cost_per_ms", "max_rtt_cost")
-_PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost")
+_PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost", "probe_port")
+_POLICY_KEYS: Final = ("probe_interval", "learned_max", "learned_ttl", "switch_hold",
+                       "resolve_interval", "roam_poll")
 _GROUP_KEYS: Final = (
     "prefix", "static", "metric", "address_interface", "allow_uids", "allow_gids", "health",
 )
@@ -717,7 +753,8 @@ _ALL_HEALTH_KEYS: Final = _HEALTH_COMMON + tuple(
 _SECTION_OF: Final[Mapping[str, str]] = {
     **{k: "[timers]" for k in _TIMER_KEYS},
     **{k: "[link]" for k in _LINK_KEYS},
-    **{k: "[[peers]]" for k in _PEER_KEYS},
+    **{k: "[[peers]]" for k in _PEER_KEYS if k != "probe_port"},
+    **{k: "[endpoint_policy]" for k in _POLICY_KEYS},
     **{k: "[[groups]]" for k in _GROUP_KEYS},
 }
 
@@ -900,6 +937,24 @@ class _Reader:
             )
         return timers
 
+    def endpoint_policy(self, v: Any) -> EndpointPolicy:
+        t = self.table("endpoint_policy", v)
+        d = EndpointPolicy()
+        if t is None:
+            return d
+        self.unknown("endpoint_policy", t, _POLICY_KEYS, _SECTION_OF)
+        p = "endpoint_policy"
+        return EndpointPolicy(
+            probe_interval=self.get(t, p, "probe_interval", _duration(0.05, 3600.0),
+                                    d.probe_interval),
+            learned_max=self.get(t, p, "learned_max", _integer(1, 64), d.learned_max),
+            learned_ttl=self.get(t, p, "learned_ttl", _duration(1.0, 86400.0), d.learned_ttl),
+            switch_hold=self.get(t, p, "switch_hold", _duration(0.001, 3600.0), d.switch_hold),
+            resolve_interval=self.get(t, p, "resolve_interval", _duration(1.0, 86400.0),
+                                      d.resolve_interval),
+            roam_poll=self.get(t, p, "roam_poll", _duration(0.005, 60.0), d.roam_poll),
+        )
+
     def link(self, v: Any) -> Link:
         t = self.table("link", v)
         if t is None:
@@ -929,9 +984,10 @@ class _Reader:
         may, given = self.items(t, path, "may_originate", _prefix(), "IP prefixes")
         may_originate = self.unique_prefixes(may) if given else None
         cost = self.get(t, path, "cost", _integer(0, 4096), 0)
+        probe_port = self.get(t, path, "probe_port", _peer_probe_port, None)
         if key is None:
             return None
-        return PeerConf(key, name, tuple(seen), may_originate, cost)
+        return PeerConf(key, name, tuple(seen), may_originate, cost, probe_port)
 
     def health(self, path: str, t: Mapping[str, Any]) -> HealthConf | None:
         kind = self.need(t, path, "type", _choice(*_HEALTH_KEYS),
@@ -1033,6 +1089,9 @@ class _Reader:
                              "hysteresis")
         timers = self.timers(data["timers"]) if "timers" in data else Timers()
         link = self.link(data["link"]) if "link" in data else Link()
+        probe_port = self.get(data, "", "probe_port", _integer(0, 65535), DEFAULT_PROBE_PORT)
+        policy = (self.endpoint_policy(data["endpoint_policy"]) if "endpoint_policy" in data
+                  else EndpointPolicy())
 
         peers: list[PeerConf] = []
         if "peers" in data:
@@ -1084,6 +1143,7 @@ class _Reader:
             api_socket_group=group, state_file=state_file, port=port, metrics=metrics,
             route_selection=cast(RouteSelection, selection), timers=timers, link=link,
             peers=tuple(peers), groups=tuple(groups), path=self.file,
+            probe_port=probe_port, endpoint_policy=policy,
         )
 
 

@@ -349,6 +349,15 @@ class WireGuardBackend(ABC):
         up = PeerUpdate(public_key, update_only=True, endpoint=endpoint)
         await self._locked_send([up], request="set_endpoint")
 
+    async def restart_handshake(self, public_key: bytes) -> bool:
+        """Let the next packet to the peer start a handshake at once.
+
+        WireGuard sends at most one handshake initiation per 5 s per peer: after its
+        endpoint moved away from a dead address, the next try would wait. Only for a peer
+        without a working session. False where the backend cannot do it.
+        """
+        return False
+
     async def remove_peer(self, public_key: bytes) -> None:
         await self._locked_send([PeerUpdate(public_key, remove=True)], request="remove_peer")
 

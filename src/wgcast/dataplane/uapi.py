@@ -49,6 +49,11 @@ _PROBE_PREFIXES = tuple(
 )
 
 
+#: What `restart_handshake` copies from the old peer to the new one (every setting).
+_RESTORED = frozenset({"preshared_key", "endpoint", "persistent_keepalive_interval",
+                       "allowed_ip", "protocol_version"})
+
+
 class UapiDevice(WireGuardBackend):
     """One userspace WireGuard interface, driven through its UAPI socket."""
 
@@ -105,6 +110,30 @@ class UapiDevice(WireGuardBackend):
             updates, private_key=private_key, listen_port=listen_port, fwmark=fwmark
         )
         await self.request(text, request)
+
+    async def restart_handshake(self, public_key: bytes) -> bool:
+        """Remove the peer and add it back as it was, in one request (under the mutex, so
+        no AllowedIPs change slips in between): the new peer has no handshake rate limit.
+        """
+        want = public_key.hex()
+        async with self._lock:
+            body = await self.request("get=1\n\n", "get")
+            section: list[str] | None = None
+            for line in body.splitlines():
+                key, _, value = line.partition("=")
+                if key == "public_key":
+                    if section is not None:
+                        break
+                    if value == want:
+                        section = []
+                elif section is not None and key in _RESTORED and value:
+                    section.append(f"{key}={value}\n")
+            if section is None:
+                return False
+            text = "".join(["set=1\n", f"public_key={want}\n", "remove=true\n",
+                            f"public_key={want}\n", *section, "\n"])
+            await self.request(text, "restart handshake")
+        return True
 
     async def _probe_removal(self) -> bool | None:
         """Remove, for an existing peer with update_only, a prefix it does not hold.

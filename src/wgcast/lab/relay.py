@@ -11,6 +11,14 @@ A datagram that a sends to ``port_a`` is delivered to b's WireGuard address afte
 link's delay (+ jitter, - loss), sent FROM ``port_b``: b sees it coming from the endpoint
 it already has for a, so WireGuard roaming keeps the endpoints stable.
 
+wgcast's endpoint probes (datagrams starting with the probe magic ``wgcP``, see
+wgcast.probe) sent to the same ports take the same link (same delay, loss, cut) but go
+to the other end's probe responder (``b_probe``, default b's address, port 51821)
+instead of its WireGuard port; the relay learns each end's probe socket from its
+probes, apart from its WireGuard address. So a daemon configured with
+``probe_port = "endpoint"`` probes every candidate endpoint through the very link its
+WireGuard traffic would take.
+
 Timing: one tight, single-threaded loop (epoll for readiness, a heap of due packets,
 ``select`` on the epoll fd for microsecond timeouts, timer slack 1 ns). With jitter 0 a
 link keeps FIFO order (a packet is never due before the previous one of the same
@@ -57,6 +65,8 @@ RECV_SIZE = 4096
 SOCK_BUF = 4 * 1024 * 1024
 MAX_CLIENTS = 32
 MAX_LINE = 65536
+PROBE_MAGIC = b"wgcP"  # wgcast.probe.MAGIC (not imported: the relay stays stdlib-only)
+DEFAULT_PROBE_PORT = 51821
 
 
 def set_timer_slack_ns(ns: int = 1) -> bool:
@@ -128,10 +138,13 @@ class RelayLink:
     ba: Direction = field(default_factory=Direction)
     sock_a: socket.socket | None = None
     sock_b: socket.socket | None = None
+    a_probe: tuple[str, int] = ("", 0)  # where a's probe responder listens (set in Relay)
+    b_probe: tuple[str, int] = ("", 0)
 
     def describe(self) -> dict[str, Any]:
         return {"id": self.id, "a": self.a, "b": self.b, "port_a": self.port_a,
                 "port_b": self.port_b, "a_addr": list(self.a_addr), "b_addr": list(self.b_addr),
+                "a_probe": list(self.a_probe), "b_probe": list(self.b_probe),
                 "ab": {**self.ab.params(), **self.ab.counters()},
                 "ba": {**self.ba.params(), **self.ba.counters()}}
 
@@ -162,6 +175,10 @@ class Relay:
                 b_addr=(str(d["b_addr"][0]), int(d["b_addr"][1])),
                 port_a=int(d["port_a"]), port_b=int(d["port_b"]),
             )
+            for end in ("a", "b"):
+                host = getattr(lk, f"{end}_addr")[0]
+                probe = d.get(f"{end}_probe") or (host, DEFAULT_PROBE_PORT)
+                setattr(lk, f"{end}_probe", (str(probe[0]), int(probe[1])))
             for direction in (lk.ab, lk.ba):
                 direction.delay = float(d.get("delay_ms", 0.0)) / 1000.0
                 direction.jitter = float(d.get("jitter_ms", 0.0)) / 1000.0
@@ -234,8 +251,15 @@ class Relay:
             except OSError:
                 continue
             d.rx += 1
+            if data[:4] == PROBE_MAGIC:  # an endpoint probe: to the responder
+                if from_a:
+                    lk.a_probe = src
+                    dst = lk.b_probe
+                else:
+                    lk.b_probe = src
+                    dst = lk.a_probe
             # Learn where the sender's WireGuard listens (it may have rebound).
-            if from_a:
+            elif from_a:
                 if src != lk.a_addr:
                     lk.a_addr = src
                 dst = lk.b_addr
