@@ -25,6 +25,7 @@ Writes bench/results/failover_compare.json.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -135,7 +136,10 @@ def run_config(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
         with lab:
             out["lab_up_s"] = round(time.monotonic() - t0, 1)
             nodes = list(lab.topology.nodes)
-            clients = [n for n in nodes if n != args.target]
+            instances = {m for g in lab.groups for m in g.members}
+            # Instances answer their own queries locally: they are not clients.
+            clients = [n for n in nodes if n != args.target and n not in instances]
+            out["loadavg_before"] = os.getloadavg()
             stable = max(2.0, 2.5 * cfg.hello_s)
             # The catchment every run starts from: settled for longer than babeld's metric
             # smoothing (half-life 4 s) lets a better route take over.
@@ -172,6 +176,7 @@ def run_config(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         lab.down()
     out["total_s"] = round(time.monotonic() - t0, 1)
+    out["loadavg_after"] = os.getloadavg()
     return out
 
 

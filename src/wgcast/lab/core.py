@@ -827,7 +827,7 @@ class Lab:
         port = self.echo_port if port is None else port
         return [self.wgcast_exe(), "join", "--socket", n.api_socket, "--wait", "20",
                 *n.serves, "--", sys.executable, "-m", "wgcast.lab.echo", "--name", node,
-                "--port", str(port)]
+                "--port", str(port), "--rt"]
 
     def start_services(self, nodes: Sequence[str] | None = None, wait: bool = True,
                        timeout: float = 15.0) -> None:
@@ -914,7 +914,7 @@ class Lab:
         """Start the echo service on ``node`` (UDP [::]:port); returns its pid."""
         port = self.echo_port if port is None else port
         pid, _ = self._spawn(node, [sys.executable, "-m", "wgcast.lab.echo", "--name", node,
-                                    "--port", str(port)], "echo", f"{node}.echo.log")
+                                    "--port", str(port), "--rt"], "echo", f"{node}.echo.log")
         return pid
 
     def daemon_command(self, node: str) -> list[str]:

@@ -97,7 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=7)
     ap.add_argument("--bind", default="::")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many s")
+    ap.add_argument("--rt", action="store_true",
+                    help="SCHED_FIFO (like the relay and the probers): on a loaded machine a "
+                         "starved echo would queue queries for seconds and look like an outage")
     args = ap.parse_args(argv)
+    if args.rt:
+        from wgcast.lab.relay import set_priority
+
+        set_priority("rt")
     try:
         sock = open_socket(args.bind, args.port)
     except OSError as e:
