@@ -1,0 +1,456 @@
+#!/usr/bin/env python3
+"""Render docs/performance.md and its PNG plots (docs/img/) from bench/results/*.json.
+
+``python bench/report.py`` re-renders from whatever results exist (bench/run_all.py
+calls it at the end of ``make bench``). Sections whose results are missing say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from common import RESULTS, ROOT
+
+DOCS = ROOT / "docs"
+IMG = DOCS / "img"
+CASE_TITLES = {"service": "service kill", "node": "node cut", "drain": "drain"}
+CONFIG_COLORS = {"wgcast-default": "#1f77b4", "wgcast-fast": "#6baed6",
+                 "babeld-default": "#d62728", "babeld-fast": "#fc9272"}
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "font.size": 9, "axes.grid": True,
+                         "grid.alpha": 0.3})
+    return plt
+
+
+def _save(fig: Any, name: str) -> str:
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(IMG / name, dpi=100)
+    _plt().close(fig)
+    return f"img/{name}"
+
+
+def fmt_ms(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 10000:
+        return f"{v / 1000:.1f} s"
+    if v >= 1000:
+        return f"{v / 1000:.2f} s"
+    return f"{v:.0f} ms"
+
+
+def fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    if r < 0.01:
+        return f"{r:.4f}"
+    return f"{r:.2f}" if r < 10 else f"{r:.0f}"
+
+
+def _machine(results: list[dict[str, Any] | None]) -> dict[str, Any]:
+    for r in results:
+        if r and "machine" in r:
+            m: dict[str, Any] = r["machine"]
+            return m
+    return {}
+
+
+# ----------------------------------------------------------------------------- failover
+def failover_section(fc: dict[str, Any] | None, out: list[str]) -> dict[str, Any]:
+    out.append("## 1. Failover outage seen by clients\n")
+    if not fc:
+        out.append("_No results: run `python bench/failover_compare.py`._\n")
+        return {}
+    s = fc["setup"]
+    configs = [c["name"] for c in fc["configs"]]
+    res = fc["results"]
+    out.append(
+        f"Topology `{s['topology']}` (link delays {s['delay']}, seed {s['seed']}), anycast "
+        f"instances {s['instances']}; the instance on **{s['target']}** fails while every "
+        f"other node probes the anycast address every {s['probe_interval_ms']:g} ms. The "
+        "outage of a client is its longest run of unanswered queries; the figures cover "
+        f"the clients that {s['target']} served before the failure, over "
+        f"{s['runs']} runs per case ({s['runs_long']} where the window must be long). "
+        "All four routers ran one after the other in the same invocation, on the same "
+        "namespaces, relay and delays.\n")
+    out.append("| router | hello | " + " | ".join(
+        f"{CASE_TITLES[c]} p50 | max" for c in s["cases"]) + " |")
+    out.append("|---|---|" + "---|---|" * len(s["cases"]))
+    for name in configs:
+        r = res.get(name, {})
+        hello = next((c["hello_s"] for c in fc["configs"] if c["name"] == name), None)
+        cells = []
+        for case in s["cases"]:
+            cs = r.get("cases", {}).get(case)
+            if not cs:
+                cells += ["-", "-"]
+                continue
+            o = cs["outage_ms"]
+            cens = f" ({cs['censored']} not recovered in window)" if cs["censored"] else ""
+            cells += [fmt_ms(o["p50"]), fmt_ms(o["max"]) + f" (n={o['n']}){cens}"]
+        out.append(f"| {name} | {hello:g} s | " + " | ".join(cells) + " |")
+    out.append("")
+    ratios = fc.get("ratios_wgcast_over_babeld", {})
+    if ratios:
+        out.append("Ratio wgcast / babeld of the outage (below 1: wgcast recovers faster):\n")
+        out.append("| failure | default timers p50 | max | fast timers p50 | max |")
+        out.append("|---|---|---|---|---|")
+        for case in s["cases"]:
+            rr = ratios.get(case, {})
+            d, f = rr.get("default", {}), rr.get("fast", {})
+            out.append(f"| {CASE_TITLES[case]} | {fmt_ratio(d.get('p50'))} | "
+                       f"{fmt_ratio(d.get('max'))} | {fmt_ratio(f.get('p50'))} | "
+                       f"{fmt_ratio(f.get('max'))} |")
+        out.append("")
+    # plot
+    plt = _plt()
+    cases = s["cases"]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / max(1, len(configs))
+    for k, name in enumerate(configs):
+        xs, p50s, maxs = [], [], []
+        for i, case in enumerate(cases):
+            cs = res.get(name, {}).get("cases", {}).get(case)
+            if not cs or cs["outage_ms"]["p50"] is None:
+                continue
+            xs.append(i + (k - (len(configs) - 1) / 2) * width)
+            p50s.append(max(cs["outage_ms"]["p50"], 1.0))
+            maxs.append(max(cs["outage_ms"]["max"], 1.0))
+        ax.bar(xs, p50s, width * 0.9, label=name, color=CONFIG_COLORS.get(name))
+        ax.scatter(xs, maxs, marker="_", s=200, color="black", zorder=3)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(cases)), [CASE_TITLES[c] for c in cases])
+    ax.set_ylabel("outage per client (ms, log)")
+    ax.set_title("Failover outage: bars p50, ticks max")
+    ax.legend(fontsize=8, ncol=2)
+    img = _save(fig, "failover.png")
+    out.append(f"![failover outage]({img})\n")
+    out.append(f"Reproduce: `{fc['command']}` (`make bench` runs it; `--quick` for 2 runs).\n")
+    return res
+
+
+# ----------------------------------------------------------------------------- idle
+def idle_section(ic: dict[str, Any] | None, out: list[str]) -> list[dict[str, Any]]:
+    out.append("## 2. Idle control traffic and CPU\n")
+    if not ic:
+        out.append("_No results: run `python bench/idle_compare.py`._\n")
+        return []
+    rows = [r for r in ic["rows"] if "error" not in r]
+    configs = [c["name"] for c in ic["configs"]]
+    out.append(
+        "Settled meshes with 1 ms links and one anycast instance. Bytes are what each "
+        "router hands to WireGuard (IPv6 + UDP + Babel, the tun devices' tx counters) and "
+        "the UDP payload wireguard-go sends (encryption, keepalives and handshakes "
+        "included), per peer; CPU is user + system time of the routing daemon over the "
+        "window, in % of one core; medians over the nodes.\n")
+    out.append("| nodes | router | hello | IP B/s per peer | WireGuard B/s per peer | "
+               "daemon CPU % | daemon RSS MiB | wireguard-go procs/node | "
+               "wireguard-go CPU %/node |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    hello = {c["name"]: c["hello_s"] for c in ic["configs"]}
+    for r in sorted(rows, key=lambda r: (r["nodes"], configs.index(r["config"]))):
+        out.append(f"| {r['nodes']} ({r['topology']}) | {r['config']} | "
+                   f"{hello.get(r['config'], 0):g} s | {r['ip_bytes_per_s_per_peer']:.0f} | "
+                   f"{r['wg_bytes_per_s_per_peer']:.0f} | {r['daemon_cpu_percent']:.2f} | "
+                   f"{r['daemon_rss_mib']} | {r['wireguard_go_processes_per_node']:g} | "
+                   f"{r['wireguard_go_cpu_percent_per_node']:.2f} |")
+    for r in ic["rows"]:
+        if "error" in r:
+            out.append(f"\n_{r['config']} at {r['nodes']} nodes failed: {r['error']}_")
+    out.append("")
+    # ratios
+    out.append("Ratio wgcast / babeld (same timer class):\n")
+    out.append("| nodes | timers | IP bytes | daemon CPU |")
+    out.append("|---|---|---|---|")
+    by = {(r["config"], r["nodes"]): r for r in rows}
+    for n in sorted({r["nodes"] for r in rows}):
+        for pair in ("default", "fast"):
+            w, b = by.get((f"wgcast-{pair}", n)), by.get((f"babeld-{pair}", n))
+            if not w or not b:
+                continue
+            rb = (w["ip_bytes_per_s_per_peer"] / b["ip_bytes_per_s_per_peer"]
+                  if b["ip_bytes_per_s_per_peer"] else None)
+            rc = (w["daemon_cpu_percent"] / b["daemon_cpu_percent"]
+                  if b["daemon_cpu_percent"] else None)
+            out.append(f"| {n} | {pair} | {fmt_ratio(rb)} | "
+                       f"{fmt_ratio(rc) if rc is not None else 'babeld ~0'} |")
+    out.append("")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name in configs:
+        pts = sorted((r["nodes"], r) for r in rows if r["config"] == name)
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        axes[0].plot(xs, [p[1]["ip_bytes_per_s_per_peer"] for p in pts], "o-", label=name,
+                     color=CONFIG_COLORS.get(name))
+        axes[1].plot(xs, [max(p[1]["daemon_cpu_percent"], 0.01) for p in pts], "o-",
+                     label=name, color=CONFIG_COLORS.get(name))
+    axes[0].set_title("control bytes/s per peer (IP level)")
+    axes[1].set_title("CPU per routing daemon (% of a core)")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("nodes")
+        ax.set_xticks(sorted({r["nodes"] for r in rows}))
+    axes[0].legend(fontsize=8)
+    img = _save(fig, "idle.png")
+    out.append(f"![idle traffic and CPU]({img})\n")
+    out.append(f"Reproduce: `{ic['command']}`.\n")
+    return rows
+
+
+# ----------------------------------------------------------------------------- engine/sim
+def _num(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if isinstance(d, dict) and k in d:
+            return d[k]
+    return None
+
+
+def engine_sim_section(eng: dict[str, Any] | None, sim: dict[str, Any] | None,
+                       out: list[str]) -> None:
+    out.append("## 3. Engine throughput and the simulator\n")
+    if not eng:
+        out.append("_No engine results (bench/bench_engine.py did not run or wrote "
+                   "nothing)._\n")
+    else:
+        out.append("Engine (sans-IO Babel engine, one core, no I/O):\n")
+        out.append(_generic_table(eng))
+        if eng.get("command"):
+            out.append(f"Reproduce: `{eng['command']}`.\n")
+    if not sim:
+        out.append("_No simulator results (bench/bench_sim.py did not run or wrote "
+                   "nothing)._\n")
+        return
+    rows = _rows(sim)
+    out.append("`wgcast sim` (virtual time):\n")
+    out.append(_generic_table(sim))
+    plot_keys = [k for k in ("convergence_s", "failover_s", "wall_s", "peak_mib",
+                             "virtual_convergence_s", "virtual_failover_s", "peak_rss_mib",
+                             "wall_time_s", "peak_memory_mib")
+                 if rows and any(k in r for r in rows)]
+    nkey = next((k for k in ("nodes", "n", "size") if rows and k in rows[0]), None)
+    if rows and nkey and plot_keys:
+        plt = _plt()
+        fig, axes = plt.subplots(1, len(plot_keys), figsize=(3 * len(plot_keys), 3))
+        if len(plot_keys) == 1:
+            axes = [axes]
+        for ax, k in zip(axes, plot_keys, strict=True):
+            pts = sorted((r[nkey], r[k]) for r in rows if r.get(k) is not None)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
+            ax.set_title(k)
+            ax.set_xlabel("nodes")
+        img = _save(fig, "sim.png")
+        out.append(f"![simulator]({img})\n")
+    if sim.get("command"):
+        out.append(f"Reproduce: `{sim['command']}`.\n")
+
+
+def _rows(d: dict[str, Any]) -> list[dict[str, Any]]:
+    for k in ("rows", "results", "runs", "sizes"):
+        v = d.get(k)
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            return v
+    return []
+
+
+def _generic_table(d: dict[str, Any]) -> str:
+    """A Markdown table of a result file's rows (scalar columns), or its scalars."""
+    rows = _rows(d)
+    if not rows:
+        skip = {"machine", "command", "bench", "written"}
+        lines = ["| metric | value |", "|---|---|"]
+        for k, v in d.items():
+            if k not in skip and isinstance(v, int | float | str):
+                lines.append(f"| {k} | {v} |")
+        return "\n".join(lines) + "\n"
+    cols: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in cols and isinstance(v, int | float | str | None):
+                cols.append(k)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- data plane
+def dataplane_section(ua: dict[str, Any] | None, out: list[str]) -> None:
+    out.append("## 4. Data plane: prefix moves through the UAPI\n")
+    if not ua:
+        out.append("_No results: run `python bench/uapi_apply.py`._\n")
+        return
+    out.append(
+        f"One wireguard-go ({ua.get('wireguard_go')}) with {ua.get('peers')} peers and a "
+        "table of T prefixes; a batch of N moves (each prefix to another peer) is one "
+        "`UapiDevice.apply()`: one UAPI set request. Medians of "
+        f"{ua.get('repeats')} repeats, in ms.\n")
+    tables = ua["tables"]
+    batches = sorted({int(b) for t in tables for b in t["moves"]})
+    out.append("| table size T | " + " | ".join(f"{b:,} moves" for b in batches)
+               + " | µs per move (largest N) | read all (get) | plan N | remove 1 |")
+    out.append("|---|" + "---|" * (len(batches) + 4))
+    for t in tables:
+        cells = [fmt_ms(t["moves"][str(b)]["median_ms"]) if str(b) in t["moves"]
+                 and t["moves"][str(b)]["median_ms"] >= 1
+                 else (f"{t['moves'][str(b)]['median_ms']:.2f} ms" if str(b) in t["moves"]
+                       else "-") for b in batches]
+        big = t["moves"][str(max(int(b) for b in t["moves"]))]
+        out.append(f"| {t['table_size']:,} | " + " | ".join(cells)
+                   + f" | {big['per_move_us']:.1f} | {fmt_ms(t['get']['median_ms'])} | "
+                   f"{fmt_ms(t['plan']['median_ms'])} (N={t['plan']['batch']:,}) | "
+                   f"{fmt_ms(t['remove_1']['median_ms'])} |")
+    out.append("")
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for t in tables:
+        pts = sorted((int(b), v["median_ms"]) for b, v in t["moves"].items())
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], "o-",
+                     label=f"T={t['table_size']:,}")
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("moves per apply (N)")
+    axes[0].set_ylabel("ms")
+    axes[0].set_title("apply N moves")
+    axes[0].legend(fontsize=8)
+    sizes = [t["table_size"] for t in tables]
+    for key, label in (("get", "read all (get)"), ("remove_1", "remove 1 prefix"),
+                       ("plan", "plan (pure)")):
+        axes[1].plot(sizes, [t[key]["median_ms"] for t in tables], "o-", label=label)
+    one = [t["moves"].get("1", {}).get("median_ms") for t in tables]
+    axes[1].plot(sizes, one, "o-", label="move 1 prefix")
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("table size T")
+    axes[1].set_title("growth with the table")
+    axes[1].legend(fontsize=8)
+    img = _save(fig, "dataplane.png")
+    out.append(f"![data plane]({img})\n")
+    cmd = ua.get("command") or "python bench/uapi_apply.py"
+    out.append(f"Reproduce: `{cmd}`.\n")
+
+
+# ----------------------------------------------------------------------------- profile
+def profile_section(pr: dict[str, Any] | None, out: list[str]) -> None:
+    out.append("## 5. Profile of a daemon under load\n")
+    if not pr:
+        out.append("_No results: run `python bench/profile_daemon.py` (needs py-spy)._\n")
+        return
+    out.append(
+        f"py-spy at {pr.get('samples')} samples on the daemon of {pr['node']} "
+        f"({pr['peers']} peers) in `{pr['topology']}` with {pr['timers']} timers while the "
+        f"link {'-'.join(pr['flapping_link'])} flapped every {pr['flap_period_s']:g} s "
+        f"({pr.get('flaps')} flaps in {pr['duration_s']:g} s); the daemon used "
+        f"{pr['daemon_cpu_percent']}% of a core. Idle time (waiting in epoll) is not "
+        "sampled.\n")
+    out.append("Most self time:\n")
+    out.append("| function | % of samples |")
+    out.append("|---|---|")
+    for r in pr["self"][:10]:
+        out.append(f"| `{r['function']}` | {r['percent']} |")
+    out.append("\nMost inclusive time in wgcast's code:\n")
+    out.append("| function | % of samples |")
+    out.append("|---|---|")
+    for r in pr["inclusive_wgcast"][:12]:
+        out.append(f"| `{r['function']}` | {r['percent']} |")
+    out.append(f"\nReproduce: `{pr['command']}` (collapsed stacks for a flame graph in "
+               f"`{pr['collapsed_stacks']}`, not committed).\n")
+
+
+# ----------------------------------------------------------------------------- main
+def render(notes: str = "") -> Path:
+    fc = load("failover_compare")
+    ic = load("idle_compare")
+    eng = load("bench_engine")
+    sim = load("bench_sim")
+    ua = load("uapi_apply")
+    pr = load("profile_daemon")
+    run = load("run_all") or {}
+    m = _machine([run, fc, ic, pr])
+    out: list[str] = ["# wgcast performance\n"]
+    out.append(
+        f"Generated by `make bench` (`python bench/run_all.py"
+        f"{' --quick' if run.get('quick') else ''}`) on "
+        f"{run.get('finished') or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
+        "Every figure says the command that reproduces it; raw results are in "
+        "`bench/results/*.json`. Nothing here is a timed test: these are measurements on "
+        "a shared, noisy machine (medians, every comparison side by side in one run).\n")
+    out.append("## Machine\n")
+    out.append("| | |\n|---|---|")
+    for k, label in (("cpu", "CPU"), ("cpus", "logical CPUs"), ("hypervisor", "hypervisor"),
+                     ("memory_gib", "memory (GiB)"), ("kernel", "kernel"), ("os", "OS"),
+                     ("python", "Python"), ("wireguard_go", "wireguard-go"),
+                     ("babeld", "babeld"), ("loadavg_at_start", "load average at start")):
+        if m.get(k) is not None:
+            out.append(f"| {label} | {m[k]} |")
+    out.append("\nWireGuard is wireguard-go (no kernel WireGuard here); links are emulated "
+               "by a userspace relay (no netem), so every packet crosses two extra "
+               "user-space hops.\n")
+    if run.get("steps"):
+        out.append("Benchmark steps of this run:\n")
+        out.append("| step | status | seconds |\n|---|---|---|")
+        for st in run["steps"]:
+            out.append(f"| {st['name']} | {st['status']} | {st['seconds']} |")
+        out.append("")
+    if notes:
+        out.append(notes)
+    failover_section(fc, out)
+    idle_section(ic, out)
+    engine_sim_section(eng, sim, out)
+    dataplane_section(ua, out)
+    profile_section(pr, out)
+    text = "\n".join(out).rstrip() + "\n"
+    DOCS.mkdir(exist_ok=True)
+    path = DOCS / "performance.md"
+    path.write_text(text)
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--notes", default=None, help="a Markdown file inserted after the "
+                    "machine section (the analysis)")
+    args = ap.parse_args()
+    notes = ""
+    default_notes = ROOT / "bench" / "notes.md"
+    if args.notes:
+        notes = Path(args.notes).read_text()
+    elif default_notes.exists():
+        notes = default_notes.read_text()
+    print(render(notes))
+
+
+if __name__ == "__main__":
+    main()
