@@ -389,6 +389,93 @@ def profile_section(pr: dict[str, Any] | None, out: list[str]) -> None:
                f"`{pr['collapsed_stacks']}`, not committed).\n")
 
 
+# ----------------------------------------------------------------------------- findings
+REASONS = {
+    ("failover", "node"): (
+        "a node cut is detected by missing hellos on both sides; at equal hello intervals "
+        "the detection time is similar (babeld: 2 of the last 3 hellos missing, wgcast: "
+        "`dead` = 3 hellos), and the Python daemon is scheduled later than babeld on a "
+        "loaded machine, so it sees the missing hellos later"),
+    ("failover", "service"): (
+        "the membership is held by a connection: the daemon retracts when the member's "
+        "socket closes, then the neighbours switch; any delay is the daemon noticing the "
+        "close and its retraction travelling hop by hop"),
+    ("failover", "drain"): (
+        "a wgcast drain retracts, waits for the neighbours' acknowledgements or the "
+        "grace time, then stops the service: queries already in flight towards the old "
+        "instance, or sent before the neighbours switched, are lost"),
+    ("idle", "bytes"): (
+        "control traffic is proportional to the hello rate: wgcast's default hello is "
+        "200 ms (a dead neighbour is noticed in 0.6 s), babeld's is 4 s (noticed in "
+        "8-12 s); each wgcast hello is a Hello+IHU with RTT timestamps to each peer"),
+    ("idle", "cpu"): (
+        "wgcast is a Python asyncio daemon: every packet is parsed and serialised in "
+        "Python, routes are keyed by `ipaddress` objects, timers go through the event "
+        "loop (see the profile below); babeld is a small C program"),
+}
+
+
+def findings(fc: dict[str, Any] | None, ic: dict[str, Any] | None, out: list[str]) -> None:
+    """Where wgcast is slower or costlier than babeld, from the data, with the reason."""
+    slower: list[str] = []
+    faster: list[str] = []
+    if fc:
+        res = fc["results"]
+        for case in fc["setup"]["cases"]:
+            for pair in ("default", "fast"):
+                w = res.get(f"wgcast-{pair}", {}).get("cases", {}).get(case)
+                b = res.get(f"babeld-{pair}", {}).get("cases", {}).get(case)
+                if not w or not b or w["outage_ms"]["p50"] is None \
+                        or b["outage_ms"]["p50"] is None:
+                    continue
+                wp, bp = w["outage_ms"]["p50"], b["outage_ms"]["p50"]
+                line = (f"{CASE_TITLES[case]}, {pair} timers: outage p50 wgcast "
+                        f"{fmt_ms(wp)} vs babeld {fmt_ms(bp)}")
+                if wp > bp:
+                    slower.append(f"- **{line}.** Why: {REASONS[('failover', case)]}.")
+                else:
+                    faster.append(f"- {line} ({fmt_ratio(wp / bp if bp else None)}x).")
+    if ic:
+        rows = [r for r in ic["rows"] if "error" not in r]
+        by = {(r["config"], r["nodes"]): r for r in rows}
+        for pair in ("default", "fast"):
+            bytes_worse, cpu_worse, ns = [], [], []
+            for n in sorted({r["nodes"] for r in rows}):
+                w, b = by.get((f"wgcast-{pair}", n)), by.get((f"babeld-{pair}", n))
+                if not w or not b:
+                    continue
+                ns.append(n)
+                if w["ip_bytes_per_s_per_peer"] > b["ip_bytes_per_s_per_peer"]:
+                    bytes_worse.append(f"{n} nodes: {w['ip_bytes_per_s_per_peer']:.0f} vs "
+                                       f"{b['ip_bytes_per_s_per_peer']:.0f} B/s")
+                if w["daemon_cpu_percent"] > b["daemon_cpu_percent"]:
+                    cpu_worse.append(f"{n} nodes: {w['daemon_cpu_percent']:.2f}% vs "
+                                     f"{b['daemon_cpu_percent']:.2f}%")
+            if bytes_worse:
+                slower.append(f"- **Idle control bytes per peer, {pair} timers** ("
+                              + "; ".join(bytes_worse) + f"). Why: {REASONS[('idle', 'bytes')]}.")
+            elif ns:
+                faster.append(f"- Idle control bytes per peer, {pair} timers: wgcast sends "
+                              "less than babeld at every size.")
+            if cpu_worse:
+                slower.append(f"- **Daemon CPU at idle, {pair} timers** ("
+                              + "; ".join(cpu_worse) + f"). Why: {REASONS[('idle', 'cpu')]}.")
+            mem = [(by[(f"wgcast-{pair}", n)].get("daemon_rss_mib"),
+                    by[(f"babeld-{pair}", n)].get("daemon_rss_mib")) for n in ns]
+            if mem and all(a and b and a > b for a, b in mem):
+                slower.append(f"- **Daemon memory, {pair} timers**: RSS "
+                              f"{mem[-1][0]} MiB vs {mem[-1][1]} MiB. Why: a Python "
+                              "interpreter with its libraries (click, pyroute2, asyncio, "
+                              "cryptography) against a C daemon.")
+    out.append("## Where wgcast is slower or costlier than babeld, and why\n")
+    out.append("\n".join(slower) if slower else "Nowhere in this run.")
+    out.append("")
+    if faster:
+        out.append("Where wgcast is faster (ratio wgcast / babeld):\n")
+        out.append("\n".join(faster))
+        out.append("")
+
+
 # ----------------------------------------------------------------------------- main
 def render(notes: str = "") -> Path:
     fc = load("failover_compare")
@@ -424,6 +511,7 @@ def render(notes: str = "") -> Path:
         for st in run["steps"]:
             out.append(f"| {st['name']} | {st['status']} | {st['seconds']} |")
         out.append("")
+    findings(fc, ic, out)
     if notes:
         out.append(notes)
     failover_section(fc, out)
