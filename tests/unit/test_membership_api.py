@@ -397,7 +397,10 @@ fall = 2
             t0 = time.perf_counter()
             await until(lambda: not g.served)
             assert time.perf_counter() - t0 < 2.0
-            assert d.calls[-1] == ("unserve", G3, None, 0.0)
+            # Held but unhealthy: moved away first (nobody routes through us here), then
+            # retracted, then the address goes.
+            assert d.calls[-2] == ("serve", G3, DRAIN_METRIC)
+            assert d.calls[-1][:2] == ("unserve", G3) and d.calls[-1][3] > 0
             c = await connect(api.path)
             st = await c.req({"cmd": "status"})
             view = next(x for x in st["groups"] if x["prefix"] == G3)

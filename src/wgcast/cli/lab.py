@@ -115,9 +115,8 @@ def _print_status(st: dict[str, Any]) -> None:
     click.echo(f"  relay {r['ns']} {'alive' if r['alive'] else 'DEAD'}"
                + (f", forwarded {r['stats']['totals']['tx']} packets" if "stats" in r else ""))
     f = st.get("failures") or {}
-    if any(f.get(k) for k in ("links", "nodes", "daemons")):
-        click.echo(f"  failures: links {f.get('links')} nodes {f.get('nodes')} "
-                   f"daemons {f.get('daemons')}")
+    if any(f.get(k) for k in f):
+        click.echo("  failures: " + " ".join(f"{k} {v}" for k, v in f.items() if v))
 
 
 @lab.command("status")

@@ -126,15 +126,29 @@ def routes(config: str | None, socket_path: str | None, as_json: bool) -> None:
 @main.command()
 @_with_api_opts
 def peers(config: str | None, socket_path: str | None, as_json: bool) -> None:
-    """Neighbours: liveness, RTT, link cost."""
+    """Neighbours: liveness, RTT, link cost, endpoint candidates (* = in use)."""
     ps = _api(config, socket_path, "peers")["peers"]
     if as_json:
         click.echo(json.dumps(ps, indent=2))
         return
     rows = [[p["name"], "up" if p["up"] else "down",
              "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.2f}", str(p["cost"]),
-             str(p["routes_via"]), ",".join(p["endpoints"]) or "-"] for p in ps]
-    click.echo(_table(rows, ["PEER", "STATE", "RTT_MS", "COST", "ROUTES", "ENDPOINTS"]))
+             str(p["routes_via"]), p.get("endpoint") or ",".join(p["endpoints"]) or "-"]
+            for p in ps]
+    click.echo(_table(rows, ["PEER", "STATE", "RTT_MS", "COST", "ROUTES", "ENDPOINT"]))
+    cands = [[p["name"], "*" if c["in_use"] else "", c["addr"], c["kind"], c["state"],
+              _num(c["rtt_ms"]), _num(None if c["loss"] is None else 100 * c["loss"], "%"),
+              _num(c["score"]), str(c["failures"]),
+              "-" if c["expires_s"] is None else f"{c['expires_s']:.0f}s"]
+             for p in ps for c in p.get("candidates", [])]
+    if cands:
+        click.echo("")
+        click.echo(_table(cands, ["PEER", "", "CANDIDATE", "KIND", "STATE", "RTT_MS", "LOSS",
+                                  "SCORE", "FAILURES", "EXPIRES"]))
+
+
+def _num(v: float | None, unit: str = "") -> str:
+    return "-" if v is None else f"{v:.2f}{unit}" if not unit else f"{v:.0f}{unit}"
 
 
 main.add_command(check)
@@ -177,7 +191,7 @@ def _register_demo() -> None:
     @click.option("--jitter", default="0", show_default=True)
     @click.option("--loss", default="0", show_default=True)
     @click.option("--seed", type=int, default=7, show_default=True)
-    @click.option("--health-interval", default="100ms", show_default=True,
+    @click.option("--health-interval", default="200ms", show_default=True,
                   help="interval of the instances' health check")
     @click.option("--health-fall", type=click.IntRange(1, 100), default=2, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")

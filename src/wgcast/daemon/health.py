@@ -112,7 +112,7 @@ async def _resolve(host: str, port: int, kind: socket.SocketKind) -> tuple[Any, 
         raise ProbeFailed(f"cannot resolve {host}: {e}") from None
     if not infos:
         raise ProbeFailed(f"cannot resolve {host}")
-    return infos[0]  # type: ignore[no-any-return]
+    return infos[0]
 
 
 async def _udp(conf: HealthConf) -> None:

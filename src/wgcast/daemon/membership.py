@@ -188,8 +188,12 @@ class MembershipService:
     async def _withdraw(self, g: Group) -> None:
         prefix = g.prefix
         loop = asyncio.get_running_loop()
-        graceful = g.draining
-        params = self._drain_params.get(prefix, self.default_drain)
+        # Drained, or held but unhealthy: move the mesh first (a failing check often
+        # means degraded, not dead: the instance keeps answering while others take
+        # over). Lost members (a crash, leave) are withdrawn at once.
+        graceful = g.draining or (g.held and not g.healthy)
+        params = self._drain_params.get(prefix, self.default_drain) if g.draining \
+            else self.default_drain
         t0 = loop.time()
         why = "draining" if graceful else ("unhealthy" if not g.healthy else "no members")
         log.info("group %s: withdrawing (%s)", prefix, why)
@@ -201,15 +205,17 @@ class MembershipService:
             moved = False
             deadline = t0 + params.move_timeout
             while loop.time() < deadline:
-                if g.wanted:  # undrained or rejoined meanwhile: back to the real metric
+                if g.wanted:  # undrained, healthy again: back to the real metric
                     await self.daemon.serve(prefix)
-                    log.info("group %s: drain cancelled", prefix)
+                    log.info("group %s: withdrawal cancelled", prefix)
                     return
+                if not g.held:
+                    break  # the last member is gone: no reason to wait any more
                 if self.neighbours_moved(prefix):
                     moved = True
                     break
-                if not g.healthy:
-                    break  # nothing worth protecting any more
+                # A check failing meanwhile does not cut the drain short: a flaky check
+                # must not turn a lossless drain into a retraction (it is bounded anyway).
                 await asyncio.sleep(_POLL)
         t_moved = loop.time()
         # Phase 2: retract, wait for the acks (bounded), settle, address down.

@@ -25,7 +25,7 @@
     [[groups.health]]                           # services mode: fails while the file
     type = "exec"                               # /run/wgcast-lab/XXXX/n1.unhealthy exists
     command = ["/usr/bin/test", "!", "-e", "/run/wgcast-lab/XXXX/n1.unhealthy"]
-    interval = "100ms"
+    interval = "200ms"
 
 The config is built as a dict (so a caller can adjust it with a hook) and serialized by
 the small writer below (tomllib can read TOML but not write it).

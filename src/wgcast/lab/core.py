@@ -177,6 +177,17 @@ class ProberRun:
             return self.popen.poll() is None
         return alive(self.pid, self.starttime)
 
+    def wait_started(self, timeout: float = 10.0) -> bool:
+        """Wait until a realtime prober is sending (it switches to SCHED_FIFO right
+        before its first query); False at the deadline or for a non-realtime one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.running():
+            with contextlib.suppress(OSError):
+                if os.sched_getscheduler(self.pid) == os.SCHED_FIFO:
+                    return True
+            time.sleep(0.005)
+        return False
+
     def stop(self) -> None:
         """Ask the prober to finish now (it still writes its results)."""
         signal_pid(self.pid, signal.SIGTERM, self.starttime)
@@ -233,7 +244,7 @@ class Lab:
         relay_sched: str = "rt",
         warm_handshakes: bool = True,
         services: bool | None = None,
-        health_interval: str = "100ms",
+        health_interval: str = "200ms",
         health_fall: int = 2,
         health_rise: int = 2,
     ) -> None:
@@ -286,6 +297,8 @@ class Lab:
         self.groups: list[GroupInfo] = []
         self.state: dict[str, Any] = {}
         self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        #: time.monotonic() of the last kill_service signal (precise failure timing).
+        self.killed_at: float | None = None
         self._is_up = False
         self._saved_signals: dict[int, Any] = {}
 
@@ -356,7 +369,7 @@ class Lab:
                   preassign_anycast=opts.get("preassign_anycast"),
                   relay_sched=opts.get("relay_sched", "rt"),
                   services=opts.get("services", False),
-                  health_interval=opts.get("health_interval", "100ms"),
+                  health_interval=opts.get("health_interval", "200ms"),
                   health_fall=opts.get("health_fall", 2),
                   health_rise=opts.get("health_rise", 2))
         lab._load_state(st)
@@ -576,8 +589,8 @@ class Lab:
             "links": [asdict(lk) for lk in self.links],
             "groups": [asdict(g) for g in self.groups],
             "processes": [],
-            "failures": {"links": [], "nodes": [], "daemons": [], "services": [],
-                         "health": [], "drains": []},
+            # + "services", "health", "drains" once such a fault was injected
+            "failures": {"links": [], "nodes": [], "daemons": []},
         }
 
     def _build_namespaces(self) -> None:
@@ -877,8 +890,11 @@ class Lab:
             if not pending:
                 return
             if time.monotonic() >= deadline:
-                logs = "\n".join(f"{n}: {tail(os.path.join(self.dir, n + '.service.log'), 5)}"
-                                  for n in sorted(pending))
+                logs = "\n".join(
+                    f"{n}: services {[(p['pid'], p['alive']) for p in self.processes(n, 'service', alive_only=False)][-3:]}\n"  # noqa: E501
+                    f"{tail(os.path.join(self.dir, n + '.service.log'), 5)}\n"
+                    f"daemon: {tail(os.path.join(self.dir, n + '.daemon.log'), 8)}"
+                    for n in sorted(pending))
                 raise LabError(f"groups not {'served' if served else 'withdrawn'} after "
                                f"{timeout:g}s on {', '.join(sorted(pending))} "
                                f"(states: {last}); service logs:\n{logs}")
@@ -891,6 +907,7 @@ class Lab:
         if p is None:
             return False
         if alive(p["pid"], p["starttime"]):
+            self.killed_at = time.monotonic()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p["pid"], sig)
         if wait:
@@ -900,6 +917,12 @@ class Lab:
                 if po is not None:
                     po.poll()
                 time.sleep(0.005)
+            if sig != signal.SIGKILL and alive(p["pid"], p["starttime"]):
+                log.warning("lab %s: the service of %s ignored signal %d for %.0fs; "
+                            "SIGKILL", self.id, node, sig, wait)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p["pid"], signal.SIGKILL)
+                wait_gone([p["pid"]], 2.0)
         return True
 
     def drain(self, node: str, **params: float) -> list[dict[str, Any]]:
@@ -1035,6 +1058,7 @@ class Lab:
             if not self.kill_service(node, signal.SIGKILL):
                 raise LabError(f"no service running on {node}")
             self._mutate(functools.partial(_add, "services", node))
+            return {"killed_at": self.killed_at}
         elif how == "health":
             with open(self.unhealthy_flag(node), "w") as f:
                 f.write("failed by the lab\n")

@@ -35,7 +35,7 @@ class DemoOptions:
     loss: str = "0"
     seed: int = 7
     #: Health check of the instances (services mode): interval and fall.
-    health_interval: str = "100ms"
+    health_interval: str = "200ms"
     health_fall: int = 2
     out: Callable[[str], None] = print
     quiet: bool = False
@@ -126,6 +126,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
                                                             for r in runs),
                                  "moved_to": runs[-1]["per_client"][c]["after"]}
             worst = [max(r["per_client"][c]["outage_ms"] for c in clients) for r in runs]
+            wd = [r["withdrawal"] for r in runs if r.get("withdrawal")]
             result.update({
                 "lab": lab.id, "topology": opt.topology, "timers": opt.timers,
                 "nodes": nodes, "instances": instances, "catchments": catch,
@@ -134,6 +135,8 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
                 "failure": {"node": target, "how": opt.fail, "runs": opt.runs},
                 "outage_ms": _pct(all_outages),
                 "moved_ms": _pct(all_moved),
+                "withdrawal_start_ms": _pct([w["start_ms"] for w in wd]),
+                "withdrawal_done_ms": _pct([w["done_ms"] for w in wd]),
                 "worst_client_outage_ms": _pct(worst),
                 "per_client": per_client, "lost": lost, "runs": runs,
             })
@@ -162,7 +165,9 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
              say: Callable[[str], None]) -> dict[str, Any]:
     duration = _LEAD + _TAIL[opt.timers]
     probers = [lab.start_prober(c, duration=duration) for c in clients]
-    time.sleep(_LEAD)
+    for p in probers:  # on a loaded machine a prober may take a while to start
+        p.wait_started(5.0)
+    time.sleep(_LEAD * 0.7)
     t_fail = time.monotonic()
     peer = None
     if opt.fail == "link":
@@ -171,6 +176,8 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
                    key=lambda p: sum(_behind(lab, target, p, c) for c in clients))
     fault = lab.fail(target, opt.fail, peer)
     res = {p.node: p.wait() for p in probers}
+    withdrawal = _withdrawal(lab, target, t_fail) if opt.fail in ("service", "health",
+                                                                  "drain") else None
     fail_ms = round((t_fail - probers[0].started) * 1000, 1)
     per_client: dict[str, Any] = {}
     for c, r in res.items():
@@ -204,7 +211,25 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
     out: dict[str, Any] = {"failure_at_ms": fail_ms, "per_client": per_client}
     if opt.fail == "drain" and isinstance(fault, list):
         out["drain"] = fault
+    if withdrawal is not None:
+        out["withdrawal"] = withdrawal
     return out
+
+
+def _withdrawal(lab: Lab, target: str, t_fail: float) -> dict[str, Any] | None:
+    """The target daemon's last withdrawal of group 0, timed from the failure: when it
+    started (the retraction, or the drain's first step) and ended (address down)."""
+    try:
+        g = lab.groups_of(target).get(lab.groups[0].prefix, {})
+    except LabError:
+        return None
+    lw = g.get("last_withdrawal")
+    if not lw or "started_monotonic" not in lw or lw["started_monotonic"] < t_fail - 1.0:
+        return None
+    return {"reason": lw["reason"], "graceful": lw["graceful"], "moved": lw["moved"],
+            "acked": lw["acked"],
+            "start_ms": round((lw["started_monotonic"] - t_fail) * 1000, 1),
+            "done_ms": round((lw["done_monotonic"] - t_fail) * 1000, 1)}
 
 
 def _behind(lab: Lab, target: str, first_hop: str, client: str) -> bool:
