@@ -158,7 +158,7 @@ class CandidateView:
 class _Candidate:
     __slots__ = ("addr", "answered", "configured", "fail_time", "fail_weight", "failures",
                  "last_answer", "last_seen", "n_outcomes", "next_probe", "outcomes",
-                 "rank", "rttvar", "sent", "srtt")
+                 "rank", "rttvar", "sent", "srtt", "verify_after", "weight_before")
 
     def __init__(self, addr: str, configured: bool, now: float, rank: int = 0) -> None:
         self.addr = addr
@@ -175,6 +175,10 @@ class _Candidate:
         self.failures = 0
         self.fail_weight = 0.0
         self.fail_time = now
+        #: After a failure: the first probe sent after this time tells whether the path
+        #: really failed (lost) or the silence was a false alarm (answered).
+        self.verify_after: float | None = None
+        self.weight_before = 0.0
         self.next_probe = now
 
     def record(self, ok: bool, history: int) -> None:
@@ -227,7 +231,7 @@ class EndpointSet:
         #: Counters for status and tests.
         self.stats: dict[str, int] = dict.fromkeys(
             ("switches", "failovers", "roams", "reasserts", "learned_added",
-             "learned_evicted", "learned_expired", "probes_lost", "probes_late",
+             "learned_evicted", "learned_expired", "probes_lost", "false_alarms",
              "max_candidates"), 0)
         self.set_configured(configured, now)
         if current is not None:
@@ -430,6 +434,13 @@ class EndpointSet:
         if c is None:
             return None
         rtt = max(0.0, (now - sent) * 1000)
+        if c.verify_after is not None and sent >= c.verify_after:
+            # The path answered right after it "failed": the silence was something else
+            # (a stalled process, a lost burst). Take the blame back.
+            c.verify_after = None
+            c.failures -= 1
+            c.fail_weight, c.fail_time = c.weight_before, now
+            self.stats["false_alarms"] += 1
         if c.srtt is None:
             c.srtt, c.rttvar = rtt, rtt / 2
         else:
@@ -438,8 +449,7 @@ class EndpointSet:
         c.answered += 1
         c.last_answer = now
         c.record(True, self.params.history)
-        if not c.configured:
-            self._touch_learned(c, now)
+        # (A learned endpoint lives by WireGuard's use of it, not by answering probes.)
         return addr, rtt
 
     def path_failed(self, now: float, reason: str = "failed") -> SetEndpoint | None:
@@ -449,8 +459,10 @@ class EndpointSet:
         # peer itself may be down and the endpoint innocent.
         if cur is not None and any(self._alive(o, now) for o in self._iter() if o is not cur):
             cur.failures += 1
-            cur.fail_weight = cur.penalty_weight(now, self.params.failure_half_life) + 1.0
+            cur.weight_before = cur.penalty_weight(now, self.params.failure_half_life)
+            cur.fail_weight = cur.weight_before + 1.0
             cur.fail_time = now
+            cur.verify_after = now
         self._fail_streak += 1
         self.stats["failovers"] += 1
         nxt = self._next_after_failure(now)
@@ -569,9 +581,11 @@ class EndpointSet:
                 self.stats["learned_expired"] += 1
 
     def _lose(self, token: bytes, now: float) -> None:
-        addr, _ = self._outstanding.pop(token)
+        addr, sent = self._outstanding.pop(token)
         c = self._get(addr)
         if c is not None:
+            if c.verify_after is not None and sent >= c.verify_after:
+                c.verify_after = None  # the failure is confirmed
             c.record(False, self.params.history)
             self.stats["probes_lost"] += 1
 

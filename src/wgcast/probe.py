@@ -13,7 +13,8 @@ Datagram (52 bytes, big-endian)::
     5   type (1 request, 2 reply)
     6   flags (0)             2
     8   sender's router-id    8   hash of its public key: picks the key to check with
-    16  counter               8   request: strictly increasing per sender (replay window)
+    16  counter               8   request: strictly increasing per sender, its clock in
+                                  microseconds (replay window)
                                   reply: the request's counter
     24  token                 8   random per request, echoed by the reply
     32  hold (microseconds)   4   reply: time the responder held the request
@@ -22,7 +23,8 @@ Datagram (52 bytes, big-endian)::
 Requests and replies use different keys (derived from the pair key with different
 labels), so a request cannot be reflected as a reply. A responder answers a request
 only if the MAC checks, the sender is a configured peer and the counter is new
-(`ReplayWindow`); a reply is accepted only for a token still outstanding, once. A reply
+(`ReplayWindow`, 2 s wide: the counter is the sender's clock in microseconds); a
+reply is accepted only for a token still outstanding, once. A reply
 is never larger than its request: no amplification.
 """
 
@@ -123,24 +125,34 @@ def decode(data: bytes, keys: ProbeKeys) -> Probe | None:
 
 
 class ReplayWindow:
-    """Accepts each counter once, within a sliding window below the highest seen."""
+    """Accepts each counter once, and none older than `window` below the highest seen.
 
-    __slots__ = ("bitmap", "highest", "size")
+    Counters are the sender's clock in microseconds, so the window is time: probes to
+    several candidates travel paths of different delays and arrive out of order.
+    At most `capacity` counters are remembered; forgetting one raises the floor.
+    """
 
-    def __init__(self, size: int = 64) -> None:
-        self.size = size
+    __slots__ = ("capacity", "floor", "highest", "seen", "window")
+
+    def __init__(self, window: int = 2_000_000, capacity: int = 256) -> None:
+        self.window = window
+        self.capacity = capacity
         self.highest = -1
-        self.bitmap = 0  # bit i: counter highest - i seen
+        self.floor = -1  # counters up to here are refused
+        self.seen: set[int] = set()
 
     def accept(self, counter: int) -> bool:
-        if counter > self.highest:
-            shift = counter - self.highest
-            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1) \
-                if shift < self.size else 1
-            self.highest = counter
-            return True
-        offset = self.highest - counter
-        if offset >= self.size or self.bitmap >> offset & 1:
+        if counter <= self.floor or counter in self.seen:
             return False
-        self.bitmap |= 1 << offset
+        self.seen.add(counter)
+        if counter > self.highest:
+            self.highest = counter
+            floor = counter - self.window
+            if floor > self.floor:
+                self.floor = floor
+                self.seen = {c for c in self.seen if c > floor}
+        while len(self.seen) > self.capacity:
+            oldest = min(self.seen)
+            self.seen.discard(oldest)
+            self.floor = max(self.floor, oldest)
         return True

@@ -143,6 +143,23 @@ def test_silence_fails_over_to_the_best_alive() -> None:
     assert view[A].failures == 1 and view[A].state in ("failed", "dead")
 
 
+def test_silence_on_a_working_path_is_a_false_alarm() -> None:
+    """Hellos stop (a stalled process) but the old path answers the next probe: the
+    blame is taken back and the better path is used again after the hold and dwell."""
+    es = EndpointSet([A, B], 0.0)
+    rtt: dict[str, float | None] = {A: 10.0, B: 30.0}
+    w = World(es, rtt)
+    w.run(5.0)
+    w.next_hello = w.t + 0.7  # no Hello for 0.7 s, the probes still answered
+    w.run(1.5)
+    assert es.head() == B and w.decisions[-1][1].reason == "failover"
+    w.run(2.0)
+    view = {v.addr: v for v in es.snapshot(w.t)}
+    assert view[A].failures == 0 and es.stats["false_alarms"] == 1
+    w.run(15.0)
+    assert es.head() == A and w.decisions[-1][1].reason == "better"
+
+
 def test_peer_down_rotates_without_blame() -> None:
     es = EndpointSet([A, B], 0.0)
     rtt: dict[str, float | None] = {A: 10.0, B: 30.0}
@@ -410,9 +427,22 @@ def test_decode_never_raises(data: bytes) -> None:
 
 
 def test_replay_window() -> None:
-    w = ReplayWindow(8)
-    assert w.accept(10) and not w.accept(10)
-    assert w.accept(5) and not w.accept(5)
-    assert not w.accept(2)  # below the window
-    assert w.accept(100) and not w.accept(92) and w.accept(93)
+    w = ReplayWindow(window=1000, capacity=4)
+    assert w.accept(10_000) and not w.accept(10_000)
+    assert w.accept(9_500) and not w.accept(9_500)  # out of order, within the window
+    assert not w.accept(8_999)  # below the window
+    assert w.accept(20_000) and not w.accept(18_999) and w.accept(19_001)
+    for c in (19_002, 19_003, 19_004):
+        assert w.accept(c)
+    assert len(w.seen) <= 4 and not w.accept(19_001)
     assert w.accept(11**9)
+
+
+def test_replay_window_multipath_order() -> None:
+    """Probes sent a few us apart to candidates with different delays arrive reversed."""
+    w = ReplayWindow()
+    t = 1_700_000_000_000_000
+    for i in range(100):
+        sent = [t + i * 250_000 + k for k in range(3)]
+        assert all(w.accept(c) for c in reversed(sent))
+        assert not any(w.accept(c) for c in sent)

@@ -33,6 +33,7 @@ from wgcast.babel.neighbour import LinkCostParams
 from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import PORT, Prefix
 from wgcast.daemon.config import Config
+from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.state import State, load_state, save_state
 from wgcast.dataplane.reconcile import plan, simulate
 from wgcast.dataplane.system import System
@@ -106,6 +107,7 @@ class Daemon:
         self._served: dict[Prefix, str] = {}
         self._api_server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.endpoints: EndpointManager | None = None
 
     # ------------------------------------------------------------ clock
 
@@ -188,6 +190,8 @@ class Daemon:
         # once their health checks pass.
         self._save_state()
         self._pump()
+        self.endpoints = EndpointManager(self)  # multi-endpoint peers (endpoint_manager.py)
+        await self.endpoints.start()
         log.info("%s: router-id %s, control %s, %d peers, seqno %d", cfg.interface, rid.hex(),
                  self.control, len(self.peers), seqno)
 
@@ -248,6 +252,8 @@ class Daemon:
                 self.node.counters["packets_unknown_neighbour"] += 1
                 continue
             self.node.receive(self.now(), name, data)
+            if self.endpoints is not None:
+                self.endpoints.received(name)
         self._pump()
 
     def _on_timer(self) -> None:
@@ -276,10 +282,11 @@ class Daemon:
                     self._desired[ev.prefix] = self.peers[ev.via].key
                 self._dirty.set()
                 log.debug("route %s via %s metric %d", ev.prefix, ev.via, ev.metric)
-            elif isinstance(ev, NeighbourUp):
-                log.info("neighbour %s up", ev.neighbour)
-            elif isinstance(ev, NeighbourDown):
-                log.info("neighbour %s down", ev.neighbour)
+            elif isinstance(ev, NeighbourUp | NeighbourDown):
+                log.info("neighbour %s %s", ev.neighbour,
+                         "up" if isinstance(ev, NeighbourUp) else "down")
+                if self.endpoints is not None:
+                    self.endpoints.on_neighbour(ev)
             elif isinstance(ev, SeqnoChanged):
                 self._save_state()
             elif isinstance(ev, RetractionAcked):
@@ -434,6 +441,8 @@ class Daemon:
         self._stop.set()
 
     def close(self) -> None:
+        if self.endpoints is not None:
+            self.endpoints.close()
         if self._timer is not None:
             self._timer.cancel()
         if self._sock is not None and self._loop is not None:
@@ -465,6 +474,7 @@ class Daemon:
                           "errors": self.stats.dataplane_errors,
                           "last_apply_ms": round(self.stats.last_apply_ms, 3)},
             "announcements_dropped": self.stats.announcements_dropped,
+            "endpoints": self.endpoints.status() if self.endpoints is not None else None,
         }
 
     def route_table(self) -> list[dict[str, Any]]:
@@ -494,6 +504,7 @@ class Daemon:
                 "up": nb.up, "rtt_ms": None if nb.rtt_ms is None else round(nb.rtt_ms, 3),
                 "cost": node.neighbour_cost(name), "endpoints": list(info.endpoints),
                 "routes_via": len(node.routes.via(name)),
+                **(self.endpoints.peer_view(name) if self.endpoints is not None else {}),
             })
         return out
 

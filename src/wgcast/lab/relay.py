@@ -32,10 +32,16 @@ Control: a Unix stream socket, one JSON object per line, one JSON reply per line
     {"op": "get"}                                   -> {"ok": true, "links": [...]}
     {"op": "set", "link": 3, "up": false}           (or "links": [3, 4])
     {"op": "set", "link": 3, "dir": "ab", "delay_ms": 20, "jitter_ms": 2, "loss": 0.01}
+    {"op": "set", "link": 3, "dir": "ba", "rebind_ms": 20}   (0: off)
     {"op": "stats"}
     {"op": "stop"}
 
 ``dir`` is "both" (default), "ab" (packets from a to b) or "ba".
+
+``rebind_ms`` emulates a NAT that keeps rebinding in front of the sender: the packets of
+that direction leave the relay from a new UDP port (a new source address for the
+receiver, whose WireGuard roams to it) every ``rebind_ms``; the receiver's packets to
+any of the last ``NAT_PORTS`` ports still go through the link.
 
 Run: ``python -m wgcast.lab.relay run --config relay.json --control relay.sock``;
 ``python -m wgcast.lab.relay bench`` measures the forwarding rate on loopback.
@@ -65,6 +71,7 @@ RECV_SIZE = 4096
 SOCK_BUF = 4 * 1024 * 1024
 MAX_CLIENTS = 32
 MAX_LINE = 65536
+NAT_PORTS = 8  # rebinding: source ports of a direction still open
 PROBE_MAGIC = b"wgcP"  # wgcast.probe.MAGIC (not imported: the relay stays stdlib-only)
 DEFAULT_PROBE_PORT = 51821
 
@@ -107,6 +114,10 @@ class Direction:
     up: bool = True
     epoch: int = 0  # bumped on cut: in-flight packets of an older epoch are dropped
     last_due: float = 0.0
+    rebind: float = 0.0  # seconds between source port changes (0: never)
+    nat: list[socket.socket] = field(default_factory=list)  # newest last
+    nat_since: float = 0.0
+    rebinds: int = 0
     rx: int = 0
     tx: int = 0
     drop_down: int = 0
@@ -117,7 +128,8 @@ class Direction:
 
     def params(self) -> dict[str, Any]:
         return {"delay_ms": round(self.delay * 1000, 6), "jitter_ms": round(self.jitter * 1000, 6),
-                "loss": self.loss, "up": self.up}
+                "loss": self.loss, "up": self.up, "rebind_ms": round(self.rebind * 1000, 6),
+                "rebinds": self.rebinds}
 
     def counters(self) -> dict[str, int]:
         return {"rx": self.rx, "tx": self.tx, "drop_down": self.drop_down,
@@ -222,7 +234,7 @@ class Relay:
 
     def close(self) -> None:
         for lk in self.links.values():
-            for s in (lk.sock_a, lk.sock_b):
+            for s in (lk.sock_a, lk.sock_b, *lk.ab.nat, *lk.ba.nat):
                 if s is not None:
                     s.close()
         for s, _ in self.clients.values():
@@ -234,12 +246,32 @@ class Relay:
         self.ep.close()
 
     # -- data path --------------------------------------------------------------------
-    def _receive(self, lk: RelayLink, from_a: bool, now: float) -> None:
+    def _nat_socket(self, lk: RelayLink, d: Direction, to_a: bool, now: float) -> socket.socket:
+        """The rebinding source socket of direction `d` (a new one every d.rebind)."""
+        if not d.nat or now - d.nat_since >= d.rebind:
+            s = _udp_socket(self.bind, 0)
+            d.nat.append(s)
+            d.nat_since = now
+            d.rebinds += 1
+            self.by_fd[s.fileno()] = (lk, to_a)  # the receiver answers to it
+            self.ep.register(s.fileno(), select.EPOLLIN)
+            while len(d.nat) > NAT_PORTS:
+                old = d.nat.pop(0)
+                self.by_fd.pop(old.fileno(), None)
+                with contextlib.suppress(OSError, ValueError):
+                    self.ep.unregister(old.fileno())
+                old.close()
+        return d.nat[-1]
+
+    def _receive(self, lk: RelayLink, from_a: bool, now: float,
+                 insock: socket.socket | None = None) -> None:
         if from_a:
-            insock, outsock, d = lk.sock_a, lk.sock_b, lk.ab
+            insock, outsock, d = insock or lk.sock_a, lk.sock_b, lk.ab
         else:
-            insock, outsock, d = lk.sock_b, lk.sock_a, lk.ba
+            insock, outsock, d = insock or lk.sock_b, lk.sock_a, lk.ba
         assert insock is not None and outsock is not None
+        if d.rebind:
+            outsock = self._nat_socket(lk, d, not from_a, now)
         recv = insock.recvfrom
         heap = self.heap
         rnd = self.rng.random
@@ -427,6 +459,11 @@ class Relay:
             if not isinstance(req["up"], bool):
                 raise ValueError("up must be true or false")
             vals["up"] = req["up"]
+        if "rebind_ms" in req and req["rebind_ms"] is not None:
+            v = float(req["rebind_ms"])
+            if not 0 <= v <= 3_600_000:
+                raise ValueError("rebind_ms must be within 0..3600000")
+            vals["rebind"] = v / 1000.0
         if dry:
             return
         if "delay_ms" in vals:
@@ -435,6 +472,8 @@ class Relay:
             d.jitter = vals["jitter_ms"]
         if "loss" in vals:
             d.loss = vals["loss"]
+        if "rebind" in vals:
+            d.rebind = vals["rebind"]
         if "up" in vals:
             if d.up and not vals["up"]:
                 d.epoch += 1  # packets on the wire are lost with the link
@@ -481,7 +520,15 @@ class Relay:
             for fd, _ in events:
                 entry = by_fd.get(fd)
                 if entry is not None:
-                    self._receive(entry[0], entry[1], now)
+                    lk, from_a = entry
+                    main = lk.sock_a if from_a else lk.sock_b
+                    if main is not None and main.fileno() == fd:
+                        self._receive(lk, from_a, now)
+                    else:  # one of the rebinding NAT ports
+                        nat = lk.ba.nat if from_a else lk.ab.nat
+                        sock = next((x for x in nat if x.fileno() == fd), None)
+                        if sock is not None:
+                            self._receive(lk, from_a, now, sock)
                 elif fd == ctl_fd:
                     self._accept()
                 elif fd in self.clients:

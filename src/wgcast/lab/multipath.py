@@ -1,0 +1,141 @@
+"""Multi-endpoint peers in the lab: which parallel link a pair uses, and the measurements
+of the endpoint acceptance (tests/netns/test_endpoints.py, bench/endpoints.py).
+
+In a ``dual:N`` lab, n1 and n2 are joined by two links (ids 0 and 1, the second one
+slower); each node's config lists both relay ports as endpoints of the other, with
+``probe_port = "endpoint"`` so probes cross the relay on the link of each candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from wgcast.lab.core import Lab
+from wgcast.lab.system import LabError
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.02) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def wg_endpoint(lab: Lab, node: str, peer: str) -> str | None:
+    """The endpoint ``node``'s WireGuard uses for ``peer`` now."""
+    ep = lab.wg_show(node)["peers"].get(peer, {}).get("endpoint")
+    return str(ep) if ep else None
+
+
+def link_of(lab: Lab, node: str, endpoint: str | None) -> int | None:
+    """The id of the link whose relay port ``node`` reaches its peer through."""
+    for lk in lab.links:
+        if node in (lk.a, lk.b) and lk.endpoint_of(node) == endpoint:
+            return lk.id
+    return None
+
+
+def active_link(lab: Lab, node: str, peer: str) -> int | None:
+    return link_of(lab, node, wg_endpoint(lab, node, peer))
+
+
+def peer_view(lab: Lab, node: str, peer: str) -> dict[str, Any]:
+    """The daemon's `peers` entry for ``peer`` (candidates, scores, endpoint in use)."""
+    from wgcast.daemon.api import request
+
+    reply = request(lab.nodes[node].api_socket, {"cmd": "peers"})
+    for p in reply.get("peers", []):
+        if p["name"] == peer:
+            return dict(p)
+    raise LabError(f"{node} has no peer {peer}")
+
+
+def reaches(lab: Lab, a: str, b: str, timeout: float = 0.3) -> bool:
+    return lab.query(a, lab.unicast(b), timeout=timeout) is not None
+
+
+def first_dead_at_start(lab: Lab, dead_link: int = 0, timeout: float = 60.0,
+                        step: float = 0.05) -> dict[str, Any]:
+    """Cut ``dead_link``, start the daemons, time until n1 reaches n2 and back.
+
+    The lab must be up without daemons (and best without warmed handshakes). Times are
+    from the start command and from the moment both daemons are up (their API sockets
+    exist): a loaded machine may take seconds to start a Python daemon.
+    """
+    lab.set_link("n1", link_id=dead_link, up=False)
+    t0 = time.monotonic()
+    lab.start_daemons(wait=False)
+    ready = first = None
+    deadline = t0 + timeout
+    while time.monotonic() < deadline:
+        if ready is None and all(os.path.exists(lab.nodes[n].api_socket)
+                                 for n in ("n1", "n2")):
+            ready = time.monotonic()
+        if lab.query("n1", lab.unicast("n2"), timeout=step) is not None:
+            first = time.monotonic()
+            ready = ready or first  # the daemons route: they are up
+            break
+    both = None
+    if first is not None and reaches(lab, "n2", "n1", 1.0):
+        both = time.monotonic()
+
+    def since(t: float | None, base: float | None) -> float | None:
+        return None if t is None or base is None else _r(t - base)
+
+    return {"dead_link": dead_link, "daemons_ready_s": since(ready, t0),
+            "n1_to_n2_s": since(first, t0), "both_ways_s": since(both, t0),
+            "n1_to_n2_after_ready_s": since(first, ready),
+            "both_ways_after_ready_s": since(both, ready),
+            "n1_link": active_link(lab, "n1", "n2"), "n2_link": active_link(lab, "n2", "n1")}
+
+
+def relay_rx(lab: Lab, link: int, direction: str = "ab") -> int:
+    """Datagrams the relay received on ``link`` in ``direction`` so far."""
+    for lk in lab.relay_control({"op": "get"})["links"]:
+        if lk["id"] == link:
+            return int(lk[direction]["rx"])
+    raise LabError(f"no link {link}")
+
+
+def cut_active(lab: Lab, cut_at: float = 1.0, observe: float = 2.5,
+               settle: float = 2.0) -> dict[str, Any]:
+    """Cut the link n1 uses for n2 while a 1 query/ms prober runs n1 -> n2 (once its
+    queries are seen on the link: a loaded machine may take seconds to start it), then
+    restore the link. Returns the outage the prober saw and when each end moved."""
+    before = active_link(lab, "n1", "n2")
+    if before is None:
+        raise LabError("n1 uses no link of the lab for n2")
+    run = lab.start_prober("n1", lab.unicast("n2"), duration=60 + cut_at + observe)
+    rx0 = relay_rx(lab, before)
+    wait_for(lambda: relay_rx(lab, before) - rx0 > 300, 30, "the prober's queries",
+             interval=0.05)
+    time.sleep(cut_at)
+    t_cut = time.monotonic()
+    lab.set_link("n1", link_id=before, up=False)
+    moved: dict[str, float | None] = {"n1": None, "n2": None}
+    while time.monotonic() - t_cut < observe:
+        for node, peer in (("n1", "n2"), ("n2", "n1")):
+            if moved[node] is None and active_link(lab, node, peer) not in (before, None):
+                moved[node] = time.monotonic() - t_cut
+        time.sleep(0.005)
+    run.stop()
+    res = run.wait()
+    after = {n: active_link(lab, n, p) for n, p in (("n1", "n2"), ("n2", "n1"))}
+    lab.set_link("n1", link_id=before, up=True)
+    time.sleep(settle)
+    return {"cut_link": before, "outage_ms": res["outage_ms"],
+            "lost": res.get("lost"), "sent": res.get("sent"),
+            "n1_moved_s": _r(moved["n1"]), "n2_moved_s": _r(moved["n2"]),
+            "links_after": after}
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
