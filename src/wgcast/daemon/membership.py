@@ -195,7 +195,7 @@ class MembershipService:
         params = self._drain_params.get(prefix, self.default_drain) if g.draining \
             else self.default_drain
         t0 = loop.time()
-        why = "draining" if graceful else ("unhealthy" if not g.healthy else "no members")
+        why = "draining" if g.draining else ("unhealthy" if not g.healthy else "no members")
         log.info("group %s: withdrawing (%s)", prefix, why)
         moved: bool | None = None
         if graceful:
