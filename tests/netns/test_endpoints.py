@@ -120,6 +120,18 @@ def test_first_configured_endpoint_dead_at_start() -> None:
         assert view["endpoint"] == lab.links[1].endpoint_a
         assert [c["addr"] for c in view["candidates"] if c["in_use"]] == \
             [lab.links[1].endpoint_a]
+        # `wgcast peers`: the candidates, their scores, the one in use starred.
+        import subprocess
+        import sys
+
+        out = subprocess.run([sys.executable, "-m", "wgcast.cli.main", "peers", "--socket",
+                              lab.nodes["n1"].api_socket], capture_output=True, text=True,
+                             timeout=30).stdout
+        print(out)
+        rows = [line.split() for line in out.splitlines()]
+        starred = [r for r in rows if len(r) > 2 and r[1] == "*"]
+        assert [r[2] for r in starred] == [lab.links[1].endpoint_a]
+        assert any(r[1] == lab.links[0].endpoint_a for r in rows if len(r) > 1)
 
 
 def test_cut_the_active_path_rotates_and_recovers(dual: Lab) -> None:

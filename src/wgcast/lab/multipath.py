@@ -58,6 +58,13 @@ def peer_view(lab: Lab, node: str, peer: str) -> dict[str, Any]:
     raise LabError(f"{node} has no peer {peer}")
 
 
+def daemon_status(lab: Lab, node: str) -> dict[str, Any]:
+    """The daemon's `status` (its "endpoints" entry: probe and switch counters)."""
+    from wgcast.daemon.api import request
+
+    return dict(request(lab.nodes[node].api_socket, {"cmd": "status"})["status"])
+
+
 def reaches(lab: Lab, a: str, b: str, timeout: float = 0.3) -> bool:
     return lab.query(a, lab.unicast(b), timeout=timeout) is not None
 
