@@ -189,17 +189,23 @@ def _restore(lab: Lab, target: str, case: str) -> None:
 
 def summarize(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
     outages: list[float] = []
+    bystanders: list[float] = []
     censored = 0
     worst: list[float] = []
     for r in runs:
         if "error" in r:
             continue
         moved = [v for v in r["per_client"].values() if v["before"] == target]
+        bystanders += [v["outage_ms"] for v in r["per_client"].values()
+                       if v["before"] != target]
         outages += [v["outage_ms"] for v in moved]
         censored += sum(1 for v in moved if not v["recovered"])
         if moved:
             worst.append(max(v["outage_ms"] for v in moved))
+    # Clients that did not have to move: what they lose is collateral (or the noise of
+    # a loaded machine), the floor against which the outages above should be read.
     return {"outage_ms": p50_max(outages), "worst_client_ms": p50_max(worst),
+            "bystander_outage_ms": p50_max(bystanders),
             "censored": censored, "errors": sum(1 for r in runs if "error" in r),
             "runs": runs}
 

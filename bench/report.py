@@ -95,8 +95,8 @@ def failover_section(fc: dict[str, Any] | None, out: list[str]) -> dict[str, Any
         "All four routers ran one after the other in the same invocation, on the same "
         "namespaces, relay and delays.\n")
     out.append("| router | hello | " + " | ".join(
-        f"{CASE_TITLES[c]} p50 | max" for c in s["cases"]) + " |")
-    out.append("|---|---|" + "---|---|" * len(s["cases"]))
+        f"{CASE_TITLES[c]} p50 | max" for c in s["cases"]) + " | bystanders p50 / max |")
+    out.append("|---|---|" + "---|---|" * len(s["cases"]) + "---|")
     for name in configs:
         r = res.get(name, {})
         hello = next((c["hello_s"] for c in fc["configs"] if c["name"] == name), None)
@@ -109,8 +109,17 @@ def failover_section(fc: dict[str, Any] | None, out: list[str]) -> dict[str, Any
             o = cs["outage_ms"]
             cens = f" ({cs['censored']} not recovered in window)" if cs["censored"] else ""
             cells += [fmt_ms(o["p50"]), fmt_ms(o["max"]) + f" (n={o['n']}){cens}"]
-        out.append(f"| {name} | {hello:g} s | " + " | ".join(cells) + " |")
-    out.append("")
+        by = [cs["bystander_outage_ms"] for cs in r.get("cases", {}).values()
+              if cs.get("bystander_outage_ms", {}).get("n")]
+        bcell = "-"
+        if by:
+            bcell = (f"{fmt_ms(max(b['p50'] for b in by))} / "
+                     f"{fmt_ms(max(b['max'] for b in by))}")
+        out.append(f"| {name} | {hello:g} s | " + " | ".join(cells) + f" | {bcell} |")
+    out.append("\n_Bystanders_: the clients that did not have to move (they keep their "
+               "instance); what they lose is collateral damage or the noise of the machine, "
+               "the floor against which the outages should be read (worst case over the "
+               "three failures).\n")
     ratios = fc.get("ratios_wgcast_over_babeld", {})
     if ratios:
         out.append("Ratio wgcast / babeld of the outage (below 1: wgcast recovers faster):\n")
@@ -237,8 +246,9 @@ def engine_sim_section(eng: dict[str, Any] | None, sim: dict[str, Any] | None,
     else:
         out.append("Engine (sans-IO Babel engine, one core, no I/O):\n")
         out.append(_generic_table(eng))
-        if eng.get("command"):
-            out.append(f"Reproduce: `{eng['command']}`.\n")
+        cmd = eng.get("command") or step_command("engine")
+        if cmd:
+            out.append(f"Reproduce: `{cmd}`.\n")
     if not sim:
         out.append("_No simulator results (bench/bench_sim.py did not run or wrote "
                    "nothing)._\n")
@@ -263,8 +273,9 @@ def engine_sim_section(eng: dict[str, Any] | None, sim: dict[str, Any] | None,
             ax.set_xlabel("nodes")
         img = _save(fig, "sim.png")
         out.append(f"![simulator]({img})\n")
-    if sim.get("command"):
-        out.append(f"Reproduce: `{sim['command']}`.\n")
+    cmd = sim.get("command") or step_command("sim")
+    if cmd:
+        out.append(f"Reproduce: `{cmd}`.\n")
 
 
 def _rows(d: dict[str, Any]) -> list[dict[str, Any]]:
@@ -358,8 +369,17 @@ def dataplane_section(ua: dict[str, Any] | None, out: list[str]) -> None:
     axes[1].legend(fontsize=8)
     img = _save(fig, "dataplane.png")
     out.append(f"![data plane]({img})\n")
-    cmd = ua.get("command") or "python bench/uapi_apply.py"
+    cmd = ua.get("command") or step_command("dataplane") or "python bench/uapi_apply.py"
     out.append(f"Reproduce: `{cmd}`.\n")
+
+
+def step_command(name: str) -> str | None:
+    """The command run_all used for a step (for results that do not record theirs)."""
+    run = load("run_all") or {}
+    for st in run.get("steps", []):
+        if st.get("name") == name and st.get("argv"):
+            return " ".join(st["argv"])
+    return None
 
 
 # ----------------------------------------------------------------------------- profile

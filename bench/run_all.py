@@ -4,7 +4,8 @@
 Each benchmark runs as a subprocess with a timeout; a failing or missing one is recorded
 and the others still run. Results land in bench/results/*.json; the report is rendered
 by bench/report.py from whatever results exist. A full run takes about 45 minutes on
-2 cores; ``--quick`` (a few minutes... about 12) runs fewer repetitions and sizes.
+2 cores; ``--quick`` (about 20 minutes, most of it babeld's slow retractions) runs fewer
+repetitions and sizes.
 
     python bench/run_all.py [--quick] [--only failover,idle,...] [--skip ...]
 """
@@ -89,7 +90,7 @@ def run_step(st: dict[str, Any], log_dir: Path) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer runs and sizes (~12 min)")
+    ap.add_argument("--quick", action="store_true", help="fewer runs and sizes (~20 min)")
     ap.add_argument("--only", default="", help="comma-separated step names")
     ap.add_argument("--skip", default="", help="comma-separated step names")
     ap.add_argument("--report-only", action="store_true", help="only re-render the report")
