@@ -436,3 +436,54 @@ api_socket_group = 12345
     if os.geteuid() != 0:
         pytest.skip("chown to another group needs root")
     asyncio.run(go())
+
+
+def test_python_client_and_context_manager(tmp_path: Any) -> None:
+    """wgcast.client against the server running in another thread."""
+    import threading
+
+    from wgcast.client import Client, WgcastError, membership
+
+    ready = threading.Event()
+    stop: list[Callable[[], None]] = []
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            async with server(str(tmp_path)) as (d, api, ms):
+                box.update(d=d, api=api, ms=ms)
+                done = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                stop.append(lambda: loop.call_soon_threadsafe(done.set))
+                ready.set()
+                await done.wait()
+
+        asyncio.run(main())
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    assert ready.wait(10)
+    path = box["api"].path
+    try:
+        with membership(G1, socket_path=path) as c:
+            st = c.status()
+            assert st["memberships"] == [G1]
+            assert box["d"].served
+        deadline = time.monotonic() + 5
+        while box["d"].served and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not box["d"].served  # left on exit of the block
+        with Client(path) as c:
+            with pytest.raises(WgcastError) as e:
+                c.join("fd00:b::1/128")
+            assert e.value.code == "unknown_group"
+            assert c.join(G1)[0]["served"]
+            r = c.drain(G1, move_timeout=0.1, settle=0)
+            assert r["drained"] and r["state"] == "drained"
+            assert c.undrain(G1)["served"]
+        with pytest.raises(WgcastError) as e:
+            Client(str(tmp_path / "missing.sock"))
+        assert e.value.code == "unreachable"
+    finally:
+        stop[0]()
+        th.join(10)

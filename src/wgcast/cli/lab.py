@@ -61,11 +61,18 @@ def lab() -> None:
 @click.option("--echo", type=click.Choice(["instances", "all", "none"]), default="instances",
               show_default=True, help="where to start the UDP echo service")
 @click.option("--echo-port", type=int, default=7, show_default=True)
+@click.option("--services/--static", default=True, show_default=True,
+              help="instances are services held by `wgcast join` (with a health check), "
+                   "or static groups with a bare echo")
+@click.option("--health-interval", default="200ms", show_default=True,
+              help="interval of the instances' health check (services)")
+@click.option("--health-fall", type=click.IntRange(1, 100), default=2, show_default=True)
 @click.option("--id", "labid", default=None, help="use this lab id (4 hex digits)")
 @click.option("--json", "as_json", is_flag=True, help="print the lab description as JSON")
 def up(topology: str, instances: str, groups: tuple[str, ...], delay: str, jitter: str,
        loss: str, seed: int | None, timers: str, daemons: bool, echo: str, echo_port: int,
-       labid: str | None, as_json: bool) -> None:
+       services: bool, health_interval: str, health_fall: int, labid: str | None,
+       as_json: bool) -> None:
     """Bring a lab up and leave it running (take it down with `wgcast lab down`)."""
     try:
         parse_ms_range(delay, "delay")
@@ -77,7 +84,9 @@ def up(topology: str, instances: str, groups: tuple[str, ...], delay: str, jitte
                 [g.split(",") for g in groups]
         the_lab = Lab(topology, instances=instances, groups=group_list, delay=delay,
                       jitter=jitter, loss=loss, seed=seed, timers=timers, daemons=daemons,
-                      echo=echo, echo_port=echo_port, labid=labid)
+                      echo=echo, echo_port=echo_port, labid=labid,
+                      services=services and daemons and echo != "none",
+                      health_interval=health_interval, health_fall=health_fall)
     except (ValueError, LabError) as e:
         _fail(e)
         return
