@@ -5,7 +5,8 @@
 * first_dead: link 0 (each node's first configured endpoint of the other) is cut before
   the daemons start, no handshake yet: seconds until n1 reaches n2 (echo through the
   tunnel), from the start command and from the moment both daemons are up. One fresh
-  lab per run. WireGuard alone would retry its handshake after 5 s, on the dead address.
+  lab per run. WireGuard alone would retry its handshake after 5 s, on the dead address;
+  first_dead_without_restart: the same with endpoint_policy.restart_handshake = false.
 * cut: the link in use is cut while a prober sends 1 query/ms n1 -> n2: the outage it
   sees and when each end's WireGuard moved (p50/max over --runs, per timer profile);
   the cut link is restored after each run and the next run cuts the other one.
@@ -48,24 +49,25 @@ def _policy(**kw: Any) -> Any:
     return hook
 
 
-def first_dead(runs: int) -> dict[str, Any]:
+def first_dead(runs: int, restart: bool = True) -> dict[str, Any]:
     out = []
+    hook = None if restart else _policy(restart_handshake=False)
     for i in range(runs):
         with Lab("dual:2", echo="all", delay="5ms", daemons=False, warm_handshakes=False,
-                 services=False, seed=i) as lab:
+                 services=False, seed=i, config_hook=hook) as lab:
             res = mp.first_dead_at_start(lab, dead_link=0, timeout=60)
             v = mp.peer_view(lab, "n1", "n2")
             res["n1_endpoint_stats"] = v["endpoint_stats"]
             res["handshake_restarts"] = {
                 n: mp.daemon_status(lab, n)["endpoints"]["handshake_restarts"]
                 for n in ("n1", "n2")}
-        log("first_dead", i, json.dumps(res))
+        log("first_dead", "restart" if restart else "no restart", i, json.dumps(res))
         out.append(res)
 
     def col(key: str) -> list[float]:
         return [r[key] for r in out if r[key] is not None]
 
-    return {"runs": out,
+    return {"restart_handshake": restart, "runs": out,
             "n1_to_n2_after_ready_s": p50_max(col("n1_to_n2_after_ready_s")),
             "both_ways_after_ready_s": p50_max(col("both_ways_after_ready_s")),
             "n1_to_n2_from_start_s": p50_max(col("n1_to_n2_s")),
@@ -108,6 +110,7 @@ def better(wobble: float) -> dict[str, Any]:
                     interval=0.05)
         moved = time.monotonic() - t0
         view = mp.peer_view(lab, "n1", "n2")
+        time.sleep(2.5)  # both daemons noticed (a roam is read within roam_poll)
         before = {n: mp.peer_view(lab, n, p)["endpoint_stats"]["switches"]
                   + mp.peer_view(lab, n, p)["endpoint_stats"]["roams"]
                   for n, p in (("n1", "n2"), ("n2", "n1"))}
@@ -188,6 +191,9 @@ def main() -> None:
     t0 = time.monotonic()
     if not only or "first_dead" in only:
         data["first_dead"] = first_dead(args.start_runs)
+        # Ablation: the same without restarting the handshake (WireGuard's own retry).
+        data["first_dead_without_restart"] = first_dead(max(1, args.start_runs // 2),
+                                                        restart=False)
     if not only or "cut" in only:
         data["cut"] = {t: cut(args.runs, t) for t in args.timers.split(",") if t}
     if not only or "better" in only:
@@ -199,6 +205,8 @@ def main() -> None:
     path = write("endpoints", data)
     summary = {
         "first_dead_after_ready_s": data.get("first_dead", {}).get("n1_to_n2_after_ready_s"),
+        "first_dead_without_restart_s": data.get("first_dead_without_restart", {}).get(
+            "n1_to_n2_after_ready_s"),
         "cut_outage_ms": {t: c["outage_ms"] for t, c in data.get("cut", {}).items()},
         "better": {k: data["better"][k] for k in ("to_lower_rtt_s",
                                                  "switches_and_roams_during_wobble")}

@@ -100,6 +100,8 @@ class EndpointParams:
     settle: float = 2.0
     #: After adopting the peer's choice (a roam), no quality switch for this long.
     respect_peer: float = 30.0
+    #: Weight of a new probe RTT sample in the smoothed RTT.
+    rtt_alpha: float = 0.25
     failure_penalty_ms: float = 100.0
     failure_half_life: float = 30.0
     loss_penalty_ms: float = 200.0
@@ -157,8 +159,9 @@ class CandidateView:
 
 class _Candidate:
     __slots__ = ("addr", "answered", "configured", "fail_time", "fail_weight", "failures",
-                 "last_answer", "last_seen", "n_outcomes", "next_probe", "outcomes",
-                 "rank", "rttvar", "sent", "srtt", "verify_after", "weight_before")
+                 "failed_at", "last_answer", "last_answer_sent", "last_seen", "n_outcomes",
+                 "next_probe", "outcomes", "rank", "rttvar", "sent", "srtt", "verify_after",
+                 "weight_before")
 
     def __init__(self, addr: str, configured: bool, now: float, rank: int = 0) -> None:
         self.addr = addr
@@ -171,6 +174,8 @@ class _Candidate:
         self.sent = 0
         self.answered = 0
         self.last_answer: float | None = None
+        self.last_answer_sent: float | None = None  # when that answered probe left
+        self.failed_at: float | None = None  # the last failure while in use
         self.last_seen = now
         self.failures = 0
         self.fail_weight = 0.0
@@ -444,10 +449,11 @@ class EndpointSet:
         if c.srtt is None:
             c.srtt, c.rttvar = rtt, rtt / 2
         else:
+            a = self.params.rtt_alpha
             c.rttvar = 0.75 * c.rttvar + 0.25 * abs(c.srtt - rtt)
-            c.srtt = 0.875 * c.srtt + 0.125 * rtt
+            c.srtt = (1 - a) * c.srtt + a * rtt
         c.answered += 1
-        c.last_answer = now
+        c.last_answer, c.last_answer_sent = now, sent
         c.record(True, self.params.history)
         # (A learned endpoint lives by WireGuard's use of it, not by answering probes.)
         return addr, rtt
@@ -455,6 +461,8 @@ class EndpointSet:
     def path_failed(self, now: float, reason: str = "failed") -> SetEndpoint | None:
         """The in-use endpoint does not work: penalise it and rotate."""
         cur = self._get(self._in_use)
+        if cur is not None:
+            cur.failed_at = now
         # Blame the endpoint when the peer is alive elsewhere; when nothing answers, the
         # peer itself may be down and the endpoint innocent.
         if cur is not None and any(self._alive(o, now) for o in self._iter() if o is not cur):
@@ -615,8 +623,11 @@ class EndpointSet:
     def _alive(self, c: _Candidate, now: float) -> bool:
         if c.addr == self._in_use and self._confirmed:
             return True
-        return c.last_answer is not None and now - c.last_answer <= \
-            self.params.alive_window and not c.last_lost()
+        if c.last_answer is None or c.last_answer_sent is None or c.last_lost():
+            return False
+        if c.failed_at is not None and c.last_answer_sent <= c.failed_at:
+            return False  # failed since, and no probe sent after that answered yet
+        return now - c.last_answer <= self.params.alive_window
 
     def _unreachable(self, c: _Candidate, now: float) -> bool:
         """Probes of `c` go unanswered (never answered since we switched to it)."""
@@ -662,11 +673,14 @@ class EndpointSet:
             return None
         addrs = [c.addr for c in order]
         start = addrs.index(self._in_use) + 1 if self._in_use in addrs else 0
-        rotated = order[start:] + order[:start]
-        # In rotation order, the ones that did not fail recently first.
-        half = self.params.failure_half_life
-        fresh = [c for c in rotated if c.penalty_weight(now, half) <= 0.5]
-        return (fresh or rotated)[0].addr
+        rotated = [c for c in order[start:] + order[:start] if c.addr != self._in_use]
+        # Nothing answers probes: the next in rotation order, but not one that failed a
+        # moment ago (it would fail again; rather give the current one more time).
+        retry = self.params.confirm_timeout
+        for c in rotated:
+            if c.failed_at is None or now - c.failed_at > retry:
+                return c.addr
+        return None
 
     def _switch(self, addr: str, now: float, reason: str, count: bool = True,
                 keep_streak: bool = False) -> SetEndpoint:

@@ -28,10 +28,10 @@ def test_all_keys() -> None:
     c = loads(BASE + "probe_port = 0\n"
               "[endpoint_policy]\nprobe_interval = \"250ms\"\nlearned_max = 3\n"
               "learned_ttl = \"2m\"\nswitch_hold = \"1s\"\nresolve_interval = \"30s\"\n"
-              "roam_poll = \"100ms\"\n"
+              "roam_poll = \"100ms\"\nrestart_handshake = false\n"
               f'[[peers]]\npublic_key = "{K1}"\nprobe_port = "endpoint"\n')
     assert c.probe_port == 0
-    assert c.endpoint_policy == EndpointPolicy(0.25, 3, 120.0, 1.0, 30.0, 0.1)
+    assert c.endpoint_policy == EndpointPolicy(0.25, 3, 120.0, 1.0, 30.0, 0.1, False)
     assert c.peers[0].probe_port == "endpoint"
     c = loads(BASE + f'[[peers]]\npublic_key = "{K1}"\nprobe_port = 4000\n')
     assert c.peers[0].probe_port == 4000

@@ -160,6 +160,24 @@ def test_silence_on_a_working_path_is_a_false_alarm() -> None:
     assert es.head() == A and w.decisions[-1][1].reason == "better"
 
 
+def test_no_flip_back_to_an_endpoint_that_just_failed() -> None:
+    """A is cut, the set moves to B; a moment later B looks silent too (a stall): A has
+    not answered since it failed, so the set stays on B rather than flip back."""
+    es = EndpointSet([A, B], 0.0)
+    rtt: dict[str, float | None] = {A: 10.0, B: 20.0}
+    w = World(es, rtt)
+    w.run(5.0)
+    rtt[A] = None
+    w.run(0.6)
+    assert es.head() == B
+    t = w.t
+    assert es.path_failed(t, "neighbour down") is None  # A is not alive: stay
+    assert es.head() == B and not es.confirmed
+    w.run(1.0)
+    assert es.head() == B and es.confirmed
+    assert [d.addr for _, d in w.decisions] == [A, B]
+
+
 def test_peer_down_rotates_without_blame() -> None:
     es = EndpointSet([A, B], 0.0)
     rtt: dict[str, float | None] = {A: 10.0, B: 30.0}

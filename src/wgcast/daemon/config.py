@@ -315,6 +315,9 @@ class EndpointPolicy:
     resolve_interval: float = 300.0
     #: WireGuard's current endpoint (roaming, handshakes) is read this often.
     roam_poll: float = 1.0
+    #: After a switch, a peer without a session is removed and added back (same keys,
+    #: AllowedIPs, endpoint): WireGuard would wait up to 5 s before its next initiation.
+    restart_handshake: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -735,7 +738,7 @@ _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "re
 _LINK_KEYS: Final = ("base_cost", "rtt_cost_per_ms", "max_rtt_cost")
 _PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost", "probe_port")
 _POLICY_KEYS: Final = ("probe_interval", "learned_max", "learned_ttl", "switch_hold",
-                       "resolve_interval", "roam_poll")
+                       "resolve_interval", "roam_poll", "restart_handshake")
 _GROUP_KEYS: Final = (
     "prefix", "static", "metric", "address_interface", "allow_uids", "allow_gids", "health",
 )
@@ -953,6 +956,8 @@ class _Reader:
             resolve_interval=self.get(t, p, "resolve_interval", _duration(1.0, 86400.0),
                                       d.resolve_interval),
             roam_poll=self.get(t, p, "roam_poll", _duration(0.005, 60.0), d.roam_poll),
+            restart_handshake=self.get(t, p, "restart_handshake", _boolean,
+                                       d.restart_handshake),
         )
 
     def link(self, v: Any) -> Link:

@@ -307,7 +307,7 @@ class EndpointManager:
         if decision.reason == "reassert":
             return
         self._hello(ps)
-        if not self._has_session(ps):
+        if not self._has_session(ps) and self.config.endpoint_policy.restart_handshake:
             # No session: WireGuard would wait up to 5 s before its next initiation.
             if self._public < ps.key:
                 await self._kick(ps)

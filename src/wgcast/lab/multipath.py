@@ -117,14 +117,18 @@ def cut_active(lab: Lab, cut_at: float = 1.0, observe: float = 2.5,
     """Cut the link n1 uses for n2 while a 1 query/ms prober runs n1 -> n2 (once its
     queries are seen on the link: a loaded machine may take seconds to start it), then
     restore the link. Returns the outage the prober saw and when each end moved."""
+    links = [lk.id for lk in lab.links_between("n1", "n2")]
+
+    def rx() -> int:
+        return sum(relay_rx(lab, i) for i in links)
+
+    run = lab.start_prober("n1", lab.unicast("n2"), duration=60 + cut_at + observe)
+    rx0 = rx()
+    wait_for(lambda: rx() - rx0 > 300, 30, "the prober's queries", interval=0.05)
+    time.sleep(cut_at)
     before = active_link(lab, "n1", "n2")
     if before is None:
         raise LabError("n1 uses no link of the lab for n2")
-    run = lab.start_prober("n1", lab.unicast("n2"), duration=60 + cut_at + observe)
-    rx0 = relay_rx(lab, before)
-    wait_for(lambda: relay_rx(lab, before) - rx0 > 300, 30, "the prober's queries",
-             interval=0.05)
-    time.sleep(cut_at)
     t_cut = time.monotonic()
     lab.set_link("n1", link_id=before, up=False)
     moved: dict[str, float | None] = {"n1": None, "n2": None}
