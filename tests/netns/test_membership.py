@@ -148,8 +148,10 @@ def test_health_failure_withdraws_within_interval_times_fall(mesh: Lab) -> None:
     lw = lab.groups_of("n1")[prefix]["last_withdrawal"]
     assert lw["reason"] == "unhealthy"
     detect = lw["started_monotonic"] - t_flag
-    # fall = 2 failed probes at a 100 ms interval, plus the exec time of each probe.
-    assert 0.1 <= detect < 0.5, detect
+    # fall = 2 failed probes at a 100 ms interval (the first may be the probe already
+    # running when the flag appeared; a late probe's successor is not delayed), plus the
+    # exec time of each probe.
+    assert 0.02 <= detect < 0.6, detect
     wait_for(lambda: lab.catchment(nodes=["n2"], timeout=0.3)["n2"] == "n3", 5, "n2 -> n3")
     st = lab.groups_of("n1")[prefix]
     assert st["state"] == "unhealthy" and st["members"] == 1
