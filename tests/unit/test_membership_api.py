@@ -487,3 +487,28 @@ def test_python_client_and_context_manager(tmp_path: Any) -> None:
     finally:
         stop[0]()
         th.join(10)
+
+
+def test_serve_failure_is_reported_and_retried(tmp_path: Any) -> None:
+    async def go() -> None:
+        async with server(str(tmp_path)) as (d, api, ms):
+            real = d.serve
+            fails = [1]
+
+            async def flaky(prefix: Any, metric: int | None = None) -> None:
+                if fails:
+                    fails.pop()
+                    raise RuntimeError("address interface missing")
+                await real(prefix, metric)
+
+            d.serve = flaky  # type: ignore[method-assign]
+            c = await connect(api.path)
+            r = await c.req({"cmd": "join", "prefix": G1, "wait": 0.2})
+            assert r["ok"] and not r["served"] and "missing" in r["error_detail"]
+            g = ms.groups[ms.daemon.config.groups[0].prefix]
+            await until(lambda: g.served, 5.0)  # retried after a second
+            st = await c.req({"cmd": "status"})
+            assert "error" not in next(x for x in st["groups"] if x["prefix"] == G1)
+            await c.close()
+
+    asyncio.run(go())

@@ -322,8 +322,12 @@ class MembershipService:
         if g.wanted and not g.served:
             # Reply once the address is up and the prefix originated (bounded).
             await self._settled(prefix, wait)
-        return {"prefix": str(prefix), "members": g.members, "state": g.state,
-                "served": g.served, "healthy": g.healthy, "draining": g.draining}
+        out: dict[str, Any] = {"prefix": str(prefix), "members": g.members,
+                               "state": g.state, "served": g.served, "healthy": g.healthy,
+                               "draining": g.draining}
+        if prefix in self._errors:
+            out["error_detail"] = self._errors[prefix]  # serving fails; retried every second
+        return out
 
     async def _leave(self, req: dict[str, Any]) -> dict[str, Any]:
         """Release memberships: this connection's own, or (with "pid" or "all") those
