@@ -356,6 +356,11 @@ class EndpointSet:
         elif not c.configured:
             self._touch_learned(c, now)
         roam = self._in_use is not None
+        old = self._get(self._in_use)
+        if old is not None:
+            # The peer (or its network) left it, maybe because it failed: not a failover
+            # target until a probe sent from now on is answered.
+            old.failed_at = now
         self._in_use = addr
         self._switched_at = now
         self._by_us = False
@@ -627,7 +632,7 @@ class EndpointSet:
             return False
         if c.failed_at is not None and c.last_answer_sent <= c.failed_at:
             return False  # failed since, and no probe sent after that answered yet
-        return now - c.last_answer <= self.params.alive_window
+        return now - c.last_answer <= self.params.alive_window and not self._overdue(c, now)
 
     def _unreachable(self, c: _Candidate, now: float) -> bool:
         """Probes of `c` go unanswered (never answered since we switched to it)."""

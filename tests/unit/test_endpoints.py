@@ -178,6 +178,20 @@ def test_no_flip_back_to_an_endpoint_that_just_failed() -> None:
     assert [d.addr for _, d in w.decisions] == [A, B]
 
 
+def test_a_path_the_peer_left_is_not_a_failover_target() -> None:
+    """A is cut; the peer notices first and WireGuard roams to B. B then looks silent
+    for a moment: A (not answering since) is not chosen."""
+    es = EndpointSet([A, B], 0.0)
+    rtt: dict[str, float | None] = {A: 10.0, B: 20.0}
+    w = World(es, rtt)
+    w.run(5.0)
+    rtt[A] = None
+    w.run(0.2)
+    assert es.observe_endpoint(B, w.t) is None and es.head() == B  # the roam, adopted
+    w.run(0.3)
+    assert es.path_failed(w.t) is None and es.head() == B
+
+
 def test_peer_down_rotates_without_blame() -> None:
     es = EndpointSet([A, B], 0.0)
     rtt: dict[str, float | None] = {A: 10.0, B: 30.0}

@@ -89,7 +89,8 @@ class EndpointManager:
             ("probes_sent", "probes_answered", "requests_answered", "probe_send_errors",
              "probes_bad", "probes_unknown_sender", "probes_replayed", "probes_rate_limited",
              "endpoint_sets", "endpoint_set_errors", "handshake_restarts",
-             "resolve_errors"), 0)
+             "resolve_errors", "errors"), 0)
+        self._quiet_until = -1e9
         timers = self.config.timers
         pol = self.config.endpoint_policy
         self.params = EndpointParams(
@@ -218,8 +219,14 @@ class EndpointManager:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # keep managing; the next tick retries
-                log.warning("endpoint manager: %s", e, exc_info=log.isEnabledFor(logging.DEBUG))
-                next_poll = next_tick = self._now() + self.tick
+                self.counters["errors"] += 1
+                now = self._now()
+                if now >= self._quiet_until:  # at most one line a minute
+                    self._quiet_until = now + 60.0
+                    log.warning("endpoint manager: %s (%d errors so far)", e,
+                                self.counters["errors"],
+                                exc_info=log.isEnabledFor(logging.DEBUG))
+                next_poll = next_tick = now + self.tick
             await asyncio.sleep(max(0.0, min(next_poll, next_tick) - self._now()))
 
     async def _poll(self) -> None:
