@@ -159,9 +159,9 @@ class CandidateView:
 
 class _Candidate:
     __slots__ = ("addr", "answered", "configured", "fail_time", "fail_weight", "failures",
-                 "failed_at", "last_answer", "last_answer_sent", "last_seen", "n_outcomes",
-                 "next_probe", "outcomes", "rank", "rttvar", "sent", "srtt", "verify_after",
-                 "weight_before")
+                 "failed_at", "last_answer", "last_answer_sent", "last_seen", "last_sent",
+                 "n_outcomes", "next_probe", "outcomes", "rank", "rttvar", "sent", "srtt",
+                 "verify_after", "weight_before")
 
     def __init__(self, addr: str, configured: bool, now: float, rank: int = 0) -> None:
         self.addr = addr
@@ -176,6 +176,7 @@ class _Candidate:
         self.last_answer: float | None = None
         self.last_answer_sent: float | None = None  # when that answered probe left
         self.failed_at: float | None = None  # the last failure while in use
+        self.last_sent = -math.inf
         self.last_seen = now
         self.failures = 0
         self.fail_weight = 0.0
@@ -228,6 +229,7 @@ class EndpointSet:
         self._last_heard: float | None = None
         self._silence = self.params.silence_hellos * self.params.hello_interval
         self._tunnel_rtt: float | None = None
+        self._deferred_for: float | None = None
         self._hs_age: float | None = None
         self._fail_streak = 0
         self._challenger: tuple[str, float] | None = None
@@ -237,7 +239,7 @@ class EndpointSet:
         self.stats: dict[str, int] = dict.fromkeys(
             ("switches", "failovers", "roams", "reasserts", "learned_added",
              "learned_evicted", "learned_expired", "probes_lost", "false_alarms",
-             "max_candidates"), 0)
+             "deferred", "max_candidates"), 0)
         self.set_configured(configured, now)
         if current is not None:
             self.observe_endpoint(current, now)
@@ -415,8 +417,15 @@ class EndpointSet:
         """Candidates to probe now (call `probe_sent` for each one sent)."""
         p = self.params
         out = []
+        failing = self._confirmed and self._failing(now)
         for c in self._iter():
-            if c.next_probe <= now and self._in_flight(c.addr) < p.max_outstanding:
+            due = c.next_probe
+            if failing and c.addr == self._in_use:
+                # The tunnel went quiet: ask the path itself, in time for the failover
+                # decision (an answer means the path works; see `_path_answers`).
+                due = min(due, c.last_sent + min(p.probe_interval_searching,
+                                                 self._silence / 2))
+            if due <= now and self._in_flight(c.addr) < p.max_outstanding:
                 out.append(c.addr)
         return out
 
@@ -430,6 +439,7 @@ class EndpointSet:
             self._lose(mine.pop(0), now)
         self._outstanding[token] = (addr, now)
         c.sent += 1
+        c.last_sent = now
         searching = not self._confirmed or (addr == self._in_use and self._failing(now))
         c.next_probe = now + (p.probe_interval_searching if searching else p.probe_interval)
 
@@ -464,7 +474,15 @@ class EndpointSet:
         return addr, rtt
 
     def path_failed(self, now: float, reason: str = "failed") -> SetEndpoint | None:
-        """The in-use endpoint does not work: penalise it and rotate."""
+        """The in-use endpoint does not work: penalise it and rotate.
+
+        Not while a probe sent on it after the peer went quiet was answered (for up to
+        `confirm_timeout` of silence): the path works, something else stalled (a loaded
+        WireGuard or daemon), and no other path would do better.
+        """
+        if self._path_answers(now):
+            self.stats["deferred"] += 1
+            return None
         cur = self._get(self._in_use)
         if cur is not None:
             cur.failed_at = now
@@ -498,7 +516,11 @@ class EndpointSet:
         # Failure of the in-use endpoint.
         if self._confirmed:
             if self._last_heard is not None and now - self._last_heard > self._silence:
-                return self.path_failed(now, "silent")
+                if not self._path_answers(now):
+                    return self.path_failed(now, "silent")
+                if self._deferred_for != self._last_heard:  # once per silence
+                    self._deferred_for = self._last_heard
+                    self.stats["deferred"] += 1
         else:
             limit = min(p.confirm_timeout * 2 ** min(self._fail_streak, 16), p.backoff_max)
             if now - self._switched_at > limit:
@@ -641,6 +663,15 @@ class EndpointSet:
             return False
         return c.last_lost() or self._overdue(c, now)
 
+    def _path_answers(self, now: float) -> bool:
+        """The in-use endpoint answered a probe sent after the last Hello, and the
+        silence is not older than `confirm_timeout`."""
+        c = self._get(self._in_use)
+        heard = self._last_heard
+        return (c is not None and self._confirmed and heard is not None
+                and c.last_answer_sent is not None and c.last_answer_sent > heard
+                and now - heard <= self.params.confirm_timeout)
+
     def _failing(self, now: float) -> bool:
         return self._last_heard is None or now - self._last_heard > self._silence / 2
 
@@ -679,12 +710,18 @@ class EndpointSet:
         addrs = [c.addr for c in order]
         start = addrs.index(self._in_use) + 1 if self._in_use in addrs else 0
         rotated = [c for c in order[start:] + order[:start] if c.addr != self._in_use]
-        # Nothing answers probes: the next in rotation order, but not one that failed a
-        # moment ago (it would fail again; rather give the current one more time).
+        # Nothing else answers probes: the next in rotation order, but not one that failed
+        # a moment ago (it would fail again; rather give the current one more time), nor
+        # one whose probes are lost while the current one's are answered.
+        cur = self._get(self._in_use)
+        cur_answers = cur is not None and cur.n_outcomes > 0 and not cur.last_lost()
         retry = self.params.confirm_timeout
         for c in rotated:
-            if c.failed_at is None or now - c.failed_at > retry:
-                return c.addr
+            if c.failed_at is not None and now - c.failed_at <= retry:
+                continue
+            if cur_answers and c.last_lost():
+                continue
+            return c.addr
         return None
 
     def _switch(self, addr: str, now: float, reason: str, count: bool = True,

@@ -104,13 +104,17 @@ def test_two_managers_probe_each_other_and_fail_over() -> None:
             assert mb.counters["probes_bad"] == 0
             # No session: the end with the lower key restarted the handshake at once.
             assert (a.backend.restarts == [kb]) == (ka < kb)
-            # The neighbour speaks, then goes silent: fail over to another candidate.
+            # The neighbour speaks, then goes silent: fail over to another candidate
+            # (after 2 s: the probes on the path in use are still answered, b's
+            # responder being on all of them, so the silence is first taken for a stall).
             nb = a.node.neighbours["peer"]
             nb.last_hello, nb.hello_interval = a.now(), 0.2
             ma.received("peer")
             await asyncio.sleep(0.1)
             assert ps.es.confirmed
             await asyncio.sleep(0.6)
+            assert a.backend.sets[-1][1] == "127.0.0.1:9" and ps.es.stats["deferred"] >= 1
+            await asyncio.sleep(2.0)
             assert a.backend.sets[-1][1] != "127.0.0.1:9"
             assert a.hellos  # a Hello at once after the switch
             return {"a": ma.status(), "b": mb.status()}

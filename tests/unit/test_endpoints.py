@@ -143,15 +143,35 @@ def test_silence_fails_over_to_the_best_alive() -> None:
     assert view[A].failures == 1 and view[A].state in ("failed", "dead")
 
 
-def test_silence_on_a_working_path_is_a_false_alarm() -> None:
-    """Hellos stop (a stalled process) but the old path answers the next probe: the
-    blame is taken back and the better path is used again after the hold and dwell."""
+def test_silence_on_a_path_that_answers_probes_is_not_a_failure() -> None:
+    """Hellos stop (a stalled WireGuard) but the path answers a probe sent after the
+    last Hello: no failover, for up to confirm_timeout of silence."""
     es = EndpointSet([A, B], 0.0)
     rtt: dict[str, float | None] = {A: 10.0, B: 30.0}
     w = World(es, rtt)
     w.run(5.0)
-    w.next_hello = w.t + 0.7  # no Hello for 0.7 s, the probes still answered
-    w.run(1.5)
+    w.next_hello = w.t + 1.0  # no Hello for 1 s, the probes still answered
+    w.run(2.0)
+    assert [d.reason for _, d in w.decisions] == ["start"] and es.head() == A
+    assert es.stats["deferred"] >= 1
+    w.next_hello = w.t + 3.0  # longer than confirm_timeout: the tunnel is broken
+    w.run(3.0)
+    assert es.head() == B and w.decisions[-1][1].reason == "failover"
+
+
+def test_silence_on_a_working_path_is_a_false_alarm() -> None:
+    """Hellos and probe answers stop for a moment (a stalled machine): failover, but the
+    old path answers the next probe, so the blame is taken back and the better path is
+    used again after the hold time."""
+    es = EndpointSet([A, B], 0.0)
+    rtt: dict[str, float | None] = {A: 10.0, B: 30.0}
+    w = World(es, rtt)
+    w.run(5.0)
+    w.next_hello = w.t + 0.7
+    w.responder = False
+    w.run(0.4)
+    w.responder = True
+    w.run(1.1)
     assert es.head() == B and w.decisions[-1][1].reason == "failover"
     w.run(2.0)
     view = {v.addr: v for v in es.snapshot(w.t)}
