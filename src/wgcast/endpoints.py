@@ -28,7 +28,10 @@ Decisions:
   for `silence_hellos` of its hello intervals), when it was never confirmed within
   `confirm_timeout` (doubling on each consecutive failure), or when the last handshake
   is older than `handshake_max_age`. The set rotates to the best candidate that answers
-  probes, else to the next one in order (configured order, then learned by recency).
+  probes, else to the next one in order (configured order, then learned by recency) that
+  did not fail a moment ago. A quiet tunnel on a path that answers a probe sent after
+  the last Hello is a stall, not a failure (for up to `confirm_timeout`); a failure whose
+  path answers the next probe is a false alarm (the penalty is taken back).
 * unreachable: the in-use endpoint is not confirmed yet, its probes go unanswered and
   another candidate answers: switch at once (the first configured endpoint is dead).
 * better: another candidate's score beats the in-use one by max(`switch_margin_ms`,
@@ -158,8 +161,8 @@ class CandidateView:
 
 
 class _Candidate:
-    __slots__ = ("addr", "answered", "configured", "fail_time", "fail_weight", "failures",
-                 "failed_at", "last_answer", "last_answer_sent", "last_seen", "last_sent",
+    __slots__ = ("addr", "answered", "configured", "fail_time", "fail_weight", "failed_at",
+                 "failures", "last_answer", "last_answer_sent", "last_seen", "last_sent",
                  "n_outcomes", "next_probe", "outcomes", "rank", "rttvar", "sent", "srtt",
                  "verify_after", "weight_before")
 
