@@ -128,13 +128,21 @@ class Node:
         self._triggered: set[Prefix] = set()
         self._acks_to_attach: dict[str, list[int]] = {}
         self._retractions: dict[Prefix, _Retraction] = {}
-        self._expiry: list[tuple[float, int, Prefix, str]] = []
+        # One entry per live Route object, re-queued on pop while the route is refreshed.
+        self._expiry: list[tuple[float, int, Route]] = []
         self._expiry_seq = 0
         self._next_hello: dict[str, float] = {}
         self._next_update = now + config.update_interval
         self._reselect: dict[Prefix, float] = {}
         self._next_gc = now + 60.0
-        self._cost_cache: dict[str, int] = {}
+        # Source-change protection (anycast): the router-id we last announced with a finite
+        # metric for each prefix, with the announcement counter at that time; a prefix is in
+        # _releasing while its retraction waits for the neighbours' acks (see _select).
+        self._owned: dict[Prefix, tuple[bytes, int]] = {}
+        self._announce_mark = 0
+        self._releasing: dict[Prefix, int] = {}
+        #: Settling: (neighbour, since) of a challenger better by less than the margin.
+        self._challenger: dict[Prefix, tuple[str, float]] = {}
 
     # ------------------------------------------------------------ public API
 
@@ -174,18 +182,9 @@ class Node:
         self._tick(now)
         if not self.xroutes.remove(prefix):
             raise LocalProtocolError(f"{prefix} is not originated here")
-        waiting = {nid for nid, nb in self.neighbours.items() if nb.up}
-        pending = PendingAck(prefix, waiting, self.config.retraction_tries,
-                             self._now + 2 * self.config.hello_interval,
-                             2 * self.config.hello_interval)
         self._select(prefix, force_trigger=True)
-        if waiting:
-            pending.opaque = self.requests.new_opaque()
-            self.requests.acks[pending.opaque] = pending
-            for nid in waiting:
-                self._acks_to_attach.setdefault(nid, []).append(pending.opaque)
-        else:
-            self._events.append(RetractionAcked(prefix))
+        # The retraction goes out with an AckReq (the release of our source, see _select).
+        self._start_release(prefix, notify=True)
         self._flush()
 
     def hold(self, seconds: float, now: float | None = None) -> None:
@@ -241,7 +240,8 @@ class Node:
             self.counters["packets_bad"] += 1
         self.counters["tlvs_skipped"] += len(skipped)
         if hello_ts is not None and ihu_ts is not None:
-            nb.on_rtt_sample(now, ihu_ts[0], ihu_ts[1], hello_ts, self.config.link.rtt_alpha)
+            lp = self.config.link
+            nb.on_rtt_sample(now, ihu_ts[0], ihu_ts[1], hello_ts, lp.rtt_alpha, lp)
         self._check_neighbour(nb)
         self._maybe_recost(nb)
         self._flush()
@@ -254,12 +254,18 @@ class Node:
                 self._send_hello(self.neighbours[nid])
         for nb in list(self.neighbours.values()):
             self._check_neighbour(nb)
-        while self._expiry and self._expiry[0][0] <= now:
-            _, _, prefix, nid = heapq.heappop(self._expiry)
-            route = self.routes.get(prefix, nid)
-            if route is not None and route.expires <= now:
-                self.routes.remove(prefix, nid)
+        expiry = self._expiry
+        while expiry and expiry[0][0] <= now:
+            _, _, route = heapq.heappop(expiry)
+            prefix = route.prefix
+            if self.routes.get(prefix, route.neighbour) is not route:
+                continue  # replaced or removed since
+            if route.expires <= now:
+                self.routes.remove(prefix, route.neighbour)
                 self._select(prefix)
+            else:
+                self._expiry_seq += 1
+                heapq.heappush(expiry, (route.expires, self._expiry_seq, route))
         if now >= self._next_update:
             self._next_update = now + cfg.update_interval
             for nb in self.neighbours.values():
@@ -427,20 +433,35 @@ class Node:
         if route is None:
             route = Route(prefix, nb.id, msg.router_id, msg.seqno, msg.metric, interval, expires)
             self.routes.put(route)
+            self._expiry_seq += 1
+            heapq.heappush(self._expiry, (expires, self._expiry_seq, route))
         else:
+            if route.router_id != msg.router_id or abs(msg.metric - route.refmetric) >= \
+                    self.config.selection.margin(msg.metric):
+                # Another source, or a real change upstream (RTT noise rides the periodic
+                # updates in steps below the margin): a new path, smooth it afresh.
+                route.smoothed = -1.0
             route.router_id, route.seqno, route.refmetric = msg.router_id, msg.seqno, msg.metric
             route.interval, route.expires = interval, expires
-        self._expiry_seq += 1
-        heapq.heappush(self._expiry, (expires, self._expiry_seq, prefix, nb.id))
         sel = self.selected.get(prefix)
         if feasible:
             self.requests.satisfied(prefix, msg.router_id, msg.seqno)
         else:
             self.counters["updates_unfeasible"] += 1
-            if sel is not None and sel.via == nb.id:
-                # Our selected route got worse than our feasibility distance: keep it (it
-                # is still loop-free, see DESIGN) and ask its source for a new seqno.
-                self._request_seqno(prefix, msg.router_id, seqno_plus(msg.seqno), nb.id)
+            # Ask the source for a newer seqno when the route matters: it is our selected
+            # route that got worse than our feasibility distance (we keep it: still
+            # loop-free), we have no route at all (starvation; e.g. the source restarted and
+            # lost its seqno), or it would beat our selected route by more than the margin.
+            ask = sel is None and prefix not in self._releasing
+            if sel is not None and sel.via != LOCAL:
+                ask = sel.via == nb.id or self._route_metric(route) < \
+                    sel.metric - self.config.selection.margin(sel.metric)
+            if ask:
+                want = seqno_plus(msg.seqno)
+                src = self.sources.get(prefix, msg.router_id)
+                if src is not None and seqno_less(want, seqno_plus(src.seqno)):
+                    want = seqno_plus(src.seqno)
+                self._request_seqno(prefix, msg.router_id, want, nb.id)
         self._select(prefix)
 
     def _on_route_request(self, nb: Neighbour, msg: ResolvedRouteRequest) -> None:
@@ -456,31 +477,36 @@ class Node:
         prefix = msg.prefix
         if msg.router_id == self.router_id:
             if prefix in self.xroutes:
-                if seqno_less(self.xroutes.seqno, msg.seqno) or self.xroutes.seqno == msg.seqno:
-                    if seqno_less(self.xroutes.seqno, msg.seqno):
-                        self.xroutes.bump(msg.seqno)
-                    else:
-                        self.xroutes.bump()
+                # RFC 8966 3.8.1.2: increase our seqno only if the request asks for a newer
+                # one; otherwise the update we send now (or have sent) satisfies it.
+                if seqno_less(self.xroutes.seqno, msg.seqno):
+                    self.xroutes.bump(msg.seqno)
                     self._events.append(SeqnoChanged(self.xroutes.seqno))
                     self._refresh_local_seqno()
                 self._triggered.add(prefix)
             return
         sel = self.selected.get(prefix)
-        if sel is None or sel.metric >= INFINITY:
-            return
-        if sel.router_id == msg.router_id and not seqno_less(sel.seqno, msg.seqno):
+        if sel is not None and sel.via != LOCAL and sel.router_id == msg.router_id \
+                and prefix not in self._releasing and not seqno_less(sel.seqno, msg.seqno):
             self._send_update(nb.id, prefix)
             return
-        if msg.hopcount < 2 or sel.via == LOCAL:
+        if msg.hopcount < 2:
             return
-        # Forward towards the source, never back where it came from.
-        target = sel.via
-        if target == nb.id:
-            alt = [r for r in self.routes.routes(prefix).values()
-                   if r.router_id == msg.router_id and r.neighbour != nb.id]
-            if not alt:
-                return
-            target = alt[0].neighbour
+        # Forward towards the requested source, never back where it came from: the next hop
+        # of our selected route if it leads to that source, else the best route that does
+        # (an anycast prefix has several sources; ours may not be the one asked for).
+        target: str | None = None
+        if sel is not None and sel.via not in (LOCAL, nb.id) and sel.router_id == msg.router_id:
+            target = sel.via
+        else:
+            best_m = INFINITY + 1
+            for r in self.routes.routes(prefix).values():
+                if r.router_id == msg.router_id and r.neighbour != nb.id:
+                    m = self._route_metric(r)
+                    if m < best_m:
+                        target, best_m = r.neighbour, m
+        if target is None:
+            return
         if self.requests.is_duplicate(prefix, msg.router_id, msg.seqno, self._now):
             return
         self.requests.note_forwarded(prefix, msg.router_id, msg.seqno, self._now)
@@ -496,9 +522,50 @@ class Node:
 
     def _finish_acks(self) -> None:
         for op, pending in list(self.requests.acks.items()):
-            if not pending.waiting:
-                del self.requests.acks[op]
-                self._events.append(RetractionAcked(pending.prefix))
+            if pending.waiting:
+                continue
+            del self.requests.acks[op]
+            prefix = pending.prefix
+            if pending.notify:
+                self._events.append(RetractionAcked(prefix))
+            owned = self._owned.get(prefix)
+            if owned is not None and owned[1] <= pending.mark:
+                # Every neighbour heard our retraction after our last finite announcement:
+                # none can route through us with the old source any more.
+                del self._owned[prefix]
+            if self._releasing.get(prefix) == op:
+                del self._releasing[prefix]
+                self._select(prefix)
+
+    def _start_release(self, prefix: Prefix, notify: bool) -> bool:
+        """Retract `prefix` with an AckReq to every neighbour that is up.
+
+        True if there was nobody to wait for (the release is complete at once).
+        """
+        op = self._releasing.get(prefix)
+        if op is not None:
+            pending = self.requests.acks.get(op)
+            if pending is not None:
+                pending.notify = pending.notify or notify
+                return False
+            del self._releasing[prefix]
+        waiting = {nid for nid, nb in self.neighbours.items() if nb.up}
+        if not waiting:
+            self._owned.pop(prefix, None)
+            if notify:
+                self._events.append(RetractionAcked(prefix))
+            return True
+        backoff = 2 * self.config.hello_interval
+        pending = PendingAck(prefix, waiting, self.config.retraction_tries,
+                             self._now + backoff, backoff, notify=notify,
+                             mark=self._announce_mark)
+        op = pending.opaque = self.requests.new_opaque()
+        self.requests.acks[op] = pending
+        self._releasing[prefix] = op
+        for nid in waiting:
+            self._acks_to_attach.setdefault(nid, []).append(op)
+        self._triggered.add(prefix)
+        return False
 
     # ------------------------------------------------------------ selection
 
@@ -509,18 +576,30 @@ class Node:
         return route.metric(nb.cost(self.config.link))
 
     def _select(self, prefix: Prefix, force_trigger: bool = False) -> None:
-        """Re-run route selection for one prefix; emit events and triggered updates."""
+        """Re-run route selection for one prefix; emit events and triggered updates.
+
+        Anycast and loops: the feasibility condition keeps the routes of each source
+        loop-free, but a prefix with several sources (anycast) can still loop across sources
+        while information is in flight (RFC 8966 section 1.1): X routes through N to source
+        A while N has just moved to source B through X. So a node never moves from the
+        source it announced to another one at once: it retracts the prefix with an AckReq
+        to every neighbour and selects the new source only when all have acknowledged (or
+        died), still forwarding along the old source meanwhile if it can. No neighbour can
+        then hold a route through us to a source we no longer use. Moving to a local
+        origin, or to no route, needs no wait: such a node is an end of every path.
+        """
         old = self.selected.get(prefix)
         new: Selected | None
         xmetric = self.xroutes.metric(prefix)
         now = self._now
         params = self.config.selection
+        cur: Route | None = None
+        cur_m = INFINITY
         if xmetric is not None:
             new = Selected(LOCAL, self.router_id, self.xroutes.seqno, xmetric)
         else:
             routes = self.routes.routes(prefix)
             cur = routes.get(old.via) if old is not None and old.via != LOCAL else None
-            cur_m = INFINITY
             if cur is not None and old is not None:
                 cur_m = self._route_metric(cur)
                 if cur.router_id != old.router_id and not self.sources.feasible(
@@ -542,25 +621,55 @@ class Node:
             chosen: Route | None
             if cur is None or cur_m >= INFINITY:
                 chosen = best
+                self._challenger.pop(prefix, None)
             elif best is None or params.mode == "sticky":
                 chosen = cur
             else:
                 margin = params.margin(cur_m)
-                if best_m < cur_m - margin:
+                gap = cur_m - best_m
+                chosen = cur
+                if gap > margin:
+                    # Smoothing damps a challenger whose metric just dropped (jitter). A
+                    # real change upstream resets a route's smoothing (see _on_update).
                     hl = params.smoothing_half_life
                     if best.smooth(now, best_m, hl) < cur.smooth(now, cur_m, hl) - margin:
                         chosen = best
                     else:
-                        chosen = cur
-                        self._reselect.setdefault(prefix, now + hl / 2)
-                else:
-                    chosen = cur
+                        self._reselect_at(prefix, now + hl / 2)
+                if chosen is cur and params.settle_time > 0:
+                    if gap > params.settle_margin(cur_m):
+                        ch = self._challenger.get(prefix)
+                        if ch is None or ch[0] != best.neighbour:
+                            ch = self._challenger[prefix] = (best.neighbour, now)
+                        due = ch[1] + params.settle_time
+                        if now >= due:
+                            chosen = best
+                        else:
+                            self._reselect_at(prefix, due)
+                    else:
+                        self._challenger.pop(prefix, None)
             if chosen is None:
                 new = None
             else:
                 m = best_m if chosen is best else cur_m
                 chosen.smooth(now, m, params.smoothing_half_life)
                 new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, m)
+        if new is not None and new.via != LOCAL:
+            owned = self._owned.get(prefix)
+            if owned is not None and owned[0] != new.router_id:
+                if not self._start_release(prefix, notify=False):
+                    # Wait for the acks; keep forwarding along the old source if we can.
+                    if cur is not None and cur_m < INFINITY and cur.router_id == owned[0]:
+                        new = Selected(cur.neighbour, cur.router_id, cur.seqno, cur_m)
+                    else:
+                        new = None
+            elif prefix in self._releasing:
+                del self._releasing[prefix]  # back on the source we announced: no wait
+        elif new is not None:
+            self._releasing.pop(prefix, None)
+        if new is not None and prefix in self._challenger \
+                and self._challenger[prefix][0] == new.via:
+            del self._challenger[prefix]  # settled (the release, if any, is over)
         if new is None:
             if old is not None:
                 del self.selected[prefix]
@@ -570,7 +679,11 @@ class Node:
                 self._triggered.add(prefix)
                 self._events.append(RouteSelected(prefix, None, INFINITY, None))
                 self.counters["route_changes"] += 1
-                self._request_for_starved(prefix)
+                if prefix not in self._releasing:
+                    if prefix in self._owned:
+                        # Retract with acks now, so a new source needs no wait later.
+                        self._start_release(prefix, notify=False)
+                    self._request_for_starved(prefix)
             elif force_trigger:
                 self._triggered.add(prefix)
             return
@@ -584,6 +697,11 @@ class Node:
                 abs(old.metric - new.metric) >= params.margin(min(old.metric, new.metric)):
             # Small metric changes ride the periodic updates.
             self._triggered.add(prefix)
+
+    def _reselect_at(self, prefix: Prefix, t: float) -> None:
+        old = self._reselect.get(prefix)
+        if old is None or t < old:
+            self._reselect[prefix] = t
 
     def _request_for_starved(self, prefix: Prefix) -> None:
         """No feasible route left: ask the source of the best unfeasible one for a seqno."""
@@ -652,6 +770,11 @@ class Node:
     def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int]:
         """(router-id, seqno, metric) we tell `nid` about `prefix` (poison reverse)."""
         sel = self.selected.get(prefix)
+        if prefix in self._releasing:
+            owned = self._owned.get(prefix)
+            rid = owned[0] if owned is not None else \
+                (sel.router_id if sel is not None else self.router_id)
+            return rid, (sel.seqno if sel is not None else self.xroutes.seqno), INFINITY
         if sel is None:
             rt = self._retractions.get(prefix)
             if rt is not None:
@@ -669,7 +792,10 @@ class Node:
     def _send_update(self, nid: str, prefix: Prefix) -> None:
         rid, seqno, metric = self._announcement(nid, prefix)
         self._out[nid].add_update(prefix, rid, seqno, metric, _cs(self.config.update_interval))
-        self.sources.advertised(prefix, rid, seqno, metric, self._now)
+        if metric < INFINITY:
+            self.sources.advertised(prefix, rid, seqno, metric, self._now)
+            self._announce_mark += 1
+            self._owned[prefix] = (rid, self._announce_mark)
 
     def _send_update_all(self, prefix: Prefix) -> None:
         for nid, nb in self.neighbours.items():
@@ -688,6 +814,12 @@ class Node:
                 continue
             w.add_update(prefix, rid, seqno, metric, interval)
             self.sources.advertised(prefix, rid, seqno, metric, now)
+            self._announce_mark += 1
+            self._owned[prefix] = (rid, self._announce_mark)
+        for prefix in self._releasing:
+            # A neighbour that (re)appears during a release must not keep an old route.
+            rid, seqno, metric = self._announcement(nid, prefix)
+            w.add_update(prefix, rid, seqno, metric, interval)
 
     def _flush(self) -> None:
         """Send triggered updates (with any AckReqs attached after them)."""

@@ -30,6 +30,16 @@ class LinkCostParams:
     max_rtt_cost: int = 2048
     #: Weight of a new RTT sample in the moving average.
     rtt_alpha: float = 0.125
+    #: The cost follows a slow average of the RTT (the plain mean of the first
+    #: 1 / cost_alpha samples, then a moving average with this weight) in steps: it moves
+    #: only when that average leaves a band of max(rtt_hysteresis_ms, rtt_hysteresis_rel *
+    #: RTT) around the RTT the cost was last computed from. Jitter then leaves costs (and so
+    #: metrics, announcements and route choices) alone once the average has settled (after
+    #: 0.25 / cost_alpha samples the cost stops following it closely), while a real change
+    #: of latency (beyond the band) still shows within a few seconds.
+    cost_alpha: float = 1 / 64
+    rtt_hysteresis_rel: float = 0.1
+    rtt_hysteresis_ms: float = 0.2
 
     def cost(self, rtt_ms: float | None, extra: int = 0) -> int:
         rtt_term = 0 if rtt_ms is None else min(self.max_rtt_cost,
@@ -42,6 +52,7 @@ class Neighbour:
 
     __slots__ = (
         "applied_cost",
+        "cost_rtt_ms",
         "extra_cost",
         "hello_history",
         "hello_interval",
@@ -56,6 +67,7 @@ class Neighbour:
         "peer_hello_stamp",
         "rtt_ms",
         "rtt_samples",
+        "rtt_slow_ms",
         "txcost",
         "up",
     )
@@ -77,6 +89,9 @@ class Neighbour:
         self.peer_hello_stamp: int | None = None
         self.peer_hello_recv: int | None = None
         self.rtt_ms: float | None = None
+        #: The RTT the cost is computed from (follows rtt_ms in steps, see LinkCostParams).
+        self.cost_rtt_ms: float | None = None
+        self.rtt_slow_ms: float | None = None
         self.rtt_samples = 0
         #: Cost the route table last recomputed with (to skip insignificant changes).
         self.applied_cost = INFINITY
@@ -101,7 +116,7 @@ class Neighbour:
         self.last_ihu = now
 
     def on_rtt_sample(self, now: float, origin: int, peer_recv: int, peer_send: int,
-                      alpha: float) -> None:
+                      alpha: float, params: LinkCostParams | None = None) -> None:
         """RTT = (now - our send) - (their hold time), all in wrapping microseconds."""
         total = (stamp(now) - origin) % _U32
         hold = (peer_send - peer_recv) % _U32
@@ -110,6 +125,19 @@ class Neighbour:
         rtt = (total - hold) / 1000.0
         self.rtt_ms = rtt if self.rtt_ms is None else (1 - alpha) * self.rtt_ms + alpha * rtt
         self.rtt_samples += 1
+        if params is None:
+            self.cost_rtt_ms = self.rtt_slow_ms = self.rtt_ms
+            return
+        n = self.rtt_samples
+        slow = self.rtt_slow_ms
+        w = max(params.cost_alpha, 1.0 / n)
+        slow = rtt if slow is None else (1 - w) * slow + w * rtt
+        self.rtt_slow_ms = slow
+        ref = self.cost_rtt_ms
+        if ref is None or n * params.cost_alpha < 0.25 or abs(slow - ref) > max(
+                params.rtt_hysteresis_ms, params.rtt_hysteresis_rel * ref):
+            # Follow the average while it is young (a few samples), then in steps.
+            self.cost_rtt_ms = slow
 
     def expiry(self, dead: int) -> float | None:
         """When this neighbour is declared down unless we hear from it."""
@@ -126,7 +154,7 @@ class Neighbour:
     def cost(self, params: LinkCostParams) -> int:
         if not self.up:
             return INFINITY
-        return params.cost(self.rtt_ms, self.extra_cost)
+        return params.cost(self.cost_rtt_ms, self.extra_cost)
 
     def forget(self) -> None:
         """The neighbour went down: drop what we measured, keep our Hello seqno."""
@@ -137,5 +165,6 @@ class Neighbour:
         self.txcost = INFINITY
         self.peer_hello_stamp = self.peer_hello_recv = None
         self.rtt_ms = None
+        self.cost_rtt_ms = self.rtt_slow_ms = None
         self.rtt_samples = 0
         self.applied_cost = INFINITY

@@ -32,7 +32,13 @@ class PendingSeqnoRequest:
 
 @dataclass(slots=True)
 class PendingAck:
-    """An urgent retraction sent with an AckReq: resent until every neighbour acked."""
+    """An urgent retraction sent with an AckReq: resent until every neighbour acked.
+
+    It serves two purposes: a drain waits for it (`notify`: a RetractionAcked event when
+    done), and a node that changes the source of a route waits for it before selecting the
+    new source (see `Node._select`); `mark` is the engine's announcement counter when the
+    retraction went out, so a later announcement is not mistaken for acknowledged.
+    """
 
     prefix: Prefix
     waiting: set[str]
@@ -41,6 +47,8 @@ class PendingAck:
     backoff: float
     opaque: int = 0
     done: bool = False
+    notify: bool = True
+    mark: int = 0
 
 
 @dataclass(slots=True)

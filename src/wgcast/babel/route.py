@@ -24,9 +24,21 @@ class SelectionParams:
     hysteresis_rel: float = 0.1
     #: Half-life of the smoothed metric, seconds.
     smoothing_half_life: float = 4.0
+    #: Settling: a challenger better by less than the margin but by more than
+    #: max(settle_abs, settle_rel * metric) at every look for `settle_time` seconds wins
+    #: too. Without it, hysteresis adds up along a path (each hop may keep a route up to a
+    #: margin worse than its best, and announces that), so a node could end up more than a
+    #: margin away from its optimum; jitter cannot keep a challenger ahead that long.
+    #: 0 disables settling.
+    settle_time: float = 1.0
+    settle_abs: int = 4
+    settle_rel: float = 0.03
 
     def margin(self, metric: int) -> float:
         return max(self.hysteresis_abs, self.hysteresis_rel * metric)
+
+    def settle_margin(self, metric: int) -> float:
+        return max(self.settle_abs, self.settle_rel * metric)
 
 
 class Route:

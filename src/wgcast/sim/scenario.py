@@ -1,0 +1,367 @@
+"""A whole simulation run: build, converge, fail, heal, check; one result dict.
+
+This is what `wgcast sim` and bench/bench_sim.py run, and what the sim tests drive piece
+by piece. Phases:
+
+1. boot: every node originates its unicast prefix, the chosen origins their anycast
+   prefixes, at t = 0; run until no route changed for `quiet` seconds; check routes.
+2. failure (``fail`` != none) at the then current time: origin (retract the anycast
+   instance with the largest catchment), node (crash the node carrying most transit),
+   link (cut the link on most paths), partition (cut the graph into two halves); run until
+   quiet; check.
+3. recovery (node, link, partition): restart the node (with its saved seqno + 1, or none),
+   restore the link, heal the partition; run until quiet; check.
+
+`loops` counts forwarding loops seen at any route change of any phase; `wrong_routes`
+the routes found wrong after quiescence, summed over the phase checks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import networkx as nx
+
+from wgcast.babel.engine import NodeConfig
+from wgcast.babel.events import LOCAL
+from wgcast.babel.neighbour import LinkCostParams
+from wgcast.babel.route import SelectionParams
+from wgcast.babel.wire import Prefix
+from wgcast.keys import router_id
+from wgcast.sim.checker import LoopChecker, RouteCheck, check_routes, live_graph, path_ends
+from wgcast.sim.network import SimNetwork
+from wgcast.topology import Link, Topology, parse_ms_range, parse_topology
+
+TIMERS: dict[str, dict[str, float]] = {
+    "default": {"hello_interval": 0.2, "dead": 3, "update_interval": 4.0},
+    "fast": {"hello_interval": 0.05, "dead": 3, "update_interval": 2.0},
+}
+FAILURES = ("none", "origin", "node", "link", "partition")
+
+
+def unicast_prefix(index: int) -> Prefix:
+    """The own prefix of node n<index>."""
+    return ipaddress.ip_network(f"fd00:0:{index >> 16:x}:{index & 0xFFFF:x}::/64")
+
+
+def anycast_prefix(k: int) -> Prefix:
+    return ipaddress.ip_network(f"fd53::{k + 1:x}/128")
+
+
+def node_config(name: str, timers: str = "default", link: LinkCostParams | None = None,
+                selection: SelectionParams | None = None) -> NodeConfig:
+    t = TIMERS[timers]
+    return NodeConfig(router_id(name.encode()), hello_interval=t["hello_interval"],
+                      dead=int(t["dead"]), update_interval=t["update_interval"],
+                      link=link or LinkCostParams(), selection=selection or SelectionParams())
+
+
+def parse_anycast(text: str) -> tuple[int, int]:
+    """'5x3' -> (5 prefixes, 3 origins each); '0' -> none."""
+    s = text.strip().lower()
+    if s in ("0", "", "none"):
+        return (0, 0)
+    p, sep, o = s.partition("x")
+    try:
+        pi, oi = int(p), int(o) if sep else 1
+    except ValueError:
+        raise ValueError(f"--anycast: expected PxO like 5x3, got {text!r}") from None
+    if pi < 0 or oi < 1:
+        raise ValueError(f"--anycast: need P >= 0 and O >= 1, got {text!r}")
+    return (pi, oi)
+
+
+def with_relative_jitter(topo: Topology, fraction: float) -> Topology:
+    """Every link gets jitter = fraction x its delay."""
+    links = [replace(lk, jitter_ms=round(lk.delay_ms * fraction, 6)) for lk in topo.links]
+    return Topology(nodes=list(topo.nodes), links=links, spec=topo.spec, seed=topo.seed)
+
+
+def build_topology(spec: str, delay: str = "2-20ms", jitter: str = "0", loss: str = "0",
+                   seed: int = 1) -> Topology:
+    """parse_topology, plus relative jitter: '20%' means 0.2 x each link's delay."""
+    j = jitter.strip()
+    if j.endswith("%"):
+        topo = parse_topology(spec, delay=delay, loss=loss, seed=seed)
+        return with_relative_jitter(topo, float(j[:-1]) / 100.0)
+    parse_ms_range(j, "jitter")
+    return parse_topology(spec, delay=delay, jitter=j, loss=loss, seed=seed)
+
+
+@dataclass
+class Phase:
+    name: str
+    start: float
+    quiet: bool = False
+    last_change: float = 0.0
+    check: RouteCheck | None = None
+
+    @property
+    def duration_ms(self) -> float:
+        return max(0.0, self.last_change - self.start) * 1000.0
+
+    def to_dict(self) -> dict[str, object]:
+        d: dict[str, object] = {"name": self.name, "start_s": round(self.start, 6),
+                                "quiet": self.quiet,
+                                "last_change_ms": round(self.duration_ms, 3)}
+        if self.check is not None:
+            d.update(checked=self.check.checked, wrong=self.check.wrong_count,
+                     suboptimal=self.check.suboptimal, max_excess=self.check.max_excess,
+                     wrong_sample=[w.to_dict() for w in self.check.wrong[:5]])
+        return d
+
+
+@dataclass
+class Scenario:
+    """One simulation: topology, prefixes, failure; `run()` returns the result dict."""
+
+    topology: str = "random:100:6"
+    anycast: tuple[int, int] = (5, 3)
+    fail: str = "origin"
+    seed: int = 1
+    delay: str = "2-20ms"
+    jitter: str = "0"
+    loss: str = "0"
+    timers: str = "default"
+    unicast: bool = True
+    #: Seqno a restarted node boots with: 'saved' (saved + 1) or 'none' (configured 0).
+    restart_seqno: str = "saved"
+    #: Quiescence: no route change for this long (seconds; None: update interval + 1 s).
+    quiet: float | None = None
+    #: A phase that is not quiet after this long (virtual seconds) did not converge.
+    max_phase: float = 120.0
+    processing: float = 0.0
+    check: bool = True
+    topo: Topology | None = None
+    #: Engine parameters (None: the engine's defaults).
+    link_params: LinkCostParams | None = None
+    selection: SelectionParams | None = None
+    net: SimNetwork = field(init=False)
+    prefixes: list[Prefix] = field(init=False, default_factory=list)
+    anycast_prefixes: list[Prefix] = field(init=False, default_factory=list)
+    phases: list[Phase] = field(init=False, default_factory=list)
+    fail_target: dict[str, object] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.fail not in FAILURES:
+            raise ValueError(f"fail must be one of {', '.join(FAILURES)}, got {self.fail!r}")
+        if self.timers not in TIMERS:
+            raise ValueError(f"timers must be one of {', '.join(TIMERS)}")
+        if self.restart_seqno not in ("saved", "none"):
+            raise ValueError("restart_seqno must be 'saved' or 'none'")
+        if self.topo is None:
+            self.topo = build_topology(self.topology, self.delay, self.jitter, self.loss,
+                                       self.seed)
+        timers, lp, sp = self.timers, self.link_params, self.selection
+        self.net = SimNetwork(self.topo, lambda n: node_config(n, timers, lp, sp),
+                              seed=self.seed, processing=self.processing)
+        self.loops = LoopChecker(self.net)
+        if self.quiet is None:
+            self.quiet = TIMERS[self.timers]["update_interval"] + 1.0
+        self.wall_s = 0.0
+
+    # ------------------------------------------------------------ setup
+
+    def originate_all(self) -> None:
+        net, topo = self.net, self.topo
+        assert topo is not None
+        rng = random.Random(f"{self.seed}/anycast")
+        n_any, n_orig = self.anycast
+        if self.unicast:
+            for i, name in enumerate(topo.nodes):
+                p = unicast_prefix(i + 1)
+                self.prefixes.append(p)
+                net.originate(name, p)
+        for k in range(n_any):
+            p = anycast_prefix(k)
+            self.anycast_prefixes.append(p)
+            self.prefixes.append(p)
+            for name in rng.sample(topo.nodes, min(n_orig, len(topo.nodes))):
+                net.originate(name, p)
+
+    # ------------------------------------------------------------ phases
+
+    def run_phase(self, name: str) -> Phase:
+        net = self.net
+        assert self.quiet is not None
+        ph = Phase(name, net.now)
+        net.last_change = net.now
+        ph.quiet = net.run_until_quiet(self.quiet, net.now + self.max_phase)
+        ph.last_change = net.last_change
+        if self.check:
+            ph.check = check_routes(net, self.prefixes)
+        self.phases.append(ph)
+        return ph
+
+    def catchments(self, prefix: Prefix) -> Counter[str]:
+        """How many live nodes each origin of `prefix` serves."""
+        return Counter(last for kind, last in path_ends(self.net, prefix).values()
+                       if kind == "local")
+
+    def transit(self, sample: int = 200) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+        """How many (node, prefix) paths cross each node (as transit) and each link."""
+        net = self.net
+        rng = random.Random(f"{self.seed}/transit")
+        prefixes = list(self.anycast_prefixes)
+        uni = [p for p in self.prefixes if p not in set(self.anycast_prefixes)]
+        prefixes += rng.sample(uni, min(sample, len(uni)))
+        nodes: Counter[str] = Counter()
+        links: Counter[tuple[str, str]] = Counter()
+        for p in prefixes:
+            for start in net.alive:
+                path, kind = net.path(start, p)
+                if kind != "local":
+                    continue
+                for a in path[1:-1]:
+                    nodes[a] += 1
+                for a, b in itertools.pairwise(path):
+                    links[(min(a, b), max(a, b))] += 1
+        return nodes, links
+
+    def halves(self) -> list[str]:
+        """A connected half of the nodes: the first n/2 found by BFS from a seeded node."""
+        topo = self.topo
+        assert topo is not None
+        g = topo.simple_graph()
+        rng = random.Random(f"{self.seed}/partition")
+        root = rng.choice(topo.nodes)
+        order = [root] + [v for _, v in nx.bfs_edges(g, root)]
+        return order[: len(topo.nodes) // 2]
+
+    def apply_failure(self) -> str | None:
+        """Apply the failure; returns the recovery action to run after, if any."""
+        net = self.net
+        if self.fail == "origin":
+            best: tuple[int, str, Prefix] | None = None
+            for p in self.anycast_prefixes:
+                for origin, count in self.catchments(p).items():
+                    if best is None or count > best[0]:
+                        best = (count, origin, p)
+            if best is None:
+                return None
+            count, origin, p = best
+            self.fail_target = {"kind": "origin", "node": origin, "prefix": str(p),
+                                "catchment": count}
+            net.retract(origin, p)
+            return None
+        if self.fail == "node":
+            nodes, _ = self.transit()
+            origins = {o for p in self.anycast_prefixes for o in net.origins(p)}
+            if nodes:
+                victim = max(sorted(nodes), key=lambda n: nodes[n])
+            elif origins:
+                victim = sorted(origins)[0]
+            else:
+                victim = sorted(net.alive)[0]
+            self.fail_target = {"kind": "node", "node": victim, "transit": nodes.get(victim, 0),
+                                "origin": victim in origins,
+                                "seqno_at_crash": net.nodes[victim].seqno}
+            net.crash(victim)
+            return "restart"
+        if self.fail == "link":
+            _, links = self.transit()
+            if not links:
+                return None
+            a, b = max(sorted(links), key=lambda k: links[k])
+            self.fail_target = {"kind": "link", "a": a, "b": b, "paths": links[(a, b)]}
+            net.set_link(a, b, False)
+            return "link_up"
+        if self.fail == "partition":
+            side = self.halves()
+            cut = net.partition(side)
+            self.fail_target = {"kind": "partition", "side": len(side),
+                                "other": len(net.alive) - len(side), "cut_links": len(cut)}
+            self._cut = cut
+            return "heal"
+        return None
+
+    def recover(self, action: str) -> None:
+        net = self.net
+        if action == "restart":
+            victim = str(self.fail_target["node"])
+            seq = None
+            if self.restart_seqno == "saved":
+                seq = (net.saved_seqno[victim] + 1) & 0xFFFF
+            self.fail_target["restart_seqno"] = seq
+            net.restart(victim, seq)
+        elif action == "link_up":
+            net.set_link(str(self.fail_target["a"]), str(self.fail_target["b"]), True)
+        elif action == "heal":
+            net.heal(self._cut)
+
+    # ------------------------------------------------------------ run
+
+    def run(self) -> dict[str, object]:
+        t0 = time.perf_counter()
+        self.originate_all()
+        boot = self.run_phase("boot")
+        failover: Phase | None = None
+        recovery: Phase | None = None
+        if self.fail != "none":
+            action = self.apply_failure()
+            failover = self.run_phase(f"fail:{self.fail}")
+            if action is not None:
+                self.recover(action)
+                recovery = self.run_phase(action)
+        self.wall_s = time.perf_counter() - t0
+        return self.result(boot, failover, recovery)
+
+    def result(self, boot: Phase, failover: Phase | None,
+               recovery: Phase | None) -> dict[str, object]:
+        net, topo = self.net, self.topo
+        assert topo is not None
+        n = len(topo.nodes)
+        virtual = max(net.now, 1e-9)
+        wrong = sum(p.check.wrong_count for p in self.phases if p.check is not None)
+        quiet = all(p.quiet for p in self.phases)
+        res: dict[str, object] = {
+            "topology": self.topology if self.topo is None else topo.spec,
+            "seed": self.seed,
+            "nodes": n,
+            "links": len(topo.links),
+            "prefixes": len(self.prefixes),
+            "anycast": f"{self.anycast[0]}x{self.anycast[1]}",
+            "fail": self.fail,
+            "timers": self.timers,
+            "converged": quiet and wrong == 0,
+            "quiet": quiet,
+            "convergence_ms": round(boot.duration_ms, 3),
+            "failover_ms": None if failover is None else round(failover.duration_ms, 3),
+            "recovery_ms": None if recovery is None else round(recovery.duration_ms, 3),
+            "loops": self.loops.loops,
+            "wrong_routes": wrong,
+            "msgs_per_node_s": round(net.stats.packets / n / virtual, 3),
+            "bytes_per_node_s": round(net.stats.bytes / n / virtual, 1),
+            "wall_s": round(self.wall_s, 3),
+            "virtual_s": round(net.now, 3),
+            "route_changes": net.stats.route_changes,
+            "packets": net.stats.packets,
+            "dropped": net.stats.dropped,
+            "fail_target": self.fail_target,
+            "phases": [p.to_dict() for p in self.phases],
+        }
+        if self.loops.records:
+            res["loop_sample"] = [
+                {"t": r.time, "node": r.node, "prefix": str(r.prefix), "path": r.path}
+                for r in self.loops.records[:5]]
+        return res
+
+
+def selected_origin(net: SimNetwork, name: str, prefix: Prefix) -> str | None:
+    """The origin `name` reaches for `prefix` by following the FIBs, or None."""
+    path, kind = net.path(name, prefix)
+    return path[-1] if kind == "local" else None
+
+
+def link_delays(net: SimNetwork) -> dict[tuple[str, str], float]:
+    return {k: v.delay for k, v in net.links.items()}
+
+
+__all__ = ["FAILURES", "LOCAL", "TIMERS", "Link", "Phase", "Scenario", "anycast_prefix",
+           "build_topology", "live_graph", "node_config", "parse_anycast",
+           "selected_origin", "unicast_prefix"]
