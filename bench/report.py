@@ -243,6 +243,37 @@ def engine_sim_section(eng: dict[str, Any] | None, sim: dict[str, Any] | None,
     if not eng:
         out.append("_No engine results (bench/bench_engine.py did not run or wrote "
                    "nothing)._\n")
+    elif isinstance(eng.get("update_tlvs_per_s"), dict):
+        rates = eng["update_tlvs_per_s"]
+        alls = eng.get("update_tlvs_per_s_all", {})
+        out.append(
+            "Update TLVs one engine (`wgcast.babel.engine.Node`, sans-IO: bytes in, bytes "
+            f"out, no sockets) processes per second on one core: rounds of "
+            f"{eng.get('updates_per_round', '?'):,} Updates from one neighbour, median of "
+            f"{eng.get('repeats', '?')} rounds (_new_: unseen prefixes, route creation and "
+            "selection, triggered updates to 5 other neighbours; _changed_: the same "
+            "prefixes with a better metric; _periodic_: a neighbour's identical full "
+            "dump).\n")
+        out.append("| workload | Update TLVs/s (median) | min | max |")
+        out.append("|---|---|---|---|")
+        for k, v in rates.items():
+            a = alls.get(k) or [v]
+            out.append(f"| {k} | {v:,.0f} | {min(a):,.0f} | {max(a):,.0f} |")
+        out.append("")
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(5, 2.8))
+        ks = list(rates)
+        ax.bar(ks, [rates[k] for k in ks], color="#1f77b4")
+        for i, k in enumerate(ks):
+            a = alls.get(k) or [rates[k]]
+            ax.plot([i, i], [min(a), max(a)], color="black")
+        ax.set_ylabel("Update TLVs/s, one core")
+        ax.set_title("Engine throughput (bars median, lines min-max)")
+        img = _save(fig, "engine.png")
+        out.append(f"![engine throughput]({img})\n")
+        cmd = eng.get("command") or step_command("engine")
+        if cmd:
+            out.append(f"Reproduce: `{cmd}`.\n")
     else:
         out.append("Engine (sans-IO Babel engine, one core, no I/O):\n")
         out.append(_generic_table(eng))
@@ -500,8 +531,8 @@ def findings(fc: dict[str, Any] | None, ic: dict[str, Any] | None, out: list[str
 def render(notes: str = "") -> Path:
     fc = load("failover_compare")
     ic = load("idle_compare")
-    eng = load("bench_engine")
-    sim = load("bench_sim")
+    eng = load("engine") or load("bench_engine")
+    sim = load("sim") or load("bench_sim")
     ua = load("uapi_apply")
     pr = load("profile_daemon")
     run = load("run_all") or {}
@@ -539,6 +570,9 @@ def render(notes: str = "") -> Path:
     engine_sim_section(eng, sim, out)
     dataplane_section(ua, out)
     profile_section(pr, out)
+    closing = ROOT / "bench" / "closing.md"
+    if closing.exists():
+        out.append(closing.read_text())
     text = "\n".join(out).rstrip() + "\n"
     DOCS.mkdir(exist_ok=True)
     path = DOCS / "performance.md"
