@@ -118,14 +118,31 @@ def one_run(lab: Lab, cfg: Config, case: str, target: str, clients: list[str],
     for c, r in res.items():
         segs = r.get("timeline") or []
         after = segs[-1]["node"] if segs else None
+        answered_by = {k: v for k, v in (r.get("nodes") or {}).items() if v}
         per_client[c] = {"outage_ms": float(r.get("outage_ms") or 0.0),
                          "lost": int(r.get("lost") or 0), "before": before.get(c),
-                         "after": after, "recovered": after is not None,
+                         "after": after, "answered_by": answered_by,
+                         "recovered": recovered(before.get(c), target, answered_by, segs),
                          "timeline": [(s.get("from_ms"), s.get("to_ms"), s.get("node"))
                                       for s in segs[:8]]}
     return {"fail_call_ms": round(fail_call_ms, 1), "window_s": window,
             "failure_at_ms": round((t_fail - probers[0].started) * 1000, 1),
             "per_client": per_client}
+
+
+def recovered(before: str | None, target: str, answered_by: dict[str, int],
+              segments: list[Any]) -> bool:
+    """Did a client of the failed instance get answers from another one afterwards?
+    (A client that stayed put recovered if its last answers came from someone.)"""
+    if before != target:
+        return bool(segments) and _seg_node(segments[-1]) is not None
+    if answered_by:
+        return any(n != target for n in answered_by)
+    return any(_seg_node(s) not in (None, target) for s in segments)
+
+
+def _seg_node(seg: Any) -> Any:
+    return seg.get("node") if isinstance(seg, dict) else seg[2]
 
 
 def run_config(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
@@ -150,7 +167,7 @@ def run_config(cfg: Config, args: argparse.Namespace) -> dict[str, Any]:
                 runs = []
                 n_runs = args.runs if cfg.window(case) <= 10 else args.runs_long
                 for k in range(n_runs):
-                    before = settle(lab, clients, stable, 30 + 15 * cfg.hello_s, baseline)
+                    before = settle(lab, clients, stable, 20 + 10 * cfg.hello_s, baseline)
                     if before != baseline:
                         print(f"  {cfg.name} {case}: catchment {before} is not the "
                               f"baseline yet", file=sys.stderr)
@@ -227,6 +244,24 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def resummarize(path: str) -> None:
+    import json
+    from pathlib import Path
+
+    data = json.loads(Path(path).read_text())
+    target = data["setup"]["target"]
+    for res in data["results"].values():
+        for case, cs in res.get("cases", {}).items():
+            for r in cs["runs"]:
+                for v in r.get("per_client", {}).values():
+                    v["recovered"] = recovered(v["before"], target,
+                                               v.get("answered_by") or {}, v["timeline"])
+            res["cases"][case] = summarize(cs["runs"], target)
+    data["ratios_wgcast_over_babeld"] = ratios(data["results"])
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    print(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -235,7 +270,7 @@ def main() -> None:
     ap.add_argument("--target", default="n5")
     ap.add_argument("--delay", default="2-20ms")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--runs", type=int, default=8, help="runs per case with a short window")
+    ap.add_argument("--runs", type=int, default=6, help="runs per case with a short window")
     ap.add_argument("--runs-long", type=int, default=3,
                     help="runs per case whose window is long (babeld retractions)")
     ap.add_argument("--lead", type=float, default=1.0, help="probing before the failure (s)")
@@ -245,7 +280,12 @@ def main() -> None:
                     help="babeld's short hello interval (s); the same as wgcast's fast timers")
     ap.add_argument("--quick", action="store_true", help="2 runs (1 long) per case")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--resummarize", metavar="JSON", default=None,
+                    help="recompute the summaries of an existing result file and exit")
     args = ap.parse_args()
+    if args.resummarize:
+        resummarize(args.resummarize)
+        return
     args.cases = [c for c in args.cases.split(",") if c]
     if args.quick:
         args.runs, args.runs_long = 2, 1
@@ -266,7 +306,7 @@ def main() -> None:
                       "probe_interval_ms": 1.0, "runs": args.runs,
                       "runs_long": args.runs_long, "cases": args.cases,
                       "quick": args.quick},
-            "command": "python bench/failover_compare.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(["python bench/failover_compare.py", *sys.argv[1:]]),
             "configs": [c.describe() for c in configs], "results": results,
             "ratios_wgcast_over_babeld": ratios(results),
             "elapsed_s": round(time.monotonic() - t0, 1)}

@@ -146,8 +146,9 @@ def main() -> None:
                 row = {"config": cfg.name, "nodes": n, "error": str(e)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
-    data = {"machine": machine(), "command": "python bench/idle_compare.py "
-            + " ".join(sys.argv[1:]), "configs": [c.describe() for c in configs],
+    data = {"machine": machine(),
+            "command": " ".join(["python bench/idle_compare.py", *sys.argv[1:]]),
+            "configs": [c.describe() for c in configs],
             "rows": rows, "elapsed_s": round(time.monotonic() - t0, 1)}
     print(write("idle_compare", data, args.out))
 
