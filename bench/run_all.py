@@ -40,7 +40,7 @@ def steps(quick: bool) -> list[dict[str, Any]]:
     q = ["--quick"] if quick else []
     out = [
         {"name": "failover", "argv": ["failover_compare.py", *q],
-         "timeout": 900 if quick else 2400},
+         "timeout": 1200 if quick else 3000},
         {"name": "idle", "argv": ["idle_compare.py", *q], "timeout": 600 if quick else 1200},
         {"name": "engine", "argv": ["bench_engine.py"], "timeout": 300 if quick else 900,
          "optional": True},
