@@ -375,6 +375,21 @@ def dataplane_section(ua: dict[str, Any] | None, out: list[str]) -> None:
                    f"{fmt_ms(t['plan']['median_ms'])} (N={t['plan']['batch']:,}) | "
                    f"{fmt_ms(t['remove_1']['median_ms'])} |")
     out.append("")
+    if len(tables) >= 2:
+        lo, hi = tables[0], tables[-1]
+        k = str(max(int(b) for b in lo["moves"] if b in hi["moves"]))
+        grow = hi["table_size"] / lo["table_size"]
+        out.append(
+            f"How it grows: a move costs about the same whatever the table size (N={int(k):,}:"
+            f" {lo['moves'][k]['per_move_us']:.1f} µs per move at T={lo['table_size']:,}, "
+            f"{hi['moves'][k]['per_move_us']:.1f} µs at T={hi['table_size']:,}): "
+            "wireguard-go inserts into its trie and wgcast sends only the moves. What grows "
+            f"with T is what touches the whole table: reading it (`get`, x"
+            f"{hi['get']['median_ms'] / lo['get']['median_ms']:.0f} for x{grow:.0f} "
+            "prefixes), planning against it, and removing one prefix, which on "
+            "wireguard-go (no `allowed_ip=-P`) re-sends the peer's whole remaining list "
+            f"(x{hi['remove_1']['median_ms'] / lo['remove_1']['median_ms']:.0f}). Moves "
+            "are what failover needs; removals only happen when a prefix leaves the mesh.\n")
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for t in tables:
