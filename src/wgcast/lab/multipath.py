@@ -1,5 +1,5 @@
 """Multi-endpoint peers in the lab: which parallel link a pair uses, and the measurements
-of the endpoint acceptance (tests/netns/test_endpoints.py, bench/endpoints.py).
+of the endpoint acceptance (tests/netns/test_endpoints_netns.py, bench/endpoints.py).
 
 In a ``dual:N`` lab, n1 and n2 are joined by two links (ids 0 and 1, the second one
 slower); each node's config lists both relay ports as endpoints of the other, with
