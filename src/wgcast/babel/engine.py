@@ -13,6 +13,7 @@ and the virtual-time simulator are thin drivers around the same object.
 from __future__ import annotations
 
 import heapq
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,14 +30,18 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
 from wgcast.babel.request import PendingAck, PendingSeqnoRequest, RequestTracker
-from wgcast.babel.route import Route, RouteTable, SelectionParams
+from wgcast.babel.route import Route, RouteTable, SelectionParams, intern_prefix
 from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
 from wgcast.babel.wire import (
     AE_WILDCARD,
     HELLO_UNICAST,
     IHU,
     INFINITY,
+    MAGIC,
     MAX_BODY,
+    RESERVED_ROUTER_IDS,
+    UPDATE_DEFAULT_PREFIX,
+    VERSION,
     Ack,
     AckReq,
     Hello,
@@ -49,6 +54,7 @@ from wgcast.babel.wire import (
     SeqnoRequest,
     Timestamp,
     decode_packet,
+    prefix_from_wire,
     prefix_to_wire,
     resolve,
 )
@@ -101,6 +107,9 @@ class _Retraction:
     next_time: float
 
 
+_NEVER = float("inf")
+
+
 def _cs(seconds: float) -> int:
     return max(1, min(0xFFFF, round(seconds * 100)))
 
@@ -143,6 +152,16 @@ class Node:
         self._releasing: dict[Prefix, int] = {}
         #: Settling: (neighbour, since) of a challenger better by less than the margin.
         self._challenger: dict[Prefix, tuple[str, float]] = {}
+        # Hot-path caches (pure speed-ups, same behaviour):
+        # - the current cost of each neighbour (what nb.cost() says; kept up to date);
+        self._cost: dict[str, int] = {}
+        # - per neighbour, the packets of our last full update, valid while _ann_version
+        #   (bumped by anything that can change an announcement) has not moved;
+        self._ann_version = 0
+        self._tx_full: dict[str, tuple[int, list[bytes]]] = {}
+        # - per neighbour, packets made only of feasible Updates that we processed, with the
+        #   routes they set: a byte-identical repeat (a periodic dump) only refreshes them.
+        self._rx_seen: dict[str, dict[bytes, tuple[int, int, list[Route], list[int]]]] = {}
 
     # ------------------------------------------------------------ public API
 
@@ -156,6 +175,8 @@ class Node:
         self.neighbours[nid] = Neighbour(nid, extra_cost)
         self._out[nid] = PacketWriter(self.config.max_body)
         self._next_hello[nid] = self._now
+        self._cost[nid] = INFINITY
+        self._rx_seen[nid] = {}
 
     def remove_neighbour(self, nid: str) -> None:
         nb = self.neighbours.get(nid)
@@ -166,12 +187,16 @@ class Node:
         del self.neighbours[nid]
         del self._out[nid]
         del self._next_hello[nid]
+        del self._cost[nid]
+        del self._rx_seen[nid]
+        self._tx_full.pop(nid, None)
 
     def originate(self, prefix: Prefix, metric: int = 0, now: float | None = None) -> None:
         """Announce `prefix` from this node (own address or anycast instance)."""
         self._tick(now)
         if not 0 <= metric < INFINITY:
             raise LocalProtocolError(f"metric {metric} out of range")
+        prefix = intern_prefix(prefix)
         if self.xroutes.add(prefix, metric):
             self._retractions.pop(prefix, None)
             self._select(prefix)
@@ -180,6 +205,7 @@ class Node:
     def retract(self, prefix: Prefix, now: float | None = None) -> None:
         """Stop announcing `prefix`; RetractionAcked follows when every neighbour knows."""
         self._tick(now)
+        prefix = intern_prefix(prefix)
         if not self.xroutes.remove(prefix):
             raise LocalProtocolError(f"{prefix} is not originated here")
         self._select(prefix, force_trigger=True)
@@ -210,8 +236,41 @@ class Node:
         if nb is None:
             self.counters["packets_unknown_neighbour"] += 1
             return
-        self.counters["packets_in"] += 1
-        self.counters["bytes_in"] += len(data)
+        counters = self.counters
+        counters["packets_in"] += 1
+        counters["bytes_in"] += len(data)
+        seen = self._rx_seen[neighbour]
+        hit = seen.pop(data, None) if nb.up else None
+        if hit is not None and self._refresh_seen(hit):
+            seen[data] = hit  # most recently used last
+            counters["updates_in"] += len(hit[2])
+        else:
+            self._receive_tlvs(nb, data, seen)
+        self._check_neighbour(nb)
+        self._maybe_recost(nb)
+        self._flush()
+
+    def _receive_tlvs(self, nb: Neighbour, data: bytes,
+                      seen: dict[bytes, tuple[int, int, list[Route], list[int]]]) -> None:
+        now = self._now
+        # Remember a packet of quiet Updates only (see _refresh_seen).
+        routes: list[Route] | None = [] if nb.up else None
+        fd_version = self.sources.version
+        ann_version = self._ann_version
+        updates = fast_updates(data)
+        if updates is not None:
+            on_update = self._on_update
+            for prefix, rid, seqno, metric, interval in updates:
+                route = on_update(nb, prefix, rid, seqno, metric, interval)
+                if routes is not None:
+                    if route is None:
+                        routes = None
+                    else:
+                        routes.append(route)
+            if routes and self.sources.version == fd_version and \
+                    self._ann_version == ann_version and nb.up:
+                self._remember(seen, data, fd_version, ann_version, routes)
+            return
         try:
             tlvs = decode_packet(data)
         except RemoteProtocolError:
@@ -222,12 +281,21 @@ class Node:
         ihu_ts: tuple[int, int] | None = None
         try:
             for msg in resolve(tlvs, skipped):
+                if isinstance(msg, RouteUpdate):
+                    route = self._on_update(
+                        nb, None if msg.prefix is None else intern_prefix(msg.prefix),
+                        msg.router_id, msg.seqno, msg.metric, msg.interval)
+                    if routes is not None:
+                        if route is None:
+                            routes = None
+                        else:
+                            routes.append(route)
+                    continue
+                routes = None
                 if isinstance(msg, Hello):
                     hello_ts = self._on_hello(nb, msg)
                 elif isinstance(msg, IHU):
                     ihu_ts = self._on_ihu(nb, msg)
-                elif isinstance(msg, RouteUpdate):
-                    self._on_update(nb, msg)
                 elif isinstance(msg, ResolvedSeqnoRequest):
                     self._on_seqno_request(nb, msg)
                 elif isinstance(msg, ResolvedRouteRequest):
@@ -238,13 +306,38 @@ class Node:
                     self._on_ack(nb.id, msg.opaque)
         except RemoteProtocolError:
             self.counters["packets_bad"] += 1
-        self.counters["tlvs_skipped"] += len(skipped)
+            routes = None
+        if skipped:
+            self.counters["tlvs_skipped"] += len(skipped)
+            routes = None
+        if routes and self.sources.version == fd_version and \
+                self._ann_version == ann_version and nb.up:
+            self._remember(seen, data, fd_version, ann_version, routes)
         if hello_ts is not None and ihu_ts is not None:
             lp = self.config.link
             nb.on_rtt_sample(now, ihu_ts[0], ihu_ts[1], hello_ts, lp.rtt_alpha, lp)
-        self._check_neighbour(nb)
-        self._maybe_recost(nb)
-        self._flush()
+
+    def _remember(self, seen: dict[bytes, tuple[int, int, list[Route], list[int]]],
+                  data: bytes, fd_version: int, ann_version: int, routes: list[Route]) -> None:
+        # Enough room for a few full dumps; the oldest entry goes first.
+        if len(seen) >= 32 + len(self.selected) // 16:
+            del seen[next(iter(seen))]
+        seen[data] = (fd_version, ann_version, routes, [r.gen for r in routes])
+
+    def _refresh_seen(self, hit: tuple[int, int, list[Route], list[int]]) -> bool:
+        """A byte-identical repeat of a packet of Updates we processed: if none of its
+        routes changed since, and neither our feasibility distances nor our selections
+        moved, processing it again would only push their expiry times; do just that."""
+        fd_version, ann_version, routes, gens = hit
+        if fd_version != self.sources.version or ann_version != self._ann_version:
+            return False
+        for r, g in zip(routes, gens, strict=True):
+            if r.gen != g:
+                return False
+        now = self._now
+        for r in routes:
+            r.expires = now + 3.5 * r.interval
+        return True
 
     def handle_timer(self, now: float) -> None:
         self._tick(now)
@@ -285,35 +378,48 @@ class Node:
                 self._select(prefix)
         if now >= self._next_gc:
             self._next_gc = now + 60.0
+            for prefix, sel in self.selected.items():
+                # Announced from the cached full update: still in use, not stale.
+                self.sources.refresh(prefix, sel.router_id, now)
             self.sources.gc(now)
         self._flush()
 
     def next_deadline(self) -> float | None:
-        times = list(self._next_hello.values())
+        best = _NEVER
+        for t in self._next_hello.values():
+            if t < best:
+                best = t
         dead = self.config.dead
+        any_up = False
         for nb in self.neighbours.values():
             if nb.up:
+                any_up = True
                 exp = nb.expiry(dead)
-                if exp is not None:
-                    times.append(exp)
-        if self._expiry:
-            times.append(self._expiry[0][0])
-        if any(nb.up for nb in self.neighbours.values()):
-            times.append(self._next_update)
+                if exp is not None and exp < best:
+                    best = exp
+        if any_up and self._next_update < best:
+            best = self._next_update
+        if self._expiry and self._expiry[0][0] < best:
+            best = self._expiry[0][0]
         req = self.requests.next_deadline()
-        if req is not None:
-            times.append(req)
-        times.extend(rt.next_time for rt in self._retractions.values())
-        times.extend(self._reselect.values())
-        return min(times) if times else None
+        if req is not None and req < best:
+            best = req
+        for rt in self._retractions.values():
+            if rt.next_time < best:
+                best = rt.next_time
+        for t in self._reselect.values():
+            if t < best:
+                best = t
+        return None if best == _NEVER else best
 
     def datagrams_to_send(self) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
         for nid, writer in self._out.items():
-            for pkt in writer.take():
-                out.append((nid, pkt))
-                self.counters["packets_out"] += 1
-                self.counters["bytes_out"] += len(pkt)
+            if writer.packets or writer._body:
+                for pkt in writer.take():
+                    out.append((nid, pkt))
+                    self.counters["packets_out"] += 1
+                    self.counters["bytes_out"] += len(pkt)
         return out
 
     def next_event(self) -> Event | None:
@@ -384,6 +490,8 @@ class Node:
 
     def _neighbour_down(self, nb: Neighbour) -> None:
         nb.forget()
+        self._cost[nb.id] = INFINITY
+        self._ann_version += 1
         self._events.append(NeighbourDown(nb.id))
         for prefix in self.routes.via(nb.id):
             self.routes.remove(prefix, nb.id)
@@ -396,6 +504,9 @@ class Node:
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
         """Reselect routes via `nb` when its cost moved enough to matter."""
         cost = nb.cost(self.config.link)
+        if self._cost[nb.id] != cost:
+            self._cost[nb.id] = cost
+            self._ann_version += 1
         old = nb.applied_cost
         if not force and cost == old:
             return
@@ -408,61 +519,88 @@ class Node:
 
     # ------------------------------------------------------------ updates in
 
-    def _on_update(self, nb: Neighbour, msg: RouteUpdate) -> None:
+    def _on_update(self, nb: Neighbour, prefix: Prefix | None, rid: bytes, seqno: int,
+                   metric: int, interval_cs: int) -> Route | None:
+        """Apply one Update. Returns the route when a byte-identical repeat of this Update
+        would change nothing but the route's expiry (while our feasibility distances and
+        selections stay as they are): see _receive_tlvs."""
         self.counters["updates_in"] += 1
-        if msg.prefix is None:
-            for prefix in self.routes.via(nb.id):
-                self.routes.remove(prefix, nb.id)
-                self._select(prefix)
-            return
-        prefix = msg.prefix
+        if prefix is None:
+            for p in self.routes.via(nb.id):
+                self.routes.remove(p, nb.id)
+                self._select(p)
+            return None
         accept = self.config.accept
-        if accept is not None and msg.metric < INFINITY \
-                and not accept(nb.id, prefix, msg.router_id):
+        if accept is not None and metric < INFINITY and not accept(nb.id, prefix, rid):
             self.counters["updates_filtered"] += 1
-            return
+            return None
         route = self.routes.get(prefix, nb.id)
-        if msg.metric >= INFINITY:
+        if metric >= INFINITY:
             if route is not None:
                 self.routes.remove(prefix, nb.id)
                 self._select(prefix)
-            return
-        feasible = self.sources.feasible(prefix, msg.router_id, msg.seqno, msg.metric)
-        interval = msg.interval / 100.0 if msg.interval else self.config.update_interval
+            return None
+        feasible = self.sources.feasible(prefix, rid, seqno, metric)
+        interval = interval_cs / 100.0 if interval_cs else self.config.update_interval
         expires = self._now + 3.5 * interval
         if route is None:
-            route = Route(prefix, nb.id, msg.router_id, msg.seqno, msg.metric, interval, expires)
+            route = Route(prefix, nb.id, rid, seqno, metric, interval, expires)
             self.routes.put(route)
             self._expiry_seq += 1
             heapq.heappush(self._expiry, (expires, self._expiry_seq, route))
+        elif route.seqno == seqno and route.refmetric == metric and route.router_id == rid \
+                and route.feasible == feasible:
+            # A refresh (the periodic update): selection has nothing new to consider.
+            route.interval, route.expires = interval, expires
+            if feasible:
+                self.requests.satisfied(prefix, rid, seqno)
+                return route
+            self.counters["updates_unfeasible"] += 1
+            if not self._wants_seqno(prefix, nb, route):
+                return route
+            self._ask_seqno(prefix, nb, rid, seqno)
+            self._select(prefix)
+            return None
         else:
-            if route.router_id != msg.router_id or abs(msg.metric - route.refmetric) >= \
-                    self.config.selection.margin(msg.metric):
+            if route.router_id != rid or abs(metric - route.refmetric) >= \
+                    self.config.selection.margin(metric):
                 # Another source, or a real change upstream (RTT noise rides the periodic
                 # updates in steps below the margin): a new path, smooth it afresh.
                 route.smoothed = -1.0
-            route.router_id, route.seqno, route.refmetric = msg.router_id, msg.seqno, msg.metric
+            route.router_id, route.seqno, route.refmetric = rid, seqno, metric
             route.interval, route.expires = interval, expires
-        sel = self.selected.get(prefix)
+            route.gen += 1
+        route.feasible = feasible
+        quiet = True
         if feasible:
-            self.requests.satisfied(prefix, msg.router_id, msg.seqno)
+            self.requests.satisfied(prefix, rid, seqno)
         else:
             self.counters["updates_unfeasible"] += 1
-            # Ask the source for a newer seqno when the route matters: it is our selected
-            # route that got worse than our feasibility distance (we keep it: still
-            # loop-free), we have no route at all (starvation; e.g. the source restarted and
-            # lost its seqno), or it would beat our selected route by more than the margin.
-            ask = sel is None and prefix not in self._releasing
-            if sel is not None and sel.via != LOCAL:
-                ask = sel.via == nb.id or self._route_metric(route) < \
-                    sel.metric - self.config.selection.margin(sel.metric)
-            if ask:
-                want = seqno_plus(msg.seqno)
-                src = self.sources.get(prefix, msg.router_id)
-                if src is not None and seqno_less(want, seqno_plus(src.seqno)):
-                    want = seqno_plus(src.seqno)
-                self._request_seqno(prefix, msg.router_id, want, nb.id)
+            if self._wants_seqno(prefix, nb, route):
+                self._ask_seqno(prefix, nb, rid, seqno)
+                quiet = False
         self._select(prefix)
+        return route if quiet else None
+
+    def _wants_seqno(self, prefix: Prefix, nb: Neighbour, route: Route) -> bool:
+        """Should an unfeasible `route` make us ask its source for a newer seqno? Yes if it
+        is our selected route that got worse than our feasibility distance (we keep it:
+        still loop-free), if we have no route at all (starvation; e.g. the source restarted
+        and lost its seqno), or if it would beat our selected route by more than a margin."""
+        sel = self.selected.get(prefix)
+        if sel is None:
+            return prefix not in self._releasing
+        if sel.via == LOCAL:
+            return False
+        return sel.via == nb.id or self._route_metric(route) < \
+            sel.metric - self.config.selection.margin(sel.metric)
+
+    def _ask_seqno(self, prefix: Prefix, nb: Neighbour, rid: bytes, seqno: int) -> None:
+        want = seqno_plus(seqno)
+        src = self.sources.get(prefix, rid)
+        if src is not None and seqno_less(want, seqno_plus(src.seqno)):
+            want = seqno_plus(src.seqno)
+        self._request_seqno(prefix, rid, want, nb.id)
 
     def _on_route_request(self, nb: Neighbour, msg: ResolvedRouteRequest) -> None:
         if not nb.up:
@@ -470,11 +608,11 @@ class Node:
         if msg.prefix is None:
             self._send_full_update(nb.id)
         else:
-            self._send_update(nb.id, msg.prefix)
+            self._send_update(nb.id, intern_prefix(msg.prefix))
 
     def _on_seqno_request(self, nb: Neighbour, msg: ResolvedSeqnoRequest) -> None:
         self.counters["seqno_requests_in"] += 1
-        prefix = msg.prefix
+        prefix = intern_prefix(msg.prefix)
         if msg.router_id == self.router_id:
             if prefix in self.xroutes:
                 # RFC 8966 3.8.1.2: increase our seqno only if the request asks for a newer
@@ -526,6 +664,7 @@ class Node:
                 continue
             del self.requests.acks[op]
             prefix = pending.prefix
+            self._ann_version += 1
             if pending.notify:
                 self._events.append(RetractionAcked(prefix))
             owned = self._owned.get(prefix)
@@ -556,6 +695,7 @@ class Node:
                 self._events.append(RetractionAcked(prefix))
             return True
         backoff = 2 * self.config.hello_interval
+        self._ann_version += 1
         pending = PendingAck(prefix, waiting, self.config.retraction_tries,
                              self._now + backoff, backoff, notify=notify,
                              mark=self._announce_mark)
@@ -570,10 +710,12 @@ class Node:
     # ------------------------------------------------------------ selection
 
     def _route_metric(self, route: Route) -> int:
-        nb = self.neighbours.get(route.neighbour)
-        if nb is None:
+        cost = self._cost.get(route.neighbour, INFINITY)
+        ref = route.refmetric
+        if cost >= INFINITY or ref >= INFINITY:
             return INFINITY
-        return route.metric(nb.cost(self.config.link))
+        m = ref + cost
+        return m if m < INFINITY else INFINITY - 1
 
     def _select(self, prefix: Prefix, force_trigger: bool = False) -> None:
         """Re-run route selection for one prefix; emit events and triggered updates.
@@ -588,6 +730,7 @@ class Node:
         then hold a route through us to a source we no longer use. Moving to a local
         origin, or to no route, needs no wait: such a node is an end of every path.
         """
+        self._ann_version += 1
         old = self.selected.get(prefix)
         new: Selected | None
         xmetric = self.xroutes.metric(prefix)
@@ -760,6 +903,7 @@ class Node:
         return SeqnoRequest(ae, prefix.prefixlen, seqno, hopcount, router_id, raw)
 
     def _refresh_local_seqno(self) -> None:
+        self._ann_version += 1
         for prefix, sel in self.selected.items():
             if sel.via == LOCAL:
                 sel.seqno = self.xroutes.seqno
@@ -769,25 +913,30 @@ class Node:
 
     def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int]:
         """(router-id, seqno, metric) we tell `nid` about `prefix` (poison reverse)."""
+        rid, seqno, metric, via = self._announce(prefix)
+        return rid, seqno, (INFINITY if via == nid else metric)
+
+    def _announce(self, prefix: Prefix) -> tuple[bytes, int, int, str | None]:
+        """(router-id, seqno, metric, via): what we tell every neighbour about `prefix`,
+        except `via`, our next hop, which gets the metric INFINITY (poison reverse)."""
         sel = self.selected.get(prefix)
         if prefix in self._releasing:
             owned = self._owned.get(prefix)
             rid = owned[0] if owned is not None else \
                 (sel.router_id if sel is not None else self.router_id)
-            return rid, (sel.seqno if sel is not None else self.xroutes.seqno), INFINITY
+            return rid, (sel.seqno if sel is not None else self.xroutes.seqno), INFINITY, None
         if sel is None:
             rt = self._retractions.get(prefix)
             if rt is not None:
-                return rt.router_id, rt.seqno, INFINITY
-            return self.router_id, self.xroutes.seqno, INFINITY
-        if sel.via == nid:
-            return sel.router_id, sel.seqno, INFINITY
+                return rt.router_id, rt.seqno, INFINITY, None
+            return self.router_id, self.xroutes.seqno, INFINITY, None
         if sel.via != LOCAL:
             route = self.routes.get(prefix, sel.via)
             if route is not None:
                 sel.metric = self._route_metric(route)
                 sel.seqno = route.seqno
-        return sel.router_id, sel.seqno, sel.metric
+            return sel.router_id, sel.seqno, sel.metric, sel.via
+        return sel.router_id, sel.seqno, sel.metric, None
 
     def _send_update(self, nid: str, prefix: Prefix) -> None:
         rid, seqno, metric = self._announcement(nid, prefix)
@@ -803,34 +952,50 @@ class Node:
                 self._send_update(nid, prefix)
 
     def _send_full_update(self, nid: str) -> None:
+        """Everything we announce, to `nid`. While no announcement can have changed since
+        the last one (_ann_version), the same packets go out again: their feasibility
+        distances are already recorded and a receiver recognises them byte for byte."""
         w = self._out[nid]
-        interval = _cs(self.config.update_interval)
+        cached = self._tx_full.get(nid)
+        if cached is not None and cached[0] == self._ann_version:
+            w.flush()
+            w.packets.extend(cached[1])
+            return
+        version = self._ann_version
         now = self._now
+        advertised = self.sources.advertised
+        owned = self._owned
+        announce = self._announce
+        entries: list[tuple[Prefix, bytes, int, int]] = []
         for prefix, sel in self.selected.items():
             if sel.via == nid:
                 continue  # split horizon: triggered updates already poisoned it
-            rid, seqno, metric = self._announcement(nid, prefix)
+            rid, seqno, metric, _ = announce(prefix)
             if metric >= INFINITY:
                 continue
-            w.add_update(prefix, rid, seqno, metric, interval)
-            self.sources.advertised(prefix, rid, seqno, metric, now)
+            entries.append((prefix, rid, seqno, metric))
+            advertised(prefix, rid, seqno, metric, now)
             self._announce_mark += 1
-            self._owned[prefix] = (rid, self._announce_mark)
+            owned[prefix] = (rid, self._announce_mark)
         for prefix in self._releasing:
             # A neighbour that (re)appears during a release must not keep an old route.
             rid, seqno, metric = self._announcement(nid, prefix)
-            w.add_update(prefix, rid, seqno, metric, interval)
+            entries.append((prefix, rid, seqno, metric))
+        packets = encode_updates(entries, _cs(self.config.update_interval),
+                                 self.config.max_body)[0]
+        if version == self._ann_version:
+            self._tx_full[nid] = (version, packets)
+        w.flush()
+        w.packets.extend(packets)
 
     def _flush(self) -> None:
         """Send triggered updates (with any AckReqs attached after them)."""
         if self._triggered:
             prefixes = sorted(self._triggered, key=_prefix_key)
             self._triggered.clear()
-            for nid, nb in self.neighbours.items():
-                if not nb.up:
-                    continue
-                for prefix in prefixes:
-                    self._send_update(nid, prefix)
+            up = [nid for nid, nb in self.neighbours.items() if nb.up]
+            if up:
+                self._send_triggered(prefixes, up)
         if self._acks_to_attach:
             for nid, ops in self._acks_to_attach.items():
                 for op in ops:
@@ -838,6 +1003,181 @@ class Node:
                     if pending is not None:
                         self._out[nid].add(AckReq(op, _cs(pending.backoff)))
             self._acks_to_attach.clear()
+
+
+    def _send_triggered(self, prefixes: list[Prefix], up: list[str]) -> None:
+        """The same Updates to every neighbour that is up (encoded once), each prefix
+        poisoned (metric INFINITY) towards the neighbour we route it through."""
+        now = self._now
+        entries: list[tuple[Prefix, bytes, int, int]] = []
+        poison: dict[str, list[int]] = {}
+        for prefix in prefixes:
+            rid, seqno, metric, via = self._announce(prefix)
+            if metric < INFINITY and via is not None and via in self._out:
+                poison.setdefault(via, []).append(len(entries))
+                if len(up) == 1 and up[0] == via:
+                    entries.append((prefix, rid, seqno, metric))
+                    continue  # told to nobody with a finite metric
+            entries.append((prefix, rid, seqno, metric))
+            if metric < INFINITY:
+                self.sources.advertised(prefix, rid, seqno, metric, now)
+                self._announce_mark += 1
+                self._owned[prefix] = (rid, self._announce_mark)
+        packets, offsets = encode_updates(entries, _cs(self.config.update_interval),
+                                          self.config.max_body)
+        for nid in up:
+            w = self._out[nid]
+            w.flush()
+            idxs = poison.get(nid)
+            if not idxs:
+                w.packets.extend(packets)
+                continue
+            patched = {pi: bytearray(packets[pi]) for pi, _ in (offsets[i] for i in idxs)}
+            for i in idxs:
+                pi, off = offsets[i]
+                patched[pi][off:off + 2] = b"\xff\xff"
+            w.packets.extend(bytes(patched[pi]) if pi in patched else pkt
+                             for pi, pkt in enumerate(packets))
+
+
+_PREFIX_AT: dict[tuple[int, int, bytes], tuple[Prefix, bytes]] = {}
+_UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from
+
+
+def _prefix_at(ae: int, plen: int, full: bytes) -> tuple[Prefix, bytes]:
+    """(interned prefix, whole address) for an uncompressed prefix field, cached."""
+    key = (ae, plen, full)
+    got = _PREFIX_AT.get(key)
+    if got is None:
+        prefix = intern_prefix(prefix_from_wire(ae, plen, full))
+        got = (prefix, prefix.network_address.packed)
+        if len(_PREFIX_AT) >= 1 << 20:
+            _PREFIX_AT.clear()
+        _PREFIX_AT[key] = got
+    return got
+
+
+def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int]] | None:
+    """The Updates of a packet made only of Router-Ids and plain Updates, or None.
+
+    "Plain" is what Babel speakers send in bulk: AE 1 or 2, no sub-TLV, no flag but the
+    default-prefix one. For such a packet this gives (prefix, router-id, seqno, metric,
+    interval) exactly as `resolve(decode_packet(data))` would (prefixes interned); for
+    any other packet (Hellos, requests, anything unusual, anything malformed) it gives
+    None and the general decoder handles it, errors included. The engine's hot path.
+    """
+    n = len(data)
+    if n < 4 or data[0] != MAGIC or data[1] != VERSION or 4 + (data[2] << 8 | data[3]) != n:
+        return None
+    pos = 4
+    rid: bytes | None = None
+    default: dict[int, bytes] = {}
+    out: list[tuple[Prefix, bytes, int, int, int]] = []
+    fields = _UPDATE_FIELDS
+    while pos < n:
+        if pos + 2 > n:
+            return None
+        ttype = data[pos]
+        start = pos + 2
+        pos = start + data[pos + 1]
+        if pos > n:
+            return None
+        if ttype == 8:
+            if pos - start < 10:
+                return None
+            ae, flags, plen, omitted, interval, seqno, metric = fields(data, start)
+            if flags & 0x7F or not ((ae == 2 and plen <= 128) or (ae == 1 and plen <= 32)):
+                return None
+            nbytes = (plen + 7) >> 3
+            if omitted > nbytes or pos - start != 10 + nbytes - omitted:
+                return None
+            if omitted:
+                base = default.get(ae)
+                if base is None:
+                    return None
+                full = base[:omitted] + data[start + 10:pos]
+            else:
+                full = data[start + 10:pos]
+            prefix, whole = _prefix_at(ae, plen, full)
+            if flags:
+                default[ae] = whole
+            if rid is None:
+                if metric != INFINITY:
+                    return None
+                out.append((prefix, bytes(8), seqno, metric, interval))
+            else:
+                out.append((prefix, rid, seqno, metric, interval))
+        elif ttype == 6 and pos - start == 10:
+            rid = data[start + 2:pos]
+            if rid in RESERVED_ROUTER_IDS:
+                return None
+        else:
+            return None
+    return out
+
+
+_WIRE: dict[Prefix, tuple[int, bytes, bytes]] = {}
+_UPDATE = struct.Struct("!BBBBBBHHH")
+_HEADER = bytes((MAGIC, VERSION))
+
+
+def _wire(prefix: Prefix) -> tuple[int, bytes, bytes]:
+    """(AE, prefix bytes on the wire, whole address) of a prefix, cached."""
+    got = _WIRE.get(prefix)
+    if got is None:
+        ae, raw = prefix_to_wire(prefix)
+        got = (ae, raw, prefix.network_address.packed)
+        if len(_WIRE) >= 1 << 20:
+            _WIRE.clear()
+        _WIRE[prefix] = got
+    return got
+
+
+def encode_updates(entries: list[tuple[Prefix, bytes, int, int]], interval: int,
+                   max_body: int = MAX_BODY) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Packets carrying Updates (prefix, router-id, seqno, metric), in order.
+
+    Byte for byte what `PacketWriter.add_update` builds from a fresh writer (Router-Id
+    only when it changes, the default-prefix flag on every Update, the bytes shared with
+    the previous prefix of the same AE omitted, state reset at each packet), only faster:
+    the engine's hot path. Also returns, per entry, (packet index, offset of its metric)
+    so one encoding can serve several neighbours with a few metrics patched.
+    """
+    packets: list[bytes] = []
+    offsets: list[tuple[int, int]] = []
+    body = bytearray()
+    cur_rid: bytes | None = None
+    default: dict[int, bytes] = {}
+    pack = _UPDATE.pack
+    for prefix, rid, seqno, metric in entries:
+        ae, full, whole = _wire(prefix)
+        while True:
+            prev = default.get(ae)
+            omitted = 0
+            if prev is not None:
+                limit = min(len(prev), len(full))
+                while omitted < limit and prev[omitted] == full[omitted]:
+                    omitted += 1
+            size = (24 if rid != cur_rid else 12) + len(full) - omitted
+            if body and len(body) + size > max_body:
+                packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
+                body = bytearray()
+                cur_rid = None
+                default = {}
+                continue
+            break
+        if rid != cur_rid:
+            body += b"\x06\x0a\x00\x00"
+            body += rid
+            cur_rid = rid
+        offsets.append((len(packets), len(body) + 14))
+        body += pack(8, 10 + len(full) - omitted, ae, UPDATE_DEFAULT_PREFIX, prefix.prefixlen,
+                     omitted, interval, seqno, metric)
+        body += full[omitted:]
+        default[ae] = whole
+    if body:
+        packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
+    return packets, offsets
 
 
 def _prefix_key(p: Prefix) -> tuple[int, int, int]:

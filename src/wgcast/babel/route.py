@@ -9,10 +9,65 @@ route until it is lost, for long TCP flows.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 
 from wgcast.babel.wire import INFINITY, Prefix
+
+
+class _IPv4Net(ipaddress.IPv4Network):
+    """An interned IPv4 prefix: equal to (and hashing like) the plain one, hash cached."""
+
+    __slots__ = ("_h",)
+    _h: int
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __repr__(self) -> str:
+        return f"IPv4Network({str(self)!r})"
+
+
+class _IPv6Net(ipaddress.IPv6Network):
+    """An interned IPv6 prefix: equal to (and hashing like) the plain one, hash cached."""
+
+    __slots__ = ("_h",)
+    _h: int
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __repr__(self) -> str:
+        return f"IPv6Network({str(self)!r})"
+
+
+_INTERNED: dict[Prefix, Prefix] = {}
+_INTERN_MAX = 1 << 20
+
+
+def intern_prefix(prefix: Prefix) -> Prefix:
+    """The one shared object equal to `prefix`, with a cached hash.
+
+    ipaddress networks compute their hash and compare field by field on every dict
+    operation; the engine does many per Update, so it keys its tables by interned prefixes
+    (dict lookups then hit the identity fast path). A pure cache, shared by all engines of
+    a process and bounded: equal prefixes stay interchangeable with plain ones.
+    """
+    got = _INTERNED.get(prefix)
+    if got is not None:
+        return got
+    net: _IPv4Net | _IPv6Net
+    if prefix.version == 4:
+        net = _IPv4Net((prefix.network_address, prefix.prefixlen))
+        net._h = ipaddress.IPv4Network.__hash__(net)
+    else:
+        net = _IPv6Net((prefix.network_address, prefix.prefixlen))
+        net._h = ipaddress.IPv6Network.__hash__(net)
+    if len(_INTERNED) >= _INTERN_MAX:
+        _INTERNED.clear()
+    _INTERNED[net] = net
+    return net
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +99,8 @@ class SelectionParams:
 class Route:
     """A route learned from a neighbour."""
 
-    __slots__ = ("expires", "interval", "neighbour", "prefix", "refmetric", "router_id",
-                 "seqno", "smoothed", "smoothed_time")
+    __slots__ = ("expires", "feasible", "gen", "interval", "neighbour", "prefix", "refmetric",
+                 "router_id", "seqno", "smoothed", "smoothed_time")
 
     def __init__(self, prefix: Prefix, neighbour: str, router_id: bytes, seqno: int,
                  refmetric: int, interval: float, expires: float) -> None:
@@ -58,6 +113,10 @@ class Route:
         self.expires = expires
         self.smoothed: float = -1.0  # unset until the first metric is known
         self.smoothed_time = 0.0
+        #: Bumped whenever the route changes; -1 once it left the table.
+        self.gen = 0
+        #: Was the last update of this route feasible when it arrived?
+        self.feasible = False
 
     def metric(self, cost: int) -> int:
         if cost >= INFINITY or self.refmetric >= INFINITY:
@@ -110,6 +169,8 @@ class RouteTable:
         if per is None:
             return None
         route = per.pop(neighbour, None)
+        if route is not None:
+            route.gen = -1
         if not per:
             del self._routes[prefix]
         nb = self._by_neighbour.get(neighbour)

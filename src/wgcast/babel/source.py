@@ -36,10 +36,12 @@ class Source:
 class SourceTable:
     """Feasibility distances of every source we have advertised."""
 
-    __slots__ = ("_sources",)
+    __slots__ = ("_sources", "version")
 
     def __init__(self) -> None:
         self._sources: dict[tuple[Prefix, bytes], Source] = {}
+        #: Bumped whenever a feasibility distance changes (not on a mere refresh).
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._sources)
@@ -65,15 +67,26 @@ class SourceTable:
         src = self._sources.get(key)
         if src is None:
             self._sources[key] = Source(seqno, metric, now)
+            self.version += 1
             return
         if seqno_less(src.seqno, seqno):
             src.seqno, src.metric = seqno, metric
+            self.version += 1
         elif seqno == src.seqno and metric < src.metric:
             src.metric = metric
+            self.version += 1
         src.time = now
+
+    def refresh(self, prefix: Prefix, router_id: bytes, now: float) -> None:
+        """We still announce this source (unchanged): keep it from being collected."""
+        src = self._sources.get((prefix, router_id))
+        if src is not None:
+            src.time = now
 
     def gc(self, now: float) -> int:
         stale = [k for k, s in self._sources.items() if now - s.time > SOURCE_GC_TIME]
         for k in stale:
             del self._sources[k]
+        if stale:
+            self.version += 1
         return len(stale)

@@ -195,3 +195,76 @@ def check_routes(net: SimNetwork, prefixes: list[Prefix],
                 out.suboptimal += 1
                 out.max_excess = max(out.max_excess, excess)
     return out
+
+
+@dataclass
+class RepairWatch:
+    """Outage of a few prefixes: when did every node last get a working path again?
+
+    A prefix is whole when every live node's forwarding path ends at a live origin if one
+    is reachable in its part of the graph, and nowhere otherwise. Re-evaluated after every
+    step that changed one of the watched prefixes (so keep the set small).
+    """
+
+    net: SimNetwork
+    prefixes: list[Prefix]
+    start: float = 0.0
+    whole: dict[Prefix, bool] = field(default_factory=dict)
+    #: Last time each prefix became whole again after being broken.
+    repaired_at: dict[Prefix, float] = field(default_factory=dict)
+    _dirty: set[Prefix] = field(default_factory=set)
+    _reach: dict[Prefix, set[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.start = self.net.now
+        self._watched = set(self.prefixes)
+        self.refresh_topology()
+        for p in self.prefixes:
+            self.whole[p] = self._whole(p)
+        self.net.observers.append(self._observe)
+        self.net.step_hooks.append(self._step)
+
+    def close(self) -> None:
+        self.net.observers.remove(self._observe)
+        self.net.step_hooks.remove(self._step)
+
+    def refresh_topology(self) -> None:
+        """Recompute which nodes can reach an origin (after a fault or a repair)."""
+        g = live_graph(self.net, LinkCostParams())
+        comp = {n: i for i, c in enumerate(nx.connected_components(g)) for n in c}
+        for p in self.prefixes:
+            parts = {comp[o] for o in self.net.origins(p) if o in comp}
+            self._reach[p] = {n for n, i in comp.items() if i in parts}
+
+    def _observe(self, now: float, node: str, prefix: Prefix, via: str | None) -> None:
+        if prefix in self._watched:
+            self._dirty.add(prefix)
+
+    def _step(self) -> None:
+        if not self._dirty:
+            return
+        for p in self._dirty:
+            ok = self._whole(p)
+            if ok and not self.whole[p]:
+                self.repaired_at[p] = self.net.now
+            self.whole[p] = ok
+        self._dirty.clear()
+
+    def _whole(self, prefix: Prefix) -> bool:
+        reach = self._reach[prefix]
+        origins = self.net.origins(prefix)
+        for node, (kind, last) in path_ends(self.net, prefix).items():
+            if node in reach:
+                if kind != "local" or last not in origins:
+                    return False
+            elif kind != "none":
+                return False
+        return True
+
+    def repair_ms(self) -> float | None:
+        """Milliseconds from the start to the last repair; None if still broken."""
+        if not all(self.whole.values()):
+            return None
+        if not self.repaired_at:
+            return 0.0
+        return (max(self.repaired_at.values()) - self.start) * 1000.0

@@ -68,6 +68,8 @@ class SimNetwork:
     links: dict[tuple[str, str], LinkState] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
     observers: list[RouteObserver] = field(default_factory=list)
+    #: Called after every delivered packet or timer (after its route changes).
+    step_hooks: list[Callable[[], None]] = field(default_factory=list)
     last_change: float = 0.0
     #: Last seqno each node reported (SeqnoChanged or at crash): its "state file".
     saved_seqno: dict[str, int] = field(default_factory=dict)
@@ -235,6 +237,8 @@ class SimNetwork:
                 self.stats.delivered += 1
                 self.nodes[name].receive(self.now, src, data)
             self._after(name)
+            for hook in self.step_hooks:
+                hook()
             return True
         return False
 

@@ -23,19 +23,25 @@ import itertools
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import networkx as nx
 
 from wgcast.babel.engine import NodeConfig
-from wgcast.babel.events import LOCAL
 from wgcast.babel.neighbour import LinkCostParams
 from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import Prefix
 from wgcast.keys import router_id
-from wgcast.sim.checker import LoopChecker, RouteCheck, check_routes, live_graph, path_ends
+from wgcast.sim.checker import (
+    LoopChecker,
+    RepairWatch,
+    RouteCheck,
+    check_routes,
+    path_ends,
+)
 from wgcast.sim.network import SimNetwork
-from wgcast.topology import Link, Topology, parse_ms_range, parse_topology
+from wgcast.topology import Topology, parse_ms_range, parse_topology
 
 TIMERS: dict[str, dict[str, float]] = {
     "default": {"hello_interval": 0.2, "dead": 3, "update_interval": 4.0},
@@ -100,6 +106,9 @@ class Phase:
     quiet: bool = False
     last_change: float = 0.0
     check: RouteCheck | None = None
+    #: Outage of the prefixes the fault hit (see RepairWatch); None: not watched.
+    repair_ms: float | None = None
+    watched: list[str] = field(default_factory=list)
 
     @property
     def duration_ms(self) -> float:
@@ -109,6 +118,9 @@ class Phase:
         d: dict[str, object] = {"name": self.name, "start_s": round(self.start, 6),
                                 "quiet": self.quiet,
                                 "last_change_ms": round(self.duration_ms, 3)}
+        if self.watched:
+            d.update(watched=self.watched,
+                     repair_ms=None if self.repair_ms is None else round(self.repair_ms, 3))
         if self.check is not None:
             d.update(checked=self.check.checked, wrong=self.check.wrong_count,
                      suboptimal=self.check.suboptimal, max_excess=self.check.max_excess,
@@ -164,6 +176,8 @@ class Scenario:
         if self.quiet is None:
             self.quiet = TIMERS[self.timers]["update_interval"] + 1.0
         self.wall_s = 0.0
+        self.cpu_s = 0.0
+        self._watch: list[Prefix] = []
 
     # ------------------------------------------------------------ setup
 
@@ -186,17 +200,38 @@ class Scenario:
 
     # ------------------------------------------------------------ phases
 
-    def run_phase(self, name: str) -> Phase:
+    def run_phase(self, name: str, watch: list[Prefix] | None = None) -> Phase:
+        """Run until quiet, then check; `watch`: prefixes whose outage to time."""
         net = self.net
         assert self.quiet is not None
         ph = Phase(name, net.now)
         net.last_change = net.now
+        watcher = RepairWatch(net, watch) if watch else None
         ph.quiet = net.run_until_quiet(self.quiet, net.now + self.max_phase)
         ph.last_change = net.last_change
+        if watcher is not None:
+            watcher.close()
+            ph.repair_ms = watcher.repair_ms()
+            ph.watched = [str(p) for p in watch or ()]
         if self.check:
             ph.check = check_routes(net, self.prefixes)
         self.phases.append(ph)
         return ph
+
+    def affected(self, crosses: Callable[[list[str]], bool], k: int = 4,
+                 sample: int = 200) -> list[Prefix]:
+        """The (at most k) prefixes with the most forwarding paths that `crosses`."""
+        net = self.net
+        rng = random.Random(f"{self.seed}/affected")
+        any_set = set(self.anycast_prefixes)
+        uni = [p for p in self.prefixes if p not in any_set]
+        candidates = list(self.anycast_prefixes) + rng.sample(uni, min(sample, len(uni)))
+        counts: list[tuple[int, int, Prefix]] = []
+        for i, p in enumerate(candidates):
+            c = sum(1 for start in net.alive if crosses(net.path(start, p)[0]))
+            if c:
+                counts.append((-c, i, p))
+        return [p for _, _, p in sorted(counts)[:k]]
 
     def catchments(self, prefix: Prefix) -> Counter[str]:
         """How many live nodes each origin of `prefix` serves."""
@@ -247,6 +282,7 @@ class Scenario:
             count, origin, p = best
             self.fail_target = {"kind": "origin", "node": origin, "prefix": str(p),
                                 "catchment": count}
+            self._watch = [p]
             net.retract(origin, p)
             return None
         if self.fail == "node":
@@ -261,6 +297,7 @@ class Scenario:
             self.fail_target = {"kind": "node", "node": victim, "transit": nodes.get(victim, 0),
                                 "origin": victim in origins,
                                 "seqno_at_crash": net.nodes[victim].seqno}
+            self._watch = self.affected(lambda path: victim in path[1:-1])
             net.crash(victim)
             return "restart"
         if self.fail == "link":
@@ -269,10 +306,18 @@ class Scenario:
                 return None
             a, b = max(sorted(links), key=lambda k: links[k])
             self.fail_target = {"kind": "link", "a": a, "b": b, "paths": links[(a, b)]}
+
+            def uses(path: list[str]) -> bool:
+                return any({x, y} == {a, b} for x, y in itertools.pairwise(path))
+
+            self._watch = self.affected(uses)
             net.set_link(a, b, False)
             return "link_up"
         if self.fail == "partition":
             side = self.halves()
+            half = set(side)
+            self._watch = self.affected(
+                lambda path: any((x in half) != (y in half) for x, y in itertools.pairwise(path)))
             cut = net.partition(side)
             self.fail_target = {"kind": "partition", "side": len(side),
                                 "other": len(net.alive) - len(side), "cut_links": len(cut)}
@@ -298,18 +343,30 @@ class Scenario:
 
     def run(self) -> dict[str, object]:
         t0 = time.perf_counter()
+        c0 = time.process_time()
         self.originate_all()
         boot = self.run_phase("boot")
         failover: Phase | None = None
         recovery: Phase | None = None
         if self.fail != "none":
+            self._watch = []
             action = self.apply_failure()
-            failover = self.run_phase(f"fail:{self.fail}")
+            failover = self.run_phase(f"fail:{self.fail}", self._watch)
             if action is not None:
                 self.recover(action)
-                recovery = self.run_phase(action)
+                watch = list(self._watch)
+                if action == "restart":
+                    own = unicast_prefix(self.topo_index(str(self.fail_target["node"])))
+                    if own in self.prefixes and own not in watch:
+                        watch.append(own)
+                recovery = self.run_phase(action, watch)
         self.wall_s = time.perf_counter() - t0
+        self.cpu_s = time.process_time() - c0
         return self.result(boot, failover, recovery)
+
+    def topo_index(self, name: str) -> int:
+        assert self.topo is not None
+        return self.topo.index(name)
 
     def result(self, boot: Phase, failover: Phase | None,
                recovery: Phase | None) -> dict[str, object]:
@@ -332,12 +389,17 @@ class Scenario:
             "quiet": quiet,
             "convergence_ms": round(boot.duration_ms, 3),
             "failover_ms": None if failover is None else round(failover.duration_ms, 3),
+            "repair_ms": None if failover is None or failover.repair_ms is None
+            else round(failover.repair_ms, 3),
             "recovery_ms": None if recovery is None else round(recovery.duration_ms, 3),
+            "recovery_repair_ms": None if recovery is None or recovery.repair_ms is None
+            else round(recovery.repair_ms, 3),
             "loops": self.loops.loops,
             "wrong_routes": wrong,
             "msgs_per_node_s": round(net.stats.packets / n / virtual, 3),
             "bytes_per_node_s": round(net.stats.bytes / n / virtual, 1),
             "wall_s": round(self.wall_s, 3),
+            "cpu_s": round(self.cpu_s, 3),
             "virtual_s": round(net.now, 3),
             "route_changes": net.stats.route_changes,
             "packets": net.stats.packets,
@@ -356,12 +418,3 @@ def selected_origin(net: SimNetwork, name: str, prefix: Prefix) -> str | None:
     """The origin `name` reaches for `prefix` by following the FIBs, or None."""
     path, kind = net.path(name, prefix)
     return path[-1] if kind == "local" else None
-
-
-def link_delays(net: SimNetwork) -> dict[tuple[str, str], float]:
-    return {k: v.delay for k, v in net.links.items()}
-
-
-__all__ = ["FAILURES", "LOCAL", "TIMERS", "Link", "Phase", "Scenario", "anycast_prefix",
-           "build_topology", "live_graph", "node_config", "parse_anycast",
-           "selected_origin", "unicast_prefix"]
