@@ -146,8 +146,10 @@ def test_cut_the_active_path_rotates_and_recovers(dual: Lab) -> None:
         assert res["outage_ms"] < 1500, res
     assert {r["cut_link"] for r in runs} == {0, 1}
     # The neighbours stayed up: Babel never saw the switch as a neighbour loss.
-    st = mp.peer_view(lab, "n1", "n2")
-    assert st["up"] and st["endpoint_stats"]["failovers"] >= 1
+    # One end detects the cut and rotates; the other may simply follow WireGuard's roam.
+    views = [mp.peer_view(lab, "n1", "n2"), mp.peer_view(lab, "n2", "n1")]
+    assert all(v["up"] for v in views)
+    assert sum(v["endpoint_stats"]["failovers"] for v in views) >= 1
 
 
 def test_lower_rtt_path_is_used_and_a_wobble_does_not_switch() -> None:
@@ -170,6 +172,7 @@ def test_lower_rtt_path_is_used_and_a_wobble_does_not_switch() -> None:
         mp.wait_for(ranked, 10, "link 1 ranked above link 0")
         print("n1's candidates for n2:",
               json.dumps(mp.peer_view(lab, "n1", "n2")["candidates"]))
+
         def switches() -> dict[str, int]:
             return {n: mp.peer_view(lab, n, p)["endpoint_stats"]["switches"]
                     for n, p in (("n1", "n2"), ("n2", "n1"))}
