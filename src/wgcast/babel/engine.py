@@ -143,6 +143,10 @@ class Node:
         self._next_hello: dict[str, float] = {}
         self._next_update = now + config.update_interval
         self._reselect: dict[Prefix, float] = {}
+        self._reselect_heap: list[tuple[float, int, Prefix]] = []
+        self._reselect_seq = 0
+        #: When each neighbour that is up expires unless heard from (see next_deadline).
+        self._nb_expiry: dict[str, float] = {}
         self._next_gc = now + 60.0
         # Source-change protection (anycast): the router-id we last announced with a finite
         # metric for each prefix, with the announcement counter at that time; a prefix is in
@@ -189,6 +193,7 @@ class Node:
         del self._next_hello[nid]
         del self._cost[nid]
         del self._rx_seen[nid]
+        self._nb_expiry.pop(nid, None)
         self._tx_full.pop(nid, None)
 
     def originate(self, prefix: Prefix, metric: int = 0, now: float | None = None) -> None:
@@ -372,8 +377,10 @@ class Node:
                 rt.next_time = now + cfg.hello_interval
                 if rt.tries_left <= 0:
                     del self._retractions[prefix]
-        for prefix, t in list(self._reselect.items()):
-            if t <= now:
+        heap = self._reselect_heap
+        while heap and heap[0][0] <= now:
+            t, _, prefix = heapq.heappop(heap)
+            if self._reselect.get(prefix) == t:
                 del self._reselect[prefix]
                 self._select(prefix)
         if now >= self._next_gc:
@@ -389,16 +396,13 @@ class Node:
         for t in self._next_hello.values():
             if t < best:
                 best = t
-        dead = self.config.dead
-        any_up = False
-        for nb in self.neighbours.values():
-            if nb.up:
-                any_up = True
-                exp = nb.expiry(dead)
-                if exp is not None and exp < best:
-                    best = exp
-        if any_up and self._next_update < best:
-            best = self._next_update
+        nb_expiry = self._nb_expiry
+        if nb_expiry:
+            for t in nb_expiry.values():
+                if t < best:
+                    best = t
+            if self._next_update < best:
+                best = self._next_update
         if self._expiry and self._expiry[0][0] < best:
             best = self._expiry[0][0]
         req = self.requests.next_deadline()
@@ -407,9 +411,11 @@ class Node:
         for rt in self._retractions.values():
             if rt.next_time < best:
                 best = rt.next_time
-        for t in self._reselect.values():
-            if t < best:
-                best = t
+        heap = self._reselect_heap
+        while heap and self._reselect.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # superseded
+        if heap and heap[0][0] < best:
+            best = heap[0][0]
         return None if best == _NEVER else best
 
     def datagrams_to_send(self) -> list[tuple[str, bytes]]:
@@ -478,7 +484,8 @@ class Node:
         return None
 
     def _check_neighbour(self, nb: Neighbour) -> None:
-        alive = nb.alive(self._now, self.config.dead)
+        dead = self.config.dead
+        alive = nb.alive(self._now, dead)
         if alive and not nb.up:
             nb.up = True
             self._events.append(NeighbourUp(nb.id))
@@ -487,6 +494,11 @@ class Node:
             self._maybe_recost(nb, force=True)
         elif not alive and nb.up:
             self._neighbour_down(nb)
+        exp = nb.expiry(dead) if nb.up else None
+        if exp is None:
+            self._nb_expiry.pop(nb.id, None)
+        else:
+            self._nb_expiry[nb.id] = exp
 
     def _neighbour_down(self, nb: Neighbour) -> None:
         nb.forget()
@@ -750,17 +762,25 @@ class Node:
                     cur_m = INFINITY  # a new source from the same neighbour must be feasible
             best: Route | None = None
             best_m = INFINITY
+            # The best feasible route of the current source, for settling (below).
+            same: Route | None = None
+            same_m = INFINITY
+            cur_rid = cur.router_id if cur is not None else None
+            feasible = self.sources.feasible
             for route in routes.values():
                 if route is cur:
                     continue
                 m = self._route_metric(route)
-                if m >= INFINITY or m > best_m or (m == best_m and best is not None
-                                                   and route.neighbour > best.neighbour):
+                if m >= INFINITY or (m > best_m and (route.router_id != cur_rid or m > same_m)):
                     continue
-                if not self.sources.feasible(prefix, route.router_id, route.seqno,
-                                             route.refmetric):
+                if not feasible(prefix, route.router_id, route.seqno, route.refmetric):
                     continue
-                best, best_m = route, m
+                if route.router_id == cur_rid and (m < same_m or (
+                        m == same_m and same is not None and route.neighbour < same.neighbour)):
+                    same, same_m = route, m
+                if m < best_m or (m == best_m and best is not None
+                                  and route.neighbour < best.neighbour):
+                    best, best_m = route, m
             chosen: Route | None
             if cur is None or cur_m >= INFINITY:
                 chosen = best
@@ -780,13 +800,22 @@ class Node:
                     else:
                         self._reselect_at(prefix, now + hl / 2)
                 if chosen is cur and params.settle_time > 0:
-                    if gap > params.settle_margin(cur_m):
+                    # Settling moves to another source (anycast) only when no neighbour
+                    # routes through us: moving costs the nodes behind us a short outage
+                    # (the source release below), worth it for more than a margin only.
+                    cand, cand_m = same, same_m
+                    if best is not same and best_m < same_m and (
+                            prefix in self._releasing or self._no_dependents(prefix)):
+                        # (Once the release has begun, the neighbours have dropped their
+                        # routes through us: carry on.)
+                        cand, cand_m = best, best_m
+                    if cand is not None and cur_m - cand_m > params.settle_margin(cur_m):
                         ch = self._challenger.get(prefix)
-                        if ch is None or ch[0] != best.neighbour:
-                            ch = self._challenger[prefix] = (best.neighbour, now)
+                        if ch is None or ch[0] != cand.neighbour:
+                            ch = self._challenger[prefix] = (cand.neighbour, now)
                         due = ch[1] + params.settle_time
                         if now >= due:
-                            chosen = best
+                            chosen = cand
                         else:
                             self._reselect_at(prefix, due)
                     else:
@@ -794,7 +823,7 @@ class Node:
             if chosen is None:
                 new = None
             else:
-                m = best_m if chosen is best else cur_m
+                m = cur_m if chosen is cur else best_m if chosen is best else same_m
                 chosen.smooth(now, m, params.smoothing_half_life)
                 new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, m)
         if new is not None and new.via != LOCAL:
@@ -807,9 +836,12 @@ class Node:
                     else:
                         new = None
             elif prefix in self._releasing:
-                del self._releasing[prefix]  # back on the source we announced: no wait
-        elif new is not None:
-            self._releasing.pop(prefix, None)
+                # Back on the source we announced: no need to wait, but announce it again
+                # (the release told the neighbours INFINITY).
+                del self._releasing[prefix]
+                self._triggered.add(prefix)
+        elif new is not None and self._releasing.pop(prefix, None) is not None:
+            self._triggered.add(prefix)
         if new is not None and prefix in self._challenger \
                 and self._challenger[prefix][0] == new.via:
             del self._challenger[prefix]  # settled (the release, if any, is over)
@@ -841,10 +873,18 @@ class Node:
             # Small metric changes ride the periodic updates.
             self._triggered.add(prefix)
 
+    def _no_dependents(self, prefix: Prefix) -> bool:
+        """Does every neighbour that is up announce `prefix` to us? (One that routes
+        through us poisons it, so has no route here.)"""
+        routes = self.routes.routes(prefix)
+        return all(nid in routes for nid, nb in self.neighbours.items() if nb.up)
+
     def _reselect_at(self, prefix: Prefix, t: float) -> None:
         old = self._reselect.get(prefix)
         if old is None or t < old:
             self._reselect[prefix] = t
+            self._reselect_seq += 1
+            heapq.heappush(self._reselect_heap, (t, self._reselect_seq, prefix))
 
     def _request_for_starved(self, prefix: Prefix) -> None:
         """No feasible route left: ask the source of the best unfeasible one for a seqno."""
