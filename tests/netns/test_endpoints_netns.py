@@ -116,10 +116,14 @@ def test_first_configured_endpoint_dead_at_start() -> None:
         # WireGuard alone would retry its handshake after 5 s, on the dead endpoint.
         assert res["n1_to_n2_after_ready_s"] < 5.0
         assert res["n1_link"] == 1 and res["n2_link"] == 1
-        view = mp.peer_view(lab, "n1", "n2")
-        assert view["endpoint"] == lab.links[1].endpoint_a
-        assert [c["addr"] for c in view["candidates"] if c["in_use"]] == \
-            [lab.links[1].endpoint_a]
+
+        def on_link1() -> bool:
+            view = mp.peer_view(lab, "n1", "n2")
+            return bool(view["endpoint"] == lab.links[1].endpoint_a and
+                        [c["addr"] for c in view["candidates"] if c["in_use"]] ==
+                        [lab.links[1].endpoint_a])
+
+        mp.wait_for(on_link1, 5, "n1's view: link 1 in use")
         # `wgcast peers`: the candidates, their scores, the one in use starred.
         import subprocess
         import sys
