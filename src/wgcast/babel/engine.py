@@ -686,7 +686,7 @@ class Node:
                 del self._owned[prefix]
             if self._releasing.get(prefix) == op:
                 del self._releasing[prefix]
-                self._select(prefix)
+                self._select(prefix, released=True)
 
     def _start_release(self, prefix: Prefix, notify: bool) -> bool:
         """Retract `prefix` with an AckReq to every neighbour that is up.
@@ -729,7 +729,8 @@ class Node:
         m = ref + cost
         return m if m < INFINITY else INFINITY - 1
 
-    def _select(self, prefix: Prefix, force_trigger: bool = False) -> None:
+    def _select(self, prefix: Prefix, force_trigger: bool = False,
+                released: bool = False) -> None:
         """Re-run route selection for one prefix; emit events and triggered updates.
 
         Anycast and loops: the feasibility condition keeps the routes of each source
@@ -742,7 +743,6 @@ class Node:
         then hold a route through us to a source we no longer use. Moving to a local
         origin, or to no route, needs no wait: such a node is an end of every path.
         """
-        self._ann_version += 1
         old = self.selected.get(prefix)
         new: Selected | None
         xmetric = self.xroutes.metric(prefix)
@@ -805,7 +805,8 @@ class Node:
                     # (the source release below), worth it for more than a margin only.
                     cand, cand_m = same, same_m
                     if best is not same and best_m < same_m and (
-                            prefix in self._releasing or self._no_dependents(prefix)):
+                            released or prefix in self._releasing
+                            or self._no_dependents(prefix)):
                         # (Once the release has begun, the neighbours have dropped their
                         # routes through us: carry on.)
                         cand, cand_m = best, best_m
@@ -840,13 +841,16 @@ class Node:
                 # (the release told the neighbours INFINITY).
                 del self._releasing[prefix]
                 self._triggered.add(prefix)
+                self._ann_version += 1
         elif new is not None and self._releasing.pop(prefix, None) is not None:
             self._triggered.add(prefix)
+            self._ann_version += 1
         if new is not None and prefix in self._challenger \
                 and self._challenger[prefix][0] == new.via:
             del self._challenger[prefix]  # settled (the release, if any, is over)
         if new is None:
             if old is not None:
+                self._ann_version += 1
                 del self.selected[prefix]
                 self._retractions[prefix] = _Retraction(
                     old.router_id, old.seqno, self.config.retraction_tries - 1,
@@ -865,12 +869,17 @@ class Node:
         self._retractions.pop(prefix, None)
         self.selected[prefix] = new
         if old is None or old.via != new.via or old.router_id != new.router_id:
+            self._ann_version += 1
             self._events.append(RouteSelected(prefix, new.via, new.metric, new.router_id))
             self.counters["route_changes"] += 1
             self._triggered.add(prefix)
-        elif force_trigger or old.seqno != new.seqno or \
-                abs(old.metric - new.metric) >= params.margin(min(old.metric, new.metric)):
-            # Small metric changes ride the periodic updates.
+        elif old.seqno != new.seqno or old.metric != new.metric:
+            # Any change of what we announce goes out now: link costs move in steps (see
+            # LinkCostParams), so this is no flood, and the mesh settles in a round trip
+            # instead of an update interval per hop.
+            self._ann_version += 1
+            self._triggered.add(prefix)
+        elif force_trigger:
             self._triggered.add(prefix)
 
     def _no_dependents(self, prefix: Prefix) -> bool:

@@ -35,7 +35,7 @@ class LinkCostParams:
     #: only when that average leaves a band of max(rtt_hysteresis_ms, rtt_hysteresis_rel *
     #: RTT) around the RTT the cost was last computed from. Jitter then leaves costs (and so
     #: metrics, announcements and route choices) alone once the average has settled (after
-    #: 0.25 / cost_alpha samples the cost stops following it closely), while a real change
+    #: 0.25 / cost_alpha samples the cost stops following it within 2 %), while a real change
     #: of latency (beyond the band) still shows within a few seconds.
     cost_alpha: float = 1 / 64
     rtt_hysteresis_rel: float = 0.1
@@ -134,9 +134,9 @@ class Neighbour:
         slow = rtt if slow is None else (1 - w) * slow + w * rtt
         self.rtt_slow_ms = slow
         ref = self.cost_rtt_ms
-        if ref is None or n * params.cost_alpha < 0.25 or abs(slow - ref) > max(
-                params.rtt_hysteresis_ms, params.rtt_hysteresis_rel * ref):
-            # Follow the average while it is young (a few samples), then in steps.
+        # Follow the average closely while it is young (a few samples), then in steps.
+        rel = 0.02 if n * params.cost_alpha < 0.25 else params.rtt_hysteresis_rel
+        if ref is None or abs(slow - ref) > max(params.rtt_hysteresis_ms, rel * ref):
             self.cost_rtt_ms = slow
 
     def expiry(self, dead: int) -> float | None:
