@@ -350,8 +350,9 @@ class Node:
         for nid, t in self._next_hello.items():
             if t <= now:
                 self._send_hello(self.neighbours[nid])
-        for nb in list(self.neighbours.values()):
-            self._check_neighbour(nb)
+        # A timer only takes neighbours down (they come up on what we receive).
+        for nid in [nid for nid, t in self._nb_expiry.items() if t <= now]:
+            self._check_neighbour(self.neighbours[nid])
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
             _, _, route = heapq.heappop(expiry)
@@ -405,9 +406,10 @@ class Node:
                 best = self._next_update
         if self._expiry and self._expiry[0][0] < best:
             best = self._expiry[0][0]
-        req = self.requests.next_deadline()
-        if req is not None and req < best:
-            best = req
+        if self.requests.seqno_requests or self.requests.acks:
+            req = self.requests.next_deadline()
+            if req is not None and req < best:
+                best = req
         for rt in self._retractions.values():
             if rt.next_time < best:
                 best = rt.next_time
@@ -565,7 +567,8 @@ class Node:
             # A refresh (the periodic update): selection has nothing new to consider.
             route.interval, route.expires = interval, expires
             if feasible:
-                self.requests.satisfied(prefix, rid, seqno)
+                if self.requests.seqno_requests:
+                    self.requests.satisfied(prefix, rid, seqno)
                 return route
             self.counters["updates_unfeasible"] += 1
             if not self._wants_seqno(prefix, nb, route):
@@ -585,7 +588,8 @@ class Node:
         route.feasible = feasible
         quiet = True
         if feasible:
-            self.requests.satisfied(prefix, rid, seqno)
+            if self.requests.seqno_requests:
+                self.requests.satisfied(prefix, rid, seqno)
         else:
             self.counters["updates_unfeasible"] += 1
             if self._wants_seqno(prefix, nb, route):
@@ -767,11 +771,17 @@ class Node:
             same_m = INFINITY
             cur_rid = cur.router_id if cur is not None else None
             feasible = self.sources.feasible
+            costs = self._cost
             for route in routes.values():
                 if route is cur:
                     continue
-                m = self._route_metric(route)
-                if m >= INFINITY or (m > best_m and (route.router_id != cur_rid or m > same_m)):
+                m = route.refmetric + costs.get(route.neighbour, INFINITY)  # _route_metric
+                if m >= INFINITY:
+                    if route.refmetric >= INFINITY or costs.get(route.neighbour,
+                                                                INFINITY) >= INFINITY:
+                        continue
+                    m = INFINITY - 1
+                if m > best_m and (route.router_id != cur_rid or m > same_m):
                     continue
                 if not feasible(prefix, route.router_id, route.seqno, route.refmetric):
                     continue
