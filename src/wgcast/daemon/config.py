@@ -280,6 +280,10 @@ class Timers:
     #: On SIGTERM neighbours are asked to hold us this long (0: no hold), so a restart
     #: within it is invisible to the mesh.
     restart_hold: float = 10.0
+    #: Longest hold of a move away from a live peer (make-before-break, 0: off): the
+    #: packets to the prefix wait about 3 round trips to the old peer, so the replies
+    #: still coming back through it pass WireGuard's source filter.
+    move_hold: float = 0.2
 
     @classmethod
     def for_profile(cls, profile: str) -> Timers:
@@ -734,7 +738,8 @@ _TOP_KEYS: Final = (
     "api_socket_group", "state_file", "port", "metrics", "route_selection", "timers",
     "link", "peers", "groups", "probe_port", "endpoint_policy",
 )
-_TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold")
+_TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold",
+                      "move_hold")
 _LINK_KEYS: Final = ("base_cost", "rtt_cost_per_ms", "max_rtt_cost")
 _PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost", "probe_port")
 _POLICY_KEYS: Final = ("probe_interval", "learned_max", "learned_ttl", "switch_hold",
@@ -926,7 +931,8 @@ class _Reader:
         valid = len(self.found) == before
         grace = self.get(t, "timers", "retract_grace", _duration(0.001, 60.0), base.retract_grace)
         hold = self.get(t, "timers", "restart_hold", _duration(0.0, 600.0), base.restart_hold)
-        timers = Timers(profile, hello, dead, update, grace, hold)
+        move_hold = self.get(t, "timers", "move_hold", _duration(0.0, 5.0), base.move_hold)
+        timers = Timers(profile, hello, dead, update, grace, hold, move_hold)
         if valid and timers.dead_interval >= update:
             set_keys = [k for k in ("update", "hello", "dead") if k in t]
             where = f"timers.{set_keys[0]}" if set_keys else "timers"

@@ -31,12 +31,13 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.neighbour import LinkCostParams
 from wgcast.babel.route import SelectionParams
-from wgcast.babel.wire import PORT, Prefix
+from wgcast.babel.wire import INFINITY, PORT, Prefix
 from wgcast.daemon.config import Config
 from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.state import State, load_state, save_state
-from wgcast.dataplane.reconcile import plan, simulate
-from wgcast.dataplane.system import System
+from wgcast.dataplane.hold import HoldQueue, hold_ifname
+from wgcast.dataplane.reconcile import holders, plan, simulate
+from wgcast.dataplane.system import NetConfigError, System
 from wgcast.dataplane.types import PeerKey, WireGuardBackend
 from wgcast.dataplane.uapi import UapiDevice
 from wgcast.keys import control_address, router_id
@@ -46,6 +47,10 @@ log = logging.getLogger("wgcast")
 #: Prefixes nobody may announce to us: link-local, multicast, loopback.
 _NEVER = tuple(ipaddress.ip_network(p) for p in ("fe80::/10", "ff00::/8", "::1/128",
                                                  "127.0.0.0/8", "224.0.0.0/4"))
+
+
+#: Added to 3 round trips to the old peer when holding a move (service time, scheduling).
+_HOLD_MARGIN = 0.01
 
 
 def _overlaps(p: Prefix, nets: tuple[Prefix, ...] | list[Prefix] | set[Prefix]) -> bool:
@@ -78,6 +83,8 @@ class DaemonStats:
     dataplane_errors: int = 0
     last_apply_ms: float = 0.0
     announcements_dropped: int = 0
+    held_moves: int = 0
+    held_packets: int = 0
 
 
 class Daemon:
@@ -90,6 +97,7 @@ class Daemon:
         self.stats = DaemonStats()
         self.peers: dict[str, PeerInfo] = {}
         self.by_control: dict[ipaddress.IPv6Address, str] = {}
+        self.by_key: dict[PeerKey, str] = {}
         self.routes: dict[Prefix, RouteInfo] = {}
         self.node: Node | None = None
         self.public_key = b""
@@ -98,6 +106,10 @@ class Daemon:
         self._actual: dict[PeerKey, set[Prefix]] = {}
         self._kroutes: set[Prefix] = set()
         self._inherited: set[Prefix] = set()
+        #: Make-before-break moves (dataplane/hold.py): prefix -> end of its hold.
+        self.hold: HoldQueue | None = None
+        self._holding: dict[Prefix, float] = {}
+        self._hold_off = False
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
@@ -136,6 +148,8 @@ class Daemon:
         self._inherited = set(self._kroutes)
         await self.system.ensure_up()
         await self.system.add_address(ipaddress.IPv6Interface(f"{self.control}/64"))
+        if cfg.timers.move_hold > 0:
+            await self._open_hold()
         self._ifindex = socket.if_nametoindex(cfg.interface)
         anycast = tuple(cfg.anycast)
         ensure: list[tuple[PeerKey, Prefix]] = []
@@ -158,6 +172,7 @@ class Daemon:
             self.peers[pc.name] = PeerInfo(pc.name, key, ctrl, router_id(key), may,
                                            tuple(str(e) for e in pc.endpoints))
             self.by_control[ctrl] = pc.name
+            self.by_key[key] = pc.name
             ctrl_net = ipaddress.IPv6Network(f"{ctrl}/128")
             if ctrl_net not in found:
                 ensure.append((key, ctrl_net))
@@ -336,10 +351,107 @@ class Daemon:
                 await asyncio.sleep(0.05)
                 self._dirty.set()
 
+    async def _open_hold(self) -> None:
+        q = HoldQueue(hold_ifname(self.config.interface))
+        try:
+            q.open()
+            await self.system.ensure_up(q.ifname)
+        except (OSError, NetConfigError) as e:
+            q.close()
+            log.warning("%s: cannot create the hold device %s (%s): moves away from a live "
+                        "peer will lose the replies in flight", self.config.interface,
+                        q.ifname, e)
+            return
+        self.hold = q
+
+    def _hold_time(self, p: Prefix, old: PeerKey) -> float:
+        """How long to hold a move of `p` away from peer `old`: 0 unless the old route
+        still works (a failure is not held: nothing comes back through a dead path)."""
+        node = self.node
+        name = self.by_key.get(old)
+        if node is None or name is None:
+            return 0.0
+        nb = node.neighbours.get(name)
+        if nb is None or not nb.up:
+            return 0.0
+        r = node.routes.routes(p).get(name)
+        if r is None or r.refmetric >= INFINITY or r.router_id == node.router_id:
+            return 0.0
+        rtt = (nb.rtt_ms or 0.0) / 1000.0
+        return min(self.config.timers.move_hold, 3 * rtt + _HOLD_MARGIN)
+
+    async def _holds(self, desired: dict[Prefix, PeerKey]) -> list[Prefix]:
+        """Start the holds of new graceful moves and pin every held prefix to its old
+        peer in `desired`; returns the prefixes whose hold is over (released after the
+        apply, once their route points back at WireGuard)."""
+        hold = self.hold
+        assert hold is not None and self._loop is not None
+        now = self.now()
+        owner = holders(self._actual)
+        start: list[Prefix] = []
+        if not self._hold_off:
+            for p, key in desired.items():
+                old = owner.get(p)
+                if old is None or old == key or p in self._holding:
+                    continue
+                wait = self._hold_time(p, old)
+                if wait > 0:
+                    start.append(p)
+                    self._holding[p] = now + wait
+                    self._loop.call_at(now + wait, self._dirty.set)
+        if start:
+            for p in start:
+                hold.hold(p)  # queue first, then route here: no packet slips through
+            try:
+                await self.system.route_via(start, hold.ifname)
+            except NetConfigError as e:
+                log.warning("hold: cannot route %d prefixes to %s (%s); moving at once",
+                            len(start), hold.ifname, e)
+                for p in start:
+                    self._holding.pop(p, None)
+                    hold.release(p)
+        done: list[Prefix] = []
+        for p, until in list(self._holding.items()):
+            old = owner.get(p)
+            if self._hold_off or until <= now or desired.get(p) in (None, old):
+                done.append(p)
+                del self._holding[p]
+            elif old is not None:
+                desired[p] = old
+        return done
+
+    async def _unhold(self, done: list[Prefix], desired: dict[Prefix, PeerKey]) -> None:
+        """Routes of released prefixes back to WireGuard, then their packets out."""
+        hold = self.hold
+        assert hold is not None
+        back = [p for p in done if p in desired]
+        gone = [p for p in done if p not in desired]
+        try:
+            if back:
+                await self.system.add_routes(back)
+                self._kroutes |= set(back)
+            if gone:
+                await self.system.remove_routes_via(gone, hold.ifname)
+        finally:
+            n = sum(hold.release(p) for p in done)
+            self.stats.held_moves += len(done)
+            self.stats.held_packets += n
+
     async def _apply_once(self) -> None:
         t0 = time.perf_counter()
         desired = {p: k for p, k in self._desired.items() if k is not None}
         managed = set(self._desired)
+        done: list[Prefix] = []
+        if self.hold is not None:
+            done = await self._holds(desired)
+        try:
+            await self._apply_plan(desired, managed, t0)
+        finally:
+            if done:
+                await self._unhold(done, desired)
+
+    async def _apply_plan(self, desired: dict[Prefix, PeerKey], managed: set[Prefix],
+                          t0: float) -> None:
         ops = plan(desired, self._actual, managed)
         if ops:
             await self.backend.apply(ops)
@@ -426,7 +538,9 @@ class Daemon:
             # Own unicast routes stay: neighbours keep us for the restart hold time.
             self.node.hold(hold, now=self.now())
             self._pump()
-        # Let the dataplane task flush the last moves, then stop without any flush.
+        # Let the dataplane task flush the last moves (no more holds), then stop without
+        # any flush.
+        self._hold_off = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._apply_once(), 1.0)
         dp.cancel()
@@ -443,6 +557,9 @@ class Daemon:
     def close(self) -> None:
         if self.endpoints is not None:
             self.endpoints.close()
+        if self.hold is not None:
+            self.hold.close()
+            self.hold = None
         if self._timer is not None:
             self._timer.cancel()
         if self._sock is not None and self._loop is not None:
@@ -472,7 +589,14 @@ class Daemon:
             "dataplane": {"applies": self.stats.dataplane_applies,
                           "ops": self.stats.dataplane_ops,
                           "errors": self.stats.dataplane_errors,
-                          "last_apply_ms": round(self.stats.last_apply_ms, 3)},
+                          "last_apply_ms": round(self.stats.last_apply_ms, 3),
+                          "held_moves": self.stats.held_moves,
+                          "held_packets": self.stats.held_packets,
+                          "holding": sorted(map(str, self._holding)),
+                          "hold_device": self.hold.ifname if self.hold is not None else None,
+                          "hold": None if self.hold is None else {
+                              k: getattr(self.hold.stats, k) for k in
+                              ("holds", "held", "released", "dropped_full", "unmatched")}},
             "announcements_dropped": self.stats.announcements_dropped,
             "endpoints": self.endpoints.status() if self.endpoints is not None else None,
         }

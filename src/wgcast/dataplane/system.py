@@ -151,16 +151,17 @@ class System:
                 out.add(ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False))
         return out
 
-    def _change(self, verb: str, prefixes: Iterable[Prefix]) -> None:
+    def _change(self, verb: str, prefixes: Iterable[Prefix], ifname: str | None = None) -> None:
         ipr = self._sock()
-        oif = self._index(self.ifname)
+        dev = ifname or self.ifname
+        oif = self._index(dev)
         for p in prefixes:
             try:
                 ipr.route(verb, **self._route_args(p, oif))
             except NetlinkError as e:
                 if verb == "del" and e.code == errno.ESRCH:
                     continue  # already gone: the goal is reached
-                raise NetConfigError(f"route {verb} {p} dev {self.ifname}", e) from e
+                raise NetConfigError(f"route {verb} {p} dev {dev}", e) from e
 
     async def list_routes(self) -> set[Prefix]:
         """Our routes (our protocol, our table) through this interface."""
@@ -172,6 +173,13 @@ class System:
 
     async def remove_routes(self, prefixes: Iterable[Prefix]) -> None:
         await self._run(self._change, "del", sorted(prefixes, key=prefix_key))
+
+    async def route_via(self, prefixes: Iterable[Prefix], ifname: str) -> None:
+        """Point our routes to `prefixes` at another device (replace), e.g. the hold TUN."""
+        await self._run(self._change, "replace", sorted(prefixes, key=prefix_key), ifname)
+
+    async def remove_routes_via(self, prefixes: Iterable[Prefix], ifname: str) -> None:
+        await self._run(self._change, "del", sorted(prefixes, key=prefix_key), ifname)
 
     async def reconcile_routes(self, desired: Iterable[Prefix]) -> RouteDiff:
         """Make our routes equal `desired`: add first, then remove (never a flush)."""
