@@ -284,29 +284,56 @@ def engine_sim_section(eng: dict[str, Any] | None, sim: dict[str, Any] | None,
         out.append("_No simulator results (bench/bench_sim.py did not run or wrote "
                    "nothing)._\n")
         return
-    rows = _rows(sim)
-    out.append("`wgcast sim` (virtual time):\n")
-    out.append(_generic_table(sim))
-    plot_keys = [k for k in ("convergence_s", "failover_s", "wall_s", "peak_mib",
-                             "virtual_convergence_s", "virtual_failover_s", "peak_rss_mib",
-                             "wall_time_s", "peak_memory_mib")
-                 if rows and any(k in r for r in rows)]
-    nkey = next((k for k in ("nodes", "n", "size") if rows and k in rows[0]), None)
-    if rows and nkey and plot_keys:
-        plt = _plt()
-        fig, axes = plt.subplots(1, len(plot_keys), figsize=(3 * len(plot_keys), 3))
-        if len(plot_keys) == 1:
-            axes = [axes]
-        for ax, k in zip(axes, plot_keys, strict=True):
-            pts = sorted((r[nkey], r[k]) for r in rows if r.get(k) is not None)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
-            ax.set_title(k)
-            ax.set_xlabel("nodes")
-        img = _save(fig, "sim.png")
-        out.append(f"![simulator]({img})\n")
+    rows = sorted(_rows(sim), key=lambda r: r.get("nodes") or r.get("size") or 0)
+    if not rows or "convergence_ms" not in rows[0]:
+        out.append("`wgcast sim` (virtual time):\n")
+        out.append(_generic_table(sim))
+        return
+    out.append(
+        f"`wgcast sim`: every node a real engine, in virtual time; topology "
+        f"`{sim.get('topology', 'random:N:6')}` (random graph, average degree 6, link delays "
+        f"2-20 ms), {sim.get('anycast', '10x3')} anycast prefixes (10 prefixes, 3 origins "
+        "each) plus one unicast prefix per node; after convergence the anycast origin with "
+        "the largest catchment is retracted. _Convergence_: virtual time from the start "
+        "until no route changes any more (smoothing and hysteresis settling included); "
+        "_failover_: the same after the retraction; _repair_: until every node that lost "
+        "its instance routes to a live one again. A loop checker runs at every route "
+        "change; after quiescence every route is compared with shortest paths computed "
+        "by networkx. Wall and CPU time and peak memory are of the simulating process "
+        "(one per size); other jobs shared the 2 cores (load average in the table).\n")
+    out.append("| nodes | links | prefixes | converged | loops | wrong routes | "
+               "convergence (virtual s) | failover (virtual ms) | repair (virtual ms) | "
+               "messages / node / s | bytes / node / s | wall s | CPU s | peak RSS MiB | "
+               "load |")
+    out.append("|" + "---|" * 15)
+    for r in rows:
+        conv = r.get("convergence_ms")
+        out.append("| " + " | ".join(_cell(x) for x in (
+            r.get("nodes"), r.get("links"), r.get("prefixes"), str(r.get("converged")),
+            r.get("loops"), r.get("wrong_routes"),
+            None if conv is None else round(conv / 1000, 2), r.get("failover_ms"),
+            r.get("repair_ms"), r.get("msgs_per_node_s"), r.get("bytes_per_node_s"),
+            r.get("wall_s"), r.get("cpu_s"),
+            r.get("peak_rss_mib", r.get("peak_rss_mb")), r.get("loadavg_1m_at_end"))) + " |")
+    out.append("")
+    plt = _plt()
+    panels = [("convergence_ms", "convergence (virtual ms)"),
+              ("failover_ms", "failover (virtual ms)"), ("wall_s", "wall time (s)"),
+              ("peak_rss_mib", "peak RSS (MiB)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 3))
+    for ax, (k, title) in zip(axes, panels, strict=True):
+        pts = [(r["nodes"], r[k]) for r in rows if r.get(k) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("nodes")
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    img = _save(fig, "sim.png")
+    out.append(f"![simulator]({img})\n")
     cmd = sim.get("command") or step_command("sim")
     if cmd:
-        out.append(f"Reproduce: `{cmd}`.\n")
+        out.append(f"Reproduce: `{cmd}` (sizes one at a time: `--sizes 2000`; rows of "
+                   "other sizes are kept).\n")
 
 
 def _rows(d: dict[str, Any]) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wgcast.babel.engine import Node, NodeConfig
 from wgcast.babel.events import (
@@ -42,12 +42,18 @@ from wgcast.dataplane.types import PeerKey, WireGuardBackend
 from wgcast.dataplane.uapi import UapiDevice
 from wgcast.keys import control_address, router_id
 
+if TYPE_CHECKING:
+    from wgcast.daemon.membership import MembershipService
+
 log = logging.getLogger("wgcast")
 
 #: Prefixes nobody may announce to us: link-local, multicast, loopback.
 _NEVER = tuple(ipaddress.ip_network(p) for p in ("fe80::/10", "ff00::/8", "::1/128",
                                                  "127.0.0.0/8", "224.0.0.0/4"))
 
+
+#: On a planned stop, pause between the retraction's acks and the address going down.
+_STOP_SETTLE = 0.1
 
 #: Added to 3 round trips to the old peer when holding a move (service time, scheduling).
 _HOLD_MARGIN = 0.01
@@ -510,6 +516,20 @@ class Daemon:
             await self.system.remove_address(_host_interface(prefix), ifname=ifname)
         return acked
 
+    async def _drain_out(self, prefix: Prefix, membership: MembershipService) -> None:
+        """A planned stop drains like `drain` does, bounded to stay quick: announce the
+        instance as a very bad one, wait until the neighbours with another instance moved
+        (their data planes hold the move: nothing in flight is lost), then retract."""
+        from wgcast.daemon.membership import DRAIN_METRIC
+
+        t = self.config.timers
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.5, 5 * t.hello)
+        await self.serve(prefix, metric=DRAIN_METRIC)
+        while loop.time() < deadline and not membership.neighbours_moved(prefix):
+            await asyncio.sleep(0.005)
+        await self.unserve(prefix, settle=_STOP_SETTLE)
+
     # ------------------------------------------------------------ run
 
     async def run(self) -> int:
@@ -530,8 +550,8 @@ class Daemon:
         await self._stop.wait()
         _sd_notify("STOPPING=1")
         await membership.stop()
-        log.info("stopping: retracting %d served groups", len(self._served))
-        await asyncio.gather(*(self.unserve(p) for p in list(self._served)),
+        log.info("stopping: draining %d served groups", len(self._served))
+        await asyncio.gather(*(self._drain_out(p, membership) for p in list(self._served)),
                              return_exceptions=True)
         hold = self.config.timers.restart_hold
         if self.node is not None and hold > 0:
