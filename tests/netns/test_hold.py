@@ -54,7 +54,8 @@ SENDER = textwrap.dedent("""
         released = q.release(p)
         await asyncio.sleep(0.2)
         q.close()
-        print(json.dumps({"held": held, "released": released, "t_release": t_release,
+        print(json.dumps({"families": sorted(q.families), "held": held,
+                          "released": released, "t_release": t_release,
                           "stats": {"dropped_full": q.stats.dropped_full,
                                     "unmatched": q.stats.unmatched}}))
 
@@ -115,7 +116,7 @@ def test_held_packets_are_forwarded_after_the_move(netns: Netns, family: str) ->
             netns.run("ip", "addr", "add", "10.10.0.1/24", "dev", a)
             peer.run("ip", "addr", "add", "10.10.0.2/24", "dev", b)
             peer.run("ip", "addr", "add", f"{dst}/32", "dev", "lo")
-            netns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+            # Only the hold device forwards: it turns IPv4 forwarding on for itself.
         netns.run("ip", "link", "set", a, "up")
         peer.run("ip", "link", "set", b, "up")
         listener = subprocess.Popen(
@@ -135,6 +136,7 @@ def test_held_packets_are_forwarded_after_the_move(netns: Netns, family: str) ->
                 listener.kill()
                 listener.wait(5)
         got = json.loads(out.strip().splitlines()[-1])
+        assert int(family) in sent["families"], sent
         assert sent["held"] == COUNT and sent["released"] == COUNT, sent
         assert [seq for seq, _ in got] == list(range(COUNT)), got
         # Nothing reached B while held: every datagram arrived after the release.
@@ -142,3 +144,29 @@ def test_held_packets_are_forwarded_after_the_move(netns: Netns, family: str) ->
         assert sent["stats"]["dropped_full"] == 0
     finally:
         peer.close()
+
+
+def test_no_ipv6_holds_without_ipv6_forwarding(netns: Netns) -> None:
+    """Re-injected IPv6 packets are forwarded only when the host forwards IPv6: without
+    it, holding would drop what it holds, so IPv6 is not held there."""
+    script = textwrap.dedent("""
+        import asyncio, json
+        from wgcast.dataplane.hold import HoldQueue
+        async def main():
+            q = HoldQueue("hq-fwd-h")
+            q.open()
+            print(json.dumps(sorted(q.families)))
+            q.close()
+        asyncio.run(main())
+    """)
+
+    def families() -> list[int]:
+        r = subprocess.run(["ip", "netns", "exec", netns.name, sys.executable, "-c", script],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return list(json.loads(r.stdout))
+
+    netns.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=0")
+    assert families() == [4]
+    netns.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    assert families() == [4, 6]

@@ -361,6 +361,7 @@ class Daemon:
         q = HoldQueue(hold_ifname(self.config.interface))
         try:
             q.open()
+            await self.system.match_mtu(q.ifname)
             await self.system.ensure_up(q.ifname)
         except (OSError, NetConfigError) as e:
             q.close()
@@ -369,13 +370,18 @@ class Daemon:
                         q.ifname, e)
             return
         self.hold = q
+        if 6 not in q.families:
+            log.warning("%s: IPv6 forwarding is off (net.ipv6.conf.all.forwarding): IPv6 "
+                        "moves are not held, replies in flight may be lost on a move",
+                        self.config.interface)
 
     def _hold_time(self, p: Prefix, old: PeerKey) -> float:
         """How long to hold a move of `p` away from peer `old`: 0 unless the old route
         still works (a failure is not held: nothing comes back through a dead path)."""
         node = self.node
         name = self.by_key.get(old)
-        if node is None or name is None:
+        if node is None or name is None or self.hold is None or \
+                p.version not in self.hold.families:
             return 0.0
         nb = node.neighbours.get(name)
         if nb is None or not nb.up:

@@ -87,6 +87,8 @@ class HoldQueue:
         self._count = 0
         self._bytes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: The IP versions whose packets can be held (re-injection forwards them).
+        self.families: set[int] = set()
 
     @property
     def is_open(self) -> bool:
@@ -102,11 +104,16 @@ class HoldQueue:
             os.close(fd)
             raise
         self._fd = fd
-        for key, value in (("rp_filter", "0"), ("accept_local", "1")):
-            # IPv4 only: re-injected packets carry our own source address.
-            with contextlib.suppress(OSError), open(
-                    f"/proc/sys/net/ipv4/conf/{self.ifname}/{key}", "w") as f:
-                f.write(value)
+        # Re-injected packets are forwarded. IPv4 asks the input device (ours): allow it,
+        # and our own source addresses on it. IPv6 forwards only when the host does
+        # (net.ipv6.conf.all.forwarding): otherwise holding would drop what it holds.
+        self.families = set()
+        ok4 = all(_sysctl(f"net/ipv4/conf/{self.ifname}/{key}", value) for key, value in (
+            ("rp_filter", "0"), ("accept_local", "1"), ("forwarding", "1")))
+        if ok4:
+            self.families.add(4)
+        if _read_sysctl("net/ipv6/conf/all/forwarding") == "1":
+            self.families.add(6)
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(fd, self._on_readable)
 
@@ -197,3 +204,20 @@ class HoldQueue:
             self._count += 1
             self._bytes += len(pkt)
             self.stats.held += 1
+
+
+def _sysctl(key: str, value: str) -> bool:
+    try:
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)
+    except OSError:
+        return False
+    return _read_sysctl(key) == value
+
+
+def _read_sysctl(key: str) -> str | None:
+    try:
+        with open(f"/proc/sys/{key}") as f:
+            return f.read().strip()
+    except OSError:
+        return None

@@ -121,6 +121,20 @@ class System:
 
         await self._run(up)
 
+    async def match_mtu(self, ifname: str) -> None:
+        """Give `ifname` the WireGuard interface's MTU (the hold device: a held packet
+        must never be refused for a size the tunnel accepts)."""
+
+        def work() -> None:
+            ipr = self._sock()
+            try:
+                link = ipr.link("get", index=self._index(self.ifname))[0]
+                ipr.link("set", index=self._index(ifname), mtu=int(link.get("IFLA_MTU")))
+            except NetlinkError as e:
+                raise NetConfigError(f"set the mtu of {ifname}", e) from e
+
+        await self._run(work)
+
     # ----------------------------------------------------------------- routes
 
     def _route_args(self, p: Prefix, oif: int) -> dict[str, Any]:
