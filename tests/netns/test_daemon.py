@@ -102,3 +102,47 @@ def test_config_errors_name_file_and_key(tmp_path: Any) -> None:
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert str(bad) in r.stderr and "timers.hello" in r.stderr and "peers[0].public_key" in r.stderr
+
+
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus exposition, None when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    key = f"{name}{{{want}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head == key:
+            return float(value)
+    return None
+
+
+def test_metrics_endpoint(line3: Lab) -> None:
+    """`metrics = "127.0.0.1:9586"`: Prometheus text from the daemon's live state."""
+    from wgcast.lab.core import LabError
+
+    lab = line3
+    wait_for(lambda: lab.catchment(nodes=["n2"], timeout=0.3)["n2"] == "n1", 15, "n2 -> n1")
+    first = lab.metrics("n2")
+    assert _sample(first, "wgcast_neighbour_up", peer="n1") == 1.0
+    assert _sample(first, "wgcast_neighbour_up", peer="n3") == 1.0
+    rtt = _sample(first, "wgcast_neighbour_rtt_seconds", peer="n1")
+    assert rtt is not None and 0.003 < rtt < 0.5, rtt  # a 2 ms link each way
+    routes = _sample(first, "wgcast_routes")
+    assert routes is not None and routes >= 4  # 3 unicast addresses and the anycast group
+    assert _sample(first, "wgcast_group_served", group=lab.groups[0].prefix) is None  # n2
+    served = lab.metrics("n1")
+    assert _sample(served, "wgcast_group_served", group=lab.groups[0].prefix) == 1.0
+    # Counters move with the traffic between two scrapes.
+    before = _sample(first, "wgcast_babel_events_total", event="packets_in")
+    assert before is not None
+
+    def more() -> bool:
+        now = _sample(lab.metrics("n2"), "wgcast_babel_events_total", event="packets_in")
+        return now is not None and now > before
+
+    wait_for(more, 5, "packets_in to grow")
+    # Anything but GET /metrics is refused, and the daemon keeps serving.
+    with pytest.raises(LabError, match="404"):
+        lab.metrics("n2", "/nope")
+    assert _sample(lab.metrics("n2"), "wgcast_neighbour_up", peer="n1") == 1.0

@@ -44,6 +44,7 @@ from wgcast.keys import control_address, router_id
 
 if TYPE_CHECKING:
     from wgcast.daemon.membership import MembershipService
+    from wgcast.daemon.metrics import MetricsServer
 
 log = logging.getLogger("wgcast")
 
@@ -126,6 +127,7 @@ class Daemon:
         self._api_server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.endpoints: EndpointManager | None = None
+        self.metrics: MetricsServer | None = None
 
     # ------------------------------------------------------------ clock
 
@@ -550,6 +552,7 @@ class Daemon:
         membership = MembershipService(self, api)
         await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
+        metrics = await self._start_metrics(membership)
         dp = asyncio.create_task(self._dataplane())
         self._dirty.set()
         _sd_notify("READY=1")
@@ -573,9 +576,28 @@ class Daemon:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await dp
         await api.stop()
+        if metrics is not None:
+            await metrics.stop()
         self._save_state()
         self.close()
         return 0
+
+    async def _start_metrics(self, membership: MembershipService) -> MetricsServer | None:
+        """The Prometheus endpoint, if configured. Routing matters more than metrics: a
+        listen error is logged and the daemon runs on without them."""
+        ep = self.config.metrics
+        if ep is None:
+            return None
+        from wgcast.daemon.metrics import MetricsServer
+
+        server = MetricsServer(self, membership, ep.host, ep.port)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error("metrics: cannot listen on %s: %s; running without metrics", ep, e)
+            return None
+        self.metrics = server
+        return server
 
     def stop(self) -> None:
         self._stop.set()

@@ -104,6 +104,7 @@ def node_config(
     groups: list[str],
     static: bool = True,
     health: list[dict[str, Any]] | None = None,
+    metrics: str | None = None,
 ) -> dict[str, Any]:
     """The config dict of one node (see the module doc)."""
     cfg: dict[str, Any] = {
@@ -120,6 +121,8 @@ def node_config(
             for p in peers
         ],
     }
+    if metrics:
+        cfg["metrics"] = metrics
     if groups:
         cfg["groups"] = [{"prefix": g, "static": static, **({"health": health} if health else {})}
                          for g in groups]

@@ -77,6 +77,8 @@ DEFAULT_BASE = "/run/wgcast-lab"
 NS_PREFIX = "wgl-"
 RELAY = "relay"
 MAX_LAB_NODES = 1000
+#: Where every lab daemon serves its Prometheus metrics, inside its namespace.
+LAB_METRICS = "127.0.0.1:9586"
 WG_PORT_BASE = 20000
 RELAY_PORT_BASE = 30000
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
@@ -766,6 +768,7 @@ class Lab:
             state_file=n.state_file, timers=self.timers, peers=peers, groups=n.serves,
             static=not self.services,
             health=[self.health_check(node)] if self.services else None,
+            metrics=LAB_METRICS,  # each namespace has its own loopback
         )
 
     def unhealthy_flag(self, node: str) -> str:
@@ -818,6 +821,21 @@ class Lab:
         """Run a background command in a node's namespace; killed by ``down()``."""
         pid, _ = self._spawn(node, cmd, kind, log_name or f"{node}.{kind}.log")
         return pid
+
+    def metrics(self, node: str, path: str = "/metrics", timeout: float = 5.0) -> str:
+        """GET a path of ``node``'s metrics endpoint (raises LabError unless 200)."""
+        script = ("import sys, urllib.request\n"
+                  "try:\n"
+                  f"    r = urllib.request.urlopen('http://{LAB_METRICS}' + sys.argv[1], "
+                  f"timeout={timeout})\n"
+                  "    sys.stdout.write(r.read().decode())\n"
+                  "except Exception as e:\n"
+                  "    sys.exit(f'{type(e).__name__}: {e}')\n")
+        r = self.exec(node, [sys.executable, "-c", script, path], check=False,
+                      timeout=timeout + 10)
+        if r.returncode != 0:
+            raise LabError(f"{node} metrics {path}: {r.stderr.strip()}")
+        return r.stdout
 
     def exec(self, node: str, cmd: Sequence[str] | str, *, check: bool = True,
              timeout: float = 60.0, input: str | None = None,
