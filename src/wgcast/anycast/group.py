@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from wgcast.anycast import Prefix
 from wgcast.anycast.health import CheckState
 
+#: Metric of an instance being drained: far worse than any real path, yet finite with room
+#: for ~15 hops of the largest link cost (babeld would turn an overflow into a retraction).
+DRAIN_METRIC = 0x8000
+
 __all__ = ["Group"]
 
 

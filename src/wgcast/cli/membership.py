@@ -25,6 +25,7 @@ from wgcast.client import Client, WgcastError, default_socket
 
 #: Signals passed on to the command. SIGINT and SIGQUIT too, unless we run in the
 #: foreground of a terminal (which sends them to the command itself).
+_TERMINATE = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 _FORWARD = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1,
             signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 
@@ -178,6 +179,12 @@ def join(config: str | None, socket_path: str | None, interface: str | None, wai
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     path = _socket_path(config, socket_path, interface)
+    # Signals that arrive before the command runs are kept and dealt with once it does
+    # (the default action would kill us and leave the command orphaned).
+    early: list[int] = []
+    for s in _FORWARD:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(s, lambda sig, frame: early.append(sig))
     try:
         client = _connect(path, wait)
         for p in dict.fromkeys(prefixes):
@@ -189,7 +196,7 @@ def join(config: str | None, socket_path: str | None, interface: str | None, wai
         sys.exit(1)
     holder = _Holder(path, list(dict.fromkeys(prefixes)), client, quiet)
     holder.start()
-    code = _run_holding(cmd, holder, path, drain_on_term)
+    code = _run_holding(cmd, holder, path, drain_on_term, early)
     holder.stop()
     with holder.lock:
         if holder.client is not None:
@@ -197,10 +204,14 @@ def join(config: str | None, socket_path: str | None, interface: str | None, wai
     sys.exit(code)
 
 
-def _run_holding(cmd: list[str], holder: _Holder, path: str, drain_on_term: bool) -> int:
+def _run_holding(cmd: list[str], holder: _Holder, path: str, drain_on_term: bool,
+                 early: list[int]) -> int:
     on_tty = False
     with contextlib.suppress(OSError):
         on_tty = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
+    stop = next((sig for sig in early if sig in _TERMINATE and not drain_on_term), None)
+    if stop is not None:
+        return 128 + stop  # told to stop before the command started: do not start it
     try:
         child = subprocess.Popen(cmd) if cmd else None
     except OSError as e:
@@ -229,7 +240,7 @@ def _run_holding(cmd: list[str], holder: _Holder, path: str, drain_on_term: bool
             threading.Thread(target=graceful_then, args=(sig,), daemon=True).start()
             return
         if child is None:
-            if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+            if sig in _TERMINATE:
                 done.set()
             return
         if on_tty and sig in (signal.SIGINT, signal.SIGQUIT):
@@ -240,6 +251,8 @@ def _run_holding(cmd: list[str], holder: _Holder, path: str, drain_on_term: bool
     for s in _FORWARD:
         with contextlib.suppress(OSError, ValueError):
             signal.signal(s, forward)
+    while early:
+        forward(early.pop(0), None)
     if child is None:
         while not done.wait(3600):
             pass

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wgcast.anycast.group import Group
+from wgcast.anycast.group import DRAIN_METRIC, Group
 from wgcast.anycast.member import Limits, MemberError, Registry
 from wgcast.anycast.policy import Peer, Policy, refusal
 from wgcast.daemon.api import ApiError, ApiServer, Connection, current_connection
@@ -39,9 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wgcast.membership")
 
-#: Metric of an instance being drained: far worse than any real path, yet finite with room
-#: for ~15 hops of the largest link cost (babeld would turn an overflow into a retraction).
-DRAIN_METRIC = 0x8000
 #: Babel's infinity.
 _INFINITY = 0xFFFF
 #: How often a drain looks whether the neighbours have moved.

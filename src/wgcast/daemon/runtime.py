@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from wgcast.anycast.group import DRAIN_METRIC
 from wgcast.babel.engine import Node, NodeConfig
 from wgcast.babel.events import (
     LOCAL,
@@ -31,7 +32,7 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.neighbour import LinkCostParams
 from wgcast.babel.route import SelectionParams
-from wgcast.babel.wire import INFINITY, PORT, Prefix
+from wgcast.babel.wire import PORT, Prefix
 from wgcast.daemon.config import Config
 from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.state import State, load_state, save_state
@@ -116,6 +117,8 @@ class Daemon:
         #: Make-before-break moves (dataplane/hold.py): prefix -> end of its hold.
         self.hold: HoldQueue | None = None
         self._holding: dict[Prefix, float] = {}
+        #: Last metric of a real path per prefix: bounds the round trip of a held move.
+        self._path_metric: dict[Prefix, int] = {}
         self._hold_off = False
         self._dirty = asyncio.Event()
         self._stop = asyncio.Event()
@@ -300,6 +303,10 @@ class Daemon:
             if isinstance(ev, RouteSelected):
                 self.routes[ev.prefix] = RouteInfo(ev.via, ev.metric, ev.router_id, time.time())
                 if ev.via is None or ev.via == LOCAL:
+                    self._path_metric.pop(ev.prefix, None)
+                elif ev.metric < DRAIN_METRIC:  # a real path, not a draining instance
+                    self._path_metric[ev.prefix] = ev.metric
+                if ev.via is None or ev.via == LOCAL:
                     self._desired[ev.prefix] = None
                 else:
                     self._desired[ev.prefix] = self.peers[ev.via].key
@@ -378,8 +385,14 @@ class Daemon:
                         self.config.interface)
 
     def _hold_time(self, p: Prefix, old: PeerKey) -> float:
-        """How long to hold a move of `p` away from peer `old`: 0 unless the old route
-        still works (a failure is not held: nothing comes back through a dead path)."""
+        """How long to hold a move of `p` away from peer `old`: 0 when that peer is down
+        (nothing comes back through a dead link). Its route may already be gone: when a
+        node further down the old path moved first, it poisons the route back to us, yet
+        the replies it forwarded are still on their way through it.
+
+        The replies in flight come from as far as the old instance: a link's cost is
+        base + rtt_cost_per_ms x its RTT, so the last real path metric / rtt_cost_per_ms
+        bounds the path's round trip from above. Plus a margin, at most `move_hold`."""
         node = self.node
         name = self.by_key.get(old)
         if node is None or name is None or self.hold is None or \
@@ -388,11 +401,12 @@ class Daemon:
         nb = node.neighbours.get(name)
         if nb is None or not nb.up:
             return 0.0
-        r = node.routes.routes(p).get(name)
-        if r is None or r.refmetric >= INFINITY or r.router_id == node.router_id:
-            return 0.0
-        rtt = (nb.rtt_ms or 0.0) / 1000.0
-        return min(self.config.timers.move_hold, 3 * rtt + _HOLD_MARGIN)
+        rtt = 3 * (nb.rtt_ms or 0.0)
+        metric = self._path_metric.get(p)
+        per_ms = self.config.link.rtt_cost_per_ms
+        if metric is not None and per_ms > 0:
+            rtt = max(rtt, metric / per_ms)
+        return min(self.config.timers.move_hold, rtt / 1000.0 + _HOLD_MARGIN)
 
     async def _holds(self, desired: dict[Prefix, PeerKey]) -> list[Prefix]:
         """Start the holds of new graceful moves and pin every held prefix to its old
@@ -528,8 +542,6 @@ class Daemon:
         """A planned stop drains like `drain` does, bounded to stay quick: announce the
         instance as a very bad one, wait until the neighbours with another instance moved
         (their data planes hold the move: nothing in flight is lost), then retract."""
-        from wgcast.daemon.membership import DRAIN_METRIC
-
         t = self.config.timers
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.5, 5 * t.hello)
