@@ -146,3 +146,16 @@ def test_metrics_endpoint(line3: Lab) -> None:
     with pytest.raises(LabError, match="404"):
         lab.metrics("n2", "/nope")
     assert _sample(lab.metrics("n2"), "wgcast_neighbour_up", peer="n1") == 1.0
+
+
+def test_moves_away_from_a_dead_peer_are_not_held(line3: Lab) -> None:
+    """Holding a move waits for replies through the old peer; when that peer is down
+    nothing comes back, so the move must be immediate (a hold would only add outage)."""
+    lab = line3
+    wait_for(lambda: lab.catchment(nodes=["n2"], timeout=0.3)["n2"] == "n1", 15, "n2 -> n1")
+    held = lab.api("n2", {"cmd": "status"})["status"]["dataplane"]["held_moves"]
+    lab.fail("n1", "node")  # the underlay link goes: n2 declares n1 dead
+    wait_for(lambda: lab.catchment(nodes=["n2"], timeout=0.3)["n2"] == "n3", 10, "n2 -> n3")
+    dp = lab.api("n2", {"cmd": "status"})["status"]["dataplane"]
+    assert dp["held_moves"] == held, dp
+    assert dp["holding"] == [], dp
