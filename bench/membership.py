@@ -79,6 +79,10 @@ def one_run(lab: Lab, how: str) -> dict[str, Any]:
         "withdrawal_done_ms": (round((lw["done_monotonic"] - t_fail) * 1000, 1)
                                if "done_monotonic" in lw else None),
     }
+    rtt = res.get("rtt_ms") or {}
+    out["rtt_p50_ms"], out["rtt_max_ms"] = rtt.get("p50"), rtt.get("max")
+    out["held_moves_n2"] = lab.api("n2", {"cmd": "status"})["status"]["dataplane"].get(
+        "held_moves")
     if how == "drain" and isinstance(fault, list):
         out["drain_reply"] = fault[0]
     lab.restore("n1", how)
@@ -94,6 +98,10 @@ def summarize(how: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "lost": pct([float(r["lost"]) for r in ok]),
         "lost_total": sum(r["lost"] for r in ok),
         "runs_with_loss": sum(1 for r in ok if r["lost"]),
+        # Held moves delay the queries sent during the hold: the largest RTT of a run
+        # against its median shows what the hold costs.
+        "rtt_p50_ms": pct([r["rtt_p50_ms"] for r in ok if r.get("rtt_p50_ms") is not None]),
+        "rtt_max_ms": pct([r["rtt_max_ms"] for r in ok if r.get("rtt_max_ms") is not None]),
         "moved_ms": pct([r["moved_ms"] for r in ok if r["moved_ms"] is not None]),
         "withdrawal_start_ms": pct([r["withdrawal_start_ms"] for r in ok
                                     if r["withdrawal_start_ms"] is not None]),
