@@ -179,12 +179,20 @@ def join(config: str | None, socket_path: str | None, interface: str | None, wai
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     path = _socket_path(config, socket_path, interface)
-    # Signals that arrive before the command runs are kept and dealt with once it does
-    # (the default action would kill us and leave the command orphaned).
+    # Before the command runs, a stop signal ends us at once (closing the connection
+    # releases any membership taken so far); the others are kept for the command. Left
+    # to the default action until the forwarder is installed, a signal could kill us
+    # after the command started and leave it orphaned.
     early: list[int] = []
+
+    def before_start(sig: int, frame: object) -> None:
+        if sig in _TERMINATE:
+            raise SystemExit(128 + sig)
+        early.append(sig)
+
     for s in _FORWARD:
         with contextlib.suppress(OSError, ValueError):
-            signal.signal(s, lambda sig, frame: early.append(sig))
+            signal.signal(s, before_start)
     try:
         client = _connect(path, wait)
         for p in dict.fromkeys(prefixes):
@@ -209,9 +217,10 @@ def _run_holding(cmd: list[str], holder: _Holder, path: str, drain_on_term: bool
     on_tty = False
     with contextlib.suppress(OSError):
         on_tty = os.isatty(0) and os.tcgetpgrp(0) == os.getpgrp()
-    stop = next((sig for sig in early if sig in _TERMINATE and not drain_on_term), None)
-    if stop is not None:
-        return 128 + stop  # told to stop before the command started: do not start it
+    # From here on a signal must reach the command: keep them until the forwarder runs.
+    for s in _FORWARD:
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(s, lambda sig, frame: early.append(sig))
     try:
         child = subprocess.Popen(cmd) if cmd else None
     except OSError as e:
