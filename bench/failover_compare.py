@@ -10,8 +10,9 @@ interval and with a short one; see wgcast.lab.babeld) and each failure:
   address leaves ``lo`` at the same instant (babeld knows nothing of services; this is
   the best health script a babeld user can have);
 * ``node``: the instance's node is cut off (its underlay link goes down);
-* ``drain``: wgcast: ``drain`` through the daemon's API (retract, wait for the
-  neighbours, then the service stops). babeld: the address leaves ``lo``.
+* ``drain``: wgcast: ``drain`` through the daemon's API (metric 32768 until the
+  neighbours moved, their moves held, then retract; then the service stops). babeld: the
+  address leaves ``lo``.
 
 the same node (``--target``, by default n5 of line:5 with instances n1 and n5) fails
 while every other node probes the anycast address once per millisecond; the outage of a
