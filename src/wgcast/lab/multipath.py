@@ -141,7 +141,22 @@ def cut_active(lab: Lab, cut_at: float = 1.0, observe: float = 2.5,
     res = run.wait()
     after = {n: active_link(lab, n, p) for n, p in (("n1", "n2"), ("n2", "n1"))}
     lab.set_link("n1", link_id=before, up=True)
-    time.sleep(settle)
+    t_up = time.monotonic()
+    link = next(lk for lk in lab.links_between("n1", "n2") if lk.id == before)
+
+    def verified() -> bool:
+        """Both ends got a probe answer through the restored link since it came back:
+        it is a failover target again (an unverified failed path is not)."""
+        for node, peer in (("n1", "n2"), ("n2", "n1")):
+            addr = link.endpoint_of(node)
+            cands = [c for c in peer_view(lab, node, peer).get("candidates", [])
+                     if c["addr"] == addr]
+            age = cands[0].get("last_answer_s") if cands else None
+            if age is None or age > time.monotonic() - t_up:
+                return False
+        return True
+
+    wait_for(verified, max(settle, 15.0), f"link {before} verified again", interval=0.05)
     return {"cut_link": before, "outage_ms": res["outage_ms"],
             "lost": res.get("lost"), "sent": res.get("sent"),
             "n1_moved_s": _r(moved["n1"]), "n2_moved_s": _r(moved["n2"]),
