@@ -408,14 +408,14 @@ class Daemon:
             rtt = max(rtt, metric / per_ms)
         return min(self.config.timers.move_hold, rtt / 1000.0 + _HOLD_MARGIN)
 
-    async def _holds(self, desired: dict[Prefix, PeerKey]) -> list[Prefix]:
+    async def _holds(self, desired: dict[Prefix, PeerKey],
+                     owner: dict[Prefix, PeerKey]) -> list[Prefix]:
         """Start the holds of new graceful moves and pin every held prefix to its old
         peer in `desired`; returns the prefixes whose hold is over (released after the
         apply, once their route points back at WireGuard)."""
         hold = self.hold
         assert hold is not None and self._loop is not None
         now = self.now()
-        owner = holders(self._actual)
         start: list[Prefix] = []
         if not self._hold_off:
             for p, key in desired.items():
@@ -470,17 +470,18 @@ class Daemon:
         desired = {p: k for p, k in self._desired.items() if k is not None}
         managed = set(self._desired)
         done: list[Prefix] = []
+        owner = holders(self._actual)  # computed once: the holds and plan() both need it
         if self.hold is not None:
-            done = await self._holds(desired)
+            done = await self._holds(desired, owner)
         try:
-            await self._apply_plan(desired, managed, t0)
+            await self._apply_plan(desired, managed, t0, owner)
         finally:
             if done:
                 await self._unhold(done, desired)
 
     async def _apply_plan(self, desired: dict[Prefix, PeerKey], managed: set[Prefix],
-                          t0: float) -> None:
-        ops = plan(desired, self._actual, managed)
+                          t0: float, owner: dict[Prefix, PeerKey]) -> None:
+        ops = plan(desired, self._actual, managed, owner)
         if ops:
             await self.backend.apply(ops)
             self._actual = simulate(self._actual, ops)

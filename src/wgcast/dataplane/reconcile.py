@@ -49,6 +49,7 @@ def plan(
     desired: Mapping[Prefix, PeerKey],
     actual: Mapping[PeerKey, AbstractSet[Prefix]],
     managed: AbstractSet[Prefix],
+    owner: Mapping[Prefix, PeerKey] | None = None,
 ) -> list[Op]:
     """The minimal ordered operations that make the owned part of `actual` equal `desired`.
 
@@ -61,7 +62,8 @@ def plan(
     stray = [p for p in desired if p not in managed]
     if stray:
         raise ValueError(f"desired prefixes not in managed: {sorted(map(str, stray))[:5]}")
-    owner = holders(actual)
+    if owner is None:  # `holders(actual)`, when the caller has it already
+        owner = holders(actual)
     adds = [AddAllowedIP(peer, p) for p, peer in desired.items() if owner.get(p) != peer]
     removes = [
         RemoveAllowedIP(owner[p], p) for p in managed if p not in desired and p in owner
