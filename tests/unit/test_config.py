@@ -157,7 +157,7 @@ def test_minimal_defaults() -> None:
     assert c.state_file == "/var/lib/wgcast/wg0.state"
     assert c.port == 6696
     assert c.metrics is None
-    assert c.route_selection == "hysteresis"
+    assert c.route_selection == "shortest"
     assert c.timers == Timers("default", 0.2, 3, 4.0, 0.5)
     assert c.link == Link(32, 4, 2048)
     assert c.peers == () and c.groups == ()
@@ -441,7 +441,7 @@ def test_public_key_message_exact(tmp_path: Path) -> None:
         (BASE + 'backend = "kernel"\n', "backend",
          ['expected one of "auto", "uapi", "netlink"', 'got "kernel"']),
         (BASE + 'route_selection = "stiky"\n', "route_selection",
-         ['expected one of "hysteresis", "sticky"', 'did you mean "sticky"?']),
+         ['expected one of "shortest", "sticky", "hysteresis"', 'did you mean "sticky"?']),
         # prefixes
         (BASE + 'addresses = ["fd00:1::1/64"]\n', "addresses[0]",
          ["without host bits", 'did you mean "fd00:1::/64"', '"fd00:1::1/128"']),

@@ -43,6 +43,7 @@ from wgcast.babel.wire import (
     SubPad1,
     SubPadN,
     SubTLV,
+    Tiebreak,
     Timestamp,
     UnknownSub,
     UnknownTLV,
@@ -105,9 +106,10 @@ def subtlvs(in_ihu: bool) -> st.SearchStrategy[tuple[SubTLV, ...]]:
         st.just(SubPad1()),
         st.builds(SubPadN, st.integers(0, 16)),
         st.builds(Timestamp, st.tuples(*([u32] * stamps))),
+        st.builds(Tiebreak, st.integers(0, (1 << 64) - 1)),
         st.builds(
             UnknownSub,
-            st.integers(0, 255).filter(lambda t: t not in (0, 1, 3)),  # incl. mandatory 0x80+
+            st.integers(0, 255).filter(lambda t: t not in (0, 1, 3, 112)),  # incl. 0x80+
             st.binary(max_size=16),
         ),
     )

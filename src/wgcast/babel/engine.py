@@ -40,6 +40,7 @@ from wgcast.babel.wire import (
     MAGIC,
     MAX_BODY,
     RESERVED_ROUTER_IDS,
+    S_TIEBREAK,
     UPDATE_DEFAULT_PREFIX,
     VERSION,
     Ack,
@@ -52,6 +53,7 @@ from wgcast.babel.wire import (
     RouteRequest,
     RouteUpdate,
     SeqnoRequest,
+    Tiebreak,
     Timestamp,
     decode_packet,
     prefix_from_wire,
@@ -97,6 +99,8 @@ class Selected:
     router_id: bytes
     seqno: int
     metric: int
+    #: Path tie-break (sum of the links' values along the path; 0 at the origin).
+    tie: int = 0
 
 
 @dataclass(slots=True)
@@ -142,9 +146,6 @@ class Node:
         self._expiry_seq = 0
         self._next_hello: dict[str, float] = {}
         self._next_update = now + config.update_interval
-        self._reselect: dict[Prefix, float] = {}
-        self._reselect_heap: list[tuple[float, int, Prefix]] = []
-        self._reselect_seq = 0
         #: When each neighbour that is up expires unless heard from (see next_deadline).
         self._nb_expiry: dict[str, float] = {}
         self._next_gc = now + 60.0
@@ -154,11 +155,13 @@ class Node:
         self._owned: dict[Prefix, tuple[bytes, int]] = {}
         self._announce_mark = 0
         self._releasing: dict[Prefix, int] = {}
-        #: Settling: (neighbour, since) of a challenger better by less than the margin.
-        self._challenger: dict[Prefix, tuple[str, float]] = {}
+        #: Set by hold(): the node is stopping; no regular Hello may cancel the hold Hello.
+        self._holding = False
         # Hot-path caches (pure speed-ups, same behaviour):
         # - the current cost of each neighbour (what nb.cost() says; kept up to date);
         self._cost: dict[str, int] = {}
+        # - our own view of each link's cost, as last sent in an IHU;
+        self._own_cost: dict[str, int] = {}
         # - per neighbour, the packets of our last full update, valid while _ann_version
         #   (bumped by anything that can change an announcement) has not moved;
         self._ann_version = 0
@@ -173,13 +176,19 @@ class Node:
     def seqno(self) -> int:
         return self.xroutes.seqno
 
-    def add_neighbour(self, nid: str, extra_cost: int = 0) -> None:
+    def add_neighbour(self, nid: str, extra_cost: int = 0, tie: int = 0) -> None:
+        """Add a neighbour; `tie` is the link's tie-break value, the same at both ends
+        (`link_tiebreak` of the two public keys): without it, equal-cost paths are ordered
+        by neighbour name, which the two ends of a path need not agree on."""
         if nid in self.neighbours or nid == LOCAL:
             raise LocalProtocolError(f"neighbour {nid!r} already exists or is reserved")
-        self.neighbours[nid] = Neighbour(nid, extra_cost)
+        if not 0 <= tie < 1 << 32:
+            raise LocalProtocolError(f"link tie-break {tie} out of range")
+        self.neighbours[nid] = Neighbour(nid, extra_cost, tie)
         self._out[nid] = PacketWriter(self.config.max_body)
         self._next_hello[nid] = self._now
         self._cost[nid] = INFINITY
+        self._own_cost[nid] = INFINITY
         self._rx_seen[nid] = {}
 
     def remove_neighbour(self, nid: str) -> None:
@@ -192,6 +201,7 @@ class Node:
         del self._out[nid]
         del self._next_hello[nid]
         del self._cost[nid]
+        del self._own_cost[nid]
         del self._rx_seen[nid]
         self._nb_expiry.pop(nid, None)
         self._tx_full.pop(nid, None)
@@ -223,16 +233,21 @@ class Node:
 
         Neighbours keep us (and the routes through us) for `seconds`, so a daemon that
         restarts within that time is invisible to the mesh; routes then age normally.
+        No regular Hello follows (it would promise the normal interval again and cancel
+        the hold): the node sends no more Hellos until it is gone.
         """
         self._tick(now)
+        self._holding = True
         interval = seconds / self.config.dead
+        link = self.config.link
         for nb in self.neighbours.values():
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
             w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, _cs(interval),
                         (Timestamp((stamp(self._now),)),)))
             if nb.up:
-                w.add(IHU(AE_WILDCARD, self.config.link.base_cost, _cs(interval), b""))
+                w.add(IHU(AE_WILDCARD, nb.own_cost(link), _cs(interval), b""))
+            self._next_hello[nb.id] = _NEVER
 
     def receive(self, now: float, neighbour: str, data: bytes) -> None:
         """Process one datagram; bad bytes are counted and dropped, never raised."""
@@ -252,6 +267,13 @@ class Node:
         else:
             self._receive_tlvs(nb, data, seen)
         self._check_neighbour(nb)
+        if nb.up:
+            own = nb.own_cost(self.config.link)
+            if own != self._own_cost.get(neighbour):
+                # Our view of the link moved: tell the neighbour at once (our IHU carries
+                # it), so the two ends agree on the new cost within a one-way delay.
+                self._own_cost[neighbour] = own
+                self._send_hello(nb)
         self._maybe_recost(nb)
         self._flush()
 
@@ -265,8 +287,8 @@ class Node:
         updates = fast_updates(data)
         if updates is not None:
             on_update = self._on_update
-            for prefix, rid, seqno, metric, interval in updates:
-                route = on_update(nb, prefix, rid, seqno, metric, interval)
+            for prefix, rid, seqno, metric, interval, tie in updates:
+                route = on_update(nb, prefix, rid, seqno, metric, interval, tie)
                 if routes is not None:
                     if route is None:
                         routes = None
@@ -289,7 +311,7 @@ class Node:
                 if isinstance(msg, RouteUpdate):
                     route = self._on_update(
                         nb, None if msg.prefix is None else intern_prefix(msg.prefix),
-                        msg.router_id, msg.seqno, msg.metric, msg.interval)
+                        msg.router_id, msg.seqno, msg.metric, msg.interval, msg.tie)
                     if routes is not None:
                         if route is None:
                             routes = None
@@ -378,12 +400,6 @@ class Node:
                 rt.next_time = now + cfg.hello_interval
                 if rt.tries_left <= 0:
                     del self._retractions[prefix]
-        heap = self._reselect_heap
-        while heap and heap[0][0] <= now:
-            t, _, prefix = heapq.heappop(heap)
-            if self._reselect.get(prefix) == t:
-                del self._reselect[prefix]
-                self._select(prefix)
         if now >= self._next_gc:
             self._next_gc = now + 60.0
             for prefix, sel in self.selected.items():
@@ -413,11 +429,6 @@ class Node:
         for rt in self._retractions.values():
             if rt.next_time < best:
                 best = rt.next_time
-        heap = self._reselect_heap
-        while heap and self._reselect.get(heap[0][2]) != heap[0][0]:
-            heapq.heappop(heap)  # superseded
-        if heap and heap[0][0] < best:
-            best = heap[0][0]
         return None if best == _NEVER else best
 
     def datagrams_to_send(self) -> list[tuple[str, bytes]]:
@@ -432,6 +443,10 @@ class Node:
 
     def next_event(self) -> Event | None:
         return self._events.popleft() if self._events else None
+
+    def settling(self) -> bool:
+        """Is a source release under way (a selection that will change when acked)?"""
+        return bool(self._releasing)
 
     def neighbour_cost(self, nid: str) -> int:
         return self.neighbours[nid].cost(self.config.link)
@@ -455,6 +470,8 @@ class Node:
             self._now = now
 
     def _send_hello(self, nb: Neighbour) -> None:
+        if self._holding:
+            return  # the hold Hello was our last (see hold)
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
@@ -462,7 +479,11 @@ class Node:
                     (Timestamp((stamp(now),)),)))
         if nb.last_hello is not None and nb.peer_hello_stamp is not None \
                 and nb.peer_hello_recv is not None:
-            w.add(IHU(AE_WILDCARD, cfg.link.base_cost, _cs(cfg.hello_interval), b"",
+            # rxcost: our view of the link's cost; the neighbour takes the larger of its
+            # own and ours, as we do (Neighbour.cost), so both ends agree.
+            own = nb.own_cost(cfg.link)
+            self._own_cost[nb.id] = own
+            w.add(IHU(AE_WILDCARD, own, _cs(cfg.hello_interval), b"",
                       (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)))
         nb.last_sent_hello = now
         self._next_hello[nb.id] = now + cfg.hello_interval
@@ -516,25 +537,20 @@ class Node:
         self._acks_to_attach.pop(nb.id, None)
 
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
-        """Reselect routes via `nb` when its cost moved enough to matter."""
+        """Reselect routes via `nb` when its agreed cost moved (by any amount: selection
+        has no hysteresis of its own, the cost is damped instead)."""
         cost = nb.cost(self.config.link)
-        if self._cost[nb.id] != cost:
-            self._cost[nb.id] = cost
-            self._ann_version += 1
-        old = nb.applied_cost
-        if not force and cost == old:
+        if self._cost[nb.id] == cost and not force:
             return
-        if not force and old < INFINITY and cost < INFINITY and \
-                abs(cost - old) < self.config.selection.margin(old) / 2:
-            return
-        nb.applied_cost = cost
+        self._cost[nb.id] = cost
+        self._ann_version += 1
         for prefix in self.routes.via(nb.id):
             self._select(prefix)
 
     # ------------------------------------------------------------ updates in
 
     def _on_update(self, nb: Neighbour, prefix: Prefix | None, rid: bytes, seqno: int,
-                   metric: int, interval_cs: int) -> Route | None:
+                   metric: int, interval_cs: int, tie: int = 0) -> Route | None:
         """Apply one Update. Returns the route when a byte-identical repeat of this Update
         would change nothing but the route's expiry (while our feasibility distances and
         selections stay as they are): see _receive_tlvs."""
@@ -558,12 +574,12 @@ class Node:
         interval = interval_cs / 100.0 if interval_cs else self.config.update_interval
         expires = self._now + 3.5 * interval
         if route is None:
-            route = Route(prefix, nb.id, rid, seqno, metric, interval, expires)
+            route = Route(prefix, nb.id, rid, seqno, metric, interval, expires, tie)
             self.routes.put(route)
             self._expiry_seq += 1
             heapq.heappush(self._expiry, (expires, self._expiry_seq, route))
         elif route.seqno == seqno and route.refmetric == metric and route.router_id == rid \
-                and route.feasible == feasible:
+                and route.feasible == feasible and route.tie == tie:
             # A refresh (the periodic update): selection has nothing new to consider.
             route.interval, route.expires = interval, expires
             if feasible:
@@ -577,12 +593,7 @@ class Node:
             self._select(prefix)
             return None
         else:
-            if route.router_id != rid or abs(metric - route.refmetric) >= \
-                    self.config.selection.margin(metric):
-                # Another source, or a real change upstream (RTT noise rides the periodic
-                # updates in steps below the margin): a new path, smooth it afresh.
-                route.smoothed = -1.0
-            route.router_id, route.seqno, route.refmetric = rid, seqno, metric
+            route.router_id, route.seqno, route.refmetric, route.tie = rid, seqno, metric, tie
             route.interval, route.expires = interval, expires
             route.gen += 1
         route.feasible = feasible
@@ -602,14 +613,18 @@ class Node:
         """Should an unfeasible `route` make us ask its source for a newer seqno? Yes if it
         is our selected route that got worse than our feasibility distance (we keep it:
         still loop-free), if we have no route at all (starvation; e.g. the source restarted
-        and lost its seqno), or if it would beat our selected route by more than a margin."""
+        and lost its seqno), or if it would beat our selected route: selection must end on
+        the shortest path (see _select), and a new seqno makes it feasible."""
         sel = self.selected.get(prefix)
         if sel is None:
             return prefix not in self._releasing
         if sel.via == LOCAL:
             return False
-        return sel.via == nb.id or self._route_metric(route) < \
-            sel.metric - self.config.selection.margin(sel.metric)
+        if sel.via == nb.id:
+            return True
+        m = self._route_metric(route)
+        return m < sel.metric or (m == sel.metric and (route.tie + nb.tie, nb.id)
+                                  < (sel.tie, sel.via))
 
     def _ask_seqno(self, prefix: Prefix, nb: Neighbour, rid: bytes, seqno: int) -> None:
         want = seqno_plus(seqno)
@@ -690,7 +705,7 @@ class Node:
                 del self._owned[prefix]
             if self._releasing.get(prefix) == op:
                 del self._releasing[prefix]
-                self._select(prefix, released=True)
+                self._select(prefix)
 
     def _start_release(self, prefix: Prefix, notify: bool) -> bool:
         """Retract `prefix` with an AckReq to every neighbour that is up.
@@ -733,9 +748,19 @@ class Node:
         m = ref + cost
         return m if m < INFINITY else INFINITY - 1
 
-    def _select(self, prefix: Prefix, force_trigger: bool = False,
-                released: bool = False) -> None:
+    def _select(self, prefix: Prefix, force_trigger: bool = False) -> None:
         """Re-run route selection for one prefix; emit events and triggered updates.
+
+        The source filter: WireGuard drops a packet whose source is not routed back to
+        the peer it came from, so the path back must be the exact reverse of the path
+        there. Selection is therefore a pure function of what we know now, with no
+        history and no hysteresis: the feasible route of least (metric, path tie-break,
+        neighbour). Link costs are agreed by both ends (Neighbour.cost) and damped there,
+        and the tie-break sums per-link values that both ends share, so every pair of
+        nodes has one shortest path, the same in both directions, and every node on it
+        routes along it (docs/architecture.md, "Source filter"). A better route that is
+        not feasible gets a seqno request: its source's next seqno makes it feasible.
+        `sticky` (config) keeps the current route while it lasts, breaking that rule.
 
         Anycast and loops: the feasibility condition keeps the routes of each source
         loop-free, but a prefix with several sources (anycast) can still loop across sources
@@ -751,7 +776,6 @@ class Node:
         new: Selected | None
         xmetric = self.xroutes.metric(prefix)
         now = self._now
-        params = self.config.selection
         cur: Route | None = None
         cur_m = INFINITY
         if xmetric is not None:
@@ -759,91 +783,66 @@ class Node:
         else:
             routes = self.routes.routes(prefix)
             cur = routes.get(old.via) if old is not None and old.via != LOCAL else None
-            if cur is not None and old is not None:
-                cur_m = self._route_metric(cur)
-                if cur.router_id != old.router_id and not self.sources.feasible(
-                        prefix, cur.router_id, cur.seqno, cur.refmetric):
-                    cur_m = INFINITY  # a new source from the same neighbour must be feasible
-            best: Route | None = None
-            best_m = INFINITY
-            # The best feasible route of the current source, for settling (below).
-            same: Route | None = None
-            same_m = INFINITY
-            cur_rid = cur.router_id if cur is not None else None
+            cur_rid = old.router_id if old is not None else None
             feasible = self.sources.feasible
+            if cur is not None:
+                cur_m = self._route_metric(cur)
+                # Our selected route stays usable when it got worse than our feasibility
+                # distance (still loop-free); a new source from the same neighbour must be
+                # feasible.
+                if cur.router_id != cur_rid and not feasible(
+                        prefix, cur.router_id, cur.seqno, cur.refmetric):
+                    cur_m = INFINITY
             costs = self._cost
+            nbs = self.neighbours
+            best: Route | None = None
+            best_k: tuple[int, int, str] = (INFINITY, 0, "")
+            # The best route that is better than `best` but not feasible (seqno request).
+            blocked: Route | None = None
+            blocked_k = best_k
             for route in routes.values():
-                if route is cur:
+                cost = costs.get(route.neighbour, INFINITY)
+                if cost >= INFINITY or route.refmetric >= INFINITY:
                     continue
-                m = route.refmetric + costs.get(route.neighbour, INFINITY)  # _route_metric
+                m = route.refmetric + cost  # _route_metric
                 if m >= INFINITY:
-                    if route.refmetric >= INFINITY or costs.get(route.neighbour,
-                                                                INFINITY) >= INFINITY:
-                        continue
                     m = INFINITY - 1
-                if m > best_m and (route.router_id != cur_rid or m > same_m):
+                if m > best_k[0]:
                     continue
-                if not feasible(prefix, route.router_id, route.seqno, route.refmetric):
+                k = (m, route.tie + nbs[route.neighbour].tie, route.neighbour)
+                if k >= best_k:
                     continue
-                if route.router_id == cur_rid and (m < same_m or (
-                        m == same_m and same is not None and route.neighbour < same.neighbour)):
-                    same, same_m = route, m
-                if m < best_m or (m == best_m and best is not None
-                                  and route.neighbour < best.neighbour):
-                    best, best_m = route, m
-            chosen: Route | None
-            if cur is None or cur_m >= INFINITY:
-                chosen = best
-                self._challenger.pop(prefix, None)
-            elif best is None or params.mode == "sticky":
+                if route is cur:
+                    ok = cur_m < INFINITY
+                else:
+                    ok = feasible(prefix, route.router_id, route.seqno, route.refmetric)
+                if ok:
+                    best, best_k = route, k
+                elif k < blocked_k:
+                    blocked, blocked_k = route, k
+            chosen = best
+            if self.config.selection.mode == "sticky" and cur is not None \
+                    and cur_m < INFINITY and best is not None and best is not cur:
                 chosen = cur
-            else:
-                margin = params.margin(cur_m)
-                gap = cur_m - best_m
-                chosen = cur
-                if gap > margin:
-                    # Smoothing damps a challenger whose metric just dropped (jitter). A
-                    # real change upstream resets a route's smoothing (see _on_update).
-                    hl = params.smoothing_half_life
-                    if best.smooth(now, best_m, hl) < cur.smooth(now, cur_m, hl) - margin:
-                        chosen = best
-                    else:
-                        self._reselect_at(prefix, now + hl / 2)
-                if chosen is cur and params.settle_time > 0:
-                    # Settling moves to another source (anycast) only when no neighbour
-                    # routes through us: moving costs the nodes behind us a short outage
-                    # (the source release below), worth it for more than a margin only.
-                    cand, cand_m = same, same_m
-                    if best is not same and best_m < same_m and (
-                            released or prefix in self._releasing
-                            or self._no_dependents(prefix)):
-                        # (Once the release has begun, the neighbours have dropped their
-                        # routes through us: carry on.)
-                        cand, cand_m = best, best_m
-                    if cand is not None and cur_m - cand_m > params.settle_margin(cur_m):
-                        ch = self._challenger.get(prefix)
-                        if ch is None or ch[0] != cand.neighbour:
-                            ch = self._challenger[prefix] = (cand.neighbour, now)
-                        due = ch[1] + params.settle_time
-                        if now >= due:
-                            chosen = cand
-                        else:
-                            self._reselect_at(prefix, due)
-                    else:
-                        self._challenger.pop(prefix, None)
+                best_k = (cur_m, cur.tie + nbs[cur.neighbour].tie, cur.neighbour)
+            if blocked is not None and blocked_k < best_k and best is not None:
+                # A better path exists but is not feasible yet: ask its source for a new
+                # seqno (starvation, no route at all, is handled below).
+                self._request_seqno(prefix, blocked.router_id, seqno_plus(blocked.seqno),
+                                    blocked.neighbour)
             if chosen is None:
                 new = None
             else:
-                m = cur_m if chosen is cur else best_m if chosen is best else same_m
-                chosen.smooth(now, m, params.smoothing_half_life)
-                new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, m)
+                new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, best_k[0],
+                               best_k[1])
         if new is not None and new.via != LOCAL:
             owned = self._owned.get(prefix)
             if owned is not None and owned[0] != new.router_id:
                 if not self._start_release(prefix, notify=False):
                     # Wait for the acks; keep forwarding along the old source if we can.
                     if cur is not None and cur_m < INFINITY and cur.router_id == owned[0]:
-                        new = Selected(cur.neighbour, cur.router_id, cur.seqno, cur_m)
+                        new = Selected(cur.neighbour, cur.router_id, cur.seqno, cur_m,
+                                       cur.tie + self.neighbours[cur.neighbour].tie)
                     else:
                         new = None
             elif prefix in self._releasing:
@@ -855,9 +854,6 @@ class Node:
         elif new is not None and self._releasing.pop(prefix, None) is not None:
             self._triggered.add(prefix)
             self._ann_version += 1
-        if new is not None and prefix in self._challenger \
-                and self._challenger[prefix][0] == new.via:
-            del self._challenger[prefix]  # settled (the release, if any, is over)
         if new is None:
             if old is not None:
                 self._ann_version += 1
@@ -883,7 +879,7 @@ class Node:
             self._events.append(RouteSelected(prefix, new.via, new.metric, new.router_id))
             self.counters["route_changes"] += 1
             self._triggered.add(prefix)
-        elif old.seqno != new.seqno or old.metric != new.metric:
+        elif old.seqno != new.seqno or old.metric != new.metric or old.tie != new.tie:
             # Any change of what we announce goes out now: link costs move in steps (see
             # LinkCostParams), so this is no flood, and the mesh settles in a round trip
             # instead of an update interval per hop.
@@ -891,19 +887,6 @@ class Node:
             self._triggered.add(prefix)
         elif force_trigger:
             self._triggered.add(prefix)
-
-    def _no_dependents(self, prefix: Prefix) -> bool:
-        """Does every neighbour that is up announce `prefix` to us? (One that routes
-        through us poisons it, so has no route here.)"""
-        routes = self.routes.routes(prefix)
-        return all(nid in routes for nid, nb in self.neighbours.items() if nb.up)
-
-    def _reselect_at(self, prefix: Prefix, t: float) -> None:
-        old = self._reselect.get(prefix)
-        if old is None or t < old:
-            self._reselect[prefix] = t
-            self._reselect_seq += 1
-            heapq.heappush(self._reselect_heap, (t, self._reselect_seq, prefix))
 
     def _request_for_starved(self, prefix: Prefix) -> None:
         """No feasible route left: ask the source of the best unfeasible one for a seqno."""
@@ -970,36 +953,40 @@ class Node:
 
     # ------------------------------------------------------------ updates out
 
-    def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int]:
-        """(router-id, seqno, metric) we tell `nid` about `prefix` (poison reverse)."""
-        rid, seqno, metric, via = self._announce(prefix)
-        return rid, seqno, (INFINITY if via == nid else metric)
+    def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int, int]:
+        """(router-id, seqno, metric, tie) we tell `nid` about `prefix` (poison reverse)."""
+        rid, seqno, metric, tie, via = self._announce(prefix)
+        return rid, seqno, (INFINITY if via == nid else metric), tie
 
-    def _announce(self, prefix: Prefix) -> tuple[bytes, int, int, str | None]:
-        """(router-id, seqno, metric, via): what we tell every neighbour about `prefix`,
-        except `via`, our next hop, which gets the metric INFINITY (poison reverse)."""
+    def _announce(self, prefix: Prefix) -> tuple[bytes, int, int, int, str | None]:
+        """(router-id, seqno, metric, tie, via): what we tell every neighbour about
+        `prefix`, except `via`, our next hop, which gets the metric INFINITY (poison
+        reverse). A retraction carries no tie."""
         sel = self.selected.get(prefix)
         if prefix in self._releasing:
             owned = self._owned.get(prefix)
             rid = owned[0] if owned is not None else \
                 (sel.router_id if sel is not None else self.router_id)
-            return rid, (sel.seqno if sel is not None else self.xroutes.seqno), INFINITY, None
+            return (rid, (sel.seqno if sel is not None else self.xroutes.seqno), INFINITY, 0,
+                    None)
         if sel is None:
             rt = self._retractions.get(prefix)
             if rt is not None:
-                return rt.router_id, rt.seqno, INFINITY, None
-            return self.router_id, self.xroutes.seqno, INFINITY, None
+                return rt.router_id, rt.seqno, INFINITY, 0, None
+            return self.router_id, self.xroutes.seqno, INFINITY, 0, None
         if sel.via != LOCAL:
             route = self.routes.get(prefix, sel.via)
             if route is not None:
                 sel.metric = self._route_metric(route)
                 sel.seqno = route.seqno
-            return sel.router_id, sel.seqno, sel.metric, sel.via
-        return sel.router_id, sel.seqno, sel.metric, None
+                sel.tie = route.tie + self.neighbours[sel.via].tie
+            return sel.router_id, sel.seqno, sel.metric, sel.tie, sel.via
+        return sel.router_id, sel.seqno, sel.metric, sel.tie, None
 
     def _send_update(self, nid: str, prefix: Prefix) -> None:
-        rid, seqno, metric = self._announcement(nid, prefix)
-        self._out[nid].add_update(prefix, rid, seqno, metric, _cs(self.config.update_interval))
+        rid, seqno, metric, tie = self._announcement(nid, prefix)
+        self._out[nid].add_update(prefix, rid, seqno, metric, _cs(self.config.update_interval),
+                                  (Tiebreak(tie),) if tie and metric < INFINITY else ())
         if metric < INFINITY:
             self.sources.advertised(prefix, rid, seqno, metric, self._now)
             self._announce_mark += 1
@@ -1025,21 +1012,21 @@ class Node:
         advertised = self.sources.advertised
         owned = self._owned
         announce = self._announce
-        entries: list[tuple[Prefix, bytes, int, int]] = []
+        entries: list[tuple[Prefix, bytes, int, int, int]] = []
         for prefix, sel in self.selected.items():
             if sel.via == nid:
                 continue  # split horizon: triggered updates already poisoned it
-            rid, seqno, metric, _ = announce(prefix)
+            rid, seqno, metric, tie, _ = announce(prefix)
             if metric >= INFINITY:
                 continue
-            entries.append((prefix, rid, seqno, metric))
+            entries.append((prefix, rid, seqno, metric, tie))
             advertised(prefix, rid, seqno, metric, now)
             self._announce_mark += 1
             owned[prefix] = (rid, self._announce_mark)
         for prefix in self._releasing:
             # A neighbour that (re)appears during a release must not keep an old route.
-            rid, seqno, metric = self._announcement(nid, prefix)
-            entries.append((prefix, rid, seqno, metric))
+            rid, seqno, metric, _ = self._announcement(nid, prefix)
+            entries.append((prefix, rid, seqno, metric, 0))
         packets = encode_updates(entries, _cs(self.config.update_interval),
                                  self.config.max_body)[0]
         if version == self._ann_version:
@@ -1068,16 +1055,18 @@ class Node:
         """The same Updates to every neighbour that is up (encoded once), each prefix
         poisoned (metric INFINITY) towards the neighbour we route it through."""
         now = self._now
-        entries: list[tuple[Prefix, bytes, int, int]] = []
+        entries: list[tuple[Prefix, bytes, int, int, int]] = []
         poison: dict[str, list[int]] = {}
         for prefix in prefixes:
-            rid, seqno, metric, via = self._announce(prefix)
+            rid, seqno, metric, tie, via = self._announce(prefix)
+            if metric >= INFINITY:
+                tie = 0
             if metric < INFINITY and via is not None and via in self._out:
                 poison.setdefault(via, []).append(len(entries))
                 if len(up) == 1 and up[0] == via:
-                    entries.append((prefix, rid, seqno, metric))
+                    entries.append((prefix, rid, seqno, metric, tie))
                     continue  # told to nobody with a finite metric
-            entries.append((prefix, rid, seqno, metric))
+            entries.append((prefix, rid, seqno, metric, tie))
             if metric < INFINITY:
                 self.sources.advertised(prefix, rid, seqno, metric, now)
                 self._announce_mark += 1
@@ -1116,14 +1105,15 @@ def _prefix_at(ae: int, plen: int, full: bytes) -> tuple[Prefix, bytes]:
     return got
 
 
-def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int]] | None:
+def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] | None:
     """The Updates of a packet made only of Router-Ids and plain Updates, or None.
 
-    "Plain" is what Babel speakers send in bulk: AE 1 or 2, no sub-TLV, no flag but the
-    default-prefix one. For such a packet this gives (prefix, router-id, seqno, metric,
-    interval) exactly as `resolve(decode_packet(data))` would (prefixes interned); for
-    any other packet (Hellos, requests, anything unusual, anything malformed) it gives
-    None and the general decoder handles it, errors included. The engine's hot path.
+    "Plain" is what Babel speakers send in bulk: AE 1 or 2, no sub-TLV but at most one
+    Tiebreak, no flag but the default-prefix one. For such a packet this gives (prefix,
+    router-id, seqno, metric, interval, tie) exactly as `resolve(decode_packet(data))`
+    would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
+    anything malformed) it gives None and the general decoder handles it, errors included.
+    The engine's hot path.
     """
     n = len(data)
     if n < 4 or data[0] != MAGIC or data[1] != VERSION or 4 + (data[2] << 8 | data[3]) != n:
@@ -1131,7 +1121,7 @@ def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int]] | Non
     pos = 4
     rid: bytes | None = None
     default: dict[int, bytes] = {}
-    out: list[tuple[Prefix, bytes, int, int, int]] = []
+    out: list[tuple[Prefix, bytes, int, int, int, int]] = []
     fields = _UPDATE_FIELDS
     while pos < n:
         if pos + 2 > n:
@@ -1148,24 +1138,30 @@ def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int]] | Non
             if flags & 0x7F or not ((ae == 2 and plen <= 128) or (ae == 1 and plen <= 32)):
                 return None
             nbytes = (plen + 7) >> 3
-            if omitted > nbytes or pos - start != 10 + nbytes - omitted:
+            end = start + 10 + nbytes - omitted
+            if omitted > nbytes:
                 return None
+            tie = 0
+            if pos != end:
+                if pos != end + 10 or data[end] != S_TIEBREAK or data[end + 1] != 8:
+                    return None
+                tie = int.from_bytes(data[end + 2:pos], "big")
             if omitted:
                 base = default.get(ae)
                 if base is None:
                     return None
-                full = base[:omitted] + data[start + 10:pos]
+                full = base[:omitted] + data[start + 10:end]
             else:
-                full = data[start + 10:pos]
+                full = data[start + 10:end]
             prefix, whole = _prefix_at(ae, plen, full)
             if flags:
                 default[ae] = whole
             if rid is None:
                 if metric != INFINITY:
                     return None
-                out.append((prefix, bytes(8), seqno, metric, interval))
+                out.append((prefix, bytes(8), seqno, metric, interval, tie))
             else:
-                out.append((prefix, rid, seqno, metric, interval))
+                out.append((prefix, rid, seqno, metric, interval, tie))
         elif ttype == 6 and pos - start == 10:
             rid = data[start + 2:pos]
             if rid in RESERVED_ROUTER_IDS:
@@ -1178,6 +1174,7 @@ def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int]] | Non
 _WIRE: dict[Prefix, tuple[int, bytes, bytes]] = {}
 _UPDATE = struct.Struct("!BBBBBBHHH")
 _HEADER = bytes((MAGIC, VERSION))
+_TIE_HEADER = bytes((S_TIEBREAK, 8))
 
 
 def _wire(prefix: Prefix) -> tuple[int, bytes, bytes]:
@@ -1192,15 +1189,16 @@ def _wire(prefix: Prefix) -> tuple[int, bytes, bytes]:
     return got
 
 
-def encode_updates(entries: list[tuple[Prefix, bytes, int, int]], interval: int,
+def encode_updates(entries: list[tuple[Prefix, bytes, int, int, int]], interval: int,
                    max_body: int = MAX_BODY) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Packets carrying Updates (prefix, router-id, seqno, metric), in order.
+    """Packets carrying Updates (prefix, router-id, seqno, metric, tie), in order.
 
     Byte for byte what `PacketWriter.add_update` builds from a fresh writer (Router-Id
     only when it changes, the default-prefix flag on every Update, the bytes shared with
-    the previous prefix of the same AE omitted, state reset at each packet), only faster:
-    the engine's hot path. Also returns, per entry, (packet index, offset of its metric)
-    so one encoding can serve several neighbours with a few metrics patched.
+    the previous prefix of the same AE omitted, a Tiebreak sub-TLV when the tie is not 0,
+    state reset at each packet), only faster: the engine's hot path. Also returns, per
+    entry, (packet index, offset of its metric) so one encoding can serve several
+    neighbours with a few metrics patched.
     """
     packets: list[bytes] = []
     offsets: list[tuple[int, int]] = []
@@ -1208,8 +1206,9 @@ def encode_updates(entries: list[tuple[Prefix, bytes, int, int]], interval: int,
     cur_rid: bytes | None = None
     default: dict[int, bytes] = {}
     pack = _UPDATE.pack
-    for prefix, rid, seqno, metric in entries:
+    for prefix, rid, seqno, metric, tie in entries:
         ae, full, whole = _wire(prefix)
+        sub = 10 if tie else 0
         while True:
             prev = default.get(ae)
             omitted = 0
@@ -1217,7 +1216,7 @@ def encode_updates(entries: list[tuple[Prefix, bytes, int, int]], interval: int,
                 limit = min(len(prev), len(full))
                 while omitted < limit and prev[omitted] == full[omitted]:
                     omitted += 1
-            size = (24 if rid != cur_rid else 12) + len(full) - omitted
+            size = (24 if rid != cur_rid else 12) + len(full) - omitted + sub
             if body and len(body) + size > max_body:
                 packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
                 body = bytearray()
@@ -1230,9 +1229,12 @@ def encode_updates(entries: list[tuple[Prefix, bytes, int, int]], interval: int,
             body += rid
             cur_rid = rid
         offsets.append((len(packets), len(body) + 14))
-        body += pack(8, 10 + len(full) - omitted, ae, UPDATE_DEFAULT_PREFIX, prefix.prefixlen,
-                     omitted, interval, seqno, metric)
+        body += pack(8, 10 + len(full) - omitted + sub, ae, UPDATE_DEFAULT_PREFIX,
+                     prefix.prefixlen, omitted, interval, seqno, metric)
         body += full[omitted:]
+        if tie:
+            body += _TIE_HEADER
+            body += tie.to_bytes(8, "big")
         default[ae] = whole
     if body:
         packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))

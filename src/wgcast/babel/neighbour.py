@@ -2,13 +2,16 @@
 
 Over WireGuard every neighbour is a point-to-point unicast link, so liveness is simple and
 fast: a neighbour is up while we hear its Hellos and it acknowledges ours with IHUs, and
-goes down after `dead` of its Hello intervals of silence. The link cost is a base cost plus
-an RTT term from the timestamp sub-TLVs (the RTT extension as babeld implements it),
-smoothed so that jitter does not move routes.
+goes down after `dead` of its Hello intervals of silence. Each end computes its view of
+the link cost, a base cost plus an RTT term from the timestamp sub-TLVs (the RTT extension
+as babeld implements it) damped in steps so that jitter does not move it, and sends that
+view in its IHUs (the rxcost field). Both ends use the larger of the two views: one agreed,
+symmetric cost per link, which WireGuard's source filter needs (see `cost`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from wgcast.babel.wire import INFINITY
@@ -19,6 +22,19 @@ _U32 = 1 << 32
 def stamp(now: float) -> int:
     """A timestamp sub-TLV value: microseconds modulo 2**32."""
     return int(now * 1_000_000) % _U32
+
+
+def link_tiebreak(a: bytes, b: bytes) -> int:
+    """The tie-break value of the link between the nodes named `a` and `b` (e.g. their
+    WireGuard public keys): the same at both ends, about uniform in [1, 2**32).
+
+    Summed along a path it orders paths of equal metric, the same way seen from either
+    end (see `Tiebreak`); 32 bits per link leave room for 2**32 hops in the 64-bit sum.
+    """
+    lo, hi = (a, b) if a <= b else (b, a)
+    h = hashlib.blake2b(len(lo).to_bytes(2, "big") + lo + hi, digest_size=4,
+                        person=b"wgcast-link-tie").digest()
+    return int.from_bytes(h, "big") or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +67,6 @@ class Neighbour:
     """State of one neighbour: Hello history, IHU, RTT, cost, liveness."""
 
     __slots__ = (
-        "applied_cost",
         "cost_rtt_ms",
         "extra_cost",
         "hello_history",
@@ -68,13 +83,16 @@ class Neighbour:
         "rtt_ms",
         "rtt_samples",
         "rtt_slow_ms",
+        "tie",
         "txcost",
         "up",
     )
 
-    def __init__(self, nid: str, extra_cost: int = 0) -> None:
+    def __init__(self, nid: str, extra_cost: int = 0, tie: int = 0) -> None:
         self.id = nid
         self.extra_cost = extra_cost
+        #: This link's tie-break value (see link_tiebreak), added to a route's path tie.
+        self.tie = tie
         self.up = False
         self.hello_seqno_out = 0
         self.hello_seqno_in: int | None = None
@@ -93,8 +111,6 @@ class Neighbour:
         self.cost_rtt_ms: float | None = None
         self.rtt_slow_ms: float | None = None
         self.rtt_samples = 0
-        #: Cost the route table last recomputed with (to skip insignificant changes).
-        self.applied_cost = INFINITY
 
     def on_hello(self, now: float, seqno: int, interval_cs: int, ts: int | None) -> None:
         if self.hello_seqno_in is not None:
@@ -151,10 +167,22 @@ class Neighbour:
         exp = self.expiry(dead)
         return exp is not None and now < exp and self.txcost < INFINITY
 
+    def own_cost(self, params: LinkCostParams) -> int:
+        """Our view of the link cost (what we send in our IHUs' rxcost)."""
+        return params.cost(self.cost_rtt_ms, self.extra_cost)
+
     def cost(self, params: LinkCostParams) -> int:
+        """The agreed link cost: the larger of our view and the neighbour's (its IHU).
+
+        Both ends compute the same value once each has the other's latest IHU, so the
+        metric of a path is the same in both directions. Each view is damped on its own
+        (LinkCostParams), so the agreed cost is damped too.
+        """
         if not self.up:
             return INFINITY
-        return params.cost(self.cost_rtt_ms, self.extra_cost)
+        own = params.cost(self.cost_rtt_ms, self.extra_cost)
+        theirs = self.txcost
+        return own if own >= theirs else theirs
 
     def forget(self) -> None:
         """The neighbour went down: drop what we measured, keep our Hello seqno."""
@@ -167,4 +195,3 @@ class Neighbour:
         self.rtt_ms = None
         self.cost_rtt_ms = self.rtt_slow_ms = None
         self.rtt_samples = 0
-        self.applied_cost = INFINITY

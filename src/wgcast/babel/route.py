@@ -1,16 +1,16 @@
-"""Route table and route selection.
+"""Route table.
 
 Routes are indexed by (prefix, neighbour) as RFC 8966 3.2.6 asks: a neighbour has at most
-one route per prefix, and a new router-id from it replaces the old one. Selection keeps the
-current route unless another is better by a margin on both its raw and its smoothed metric
-(babeld's route smoothing), so RTT jitter never flips a route; `sticky` keeps the current
-route until it is lost, for long TCP flows.
+one route per prefix, and a new router-id from it replaces the old one. Selection (in the
+engine) takes the feasible route of least (metric, path tie-break, neighbour), with no
+hysteresis: jitter is damped in the link costs instead (LinkCostParams), so that the two
+directions of every path agree (WireGuard's source filter); `sticky` keeps the current
+route until it is lost, for long TCP flows, at the price of that agreement.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
 from dataclasses import dataclass
 
 from wgcast.babel.wire import INFINITY, Prefix
@@ -72,38 +72,22 @@ def intern_prefix(prefix: Prefix) -> Prefix:
 
 @dataclass(frozen=True, slots=True)
 class SelectionParams:
-    """Hysteresis: a challenger must beat the current route by max(abs, rel * metric)."""
+    """`shortest` (the default): the feasible route of least (metric, tie-break), which
+    keeps the two directions of every path in agreement. `sticky`: keep the selected
+    route while it is feasible and alive (for long flows; the two directions may then
+    disagree, and WireGuard's source filter drops what crosses a disagreeing hop)."""
 
-    mode: str = "hysteresis"  # or "sticky"
-    hysteresis_abs: int = 16
-    hysteresis_rel: float = 0.1
-    #: Half-life of the smoothed metric, seconds.
-    smoothing_half_life: float = 4.0
-    #: Settling: a challenger better by less than the margin but by more than
-    #: max(settle_abs, settle_rel * metric) at every look for `settle_time` seconds wins
-    #: too. Without it, hysteresis adds up along a path (each hop may keep a route up to a
-    #: margin worse than its best, and announces that), so a node could end up more than a
-    #: margin away from its optimum; jitter cannot keep a challenger ahead that long.
-    #: 0 disables settling.
-    settle_time: float = 1.0
-    settle_abs: int = 4
-    settle_rel: float = 0.03
-
-    def margin(self, metric: int) -> float:
-        return max(self.hysteresis_abs, self.hysteresis_rel * metric)
-
-    def settle_margin(self, metric: int) -> float:
-        return max(self.settle_abs, self.settle_rel * metric)
+    mode: str = "shortest"  # or "sticky"
 
 
 class Route:
     """A route learned from a neighbour."""
 
     __slots__ = ("expires", "feasible", "gen", "interval", "neighbour", "prefix", "refmetric",
-                 "router_id", "seqno", "smoothed", "smoothed_time")
+                 "router_id", "seqno", "tie")
 
     def __init__(self, prefix: Prefix, neighbour: str, router_id: bytes, seqno: int,
-                 refmetric: int, interval: float, expires: float) -> None:
+                 refmetric: int, interval: float, expires: float, tie: int = 0) -> None:
         self.prefix = prefix
         self.neighbour = neighbour
         self.router_id = router_id
@@ -111,8 +95,8 @@ class Route:
         self.refmetric = refmetric
         self.interval = interval
         self.expires = expires
-        self.smoothed: float = -1.0  # unset until the first metric is known
-        self.smoothed_time = 0.0
+        #: The neighbour's path tie-break (its Tiebreak sub-TLV); ours adds the link's.
+        self.tie = tie
         #: Bumped whenever the route changes; -1 once it left the table.
         self.gen = 0
         #: Was the last update of this route feasible when it arrived?
@@ -122,20 +106,6 @@ class Route:
         if cost >= INFINITY or self.refmetric >= INFINITY:
             return INFINITY
         return min(INFINITY - 1, self.refmetric + cost)
-
-    def smooth(self, now: float, metric: int, half_life: float) -> float:
-        """Smoothed metric at `now`, decaying exponentially towards `metric`."""
-        if metric >= INFINITY:
-            self.smoothed, self.smoothed_time = float(INFINITY), now
-        elif self.smoothed < 0 or self.smoothed >= INFINITY:
-            self.smoothed, self.smoothed_time = float(metric), now
-        else:
-            dt = now - self.smoothed_time
-            if dt > 0:
-                k = math.exp2(-dt / half_life)
-                self.smoothed = metric + (self.smoothed - metric) * k
-                self.smoothed_time = now
-        return self.smoothed
 
 
 class RouteTable:

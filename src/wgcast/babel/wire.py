@@ -29,6 +29,9 @@ T_PAD1, T_PADN, T_ACKREQ, T_ACK, T_HELLO, T_IHU = 0, 1, 2, 3, 4, 5
 T_ROUTERID, T_NEXTHOP, T_UPDATE, T_ROUTEREQ, T_SEQNOREQ = 6, 7, 8, 9, 10
 # Sub-TLV types
 S_PAD1, S_PADN, S_TIMESTAMP = 0, 1, 3
+#: wgcast's path tie-break (Update): from the experimental, non-mandatory range (112-126)
+#: of RFC 8966's sub-TLV registry, so other Babel speakers ignore it.
+S_TIEBREAK = 112
 MANDATORY = 0x80
 # Address encodings
 AE_WILDCARD, AE_IPV4, AE_IPV6, AE_LL, AE_V4V6 = 0, 1, 2, 3, 4
@@ -42,7 +45,9 @@ _MAX_PLEN = {AE_WILDCARD: 0, AE_IPV4: 32, AE_IPV6: 128, AE_LL: 128, AE_V4V6: 32}
 _LL_PREFIX = bytes.fromhex("fe80000000000000")
 #: Router-ids that must never be used (RFC 8966 section 4.6.7).
 RESERVED_ROUTER_IDS = (bytes(8), b"\xff" * 8)
-_KNOWN_SUBTLVS = (S_PAD1, S_PADN, S_TIMESTAMP)
+_KNOWN_SUBTLVS = (S_PAD1, S_PADN, S_TIMESTAMP, S_TIEBREAK)
+#: Largest tie-break value: 64 bits on the wire.
+MAX_TIEBREAK = (1 << 64) - 1
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -73,6 +78,20 @@ class Timestamp:
 
 
 @dataclass(frozen=True, slots=True)
+class Tiebreak:
+    """Path tie-break of an Update: the sum of the per-link tie-break values along the
+    announcing node's selected path (0 at the origin).
+
+    Two routes of equal metric are ordered by this sum. Every link's value is the same at
+    both ends (a hash of the two public keys), so the order of two paths is the same seen
+    from either end, and equal-cost shortest paths are unique and symmetric (see
+    docs/architecture.md, "Source filter").
+    """
+
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownSub:
     """A sub-TLV we do not understand; if mandatory, its TLV must be ignored."""
 
@@ -84,7 +103,7 @@ class UnknownSub:
         return bool(self.type & MANDATORY)
 
 
-SubTLV = SubPad1 | SubPadN | Timestamp | UnknownSub
+SubTLV = SubPad1 | SubPadN | Timestamp | Tiebreak | UnknownSub
 
 
 # ---------------------------------------------------------------- TLVs
@@ -235,6 +254,10 @@ def _decode_subtlvs(data: bytes, pos: int, end: int, in_ihu: bool) -> tuple[SubT
             if slen != want:
                 raise RemoteProtocolError(f"timestamp sub-TLV of {slen} bytes, expected {want}")
             out.append(Timestamp(struct.unpack(f"!{slen // 4}I", body)))
+        elif stype == S_TIEBREAK:
+            if slen != 8:
+                raise RemoteProtocolError(f"tie-break sub-TLV of {slen} bytes, expected 8")
+            out.append(Tiebreak(int.from_bytes(body, "big")))
         else:
             out.append(UnknownSub(stype, bytes(body)))
     return tuple(out)
@@ -257,6 +280,10 @@ def _encode_subtlvs(subtlvs: Iterable[SubTLV], out: bytearray, in_ihu: bool) -> 
                 _check_u(stamp, 32, "timestamp")
             out += bytes((S_TIMESTAMP, 4 * len(s.stamps)))
             out += struct.pack(f"!{len(s.stamps)}I", *s.stamps)
+        elif isinstance(s, Tiebreak):
+            if not 0 <= s.value <= MAX_TIEBREAK:
+                raise LocalProtocolError(f"tie-break {s.value} out of range")
+            out += bytes((S_TIEBREAK, 8)) + s.value.to_bytes(8, "big")
         else:
             _check_u(s.type, 8, "sub-TLV type")
             if s.type in _KNOWN_SUBTLVS:
@@ -554,6 +581,8 @@ class RouteUpdate:
     seqno: int
     metric: int
     interval: int
+    #: The sender's path tie-break (Tiebreak sub-TLV; 0 when absent).
+    tie: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -646,7 +675,8 @@ def resolve(tlvs: Sequence[TLV], skipped: list[str] | None = None) -> Iterator[M
                 skip("Update without a router-id")
                 continue
             rid = router_id if router_id is not None else bytes(8)
-            yield RouteUpdate(prefix, rid, tlv.seqno, tlv.metric, tlv.interval)
+            tie = next((s.value for s in tlv.subtlvs if isinstance(s, Tiebreak)), 0)
+            yield RouteUpdate(prefix, rid, tlv.seqno, tlv.metric, tlv.interval, tie)
             continue
         if ignored:
             skip("unknown mandatory sub-TLV")

@@ -52,7 +52,7 @@ __all__ = [
 
 Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 Backend = Literal["auto", "uapi", "netlink"]
-RouteSelection = Literal["hysteresis", "sticky"]
+RouteSelection = Literal["shortest", "sticky"]
 HealthType = Literal["exec", "tcp", "udp", "http", "dns"]
 
 #: Babel's UDP port (RFC 8966, section 5).
@@ -405,7 +405,7 @@ class Config:
     state_file: str = ""
     port: int = DEFAULT_PORT
     metrics: Endpoint | None = None
-    route_selection: RouteSelection = "hysteresis"
+    route_selection: RouteSelection = "shortest"
     timers: Timers = Timers()
     link: Link = Link()
     peers: tuple[PeerConf, ...] = ()
@@ -1096,8 +1096,11 @@ class _Reader:
         port = self.get(data, "", "port", _integer(1, 65535), DEFAULT_PORT)
         metrics = self.get(data, "", "metrics", _optional(_endpoint(DEFAULT_METRICS_PORT)),
                            None)
-        selection = self.get(data, "", "route_selection", _choice("hysteresis", "sticky"),
-                             "hysteresis")
+        selection = self.get(data, "", "route_selection",
+                             _choice("shortest", "sticky", "hysteresis"), "shortest")
+        if selection == "hysteresis":
+            # wgcast 0.1's name: hysteresis now damps the link costs, not route choice.
+            selection = "shortest"
         timers = self.timers(data["timers"]) if "timers" in data else Timers()
         link = self.link(data["link"]) if "link" in data else Link()
         probe_port = self.get(data, "", "probe_port", _integer(0, 65535), DEFAULT_PROBE_PORT)

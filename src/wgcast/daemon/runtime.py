@@ -30,7 +30,7 @@ from wgcast.babel.events import (
     RouteSelected,
     SeqnoChanged,
 )
-from wgcast.babel.neighbour import LinkCostParams
+from wgcast.babel.neighbour import LinkCostParams, link_tiebreak
 from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import PORT, Prefix
 from wgcast.daemon.config import Config
@@ -41,7 +41,7 @@ from wgcast.dataplane.reconcile import holders, plan, simulate
 from wgcast.dataplane.system import NetConfigError, System
 from wgcast.dataplane.types import PeerKey, WireGuardBackend
 from wgcast.dataplane.uapi import UapiDevice
-from wgcast.keys import control_address, router_id
+from wgcast.keys import control_address, decode_key, router_id
 
 if TYPE_CHECKING:
     from wgcast.daemon.membership import MembershipService
@@ -209,7 +209,9 @@ class Daemon:
         )
         self.node = Node(ncfg, self.now())
         for pc in cfg.peers:
-            self.node.add_neighbour(pc.name, pc.cost)
+            self.node.add_neighbour(pc.name, pc.cost,
+                                    tie=link_tiebreak(self.public_key,
+                                                      decode_key(pc.public_key)))
         for p in cfg.addresses:
             self.node.originate(p, 0, now=self.now())
         # Groups (static ones included) are served by the membership service (run()),

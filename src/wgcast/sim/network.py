@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from wgcast.babel.engine import Node, NodeConfig
 from wgcast.babel.events import LOCAL, RouteSelected, SeqnoChanged
+from wgcast.babel.neighbour import link_tiebreak
 from wgcast.babel.wire import Prefix
 from wgcast.topology import Topology
 
@@ -102,7 +103,8 @@ class SimNetwork:
         """Boot a fresh engine for `name` (at the start, or after a crash)."""
         node = Node(config or self.make_config(name), self.now)
         for peer in self.neighbours[name]:
-            node.add_neighbour(peer)
+            # The link's tie-break from the two names, as the daemon does from two keys.
+            node.add_neighbour(peer, tie=link_tiebreak(name.encode(), peer.encode()))
         self.nodes[name] = node
         self.alive.add(name)
         self.fib[name] = {}
@@ -256,7 +258,7 @@ class SimNetwork:
     def settling(self) -> bool:
         """Does some engine still plan to reconsider a route (smoothing, source release)?"""
         nodes = self.nodes
-        return any(nodes[n]._reselect or nodes[n]._releasing for n in self.alive)
+        return any(nodes[n].settling() for n in self.alive)
 
     def run_until_quiet(self, quiet: float, deadline: float, check_every: float = 0.5) -> bool:
         """Run until no route changed for `quiet` seconds and no engine is still settling
