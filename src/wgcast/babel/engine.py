@@ -796,30 +796,32 @@ class Node:
             costs = self._cost
             nbs = self.neighbours
             best: Route | None = None
-            best_k: tuple[int, int, str] = (INFINITY, 0, "")
+            best_m, best_t, best_n = INFINITY, 0, ""
             # The best route that is better than `best` but not feasible (seqno request).
             blocked: Route | None = None
-            blocked_k = best_k
+            blocked_k: tuple[int, int, str] = (INFINITY, 0, "")
             for route in routes.values():
-                cost = costs.get(route.neighbour, INFINITY)
+                nid = route.neighbour
+                cost = costs.get(nid, INFINITY)
                 if cost >= INFINITY or route.refmetric >= INFINITY:
                     continue
                 m = route.refmetric + cost  # _route_metric
                 if m >= INFINITY:
                     m = INFINITY - 1
-                if m > best_k[0]:
+                if m > best_m:
                     continue
-                k = (m, route.tie + nbs[route.neighbour].tie, route.neighbour)
-                if k >= best_k:
+                t = route.tie + nbs[nid].tie
+                if m == best_m and (t > best_t or (t == best_t and nid >= best_n)):
                     continue
                 if route is cur:
                     ok = cur_m < INFINITY
                 else:
                     ok = feasible(prefix, route.router_id, route.seqno, route.refmetric)
                 if ok:
-                    best, best_k = route, k
-                elif k < blocked_k:
-                    blocked, blocked_k = route, k
+                    best, best_m, best_t, best_n = route, m, t, nid
+                elif (m, t, nid) < blocked_k:
+                    blocked, blocked_k = route, (m, t, nid)
+            best_k = (best_m, best_t, best_n)
             chosen = best
             if self.config.selection.mode == "sticky" and cur is not None \
                     and cur_m < INFINITY and best is not None and best is not cur:
