@@ -12,6 +12,7 @@ import click
 
 from wgcast.cli.check import check
 from wgcast.cli.membership import drain, join, leave
+from wgcast.cli.roster import roster
 
 
 def _load(config: str) -> Any:
@@ -155,6 +156,7 @@ main.add_command(check)
 main.add_command(join)
 main.add_command(leave)
 main.add_command(drain)
+main.add_command(roster)
 
 
 def _optional(module: str, name: str) -> None:
