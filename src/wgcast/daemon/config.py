@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, TypeVar, cast
 
+from wgcast.prefix import Prefix
+
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_PROBE_PORT",
@@ -50,7 +52,6 @@ __all__ = [
     "parse_endpoint",
 ]
 
-Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 Backend = Literal["auto", "uapi", "netlink"]
 RouteSelection = Literal["hysteresis", "sticky"]
 HealthType = Literal["exec", "tcp", "udp", "http", "dns"]

@@ -16,16 +16,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
-"""One AllowedIPs entry. WireGuard stores exact (address, length) pairs, canonical."""
+# `Prefix`: one AllowedIPs entry (WireGuard stores exact (address, length) pairs), the
+# one of wgcast.prefix, re-exported for the back ends.
+from wgcast.prefix import Prefix as Prefix
 
 PeerKey = bytes
 """A peer's 32-byte public key."""
-
-
-def prefix(text: str) -> Prefix:
-    """Parse a prefix strictly (host bits must be zero, as WireGuard would store it)."""
-    return ipaddress.ip_network(text, strict=True)
 
 
 # --------------------------------------------------------------------------- state
