@@ -55,7 +55,7 @@ def run(config: str, verbose: int) -> None:
 
 
 def _api(config: str | None, socket_path: str | None, cmd: str) -> dict[str, Any]:
-    from wgcast.daemon.api import request
+    from wgcast.client import request
 
     path = socket_path or (_load(config).api_socket if config else None)
     if path is None:

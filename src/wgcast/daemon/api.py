@@ -33,7 +33,7 @@ from wgcast.daemon.ports import Handler, StatusSource
 log = logging.getLogger("wgcast.api")
 
 __all__ = ["ApiError", "ApiServer", "Connection", "PeerCred", "current_connection",
-           "peer_credentials", "request"]
+           "peer_credentials"]
 
 MAX_LINE = 16 * 1024
 MAX_CONNECTIONS = 4096
@@ -225,21 +225,3 @@ def _raise_nofile(want: int) -> None:
 async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
     await writer.drain()
-
-
-def request(path: str, obj: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Blocking client for the CLI: one request, one reply."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(json.dumps(obj).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    reply: dict[str, Any] = json.loads(buf)
-    return reply

@@ -49,7 +49,7 @@ def active_link(lab: Lab, node: str, peer: str) -> int | None:
 
 def peer_view(lab: Lab, node: str, peer: str) -> dict[str, Any]:
     """The daemon's `peers` entry for ``peer`` (candidates, scores, endpoint in use)."""
-    from wgcast.daemon.api import request
+    from wgcast.client import request
 
     reply = request(lab.nodes[node].api_socket, {"cmd": "peers"})
     for p in reply.get("peers", []):
@@ -60,7 +60,7 @@ def peer_view(lab: Lab, node: str, peer: str) -> dict[str, Any]:
 
 def daemon_status(lab: Lab, node: str) -> dict[str, Any]:
     """The daemon's `status` (its "endpoints" entry: probe and switch counters)."""
-    from wgcast.daemon.api import request
+    from wgcast.client import request
 
     return dict(request(lab.nodes[node].api_socket, {"cmd": "status"})["status"])
 
