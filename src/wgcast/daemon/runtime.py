@@ -56,7 +56,7 @@ from wgcast.daemon.ports import (
     SelectedSnapshot,
     Transport,
 )
-from wgcast.daemon.state import State, load_state, save_state
+from wgcast.daemon.state import State, StateError, load_state, save_state
 from wgcast.daemon.transport import UdpTransport
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
@@ -341,7 +341,7 @@ class Daemon:
             return
         try:
             save_state(self.config.state_file, State(self.node.router_id, self.node.seqno))
-        except OSError as e:
+        except (OSError, StateError) as e:  # save_state raises StateError for any OSError
             log.warning("cannot save state to %s: %s", self.config.state_file, e)
 
     # ------------------------------------------------------------ groups (ports.GroupServing)
