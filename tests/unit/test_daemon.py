@@ -146,6 +146,7 @@ def test_an_unwritable_state_file_is_logged_and_the_daemon_runs_on(
         mesh = Mesh()
         b_pub = keys.public_from_private(pb)
         a = mesh.add("a", pa, config_text("a", str(tmp_path), {"b": b_pub},
+                                          peer_extra={"b": 'may_originate = ["10.0.0.0/16"]'},
                                           state_file=str(state)))
         b = mesh.add("b", pb, config_text("b", str(tmp_path),
                                           {"a": keys.public_from_private(pa)},
