@@ -1,4 +1,4 @@
-"""Health probes against local servers: exec, tcp, udp, http, dns; timeouts never block."""
+"""Health checks against local servers: exec, tcp, udp, http, dns; timeouts never block."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import dns.message
 import dns.rrset
 
 from wgcast.daemon.config import Endpoint, HealthConf
-from wgcast.daemon.health import HealthMonitor, ProbeFailed, probe
+from wgcast.daemon.health import CheckFailed, HealthMonitor, run_check
 
 LO = "127.0.0.1"
 
@@ -23,10 +23,10 @@ def conf(kind: str, **kw: Any) -> HealthConf:
 
 
 async def outcome(c: HealthConf) -> str | None:
-    """None if the probe passed, else why it failed."""
+    """None if the check passed, else why it failed."""
     try:
-        await probe(c)
-    except ProbeFailed as e:
+        await run_check(c)
+    except CheckFailed as e:
         return str(e)
     except TimeoutError:
         return "timeout"
@@ -145,7 +145,7 @@ def test_dns() -> None:
 
 
 def test_monitor_runs_checks_concurrently_without_blocking() -> None:
-    """A hanging probe neither delays the other checks nor the loop."""
+    """A hanging check neither delays the other checks nor the loop."""
     async def go() -> None:
         import ipaddress
 
