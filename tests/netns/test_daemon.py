@@ -93,6 +93,19 @@ def test_kill9_and_restart_keeps_forwarding(line3: Lab) -> None:
     assert allowed_ips(lab, "n2") == before
 
 
+def _sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in a Prometheus exposition, None when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    key = f"{name}{{{want}}}" if labels else name
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head == key:
+            return float(value)
+    return None
+
+
 def _has_family(text: str, name: str) -> bool:
     """The exposition declares the metric family `name` (its # TYPE line)."""
     return any(line.startswith(f"# TYPE {name} ") for line in text.splitlines())
