@@ -69,7 +69,8 @@ ops = st.lists(st.tuples(st.sampled_from(["connect", "join", "leave", "disconnec
 
 
 def _predict(model: dict[int, tuple[int, set[ipaddress.IPv6Network | ipaddress.IPv4Network]]],
-             op: str, conn: int, prefix: ipaddress.IPv6Network, uid: int) -> str | None:
+             op: str, conn: int, prefix: ipaddress.IPv6Network | ipaddress.IPv4Network,
+             uid: int) -> str | None:
     """The model's verdict: the MemberError code the registry must raise, or None."""
     if op == "connect":
         if conn in model:

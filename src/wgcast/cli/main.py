@@ -199,8 +199,8 @@ def _register_demo() -> None:
              jitter: str, loss: str, seed: int, health_interval: str, health_fall: int,
              as_json: bool) -> None:
         """Up a mesh, fail the busiest anycast instance, measure each client's outage."""
-        from wgcast.lab.core import LabError
         from wgcast.lab.demo import DemoOptions, run_demo
+        from wgcast.lab.system import LabError
 
         opt = DemoOptions(topology, instances, fail, runs, timers, delay, jitter, loss, seed,
                           health_interval, health_fall,

@@ -112,7 +112,7 @@ def test_state_is_saved_and_a_restart_jumps_the_seqno(tmp_path: Path) -> None:
             await until(lambda: (tmp_path / "a.state").exists(), what="a's state file")
             st = read_state(tmp_path / "a.state")
             assert st is not None and st.router_id == router_id(a.public)
-            first = a.daemon.status()["seqno"]
+            first = int(a.daemon.status()["seqno"])
         # Same key again: the new run starts 16 ahead of the saved seqno.
         mesh2 = Mesh()
         a2 = mesh2.add("a", a.private, a.daemon.config)
