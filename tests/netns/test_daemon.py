@@ -9,8 +9,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -20,17 +19,7 @@ if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
     pytest.skip("needs root and wireguard-go", allow_module_level=True)
 
 from wgcast.lab.core import Lab  # noqa: E402
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+from wgcast.lab.system import wait_for  # noqa: E402
 
 
 def allowed_ips(lab: Lab, node: str) -> dict[str, list[str]]:

@@ -272,10 +272,11 @@ async def running(mesh: Mesh) -> AsyncIterator[Mesh]:
 
 
 async def until(cond: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Poll `cond` on the loop until it holds (bounded)."""
+    """Poll `cond` on the loop until it holds (bounded): the async twin of
+    `wgcast.lab.system.wait_for`, for tests inside an event loop."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not cond():
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.005)

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
+from daemon_fakes import until
 
 from wgcast.daemon import api as api_mod
 from wgcast.daemon.api import ApiServer, PeerCred
@@ -160,13 +161,6 @@ async def connect(path: str) -> Conn:
     r, w = await asyncio.open_unix_connection(path, limit=1 << 20)
     return Conn(r, w)
 
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 def fake_uid(monkeypatch: pytest.MonkeyPatch, uid: int, gid: int | None = None) -> None:

@@ -10,23 +10,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from wgcast.lab.core import Lab
 from wgcast.lab.system import LabError
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval)
-    raise LabError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+from wgcast.lab.system import wait_for as wait_for  # re-exported: mp.wait_for
 
 
 def wg_endpoint(lab: Lab, node: str, peer: str) -> str | None:
