@@ -33,8 +33,8 @@ from wgcast import probe
 from wgcast.babel.events import NeighbourDown, NeighbourUp
 from wgcast.daemon.config import Config, Endpoint, PeerConf
 from wgcast.daemon.ports import EngineControl, EngineView, Scheduler
-from wgcast.dataplane.types import WireGuardBackend, endpoint_parts
-from wgcast.endpoints import EndpointParams, EndpointSet, SetEndpoint, canonical, split
+from wgcast.dataplane.types import WireGuardBackend
+from wgcast.endpoints import EndpointParams, EndpointSet, SetEndpoint, canonical, endpoint_parts
 from wgcast.keys import router_id, shared_secret
 
 log = logging.getLogger("wgcast.endpoints")
@@ -335,7 +335,7 @@ class EndpointManager:
     # ------------------------------------------------------------------ probes
 
     def _probe_target(self, ps: _Peer, addr: str) -> tuple[str, int]:
-        host, port = split(addr)
+        host, port = endpoint_parts(addr)
         mode = ps.conf.probe_port if ps.conf.probe_port is not None else self.config.probe_port
         if mode != "endpoint":
             port = int(mode)
