@@ -14,7 +14,7 @@ import os
 import statistics
 import time
 
-from wgcast.daemon.api import request
+from wgcast.client import request
 from wgcast.lab.core import Lab
 
 WIRE_OVERHEAD = 48 + 32 + 28

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["DEFAULT_DIR", "Client", "WgcastError", "default_socket", "membership"]
+__all__ = ["DEFAULT_DIR", "Client", "WgcastError", "default_socket", "membership", "request"]
 
 DEFAULT_DIR = "/run/wgcast"
 #: Longest reply line accepted from the daemon.
@@ -185,3 +185,19 @@ def membership(*prefixes: str, socket_path: str | None = None, interface: str | 
                 client.leave(p)
     finally:
         client.close()
+
+
+def request(path: str, obj: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    """One request, one reply, blocking (the CLI and the lab; no error mapping)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(obj).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    reply: dict[str, Any] = json.loads(buf)
+    return reply

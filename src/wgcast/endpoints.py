@@ -756,11 +756,18 @@ def canonical(host: str, port: int) -> str:
     return f"{ip}:{port}"
 
 
-def split(addr: str) -> tuple[str, int]:
-    """(host, port) of a canonical address string."""
-    host, _, port = addr.rpartition(":")
+def endpoint_parts(endpoint: str) -> tuple[str, int]:
+    """Split "1.2.3.4:51820" / "[fe80::1%eth0]:51820" into (host, port): WireGuard's
+    endpoint form (an IP literal, IPv6 in brackets, a scope allowed); ValueError else.
+    The one parser of that form: the back ends, the endpoint sets and the manager."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"endpoint must be ip:port or [ip6]:port, got {endpoint!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"an IPv6 endpoint needs brackets: [{host}]:{port}")
+    ipaddress.ip_address(host.split("%", 1)[0])
     return host, int(port)
 
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,20 +26,10 @@ if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
     pytest.skip("needs root and wireguard-go", allow_module_level=True)
 
 from wgcast.lab.core import Lab  # noqa: E402
+from wgcast.lab.system import wait_for  # noqa: E402
 
 NOBODY = 65534  # nobody / nogroup (Debian)
 SYSTEM_PY = "/usr/bin/python3"  # readable by nobody (the venv's interpreter is not)
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def _hook(node: str, cfg: dict[str, Any]) -> None:

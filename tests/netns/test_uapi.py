@@ -22,10 +22,10 @@ from wgcast.dataplane.types import (
     RemoveAllowedIP,
     ReplaceAllowedIPs,
     WireGuardError,
-    prefix,
 )
 from wgcast.dataplane.uapi import UapiDevice, UapiError
 from wgcast.keys import control_address, generate_private, public_from_private
+from wgcast.prefix import parse_prefix as prefix
 
 if TYPE_CHECKING:
     from conftest import Netns

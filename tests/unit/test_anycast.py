@@ -68,37 +68,81 @@ ops = st.lists(st.tuples(st.sampled_from(["connect", "join", "leave", "disconnec
                          st.sampled_from([0, 1000, 1001])), max_size=80)
 
 
+def _predict(model: dict[int, tuple[int, set[ipaddress.IPv6Network | ipaddress.IPv4Network]]],
+             op: str, conn: int, prefix: ipaddress.IPv6Network | ipaddress.IPv4Network,
+             uid: int) -> str | None:
+    """The model's verdict: the MemberError code the registry must raise, or None."""
+    if op == "connect":
+        if conn in model:
+            return "internal"
+        if len(model) >= 5:
+            return "too_many_connections"
+        if uid != 0 and sum(1 for u, _ in model.values() if u == uid) >= 3:
+            return "too_many_connections"
+    elif op == "join":
+        if conn not in model:
+            return "internal"
+        if prefix in model[conn][1]:
+            return "already_member"
+        if len(model[conn][1]) >= 2:
+            return "too_many_memberships"
+    elif op == "leave" and (conn not in model or prefix not in model[conn][1]):
+        return "not_member"
+    return None
+
+
 @settings(max_examples=300, deadline=None)
 @given(ops)
 def test_registry_model(seq: list[tuple[str, int, ipaddress.IPv6Network, int]]) -> None:
-    """Against a trivial model: counts = how many open connections hold each group."""
+    """Against a trivial model: counts = how many open connections hold each group, and
+    the model predicts every refusal (its code) as well as every success."""
     r = Registry(Limits(connections_per_uid=3, memberships_per_connection=2, connections=5))
     model: dict[int, tuple[int, set[ipaddress.IPv6Network | ipaddress.IPv4Network]]] = {}
     for op, conn, prefix, uid in seq:
+        want = _predict(model, op, conn, prefix, uid)
+        got: str | None = None
         try:
             if op == "connect":
                 r.connect(conn, uid)
-                model[conn] = (uid, set())
             elif op == "join":
                 r.join(conn, prefix)
-                model[conn][1].add(prefix)
             elif op == "leave":
                 r.leave(conn, prefix)
-                model[conn][1].discard(prefix)
             else:
                 released = r.disconnect(conn)
-                held = model.pop(conn, (0, set()))[1]
-                assert set(released) == held
-        except MemberError:
-            pass
+                assert set(released) == model.get(conn, (0, set()))[1]
+        except MemberError as e:
+            got = e.code
+        assert got == want, (op, conn, prefix, uid)
+        if want is None:  # the model follows only what succeeded
+            if op == "connect":
+                model[conn] = (uid, set())
+            elif op == "join":
+                model[conn][1].add(prefix)
+            elif op == "leave":
+                model[conn][1].discard(prefix)
+            else:
+                model.pop(conn, None)
         r.check()
         for p in (P1, P2, P3):
             assert r.count(p) == sum(1 for _, h in model.values() if p in h)
         assert r.connections() == len(model) <= 5
         for u in (1000, 1001):
-            assert r.connections(u) <= 3
+            assert r.connections(u) == sum(1 for v, _ in model.values() if v == u) <= 3
         for _, h in model.values():
             assert len(h) <= 2
+
+
+def test_registry_model_sees_refusals() -> None:
+    """The model above is not vacuous: these sequences are refused, with these codes."""
+    m: dict[int, tuple[int, set[ipaddress.IPv6Network | ipaddress.IPv4Network]]] = {
+        1: (1000, {P1, P2}), 2: (1000, set()), 3: (1000, set())}
+    assert _predict(m, "connect", 4, P1, 1000) == "too_many_connections"
+    assert _predict(m, "connect", 4, P1, 0) is None
+    assert _predict(m, "join", 1, P3, 0) == "too_many_memberships"
+    assert _predict(m, "join", 1, P1, 0) == "already_member"
+    assert _predict(m, "leave", 2, P1, 0) == "not_member"
+    assert _predict(m, "join", 9, P1, 0) == "internal"
 
 
 # ------------------------------------------------------------------ policy

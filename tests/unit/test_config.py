@@ -732,3 +732,13 @@ def test_arbitrary_documents_raise_only_config_error(doc: dict[str, Any]) -> Non
         assert all(m.startswith("<dict>: ") for m in e.errors)
     else:
         assert isinstance(config, Config)
+
+
+@pytest.mark.parametrize("key", ["restart_hold", "move_hold"])
+def test_holds_can_be_turned_off_with_zero(key: str) -> None:
+    """docs/config.md: `0` turns these off; the daemon checks `> 0` (tests/unit/
+    test_runtime.py shows move_hold = "0s" moving at once)."""
+    c = loads(BASE + f'[timers]\n{key} = "0s"\n')
+    assert getattr(c.timers, key) == 0.0
+    with pytest.raises(ConfigError, match="positive"):
+        loads(BASE + f'[timers]\n{key} = "-1s"\n')

@@ -5,8 +5,9 @@ reach the backend, a silent neighbour fails over."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
-from types import SimpleNamespace
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from wgcast import keys
 from wgcast.daemon.config import loads
 from wgcast.daemon.endpoint_manager import EndpointManager
+from wgcast.daemon.ports import NeighbourSnapshot
 from wgcast.dataplane.types import Device, Peer
 
 
@@ -44,25 +46,68 @@ class FakeBackend:
 
 
 class FakeDaemon:
+    """The ports an EndpointManager gets: the clock (the running loop), a read-only engine
+    view whose neighbours a test edits, engine control that records Hellos."""
+
     def __init__(self, text: str, private: bytes, peers: dict[bytes, str | None]) -> None:
         self.config = loads(text)
         self.backend = FakeBackend(private, peers)
         self.public_key = keys.public_from_private(private)
-        self.node = SimpleNamespace(neighbours={
-            p.name: SimpleNamespace(last_hello=None, hello_interval=0.0, rtt_ms=None)
-            for p in self.config.peers}, hello_now=self.hello_now)
+        self.router_id = b"\x01" * 8
+        self.seqno = 0
+        self.nbs = {p.name: NeighbourSnapshot(p.name, False, None, None, 0.0)
+                    for p in self.config.peers}
         self.hellos: list[str] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.flushes = 0
 
-    def hello_now(self, name: str, now: float) -> None:
+    # ports.Scheduler
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> asyncio.TimerHandle:
+        return asyncio.get_running_loop().call_at(when, callback)
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        asyncio.get_running_loop().add_reader(fd, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        asyncio.get_running_loop().remove_reader(fd)
+
+    # ports.EngineView (what the manager reads: neighbours)
+    def neighbour(self, name: str) -> NeighbourSnapshot | None:
+        return self.nbs.get(name)
+
+    def neighbours(self) -> tuple[NeighbourSnapshot, ...]:
+        return tuple(self.nbs.values())
+
+    def neighbour_cost(self, name: str) -> int:
+        return 96
+
+    def routes_to(self, prefix: Any) -> tuple[Any, ...]:
+        return ()
+
+    def routes_via(self, name: str) -> int:
+        return 0
+
+    def selected(self) -> tuple[Any, ...]:
+        return ()
+
+    def counters(self) -> dict[str, int]:
+        return {}
+
+    def heard(self, name: str, **changes: Any) -> None:
+        self.nbs[name] = dataclasses.replace(self.nbs[name], **changes)
+
+    # ports.EngineControl
+    def hello_now(self, name: str) -> None:
         self.hellos.append(name)
 
-    def now(self) -> float:
-        assert self._loop is not None
-        return self._loop.time()
+    def flush(self) -> None:
+        self.flushes += 1
 
-    def _pump(self) -> None:
-        pass
+    def manager(self) -> EndpointManager:
+        return EndpointManager(self.config, self.backend, self.public_key,  # type: ignore[arg-type]
+                               self, self, self)
 
 
 def _config(port: int, peer_pub: bytes, endpoints: list[str], probe_port: int | str,
@@ -85,9 +130,7 @@ def test_two_managers_probe_each_other_and_fail_over() -> None:
                                '[endpoint_policy]\nprobe_interval = "100ms"\n'),
                        pa, {kb: None})
         b = FakeDaemon(_config(port_b, ka, ["127.0.0.1:51820"], port_a), pb, {ka: None})
-        loop = asyncio.get_running_loop()
-        a._loop = b._loop = loop
-        ma, mb = EndpointManager(a), EndpointManager(b)  # type: ignore[arg-type]
+        ma, mb = a.manager(), b.manager()
         await ma.start()
         await mb.start()
         try:
@@ -107,8 +150,7 @@ def test_two_managers_probe_each_other_and_fail_over() -> None:
             # The neighbour speaks, then goes silent: fail over to another candidate
             # (after 2 s: the probes on the path in use are still answered, b's
             # responder being on all of them, so the silence is first taken for a stall).
-            nb = a.node.neighbours["peer"]
-            nb.last_hello, nb.hello_interval = a.now(), 0.2
+            a.heard("peer", last_hello=a.now(), hello_interval=0.2)
             ma.received("peer")
             await asyncio.sleep(0.1)
             assert ps.es.confirmed
@@ -136,9 +178,7 @@ def test_probes_with_a_wrong_key_are_not_answered() -> None:
                                '[endpoint_policy]\nprobe_interval = "100ms"\n'), pc, {kb: None})
         c.public_key = ka  # claims a's identity (router-id)
         b = FakeDaemon(_config(port_b, ka, ["127.0.0.1:51820"], port_a), pb, {ka: None})
-        loop = asyncio.get_running_loop()
-        c._loop = b._loop = loop
-        mc, mb = EndpointManager(c), EndpointManager(b)  # type: ignore[arg-type]
+        mc, mb = c.manager(), b.manager()
         await mc.start()
         await mb.start()
         try:
@@ -158,8 +198,7 @@ def test_probing_off_with_port_zero() -> None:
         pa, pb = keys.generate_private(), keys.generate_private()
         kb = keys.public_from_private(pb)
         a = FakeDaemon(_config(0, kb, ["127.0.0.1:9"], 51821), pa, {kb: "127.0.0.1:9"})
-        a._loop = asyncio.get_running_loop()
-        m = EndpointManager(a)  # type: ignore[arg-type]
+        m = a.manager()
         await m.start()
         try:
             await asyncio.sleep(0.2)

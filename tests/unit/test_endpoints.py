@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgcast import keys
-from wgcast.endpoints import EndpointParams, EndpointSet, SetEndpoint, canonical, split
+from wgcast.endpoints import EndpointParams, EndpointSet, SetEndpoint, canonical, endpoint_parts
 from wgcast.probe import (
     REPLY,
     REQUEST,
@@ -433,8 +433,8 @@ def test_canonical_addresses() -> None:
     assert canonical("198.51.100.1", 1) == "198.51.100.1:1"
     assert canonical("2001:DB8::1", 2) == "[2001:db8::1]:2"
     assert canonical("::ffff:198.51.100.1", 3) == "198.51.100.1:3"
-    assert split("[2001:db8::1]:2") == ("2001:db8::1", 2)
-    assert split("198.51.100.1:1") == ("198.51.100.1", 1)
+    assert endpoint_parts("[2001:db8::1]:2") == ("2001:db8::1", 2)
+    assert endpoint_parts("198.51.100.1:1") == ("198.51.100.1", 1)
 
 
 def _pair() -> tuple[bytes, bytes, bytes, bytes]:

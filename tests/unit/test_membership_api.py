@@ -17,11 +17,13 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import pytest
+from daemon_fakes import until
 
 from wgcast.daemon import api as api_mod
 from wgcast.daemon.api import ApiServer, PeerCred
 from wgcast.daemon.config import Config, loads
 from wgcast.daemon.membership import DRAIN_METRIC, MembershipService
+from wgcast.daemon.ports import NeighbourSnapshot, RouteSnapshot
 
 G1, G2, G3 = "fd00:a::53/128", "fd00:a::54/128", "fd00:a::55/128"
 RID = b"\x01" * 8
@@ -45,35 +47,49 @@ allow_gids = [777]
 ''')
 
 
-class Nb:
-    def __init__(self, up: bool = True) -> None:
-        self.up = up
+def route(nid: str, rid: bytes, refmetric: int = 100) -> RouteSnapshot:
+    return RouteSnapshot(nid, rid, 0, refmetric, refmetric + 96)
 
 
-class Route:
-    def __init__(self, rid: bytes, refmetric: int = 100) -> None:
-        self.router_id, self.refmetric = rid, refmetric
+class FakeEngine:
+    """ports.EngineView as a drain reads it: which neighbours are up (`up`), which
+    routes they announce (`table`: prefix -> neighbour -> route)."""
 
+    router_id = RID
+    seqno = 0
 
-class Routes:
     def __init__(self) -> None:
-        self.table: dict[Any, dict[str, Route]] = {}
+        self.up: dict[str, bool] = {}
+        self.table: dict[Any, dict[str, RouteSnapshot]] = {}
 
-    def routes(self, prefix: Any) -> dict[str, Route]:
-        return self.table.get(prefix, {})
+    def neighbour(self, name: str) -> NeighbourSnapshot | None:
+        return next((n for n in self.neighbours() if n.name == name), None)
 
+    def neighbours(self) -> tuple[NeighbourSnapshot, ...]:
+        return tuple(NeighbourSnapshot(n, up, None, None, 0.0) for n, up in self.up.items())
 
-class FakeNode:
-    def __init__(self) -> None:
-        self.router_id = RID
-        self.neighbours: dict[str, Nb] = {}
-        self.routes = Routes()
+    def neighbour_cost(self, name: str) -> int:
+        return 96
+
+    def routes_to(self, prefix: Any) -> tuple[RouteSnapshot, ...]:
+        return tuple(self.table.get(prefix, {}).values())
+
+    def routes_via(self, name: str) -> int:
+        return sum(name in per for per in self.table.values())
+
+    def selected(self) -> tuple[Any, ...]:
+        return ()
+
+    def counters(self) -> dict[str, int]:
+        return {}
 
 
 class FakeDaemon:
+    """ports.GroupServing (records the calls) and ports.StatusSource, plus an engine."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.node = FakeNode()
+        self.engine = FakeEngine()
         self.calls: list[tuple[Any, ...]] = []
         self.served: dict[Any, int | None] = {}
         self.on_unserve: Callable[[], Awaitable[None]] | None = None
@@ -91,6 +107,15 @@ class FakeDaemon:
 
     def status(self) -> dict[str, Any]:
         return {"interface": self.config.interface}
+
+    def route_table(self) -> list[dict[str, Any]]:
+        return []
+
+    def peer_table(self) -> list[dict[str, Any]]:
+        return []
+
+    def counters(self) -> None:
+        return None
 
 
 class Conn:
@@ -121,8 +146,8 @@ class Conn:
 async def server(tmp: str, extra: str = "") -> AsyncIterator[tuple[FakeDaemon, ApiServer,
                                                                     MembershipService]]:
     d = FakeDaemon(make_config(tmp, extra))
-    api = ApiServer(d)  # type: ignore[arg-type]
-    ms = MembershipService(d, api)  # type: ignore[arg-type]
+    api = ApiServer(d.config, d)
+    ms = MembershipService(d.config, api, d, d.engine)
     await ms.start()
     await api.start()
     try:
@@ -136,13 +161,6 @@ async def connect(path: str) -> Conn:
     r, w = await asyncio.open_unix_connection(path, limit=1 << 20)
     return Conn(r, w)
 
-
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 def fake_uid(monkeypatch: pytest.MonkeyPatch, uid: int, gid: int | None = None) -> None:
@@ -173,7 +191,7 @@ def test_join_refcount_and_close(tmp_path: Any) -> None:
             g = {x["prefix"]: x for x in st["groups"]}
             assert g[G1]["members"] == 2 and g[G2]["state"] == "idle"
             await a.close()  # a crash: the connection closes
-            await until(lambda: ms.groups[ms.daemon.config.groups[0].prefix].members == 1)
+            await until(lambda: ms.groups[ms.config.groups[0].prefix].members == 1)
             assert len(d.calls) == 1  # still one member: still served
             await b.close()
             await until(lambda: len(d.calls) == 2)
@@ -310,9 +328,9 @@ def test_slow_client_does_not_stall_others(tmp_path: Any) -> None:
 def test_drain_waits_for_neighbours_then_retracts(tmp_path: Any) -> None:
     async def go() -> None:
         async with server(str(tmp_path)) as (d, api, ms):
-            prefix = ms.daemon.config.groups[0].prefix
-            node = d.node
-            node.neighbours = {"n2": Nb(), "n3": Nb(), "n4": Nb(up=False)}
+            prefix = ms.config.groups[0].prefix
+            engine = d.engine
+            engine.up = {"n2": True, "n3": True, "n4": False}
             member = await connect(api.path)
             assert (await member.req({"cmd": "join", "prefix": G1}))["served"]
             admin = await connect(api.path)
@@ -321,10 +339,10 @@ def test_drain_waits_for_neighbours_then_retracts(tmp_path: Any) -> None:
             await until(lambda: d.calls[-1] == ("serve", G1, DRAIN_METRIC))
             await asyncio.sleep(0.05)
             assert not task.done()  # nobody moved yet
-            node.routes.table[prefix] = {"n2": Route(b"\x02" * 8)}
+            engine.table[prefix] = {"n2": route("n2", b"\x02" * 8)}
             await asyncio.sleep(0.05)
             assert not task.done()  # n3 still routes through us
-            node.routes.table[prefix]["n3"] = Route(b"\x03" * 8)
+            engine.table[prefix]["n3"] = route("n3", b"\x03" * 8)
             r = await task
             assert r["ok"] and r["drained"] and r["moved"] and r["acked"]
             assert r["state"] == "drained" and r["members"] == 1
@@ -336,7 +354,7 @@ def test_drain_waits_for_neighbours_then_retracts(tmp_path: Any) -> None:
             m2 = await connect(api.path)
             assert (await m2.req({"cmd": "join", "prefix": G1}))["served"]
             # A drain that nobody can follow (no other instance) is bounded.
-            node.routes.table[prefix] = {}
+            engine.table[prefix] = {}
             t0 = time.perf_counter()
             r = await admin.req({"cmd": "drain", "prefix": G1, "move_timeout": 0.2,
                                  "settle": 0})
@@ -353,7 +371,7 @@ def test_drain_waits_for_neighbours_then_retracts(tmp_path: Any) -> None:
 def test_drain_cancelled_by_undrain(tmp_path: Any) -> None:
     async def go() -> None:
         async with server(str(tmp_path)) as (d, api, _ms):
-            d.node.neighbours = {"n2": Nb()}
+            d.engine.up = {"n2": True}
             m = await connect(api.path)
             await m.req({"cmd": "join", "prefix": G1})
             admin = await connect(api.path)
@@ -389,7 +407,7 @@ fall = 2
 
     async def go() -> None:
         async with server(str(tmp_path), extra) as (d, api, ms):
-            prefix = ms.daemon.config.groups[2].prefix
+            prefix = ms.config.groups[2].prefix
             await until(lambda: ("serve", G3, None) in d.calls)  # no member: static
             g = ms.groups[prefix]
             assert g.healthy and g.served
@@ -420,7 +438,7 @@ api_socket = "{tmp_path}/s.sock"
 api_socket_mode = "0600"
 api_socket_group = 12345
 '''))
-        api = ApiServer(d)  # type: ignore[arg-type]
+        api = ApiServer(d.config, d)
         await api.start()
         try:
             st = os.stat(api.path)
@@ -431,7 +449,7 @@ api_socket_group = 12345
         d2 = FakeDaemon(loads(f'interface = "wgt2"\napi_socket = "{tmp_path}/t.sock"\n'
                               'api_socket_group = "no-such-group-here"\n'))
         with pytest.raises(RuntimeError, match="no-such-group-here"):
-            await ApiServer(d2).start()  # type: ignore[arg-type]
+            await ApiServer(d2.config, d2).start()
 
     if os.geteuid() != 0:
         pytest.skip("chown to another group needs root")
@@ -505,7 +523,7 @@ def test_serve_failure_is_reported_and_retried(tmp_path: Any) -> None:
             c = await connect(api.path)
             r = await c.req({"cmd": "join", "prefix": G1, "wait": 0.2})
             assert r["ok"] and not r["served"] and "missing" in r["error_detail"]
-            g = ms.groups[ms.daemon.config.groups[0].prefix]
+            g = ms.groups[ms.config.groups[0].prefix]
             await until(lambda: g.served, 5.0)  # retried after a second
             st = await c.req({"cmd": "status"})
             assert "error" not in next(x for x in st["groups"] if x["prefix"] == G1)

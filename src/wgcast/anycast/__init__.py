@@ -11,8 +11,6 @@ peer credentials, probe results and a float `now`, and reads back what each grou
 
 from __future__ import annotations
 
-import ipaddress
-
-Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
+from wgcast.prefix import Prefix
 
 __all__ = ["Prefix"]

@@ -1089,6 +1089,36 @@ class Node:
             w.packets.extend(bytes(patched[pi]) if pi in patched else pkt
                              for pi, pkt in enumerate(packets))
 
+    # ---- read-only queries for drivers (ports)
+    # A driver (the daemon) reads the engine's tables only through these: each answer is
+    # a fresh copy of plain values, so it can neither change engine state nor depend on
+    # how the tables are laid out (daemon/ports.py turns them into frozen snapshots).
+
+    def neighbour_names(self) -> list[str]:
+        """Every neighbour, in the order added."""
+        return list(self.neighbours)
+
+    def neighbour_state(self, nid: str) -> tuple[bool, float | None, float | None,
+                                                 float] | None:
+        """(up, rtt_ms, last_hello, hello_interval) of `nid`; None if no such neighbour.
+
+        `last_hello` is the engine's time of the last Hello heard; `hello_interval` the
+        neighbour's own, in seconds (0.0 until known)."""
+        nb = self.neighbours.get(nid)
+        if nb is None:
+            return None
+        return nb.up, nb.rtt_ms, nb.last_hello, nb.hello_interval
+
+    def route_entries(self, prefix: Prefix) -> list[tuple[str, bytes, int, int, int]]:
+        """(neighbour, router_id, seqno, refmetric, metric) of every route to `prefix`,
+        one per neighbour; `metric` adds the link cost, as selection compares it."""
+        return [(r.neighbour, r.router_id, r.seqno, r.refmetric, self._route_metric(r))
+                for r in self.routes.routes(prefix).values()]
+
+    def route_count_via(self, nid: str) -> int:
+        """How many routes were learned from `nid`."""
+        return len(self.routes.via(nid))
+
 
 _PREFIX_AT: dict[tuple[int, int, bytes], tuple[Prefix, bytes]] = {}
 _UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from

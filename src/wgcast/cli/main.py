@@ -56,7 +56,7 @@ def run(config: str, verbose: int) -> None:
 
 
 def _api(config: str | None, socket_path: str | None, cmd: str) -> dict[str, Any]:
-    from wgcast.daemon.api import request
+    from wgcast.client import request
 
     path = socket_path or (_load(config).api_socket if config else None)
     if path is None:
@@ -201,8 +201,8 @@ def _register_demo() -> None:
              jitter: str, loss: str, seed: int, health_interval: str, health_fall: int,
              as_json: bool) -> None:
         """Up a mesh, fail the busiest anycast instance, measure each client's outage."""
-        from wgcast.lab.core import LabError
         from wgcast.lab.demo import DemoOptions, run_demo
+        from wgcast.lab.system import LabError
 
         opt = DemoOptions(topology, instances, fail, runs, timers, delay, jitter, loss, seed,
                           health_interval, health_fall,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import grp
 import itertools
 import json
@@ -17,14 +16,24 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-if TYPE_CHECKING:
-    from wgcast.daemon.runtime import Daemon
+from wgcast.daemon.api_context import (
+    ApiError,
+    Connection,
+    PeerCred,
+    bind_connection,
+    current_connection,
+    unbind_connection,
+)
+from wgcast.daemon.config import Config
+from wgcast.daemon.ports import Handler, StatusSource
 
 log = logging.getLogger("wgcast.api")
+
+__all__ = ["ApiError", "ApiServer", "Connection", "PeerCred", "current_connection",
+           "peer_credentials"]
 
 MAX_LINE = 16 * 1024
 MAX_CONNECTIONS = 4096
@@ -32,69 +41,6 @@ MAX_CONNECTIONS = 4096
 _CHUNK = 64 * 1024
 #: Pending connections the kernel queues before accept().
 BACKLOG = 1024
-
-Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-class ApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCred:
-    """SO_PEERCRED of a client: its pid, uid and gid when it connected."""
-
-    pid: int
-    uid: int
-    gid: int
-
-
-@dataclass(eq=False)
-class Connection:
-    """One client connection, as handlers see it through `current_connection()`.
-
-    `id` is unique for the server's lifetime; `peer` is None where the platform has no
-    SO_PEERCRED. Callbacks registered with `on_close` run once, when the connection ends
-    (EOF, error, daemon stop), in the order registered; `data` is free for plug-ins.
-    """
-
-    id: int
-    peer: PeerCred | None
-    data: dict[str, Any] = field(default_factory=dict)
-    closed: bool = False
-    _on_close: list[Callable[[Connection], None]] = field(default_factory=list)
-
-    def on_close(self, callback: Callable[[Connection], None]) -> None:
-        if self.closed:
-            callback(self)
-        else:
-            self._on_close.append(callback)
-
-    def _close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        callbacks, self._on_close = self._on_close, []
-        for cb in callbacks:
-            try:
-                cb(self)
-            except Exception:  # one plug-in's bug must not skip the others
-                log.exception("API connection close callback failed")
-
-
-_current: contextvars.ContextVar[Connection | None] = contextvars.ContextVar(
-    "wgcast_api_connection", default=None)
-
-
-def current_connection() -> Connection:
-    """The connection whose request is being handled (inside a handler only)."""
-    conn = _current.get()
-    if conn is None:
-        raise RuntimeError("current_connection() outside an API request")
-    return conn
-
 
 def peer_credentials(sock: Any) -> PeerCred | None:
     """SO_PEERCRED of a connected Unix socket (Linux), else None."""
@@ -112,9 +58,10 @@ def peer_credentials(sock: Any) -> PeerCred | None:
 class ApiServer:
     """Serves status, routes and peers (membership commands plug in via `handlers`)."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.path = daemon.config.api_socket
+    def __init__(self, config: Config, source: StatusSource) -> None:
+        self.config = config
+        self.source = source
+        self.path = config.api_socket
         self.server: asyncio.AbstractServer | None = None
         self.connections = 0
         self.handlers: dict[str, Handler] = {
@@ -130,7 +77,7 @@ class ApiServer:
 
     async def start(self) -> None:
         """Bind the socket with the configured mode and group, never wider meanwhile."""
-        cfg = self.daemon.config
+        cfg = self.config
         gid = _resolve_group(cfg.api_socket_group)
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -172,7 +119,7 @@ class ApiServer:
         conn = Connection(next(self._ids), peer_credentials(writer.get_extra_info("socket")))
         conn.data["_writer"] = writer
         self._live[conn.id] = conn
-        token = _current.set(conn)
+        token = bind_connection(conn)
         try:
             if self.connections > MAX_CONNECTIONS:
                 await _reply(writer, {"ok": False, "error": "too_many_connections",
@@ -212,7 +159,7 @@ class ApiServer:
         except (ConnectionError, OSError):
             return
         finally:
-            _current.reset(token)
+            unbind_connection(token)
             self.connections -= 1
             self._live.pop(conn.id, None)
             conn._close()
@@ -244,13 +191,13 @@ class ApiServer:
         return {"ok": True, **out}
 
     async def _status(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"status": self.daemon.status()}
+        return {"status": self.source.status()}
 
     async def _routes(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"routes": self.daemon.route_table()}
+        return {"routes": self.source.route_table()}
 
     async def _peers(self, req: dict[str, Any]) -> dict[str, Any]:
-        return {"peers": self.daemon.peer_table()}
+        return {"peers": self.source.peer_table()}
 
 
 def _resolve_group(group: str | int | None) -> int | None:
@@ -278,21 +225,3 @@ def _raise_nofile(want: int) -> None:
 async def _reply(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
     writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
     await writer.drain()
-
-
-def request(path: str, obj: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
-    """Blocking client for the CLI: one request, one reply."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(json.dumps(obj).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    reply: dict[str, Any] = json.loads(buf)
-    return reply

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Final, Literal, TypeVar, cast
 
+from wgcast.prefix import Prefix
+
 __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_PROBE_PORT",
@@ -50,7 +52,6 @@ __all__ = [
     "parse_endpoint",
 ]
 
-Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 Backend = Literal["auto", "uapi", "netlink"]
 RouteSelection = Literal["shortest", "sticky"]
 HealthType = Literal["exec", "tcp", "udp", "http", "dns"]
@@ -117,11 +118,12 @@ _UNIT_SECONDS: Final[Mapping[str, float]] = {
 _DURATION_EXAMPLES = '"200ms", "4s", "1.5s" or "2m"'
 
 
-def parse_duration(s: str) -> float:
+def parse_duration(s: str, allow_zero: bool = False) -> float:
     """Seconds in a duration string: "200ms", "4s", "1.5s", "2m", "1h", "1m30s".
 
     Units: us, ms, s, m, h. Raises ValueError (whose message says what was expected)
-    for anything else, including a missing unit and a duration that is not positive.
+    for anything else, including a missing unit and a duration that is not positive
+    (zero is allowed with `allow_zero`: the keys whose "0s" means off).
     """
     if not isinstance(s, str):
         raise ValueError(
@@ -144,7 +146,7 @@ def parse_duration(s: str) -> float:
     )
     if not math.isfinite(seconds):
         raise ValueError(f"expected a finite duration, got {_show(s)}")
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allow_zero):
         raise ValueError(f"expected a positive duration, got {_show(s)}")
     return seconds
 
@@ -524,7 +526,7 @@ def _choice(*options: str) -> Conv[str]:
 def _duration(lo: float, hi: float, centiseconds: bool = False) -> Conv[float]:
     def conv(v: Any) -> float:
         try:
-            seconds = parse_duration(v)
+            seconds = parse_duration(v, allow_zero=lo == 0)
         except ValueError as e:
             raise _Bad(str(e)) from None
         if not lo <= seconds <= hi:

@@ -27,17 +27,15 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wgcast import probe
 from wgcast.babel.events import NeighbourDown, NeighbourUp
 from wgcast.daemon.config import Config, Endpoint, PeerConf
-from wgcast.dataplane.types import endpoint_parts
-from wgcast.endpoints import EndpointParams, EndpointSet, SetEndpoint, canonical, split
+from wgcast.daemon.ports import EngineControl, EngineView, Scheduler
+from wgcast.dataplane.types import WireGuardBackend
+from wgcast.endpoints import EndpointParams, EndpointSet, SetEndpoint, canonical, endpoint_parts
 from wgcast.keys import router_id, shared_secret
-
-if TYPE_CHECKING:
-    from wgcast.daemon.runtime import Daemon
 
 log = logging.getLogger("wgcast.endpoints")
 
@@ -74,17 +72,21 @@ class _Peer:
 class EndpointManager:
     """Endpoint candidates of every peer of one daemon."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
-        self.config: Config = daemon.config
+    def __init__(self, config: Config, device: WireGuardBackend, public_key: bytes,
+                 clock: Scheduler, engine: EngineView, control: EngineControl) -> None:
+        self.config = config
+        self.device = device
+        self.clock = clock
+        self.engine = engine
+        self.control = control
         self.peers: dict[str, _Peer] = {}
         self._by_rid: dict[bytes, str] = {}
         self._sock: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
         self._resolver: asyncio.Task[None] | None = None
         self._counter = 0
-        self._rid = b""
-        self._public = b""
+        self._public = public_key
+        self._rid = router_id(public_key)
         self.counters: dict[str, int] = dict.fromkeys(
             ("probes_sent", "probes_answered", "requests_answered", "probe_send_errors",
              "probes_bad", "probes_unknown_sender", "probes_replayed", "probes_rate_limited",
@@ -108,13 +110,10 @@ class EndpointManager:
     # ------------------------------------------------------------------ life
 
     def _now(self) -> float:
-        return self.d.now()
+        return self.clock.now()
 
     async def start(self) -> None:
-        d = self.d
-        dev = await d.backend.get()
-        self._public = d.public_key
-        self._rid = router_id(self._public)
+        dev = await self.device.get()
         now = self._now()
         private = dev.private_key
         for pc in self.config.peers:
@@ -149,10 +148,8 @@ class EndpointManager:
                 t.cancel()
         self._task = self._resolver = None
         if self._sock is not None:
-            loop = self.d._loop
-            if loop is not None:
-                with contextlib.suppress(Exception):
-                    loop.remove_reader(self._sock.fileno())
+            with contextlib.suppress(Exception):
+                self.clock.remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None
 
@@ -168,8 +165,7 @@ class EndpointManager:
             sock.bind(("0.0.0.0", port))
         sock.setblocking(False)
         self._sock = sock
-        assert self.d._loop is not None
-        self.d._loop.add_reader(sock.fileno(), self._on_readable)
+        self.clock.add_reader(sock.fileno(), self._on_readable)
 
     # ------------------------------------------------------------------ names
 
@@ -231,7 +227,7 @@ class EndpointManager:
 
     async def _poll(self) -> None:
         """WireGuard's endpoints (roams) and handshake ages."""
-        dev = await self.d.backend.get()
+        dev = await self.device.get()
         now, wall = self._now(), time.time()
         for ps in self.peers.values():
             wg = dev.peer(ps.key)
@@ -246,9 +242,6 @@ class EndpointManager:
                 await self._apply(ps, decision)
 
     async def _tick_peer(self, ps: _Peer) -> None:
-        node = self.d.node
-        if node is None:
-            return
         now = self._now()
         es = ps.es
         self._check_heard(ps)
@@ -267,8 +260,7 @@ class EndpointManager:
 
     def _check_heard(self, ps: _Peer) -> bool:
         """Feed a new Hello of the peer to its set; True if it came after a silence."""
-        node = self.d.node
-        nb = node.neighbours.get(ps.conf.name) if node is not None else None
+        nb = self.engine.neighbour(ps.conf.name)
         if nb is None or nb.last_hello is None or nb.last_hello == ps.last_hello:
             return False
         previous, ps.last_hello = ps.last_hello, nb.last_hello
@@ -281,11 +273,10 @@ class EndpointManager:
         ps = self.peers.get(name)
         if ps is not None and self._check_heard(ps):
             # The peer speaks again after a silence: it probably just moved to another
-            # path. Answer at once, so it hears us before it declares us dead.
-            node = self.d.node
-            if node is not None and hasattr(node, "hello_now"):
-                with contextlib.suppress(Exception):
-                    node.hello_now(name, self._now())
+            # path. Answer at once, so it hears us before it declares us dead (the
+            # runtime flushes after the burst it is reading).
+            with contextlib.suppress(Exception):
+                self.control.hello_now(name)
 
     def on_neighbour(self, ev: NeighbourUp | NeighbourDown) -> None:
         ps = self.peers.get(ev.neighbour)
@@ -303,7 +294,7 @@ class EndpointManager:
     async def _apply(self, ps: _Peer, decision: SetEndpoint) -> None:
         name = ps.conf.name
         try:
-            await self.d.backend.set_endpoint(ps.key, decision.addr)
+            await self.device.set_endpoint(ps.key, decision.addr)
         except Exception as e:
             self.counters["endpoint_set_errors"] += 1
             log.warning("%s: cannot set endpoint %s: %s", name, decision.addr, e)
@@ -322,13 +313,9 @@ class EndpointManager:
                 ps.kick_at = self._now() + KICK_DELAY
 
     def _hello(self, ps: _Peer) -> None:
-        node = self.d.node
-        hello_now = getattr(node, "hello_now", None)
-        if hello_now is None:
-            return
         with contextlib.suppress(Exception):
-            hello_now(ps.conf.name, self._now())
-            self.d._pump()
+            self.control.hello_now(ps.conf.name)
+            self.control.flush()
 
     async def _kick(self, ps: _Peer) -> None:
         now = self._now()
@@ -336,7 +323,7 @@ class EndpointManager:
             return
         ps.last_kick = now
         try:
-            done = await self.d.backend.restart_handshake(ps.key)
+            done = await self.device.restart_handshake(ps.key)
         except Exception as e:
             log.warning("%s: cannot restart the handshake: %s", ps.conf.name, e)
             return
@@ -348,7 +335,7 @@ class EndpointManager:
     # ------------------------------------------------------------------ probes
 
     def _probe_target(self, ps: _Peer, addr: str) -> tuple[str, int]:
-        host, port = split(addr)
+        host, port = endpoint_parts(addr)
         mode = ps.conf.probe_port if ps.conf.probe_port is not None else self.config.probe_port
         if mode != "endpoint":
             port = int(mode)

@@ -1,7 +1,7 @@
-"""Health probes of anycast groups: exec, tcp, udp, http, dns, all asyncio.
+"""Health checks of anycast groups: exec, tcp, udp, http, dns, all asyncio.
 
 Each check of each group runs in its own task, once per `interval`, bounded by its
-`timeout`; a probe never blocks the event loop (processes through asyncio subprocesses,
+`timeout`; a check never blocks the event loop (processes through asyncio subprocesses,
 sockets non-blocking, names resolved by the loop's resolver thread, DNS with dnspython's
 asyncio queries). Results go into the pure `wgcast.anycast.health.CheckState`; when a
 check's verdict changes, `on_change(prefix)` is called.
@@ -30,8 +30,8 @@ log = logging.getLogger("wgcast.health")
 _MAX_READ = 4096
 
 
-class ProbeFailed(Exception):
-    """A probe that did not pass; the message says why."""
+class CheckFailed(Exception):
+    """A health check that did not pass; the message says why."""
 
 
 def params_of(conf: HealthConf) -> CheckParams:
@@ -48,8 +48,8 @@ def describe(conf: HealthConf) -> str:
     return f"{conf.type} {conf.target}"
 
 
-async def probe(conf: HealthConf) -> None:
-    """One probe of a check within its timeout; raises ProbeFailed (or TimeoutError)."""
+async def run_check(conf: HealthConf) -> None:
+    """Run a health check once, within its timeout; raises CheckFailed (or TimeoutError)."""
     async with asyncio.timeout(conf.timeout):
         if conf.type == "exec":
             await _exec(conf)
@@ -62,7 +62,7 @@ async def probe(conf: HealthConf) -> None:
         elif conf.type == "dns":
             await _dns(conf)
         else:  # pragma: no cover - the config loader knows every type
-            raise ProbeFailed(f"unknown check type {conf.type!r}")
+            raise CheckFailed(f"unknown check type {conf.type!r}")
 
 
 async def _exec(conf: HealthConf) -> None:
@@ -72,7 +72,7 @@ async def _exec(conf: HealthConf) -> None:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True)
     except OSError as e:
-        raise ProbeFailed(f"cannot run {conf.command[0]}: {e.strerror or e}") from None
+        raise CheckFailed(f"cannot run {conf.command[0]}: {e.strerror or e}") from None
     try:
         rc = await proc.wait()
     except BaseException:  # timeout or cancel: the whole process group goes
@@ -85,7 +85,7 @@ async def _exec(conf: HealthConf) -> None:
             await asyncio.shield(proc.wait())
         raise
     if rc != 0:
-        raise ProbeFailed(f"exit status {rc}" if rc > 0 else f"killed by signal {-rc}")
+        raise CheckFailed(f"exit status {rc}" if rc > 0 else f"killed by signal {-rc}")
 
 
 def _hostport(conf: HealthConf) -> tuple[str, int]:
@@ -98,7 +98,7 @@ async def _tcp(conf: HealthConf) -> None:
     try:
         _, writer = await asyncio.open_connection(host, port)
     except OSError as e:
-        raise ProbeFailed(f"connect: {e.strerror or e}") from None
+        raise CheckFailed(f"connect: {e.strerror or e}") from None
     writer.close()
     with contextlib.suppress(Exception):
         await writer.wait_closed()
@@ -109,9 +109,9 @@ async def _resolve(host: str, port: int, kind: socket.SocketKind) -> tuple[Any, 
     try:
         infos = await loop.getaddrinfo(host, port, type=kind)
     except OSError as e:
-        raise ProbeFailed(f"cannot resolve {host}: {e}") from None
+        raise CheckFailed(f"cannot resolve {host}: {e}") from None
     if not infos:
-        raise ProbeFailed(f"cannot resolve {host}")
+        raise CheckFailed(f"cannot resolve {host}")
     return infos[0]
 
 
@@ -127,13 +127,13 @@ async def _udp(conf: HealthConf) -> None:
         try:
             data = await loop.sock_recv(sock, _MAX_READ)
         except ConnectionRefusedError:
-            raise ProbeFailed("port unreachable") from None
+            raise CheckFailed("port unreachable") from None
     except OSError as e:
-        raise ProbeFailed(f"udp: {e.strerror or e}") from None
+        raise CheckFailed(f"udp: {e.strerror or e}") from None
     finally:
         sock.close()
     if conf.expect is not None and conf.expect.encode() not in data:
-        raise ProbeFailed(f"reply does not contain {conf.expect!r}")
+        raise CheckFailed(f"reply does not contain {conf.expect!r}")
 
 
 _INSECURE: ssl.SSLContext | None = None
@@ -162,7 +162,7 @@ async def _http(conf: HealthConf) -> None:
             server_hostname=(host if tls and ":" not in host else None) if tls else None,
             limit=_MAX_READ)
     except (OSError, ssl.SSLError) as e:
-        raise ProbeFailed(f"connect: {e}") from None
+        raise CheckFailed(f"connect: {e}") from None
     try:
         hosthdr = f"[{host}]" if ":" in host else host
         if port != (443 if tls else 80):
@@ -173,19 +173,19 @@ async def _http(conf: HealthConf) -> None:
         try:
             line = await reader.readuntil(b"\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            raise ProbeFailed("no HTTP status line") from None
+            raise CheckFailed("no HTTP status line") from None
     except (OSError, ssl.SSLError) as e:
-        raise ProbeFailed(f"http: {e}") from None
+        raise CheckFailed(f"http: {e}") from None
     finally:
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
     parts = line.decode("latin-1").split()
     if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-        raise ProbeFailed(f"not an HTTP status line: {line[:80]!r}")
+        raise CheckFailed(f"not an HTTP status line: {line[:80]!r}")
     status = int(parts[1])
     if status != conf.status:
-        raise ProbeFailed(f"status {status}, expected {conf.status}")
+        raise CheckFailed(f"status {status}, expected {conf.status}")
 
 
 async def _dns(conf: HealthConf) -> None:
@@ -204,12 +204,12 @@ async def _dns(conf: HealthConf) -> None:
         if r.flags & dns.flags.TC:
             r = await dns.asyncquery.tcp(q, addr[0], port=port, timeout=conf.timeout)
     except (dns.exception.DNSException, OSError) as e:
-        raise ProbeFailed(f"dns: {e}") from None
+        raise CheckFailed(f"dns: {e}") from None
     rc = r.rcode()
     if rc != dns.rcode.NOERROR:
-        raise ProbeFailed(f"rcode {dns.rcode.to_text(rc)}")
+        raise CheckFailed(f"rcode {dns.rcode.to_text(rc)}")
     if not r.answer:
-        raise ProbeFailed("no answer records")
+        raise CheckFailed("no answer records")
 
 
 class Check:
@@ -267,15 +267,15 @@ class HealthMonitor:
         while True:
             t0 = time.perf_counter()
             try:
-                await probe(conf)
+                await run_check(conf)
                 ok, why = True, None
             except TimeoutError:
                 ok, why = False, f"timeout after {conf.timeout:g}s"
-            except ProbeFailed as e:
+            except CheckFailed as e:
                 ok, why = False, str(e)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a probe bug is a failing probe, not a dead task
+            except Exception as e:  # a check bug is a failing check, not a dead task
                 log.exception("health check %s of %s", describe(conf), check.prefix)
                 ok, why = False, f"internal error: {e}"
             check.last_ms = (time.perf_counter() - t0) * 1000
@@ -289,6 +289,6 @@ class HealthMonitor:
                 self.on_change(check.prefix)
             next_at += conf.interval
             now = loop.time()
-            if next_at < now:  # a slow probe: skip the missed beats, keep the phase
+            if next_at < now:  # a slow check: skip the missed beats, keep the phase
                 next_at += conf.interval * ((now - next_at) // conf.interval + 1)
             await asyncio.sleep(next_at - now)

@@ -25,17 +25,20 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wgcast.anycast.group import DRAIN_METRIC, Group
 from wgcast.anycast.member import Limits, MemberError, Registry
 from wgcast.anycast.policy import Peer, Policy, refusal
-from wgcast.daemon.api import ApiError, ApiServer, Connection, current_connection
-from wgcast.daemon.config import Prefix
+from wgcast.daemon.api_context import ApiError, Connection, current_connection
+from wgcast.daemon.config import Config, Prefix
 from wgcast.daemon.health import HealthMonitor
-
-if TYPE_CHECKING:
-    from wgcast.daemon.runtime import Daemon
+from wgcast.daemon.ports import (
+    CommandRegistry,
+    EngineView,
+    GroupServing,
+    GroupSnapshot,
+)
 
 log = logging.getLogger("wgcast.membership")
 
@@ -62,9 +65,12 @@ class DrainParams:
 class MembershipService:
     """Membership, health and drain of the configured groups of one daemon."""
 
-    def __init__(self, daemon: Daemon, api: ApiServer, limits: Limits | None = None) -> None:
-        self.daemon = daemon
+    def __init__(self, config: Config, api: CommandRegistry, serving: GroupServing,
+                 engine: EngineView, limits: Limits | None = None) -> None:
+        self.config = config
         self.api = api
+        self.serving = serving
+        self.engine = engine
         self.registry = Registry(limits)
         self.groups: dict[Prefix, Group] = {}
         self.policies: dict[Prefix, Policy] = {}
@@ -77,7 +83,7 @@ class MembershipService:
         self._errors: dict[Prefix, str] = {}
         self._stopping = False
         self._base_status = api.handlers.get("status")
-        t = daemon.config.timers
+        t = config.timers
         self.default_drain = DrainParams(move_timeout=max(1.0, 10 * t.hello),
                                          ack_timeout=max(t.retract_grace, 5 * t.hello),
                                          settle=0.25)
@@ -87,7 +93,7 @@ class MembershipService:
     async def start(self) -> None:
         """Register the API commands and start the health checks (before the API opens)."""
         now = self._now()
-        for gc in self.daemon.config.groups:
+        for gc in self.config.groups:
             checks = self.health.add(gc.prefix, gc.health, now)
             self.groups[gc.prefix] = Group(gc.prefix, static=gc.static,
                                            checks=[c.state for c in checks])
@@ -163,7 +169,7 @@ class MembershipService:
             while not self._stopping:
                 try:
                     if g.wanted and not g.served:
-                        await self.daemon.serve(prefix)
+                        await self.serving.serve(prefix)
                         g.served = True
                         log.info("group %s: serving (%d members%s)", prefix, g.members,
                                  ", static" if g.static else "")
@@ -198,12 +204,12 @@ class MembershipService:
         if graceful:
             # Phase 1: announce the instance as a very bad one; neighbours with another
             # instance move to it while still forwarding to us.
-            await self.daemon.serve(prefix, metric=DRAIN_METRIC)
+            await self.serving.serve(prefix, metric=DRAIN_METRIC)
             moved = False
             deadline = t0 + params.move_timeout
             while loop.time() < deadline:
                 if g.wanted:  # undrained, healthy again: back to the real metric
-                    await self.daemon.serve(prefix)
+                    await self.serving.serve(prefix)
                     log.info("group %s: withdrawal cancelled", prefix)
                     return
                 if not g.held:
@@ -216,7 +222,7 @@ class MembershipService:
                 await asyncio.sleep(_POLL)
         t_moved = loop.time()
         # Phase 2: retract, wait for the acks (bounded), settle, address down.
-        acked = await self.daemon.unserve(prefix, wait=params.ack_timeout if graceful else None,
+        acked = await self.serving.unserve(prefix, wait=params.ack_timeout if graceful else None,
                                           settle=params.settle if graceful else 0.0)
         g.served = False
         t1 = loop.time()
@@ -236,17 +242,20 @@ class MembershipService:
         A neighbour that routes through us poisons the route back (split horizon), so no
         route from it, or a route of our own origin, means it still sends traffic here.
         """
-        node = self.daemon.node
-        if node is None:
-            return True
-        routes = node.routes.routes(prefix)
-        for nid, nb in node.neighbours.items():
+        engine = self.engine
+        routes = {r.neighbour: r for r in engine.routes_to(prefix)}
+        for nb in engine.neighbours():
             if not nb.up:
                 continue
-            r = routes.get(nid)
-            if r is None or r.router_id == node.router_id or r.refmetric >= _INFINITY:
+            r = routes.get(nb.name)
+            if r is None or r.router_id == engine.router_id or r.refmetric >= _INFINITY:
                 return False
         return True
+
+    def group_snapshots(self) -> tuple[GroupSnapshot, ...]:
+        """`ports.GroupSource`: every configured group, for the metrics."""
+        return tuple(GroupSnapshot(g.prefix, g.served, g.members, g.healthy, g.draining)
+                     for g in self.groups.values())
 
     async def _settled(self, prefix: Prefix, timeout: float) -> bool:
         """Wait until no reconcile task runs for `prefix` (bounded)."""
@@ -272,7 +281,7 @@ class MembershipService:
         if g is None:
             known = ", ".join(str(p) for p in self.groups) or "none"
             raise ApiError("unknown_group", f"{prefix} is not a configured group of "
-                                            f"{self.daemon.config.interface} (groups: {known})")
+                                            f"{self.config.interface} (groups: {known})")
         return prefix, g
 
     def _authorize(self, conn: Connection, prefix: Prefix) -> Peer:
@@ -290,7 +299,7 @@ class MembershipService:
 
     def _view(self, g: Group) -> dict[str, Any]:
         now = self._now()
-        gc = self.daemon.config.group(g.prefix)
+        gc = self.config.group(g.prefix)
         out: dict[str, Any] = {
             "prefix": str(g.prefix), "state": g.state, "members": g.members,
             "static": g.static, "healthy": g.healthy, "draining": g.draining,

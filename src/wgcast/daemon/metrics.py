@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -23,9 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from wgcast.daemon.membership import MembershipService
-    from wgcast.daemon.runtime import Daemon
+from wgcast.daemon.ports import GroupSource, StatusSource
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +33,28 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class DaemonCollector(Collector):
-    """Reads the daemon (and its membership service) at each scrape."""
+    """Reads the daemon (and its groups) at each scrape."""
 
-    def __init__(self, daemon: Daemon, membership: MembershipService | None = None) -> None:
-        self.daemon = daemon
-        self.membership = membership
+    def __init__(self, source: StatusSource, groups: GroupSource | None = None) -> None:
+        self.source = source
+        self.groups = groups
 
     def collect(self) -> Iterator[Metric]:
-        d = self.daemon
-        node = d.node
-        if node is None:
+        c = self.source.counters()
+        if c is None:
             return
-        iface = d.config.interface
         info = InfoMetricFamily("wgcast", "The daemon and its WireGuard interface.",
                                 labels=["interface"])
-        info.add_metric([iface], {"router_id": node.router_id.hex(),
-                                  "control_address": str(d.control)})
+        info.add_metric([c.interface], {"router_id": c.router_id.hex(),
+                                        "control_address": c.control_address})
         yield info
-        yield _gauge("wgcast_seqno", "Our Babel sequence number.", node.seqno)
+        yield _gauge("wgcast_seqno", "Our Babel sequence number.", c.seqno)
         yield _gauge("wgcast_routes", "Prefixes with a selected route (own ones included).",
-                     len(node.selected))
+                     c.routes)
         yield _gauge("wgcast_served_groups", "Anycast groups this node originates.",
-                     len(d._served))
+                     c.served_groups)
 
-        peers = d.peer_table()
+        peers = self.source.peer_table()
         up = GaugeMetricFamily("wgcast_neighbour_up", "1 while the peer's Babel neighbour "
                                "is up.", labels=["peer"])
         rtt = GaugeMetricFamily("wgcast_neighbour_rtt_seconds", "Smoothed RTT to the peer "
@@ -79,38 +74,37 @@ class DaemonCollector(Collector):
         babel = CounterMetricFamily("wgcast_babel_events", "Babel engine counters "
                                     "(packets, bytes, updates, requests, route changes).",
                                     labels=["event"])
-        for k, v in sorted(node.counters.items()):
+        for k, v in sorted(c.babel.items()):
             babel.add_metric([k], float(v))
         yield babel
 
-        s = d.stats
         yield _counter("wgcast_dataplane_applies", "Data plane updates applied.",
-                       s.dataplane_applies)
+                       c.dataplane_applies)
         yield _counter("wgcast_dataplane_ops", "AllowedIPs operations applied.",
-                       s.dataplane_ops)
+                       c.dataplane_ops)
         yield _counter("wgcast_dataplane_errors", "Failed data plane updates (retried).",
-                       s.dataplane_errors)
+                       c.dataplane_errors)
         yield _gauge("wgcast_dataplane_last_apply_seconds", "Duration of the last data "
-                     "plane update.", s.last_apply_ms / 1000.0)
+                     "plane update.", c.last_apply_ms / 1000.0)
         yield _counter("wgcast_held_moves", "Moves held until the replies in flight through "
-                       "the old peer were in (make-before-break).", s.held_moves)
+                       "the old peer were in (make-before-break).", c.held_moves)
         yield _counter("wgcast_held_packets", "Packets held during moves, then sent on.",
-                       s.held_packets)
-        if d.hold is not None:
+                       c.held_packets)
+        if c.move_hold_dropped is not None:
             yield _counter("wgcast_hold_dropped_packets", "Packets dropped because the hold "
-                           "queue was full.", d.hold.stats.dropped_full)
+                           "queue was full.", c.move_hold_dropped)
         yield _counter("wgcast_announcements_dropped", "Updates refused by the origination "
-                       "policy.", s.announcements_dropped)
+                       "policy.", c.announcements_dropped)
 
-        if d.endpoints is not None:
+        if c.endpoints is not None:
             ep = CounterMetricFamily("wgcast_endpoint_events", "Endpoint manager counters "
                                      "(switches, probes, roams, errors).", labels=["event"])
-            for k, v in sorted(d.endpoints.status().items()):
+            for k, v in sorted(c.endpoints.items()):
                 if isinstance(v, int | float) and not isinstance(v, bool) and k != "probe_port":
                     ep.add_metric([k], float(v))
             yield ep
 
-        if self.membership is not None:
+        if self.groups is not None:
             fams = {
                 "served": GaugeMetricFamily("wgcast_group_served", "1 while the group is "
                                             "originated here.", labels=["group"]),
@@ -121,7 +115,7 @@ class DaemonCollector(Collector):
                 "draining": GaugeMetricFamily("wgcast_group_draining", "1 while drained.",
                                               labels=["group"]),
             }
-            for g in self.membership.groups.values():
+            for g in self.groups.group_snapshots():
                 label = [str(g.prefix)]
                 fams["served"].add_metric(label, float(g.served))
                 fams["members"].add_metric(label, float(g.members))
@@ -141,12 +135,12 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 class MetricsServer:
     """`GET /metrics` on the configured address."""
 
-    def __init__(self, daemon: Daemon, membership: MembershipService | None,
+    def __init__(self, source: StatusSource, groups: GroupSource | None,
                  host: str, port: int) -> None:
         self.host = host
         self.port = port
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(DaemonCollector(daemon, membership))
+        self.registry.register(DaemonCollector(source, groups))
         self._server: asyncio.Server | None = None
         self.scrapes = 0
 

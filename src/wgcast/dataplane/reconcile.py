@@ -27,11 +27,7 @@ from wgcast.dataplane.types import (
     RemoveAllowedIP,
     ReplaceAllowedIPs,
 )
-
-
-def prefix_key(p: Prefix) -> tuple[int, int, int]:
-    """Total order over IPv4 and IPv6 prefixes (they do not compare with each other)."""
-    return (p.version, int(p.network_address), p.prefixlen)
+from wgcast.prefix import prefix_key as prefix_key  # re-exported: the one order
 
 
 def holders(actual: Mapping[PeerKey, AbstractSet[Prefix]]) -> dict[Prefix, PeerKey]:

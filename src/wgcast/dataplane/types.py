@@ -9,23 +9,19 @@ This module stays pure (no sockets, no asyncio, no clock): `reconcile.py` import
 from __future__ import annotations
 
 import errno as _errno
-import ipaddress
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
-"""One AllowedIPs entry. WireGuard stores exact (address, length) pairs, canonical."""
+# `Prefix`: one AllowedIPs entry (WireGuard stores exact (address, length) pairs), the
+# one of wgcast.prefix, re-exported for the back ends.
+from wgcast.endpoints import endpoint_parts as endpoint_parts  # the one ip:port parser
+from wgcast.prefix import Prefix as Prefix
 
 PeerKey = bytes
 """A peer's 32-byte public key."""
-
-
-def prefix(text: str) -> Prefix:
-    """Parse a prefix strictly (host bits must be zero, as WireGuard would store it)."""
-    return ipaddress.ip_network(text, strict=True)
 
 
 # --------------------------------------------------------------------------- state
@@ -138,19 +134,6 @@ def updates_from_ops(ops: Iterable[Op]) -> list[PeerUpdate]:
             out.append(last)
         last.allowed_ips.append((op.prefix, isinstance(op, RemoveAllowedIP)))
     return out
-
-
-def endpoint_parts(endpoint: str) -> tuple[str, int]:
-    """Split "1.2.3.4:51820" / "[fe80::1%eth0]:51820" into (host, port)."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"endpoint must be ip:port or [ip6]:port, got {endpoint!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"an IPv6 endpoint needs brackets: [{host}]:{port}")
-    ipaddress.ip_address(host.split("%", 1)[0])
-    return host, int(port)
 
 
 # --------------------------------------------------------------------------- errors

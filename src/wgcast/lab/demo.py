@@ -16,7 +16,8 @@ from typing import Any
 
 import networkx as nx
 
-from wgcast.lab.core import Lab, LabError
+from wgcast.lab.core import Lab
+from wgcast.lab.system import LabError
 
 #: How long probers run before the failure, and after it, per timer profile (seconds).
 _LEAD = 1.0
@@ -130,7 +131,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             result.update({
                 "lab": lab.id, "topology": opt.topology, "timers": opt.timers,
                 "nodes": nodes, "instances": instances, "catchments": catch,
-                "rtt_ms": {n: (None if rtts.get(n) is None else rtts[n][1]) for n in nodes},
+                "rtt_ms": {n: (None if (q := rtts.get(n)) is None else q[1]) for n in nodes},
                 "nearest_ok": nearest_ok,
                 "failure": {"node": target, "how": opt.fail, "runs": opt.runs},
                 "outage_ms": _pct(all_outages),

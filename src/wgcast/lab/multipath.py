@@ -10,23 +10,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 from wgcast.lab.core import Lab
 from wgcast.lab.system import LabError
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(interval)
-    raise LabError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+from wgcast.lab.system import wait_for as wait_for  # re-exported: mp.wait_for
 
 
 def wg_endpoint(lab: Lab, node: str, peer: str) -> str | None:
@@ -49,7 +37,7 @@ def active_link(lab: Lab, node: str, peer: str) -> int | None:
 
 def peer_view(lab: Lab, node: str, peer: str) -> dict[str, Any]:
     """The daemon's `peers` entry for ``peer`` (candidates, scores, endpoint in use)."""
-    from wgcast.daemon.api import request
+    from wgcast.client import request
 
     reply = request(lab.nodes[node].api_socket, {"cmd": "peers"})
     for p in reply.get("peers", []):
@@ -60,7 +48,7 @@ def peer_view(lab: Lab, node: str, peer: str) -> dict[str, Any]:
 
 def daemon_status(lab: Lab, node: str) -> dict[str, Any]:
     """The daemon's `status` (its "endpoints" entry: probe and switch counters)."""
-    from wgcast.daemon.api import request
+    from wgcast.client import request
 
     return dict(request(lab.nodes[node].api_socket, {"cmd": "status"})["status"])
 

@@ -226,16 +226,18 @@ def terminate(pids: Sequence[int], timeout: float = 3.0) -> list[int]:
     return wait_gone(left, 2.0)
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, interval: float = 0.02,
-             what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something truthy; LabError at the deadline."""
+def wait_for(cond: Callable[[], Any], timeout: float, what: str = "condition",
+             interval: float = 0.02) -> Any:
+    """Poll ``cond`` until it returns something truthy and return that; LabError at the
+    deadline, naming ``what`` and the last value seen. The one polling helper of the lab
+    and the netns tests."""
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
         if v:
             return v
         if time.monotonic() >= deadline:
-            raise LabError(f"timed out after {timeout}s waiting for {what}")
+            raise LabError(f"timed out after {timeout}s waiting for {what} (last: {v!r})")
         time.sleep(interval)
 
 

@@ -1,17 +1,17 @@
-"""Health probes against local servers: exec, tcp, udp, http, dns; timeouts never block."""
+"""Health checks against local servers: exec, tcp, udp, http, dns; timeouts never block."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from typing import Any
 
 import dns.message
 import dns.rrset
-import pytest
 
 from wgcast.daemon.config import Endpoint, HealthConf
-from wgcast.daemon.health import HealthMonitor, ProbeFailed, probe
+from wgcast.daemon.health import CheckFailed, HealthMonitor, run_check
 
 LO = "127.0.0.1"
 
@@ -23,10 +23,10 @@ def conf(kind: str, **kw: Any) -> HealthConf:
 
 
 async def outcome(c: HealthConf) -> str | None:
-    """None if the probe passed, else why it failed."""
+    """None if the check passed, else why it failed."""
     try:
-        await probe(c)
-    except ProbeFailed as e:
+        await run_check(c)
+    except CheckFailed as e:
         return str(e)
     except TimeoutError:
         return "timeout"
@@ -81,7 +81,8 @@ def test_udp() -> None:
         t.close()
         # Nobody listens: ICMP port unreachable fails at once, not at the timeout.
         t0 = time.perf_counter()
-        assert await outcome(conf("udp", endpoint=ep, send="x", timeout=2.0)) is not None
+        assert await outcome(conf("udp", endpoint=ep, send="x", timeout=2.0)) == \
+            "port unreachable"
         assert time.perf_counter() - t0 < 1.0
 
     asyncio.run(go())
@@ -144,7 +145,7 @@ def test_dns() -> None:
 
 
 def test_monitor_runs_checks_concurrently_without_blocking() -> None:
-    """A hanging probe neither delays the other checks nor the loop."""
+    """A hanging check neither delays the other checks nor the loop."""
     async def go() -> None:
         import ipaddress
 
@@ -172,14 +173,37 @@ def test_monitor_runs_checks_concurrently_without_blocking() -> None:
     asyncio.run(go())
 
 
-@pytest.mark.parametrize("kind", ["tcp", "http"])
-def test_unreachable_targets_fail_within_the_timeout(kind: str) -> None:
+def test_a_refused_tcp_connect_fails_at_once() -> None:
     async def go() -> None:
-        # 192.0.2.0/24 (TEST-NET-1) is not routed: either unreachable or a timeout.
-        ep = Endpoint("192.0.2.1", 9)
-        c = conf(kind, endpoint=ep, target="http://192.0.2.1:9/", timeout=0.3)
+        port = _free_tcp_port()  # nobody listens: refused, long before the timeout
         t0 = time.perf_counter()
-        assert await outcome(c) is not None
+        why = await outcome(conf("tcp", endpoint=Endpoint(LO, port), timeout=2.0))
+        assert why is not None and why.startswith("connect: ") and "timeout" not in why
         assert time.perf_counter() - t0 < 1.0
 
     asyncio.run(go())
+
+
+def test_a_silent_http_server_fails_at_the_timeout() -> None:
+    async def go() -> None:
+        async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await asyncio.sleep(5)  # accepts, reads nothing, answers nothing
+
+        server = await asyncio.start_server(silent, LO, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            c = conf("http", endpoint=Endpoint(LO, port), target=f"http://{LO}:{port}/",
+                     timeout=0.3)
+            t0 = time.perf_counter()
+            assert await outcome(c) == "timeout"
+            assert 0.25 <= time.perf_counter() - t0 < 1.0
+        finally:
+            server.close()
+
+    asyncio.run(go())
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LO, 0))
+        return int(s.getsockname()[1])

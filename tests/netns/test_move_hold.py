@@ -1,5 +1,5 @@
-"""The hold device (dataplane/hold.py) against the real kernel: packets routed to its TUN
-are queued, then re-injected and forwarded on once the route points elsewhere.
+"""The move-hold device (dataplane/move_hold.py) against the real kernel: packets routed
+to its TUN are queued, then re-injected and forwarded on once the route points elsewhere.
 
 Namespace A sends UDP to an address of namespace B while A's route to it points at the
 hold device; B must receive nothing then, and every datagram, in order, after A's route
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from wgcast.dataplane.hold import hold_ifname, packet_destination
+from wgcast.dataplane.move_hold import move_hold_ifname, packet_destination
 
 if TYPE_CHECKING:
     from conftest import Netns
@@ -28,14 +28,14 @@ COUNT = 50
 
 SENDER = textwrap.dedent("""
     import asyncio, ipaddress, json, socket, subprocess, sys, time
-    from wgcast.dataplane.hold import HoldQueue
+    from wgcast.dataplane.move_hold import MoveHoldQueue
 
     family, dst, prefix, gw = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     count = int(sys.argv[5])
     ip = ["ip", "-6"] if family == "6" else ["ip", "-4"]
 
     async def main():
-        q = HoldQueue("hq-test-h")
+        q = MoveHoldQueue("hq-test-h")
         q.open()
         subprocess.run(["ip", "link", "set", q.ifname, "up"], check=True)
         p = ipaddress.ip_network(prefix)
@@ -92,8 +92,8 @@ def test_packet_destination() -> None:
 
 
 def test_hold_ifname_fits() -> None:
-    assert hold_ifname("wg0") == "wg0-h"
-    assert len(hold_ifname("a" * 15)) == 15
+    assert move_hold_ifname("wg0") == "wg0-h"
+    assert len(move_hold_ifname("a" * 15)) == 15
 
 
 @pytest.mark.parametrize("family", ["6", "4"])
@@ -151,9 +151,9 @@ def test_no_ipv6_holds_without_ipv6_forwarding(netns: Netns) -> None:
     it, holding would drop what it holds, so IPv6 is not held there."""
     script = textwrap.dedent("""
         import asyncio, json
-        from wgcast.dataplane.hold import HoldQueue
+        from wgcast.dataplane.move_hold import MoveHoldQueue
         async def main():
-            q = HoldQueue("hq-fwd-h")
+            q = MoveHoldQueue("hq-fwd-h")
             q.open()
             print(json.dumps(sorted(q.families)))
             q.close()

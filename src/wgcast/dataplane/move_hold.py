@@ -1,4 +1,8 @@
-"""Make-before-break moves: hold the packets to a prefix while its replies drain.
+"""Move holds: make-before-break moves that hold a prefix's packets while replies drain.
+
+(Not the *restart hold* of `timers.restart_hold`, where neighbours keep our routes while
+the daemon restarts: in code "hold" alone is never used, it is `move_hold` or
+`restart_hold`.)
 
 On one WireGuard interface AllowedIPs is both the forwarding table and the source filter:
 once a prefix moves from peer X to peer Y, a packet *from* that prefix arriving through X
@@ -38,7 +42,7 @@ MAX_PACKETS = 8192
 MAX_BYTES = 16 * 2**20
 
 
-def hold_ifname(wg_ifname: str) -> str:
+def move_hold_ifname(wg_ifname: str) -> str:
     """The TUN device of a WireGuard interface (15 characters at most, unique per netns)."""
     return f"{wg_ifname[:13]}-h"
 
@@ -65,7 +69,7 @@ class _Held:
 
 
 @dataclass(slots=True)
-class HoldStats:
+class MoveHoldStats:
     held: int = 0
     released: int = 0
     dropped_full: int = 0
@@ -73,7 +77,7 @@ class HoldStats:
     holds: int = 0
 
 
-class HoldQueue:
+class MoveHoldQueue:
     """The TUN device and the per-prefix queues of packets waiting for a move."""
 
     def __init__(self, ifname: str, *, max_packets: int = MAX_PACKETS,
@@ -81,7 +85,7 @@ class HoldQueue:
         self.ifname = ifname
         self.max_packets = max_packets
         self.max_bytes = max_bytes
-        self.stats = HoldStats()
+        self.stats = MoveHoldStats()
         self._fd: int | None = None
         self._held: dict[Prefix, _Held] = {}
         self._count = 0

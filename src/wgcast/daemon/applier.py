@@ -1,0 +1,300 @@
+"""The data-plane applier: selected routes become AllowedIPs and kernel routes.
+
+The runtime tells it each route the engine selects (`route_selected`); a task (`run`)
+applies the changes, coalescing bursts: one `reconcile.plan` against what the device
+holds, one batch to the device, then the kernel routes. Only prefixes the engine ever
+selected are managed; a peer's static AllowedIPs are left alone. Routes a previous run
+installed that nobody announces any more are removed after a grace period.
+
+Move holds (make-before-break, `timers.move_hold > 0`, dataplane/move_hold.py): when a
+prefix moves away from a peer that is still up, its kernel route first points at the
+move-hold device, whose queue keeps its packets while the replies already sent through
+the old peer come back (AllowedIPs still names that peer: they pass the source filter);
+after about one round trip the AllowedIPs entry moves, the route goes back to WireGuard
+and the queued packets are sent on, to the new peer. A move away from a dead peer is not
+held: nothing comes back through a dead link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from wgcast.anycast.group import DRAIN_METRIC
+from wgcast.daemon.config import Config
+from wgcast.daemon.ports import EngineView, HostNetwork, MoveHoldDevice, Scheduler
+from wgcast.dataplane.reconcile import holders, plan, simulate
+from wgcast.dataplane.system import NetConfigError
+from wgcast.dataplane.types import AddAllowedIP, Device, PeerKey, WireGuardBackend
+from wgcast.prefix import Prefix
+
+log = logging.getLogger("wgcast")
+
+#: Added to 3 round trips to the old peer when holding a move (service time, scheduling).
+MOVE_HOLD_MARGIN = 0.01
+
+
+@dataclass(slots=True)
+class DataPlaneStats:
+    """Counters of the applier (status and metrics read them)."""
+
+    applies: int = 0
+    ops: int = 0
+    errors: int = 0
+    last_apply_ms: float = 0.0
+    held_moves: int = 0
+    held_packets: int = 0
+
+
+class DataPlaneApplier:
+    """AllowedIPs and kernel routes of one interface, following the selected routes."""
+
+    def __init__(self, config: Config, device: WireGuardBackend, host: HostNetwork,
+                 clock: Scheduler, engine: Callable[[], EngineView | None],
+                 peer_name: Mapping[PeerKey, str],
+                 open_move_hold: Callable[[str], MoveHoldDevice]) -> None:
+        self.config = config
+        self.device = device
+        self.host = host
+        self.clock = clock
+        #: The engine view once the engine runs (move holds read the old peer's RTT).
+        self._engine = engine
+        self._peer_name = peer_name
+        self._open_move_hold = open_move_hold
+        self.stats = DataPlaneStats()
+        self._desired: dict[Prefix, PeerKey | None] = {}
+        self._actual: dict[PeerKey, set[Prefix]] = {}
+        self._kroutes: set[Prefix] = set()
+        self._inherited: set[Prefix] = set()
+        #: The move-hold device, None when off or when it could not be created.
+        self.move_hold: MoveHoldDevice | None = None
+        #: prefix -> end of its move hold.
+        self._holding: dict[Prefix, float] = {}
+        #: Last metric of a real path per prefix: bounds the round trip of a held move.
+        self._path_metric: dict[Prefix, int] = {}
+        self._move_holds_off = False
+        self._dirty = asyncio.Event()
+
+    # ------------------------------------------------------------ start
+
+    async def load(self, dev: Device) -> None:
+        """What the device and the kernel hold now (routes found are 'inherited')."""
+        self._actual = dev.allowed_ips_by_peer()
+        self._kroutes = await self.host.list_routes()
+        self._inherited = set(self._kroutes)
+
+    def allowed_ips(self, key: PeerKey) -> set[Prefix]:
+        """The AllowedIPs of a peer as last read or applied (a copy)."""
+        return set(self._actual.get(key, set()))
+
+    def inherited(self) -> frozenset[Prefix]:
+        return frozenset(self._inherited)
+
+    async def ensure(self, entries: list[tuple[PeerKey, Prefix]]) -> None:
+        """Add AllowedIPs outside the managed set (the peers' control addresses)."""
+        if not entries:
+            return
+        await self.device.apply([AddAllowedIP(k, p) for k, p in entries])
+        for k, p in entries:
+            self._actual.setdefault(k, set()).add(p)
+
+    async def open_move_hold(self) -> None:
+        """Create the move-hold device; without it moves are immediate (logged)."""
+        ifname = self.config.interface
+        q = self._open_move_hold(ifname)
+        try:
+            q.open()
+            await self.host.match_mtu(q.ifname)
+            await self.host.ensure_up(q.ifname)
+        except (OSError, NetConfigError) as e:
+            q.close()
+            log.warning("%s: cannot create the hold device %s (%s): moves away from a live "
+                        "peer will lose the replies in flight", ifname, q.ifname, e)
+            return
+        self.move_hold = q
+        if 6 not in q.families:
+            log.warning("%s: IPv6 forwarding is off (net.ipv6.conf.all.forwarding): IPv6 "
+                        "moves are not held, replies in flight may be lost on a move", ifname)
+
+    def close(self) -> None:
+        if self.move_hold is not None:
+            self.move_hold.close()
+            self.move_hold = None
+
+    # ------------------------------------------------------------ input
+
+    def route_selected(self, prefix: Prefix, peer: PeerKey | None, metric: int) -> None:
+        """The engine selected a route: through `peer`, or none (own or unreachable)."""
+        if peer is None:
+            self._path_metric.pop(prefix, None)
+        elif metric < DRAIN_METRIC:  # a real path, not a draining instance
+            self._path_metric[prefix] = metric
+        self._desired[prefix] = peer
+        self._dirty.set()
+
+    def kick(self) -> None:
+        """Apply now (the first apply after start)."""
+        self._dirty.set()
+
+    def installed(self, prefix: Prefix) -> bool:
+        """Whether the kernel route of `prefix` points at the WireGuard interface."""
+        return prefix in self._kroutes
+
+    def holding(self) -> list[Prefix]:
+        """Prefixes whose move is being held."""
+        return list(self._holding)
+
+    # ------------------------------------------------------------ apply
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply route changes to AllowedIPs and kernel routes, coalescing bursts."""
+        timers = self.config.timers
+        grace_until = self.clock.now() + 2 * timers.update + timers.dead_interval
+        inherited_done = not self._inherited
+        while not stop.is_set():
+            timeout = None if inherited_done else max(0.0, grace_until - self.clock.now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), timeout)
+            self._dirty.clear()
+            if not inherited_done and self.clock.now() >= grace_until:
+                # Routes a previous run installed that nobody announces any more.
+                for p in self._inherited:
+                    self._desired.setdefault(p, None)
+                inherited_done = True
+            try:
+                await self.apply_once()
+            except Exception as e:  # keep forwarding; re-read and retry
+                self.stats.errors += 1
+                log.warning("data plane update failed (%s); re-reading the device", e)
+                with contextlib.suppress(Exception):
+                    self._actual = (await self.device.get()).allowed_ips_by_peer()
+                    self._kroutes = await self.host.list_routes()
+                await asyncio.sleep(0.05)
+                self._dirty.set()
+
+    async def final_apply(self, timeout: float) -> None:
+        """On stop: the last moves, at once (no more move holds), bounded; errors ignored."""
+        self._move_holds_off = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.apply_once(), timeout)
+
+    async def apply_once(self) -> None:
+        t0 = time.perf_counter()
+        desired = {p: k for p, k in self._desired.items() if k is not None}
+        managed = set(self._desired)
+        done: list[Prefix] = []
+        owner = holders(self._actual)  # computed once: the holds and plan() both need it
+        if self.move_hold is not None:
+            done = await self._start_move_holds(desired, owner)
+        try:
+            await self._apply_plan(desired, managed, t0, owner)
+        finally:
+            if done:
+                await self._end_move_holds(done, desired)
+
+    async def _apply_plan(self, desired: dict[Prefix, PeerKey], managed: set[Prefix],
+                          t0: float, owner: dict[Prefix, PeerKey]) -> None:
+        ops = plan(desired, self._actual, managed, owner)
+        if ops:
+            await self.device.apply(ops)
+            self._actual = simulate(self._actual, ops)
+        want_routes = set(desired)
+        add = want_routes - self._kroutes
+        drop = {p for p in managed if p not in want_routes} & self._kroutes
+        if add:
+            await self.host.add_routes(add)
+            self._kroutes |= add
+        if drop:
+            await self.host.remove_routes(drop)
+            self._kroutes -= drop
+        if ops or add or drop:
+            self.stats.applies += 1
+            self.stats.ops += len(ops)
+            self.stats.last_apply_ms = (time.perf_counter() - t0) * 1000
+
+    # ------------------------------------------------------------ move holds
+
+    def _move_hold_time(self, p: Prefix, old: PeerKey) -> float:
+        """How long to hold a move of `p` away from peer `old`: 0 when that peer is down
+        (nothing comes back through a dead link). Its route may already be gone: when a
+        node further down the old path moved first, it poisons the route back to us, yet
+        the replies it forwarded are still on their way through it.
+
+        The replies in flight come from as far as the old instance: a link's cost is
+        base + rtt_cost_per_ms x its RTT, so the last real path metric / rtt_cost_per_ms
+        bounds the path's round trip from above. Plus a margin, at most `move_hold`."""
+        engine = self._engine()
+        name = self._peer_name.get(old)
+        if engine is None or name is None or self.move_hold is None or \
+                p.version not in self.move_hold.families:
+            return 0.0
+        nb = engine.neighbour(name)
+        if nb is None or not nb.up:
+            return 0.0
+        rtt = 3 * (nb.rtt_ms or 0.0)
+        metric = self._path_metric.get(p)
+        per_ms = self.config.link.rtt_cost_per_ms
+        if metric is not None and per_ms > 0:
+            rtt = max(rtt, metric / per_ms)
+        return min(self.config.timers.move_hold, rtt / 1000.0 + MOVE_HOLD_MARGIN)
+
+    async def _start_move_holds(self, desired: dict[Prefix, PeerKey],
+                                owner: dict[Prefix, PeerKey]) -> list[Prefix]:
+        """Start the holds of new graceful moves and pin every held prefix to its old
+        peer in `desired`; returns the prefixes whose hold is over (released after the
+        apply, once their route points back at WireGuard)."""
+        q = self.move_hold
+        assert q is not None
+        now = self.clock.now()
+        start: list[Prefix] = []
+        if not self._move_holds_off:
+            for p, key in desired.items():
+                old = owner.get(p)
+                if old is None or old == key or p in self._holding:
+                    continue
+                wait = self._move_hold_time(p, old)
+                if wait > 0:
+                    start.append(p)
+                    self._holding[p] = now + wait
+                    self.clock.call_at(now + wait, self._dirty.set)
+        if start:
+            for p in start:
+                q.hold(p)  # queue first, then route here: no packet slips through
+            try:
+                await self.host.route_via(start, q.ifname)
+            except NetConfigError as e:
+                log.warning("hold: cannot route %d prefixes to %s (%s); moving at once",
+                            len(start), q.ifname, e)
+                for p in start:
+                    self._holding.pop(p, None)
+                    q.release(p)
+        done: list[Prefix] = []
+        for p, until in list(self._holding.items()):
+            old = owner.get(p)
+            if self._move_holds_off or until <= now or desired.get(p) in (None, old):
+                done.append(p)
+                del self._holding[p]
+            elif old is not None:
+                desired[p] = old
+        return done
+
+    async def _end_move_holds(self, done: list[Prefix], desired: dict[Prefix, PeerKey]) -> None:
+        """Routes of released prefixes back to WireGuard, then their packets out."""
+        q = self.move_hold
+        assert q is not None
+        back = [p for p in done if p in desired]
+        gone = [p for p in done if p not in desired]
+        try:
+            if back:
+                await self.host.add_routes(back)
+                self._kroutes |= set(back)
+            if gone:
+                await self.host.remove_routes_via(gone, q.ifname)
+        finally:
+            n = sum(q.release(p) for p in done)
+            self.stats.held_moves += len(done)
+            self.stats.held_packets += n
