@@ -179,9 +179,9 @@ async def _move_from_b_to_c(a: Node, b: Node, c: Node) -> None:
     await until(lambda: a.daemon.status()["neighbours_up"] == 2, what="a's neighbours up")
     await b.daemon.serve(ANY)
     await until(lambda: a.device.holder(ANY) == b.public, what="ANY on b")
-    await c.daemon.serve(ANY)
+    await c.daemon.serve(ANY, metric=200)
     await asyncio.sleep(0.2)
-    assert a.device.holder(ANY) == b.public  # equal metrics: hysteresis keeps b
+    assert a.device.holder(ANY) == b.public  # c announces a worse metric: b stays
     await b.daemon.serve(ANY, metric=DRAIN_METRIC)  # b drains; it stays up
     await until(lambda: a.device.holder(ANY) == c.public, what="ANY moved to c")
 
@@ -227,7 +227,7 @@ def test_no_move_hold_away_from_a_dead_peer(tmp_path: Path) -> None:
         async with running(mesh):
             await until(lambda: a.daemon.status()["neighbours_up"] == 2, what="neighbours")
             await b.daemon.serve(ANY)
-            await c.daemon.serve(ANY)
+            await c.daemon.serve(ANY, metric=200)  # worse: b is selected and stays
             await until(lambda: a.device.holder(ANY) == b.public, what="ANY on b")
             mesh.cut.add(b.daemon.control)  # b goes silent: a declares it dead, moves
             await until(lambda: a.device.holder(ANY) == c.public, what="ANY moved to c")

@@ -1116,8 +1116,13 @@ class Node:
                 for r in self.routes.routes(prefix).values()]
 
     def route_count_via(self, nid: str) -> int:
-        """How many routes were learned from `nid`."""
-        return len(self.routes.via(nid))
+        """How many routes were learned from `nid` (O(1): the accept policy asks it for
+        every Update)."""
+        return self.routes.count_via(nid)
+
+    def has_route(self, nid: str, prefix: Prefix) -> bool:
+        """Has `nid` given us a route to `prefix` (is an Update of it a refresh)?"""
+        return self.routes.get(prefix, nid) is not None
 
 
 _PREFIX_AT: dict[tuple[int, int, bytes], tuple[Prefix, bytes]] = {}

@@ -148,6 +148,10 @@ class RouteTable:
             nb.discard(prefix)
         return route
 
+    def count_via(self, neighbour: str) -> int:
+        nb = self._by_neighbour.get(neighbour)
+        return 0 if nb is None else len(nb)
+
     def via(self, neighbour: str) -> list[Prefix]:
         return list(self._by_neighbour.get(neighbour, ()))
 

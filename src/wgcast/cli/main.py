@@ -118,7 +118,8 @@ def routes(config: str | None, socket_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rs, indent=2))
         return
-    rows = [[r["prefix"], r["via"], str(r["metric"]), r["router_id"], str(r["seqno"]),
+    rows = [[r["prefix"], r["via"], str(r["metric"]), r.get("origin", r["router_id"]),
+             str(r["seqno"]),
              "yes" if r["installed"] else "no", str(len(r["routes"]))] for r in rs]
     click.echo(_table(rows, ["PREFIX", "VIA", "METRIC", "ORIGIN", "SEQNO", "INSTALLED",
                              "ROUTES"]))

@@ -416,6 +416,12 @@ class Config:
     #: UDP port of this node's endpoint probe responder; 0: no probes at all.
     probe_port: int = DEFAULT_PROBE_PORT
     endpoint_policy: EndpointPolicy = EndpointPolicy()
+    #: The mesh's signed roster (who may originate what) and the mesh key that signs it;
+    #: "" / None: no roster (the per-peer policy alone).
+    roster: str = ""
+    mesh_key: bytes | None = None
+    #: Routes accepted from one neighbour at most (a flood is counted and dropped).
+    max_routes_per_peer: int = 10000
 
     def __post_init__(self) -> None:
         if not self.api_socket:
@@ -639,6 +645,33 @@ def _path(v: Any) -> str:
     return v
 
 
+def _mesh_key(v: Any) -> bytes:
+    from wgcast.roster import RosterError, decode_mesh_key
+
+    if not isinstance(v, str):
+        raise _Bad(f"expected the mesh public key (base64), got {_show(v)}")
+    try:
+        return decode_mesh_key(v, "expected the mesh public key")
+    except RosterError as e:
+        raise _Bad(str(e)) from None
+
+
+def _check_roster(path: str, mesh_key: bytes) -> str | None:
+    """What is wrong with the roster file, or None (read now so `check` reports it)."""
+    from datetime import UTC, datetime
+
+    from wgcast.roster import RosterError, accept_newer, parse
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            accept_newer(None, parse(f.read(), path), mesh_key, datetime.now(UTC))
+    except OSError as e:
+        return f"cannot read {path}: {e.strerror}"
+    except RosterError as e:
+        return str(e)
+    return None
+
+
 def _socket_path(v: Any) -> str:
     p = _path(v)
     size = len(os.fsencode(p))
@@ -738,7 +771,8 @@ def _qtype(v: Any) -> str:
 _TOP_KEYS: Final = (
     "interface", "backend", "addresses", "anycast", "api_socket", "api_socket_mode",
     "api_socket_group", "state_file", "port", "metrics", "route_selection", "timers",
-    "link", "peers", "groups", "probe_port", "endpoint_policy",
+    "link", "peers", "groups", "probe_port", "endpoint_policy", "roster", "mesh_key",
+    "max_routes_per_peer",
 )
 _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold",
                       "move_hold")
@@ -1108,6 +1142,18 @@ class _Reader:
         probe_port = self.get(data, "", "probe_port", _integer(0, 65535), DEFAULT_PROBE_PORT)
         policy = (self.endpoint_policy(data["endpoint_policy"]) if "endpoint_policy" in data
                   else EndpointPolicy())
+        roster = self.get(data, "", "roster", _path, "")
+        mesh_key = self.get(data, "", "mesh_key", _mesh_key, None)
+        max_routes = self.get(data, "", "max_routes_per_peer", _integer(1, 1_000_000), 10000)
+        if roster and mesh_key is None:
+            self.err("mesh_key", "missing; a roster needs the mesh public key that signs it "
+                                 "(wgcast roster keygen prints it)")
+        elif mesh_key is not None and not roster:
+            self.err("roster", "missing; mesh_key is the key of a roster file")
+        elif roster and mesh_key is not None:
+            err = _check_roster(roster, mesh_key)
+            if err:
+                self.err("roster", err)
 
         peers: list[PeerConf] = []
         if "peers" in data:
@@ -1159,7 +1205,8 @@ class _Reader:
             api_socket_group=group, state_file=state_file, port=port, metrics=metrics,
             route_selection=cast(RouteSelection, selection), timers=timers, link=link,
             peers=tuple(peers), groups=tuple(groups), path=self.file,
-            probe_port=probe_port, endpoint_policy=policy,
+            probe_port=probe_port, endpoint_policy=policy, roster=roster, mesh_key=mesh_key,
+            max_routes_per_peer=max_routes,
         )
 
 

@@ -94,7 +94,12 @@ class DaemonCollector(Collector):
             yield _counter("wgcast_hold_dropped_packets", "Packets dropped because the hold "
                            "queue was full.", c.move_hold_dropped)
         yield _counter("wgcast_announcements_dropped", "Updates refused by the origination "
-                       "policy.", c.announcements_dropped)
+                       "policy (echoes of our own prefixes excluded).", c.announcements_dropped)
+        refused = CounterMetricFamily("wgcast_announcements_refused", "Updates refused, by "
+                                      "neighbour and reason.", labels=["peer", "reason"])
+        for (peer, reason), n in sorted(c.announcements_refused.items()):
+            refused.add_metric([peer, reason], float(n))
+        yield refused
 
         if c.endpoints is not None:
             ep = CounterMetricFamily("wgcast_endpoint_events", "Endpoint manager counters "

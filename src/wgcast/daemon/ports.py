@@ -203,6 +203,8 @@ class DaemonCounters:
     #: Packets dropped by a full move-hold queue; None without a move-hold device.
     move_hold_dropped: int | None
     announcements_dropped: int
+    #: Refused announcements by (neighbour, reason) (peer_policy.REASONS).
+    announcements_refused: Mapping[tuple[str, str], int]
     #: The endpoint manager's status (counters and its probe port), None without one.
     endpoints: Mapping[str, Any] | None
 

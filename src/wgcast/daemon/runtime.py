@@ -169,7 +169,10 @@ class Daemon:
         self.transport: Transport = transport if transport is not None else \
             UdpTransport(config.interface, config.port or PORT)
         self.stats = DaemonStats()
-        self.policy = PeerPolicy(config.addresses, config.anycast)
+        self.policy = PeerPolicy(config.addresses, config.anycast,
+                                 max_routes=config.max_routes_per_peer)
+        #: (mtime_ns, size, inode) of the roster file last read (reloaded when it moves).
+        self._roster_stamp: tuple[int, int, int] | None = None
         self.peers: dict[str, PeerInfo] = self.policy.peers
         self.by_control: dict[ipaddress.IPv6Address, str] = {}
         self.by_key: dict[PeerKey, str] = {}
@@ -207,6 +210,11 @@ class Daemon:
             raise RuntimeError(f"{cfg.interface}: the WireGuard interface has no private key")
         self.public_key = dev.public_key
         rid = router_id(self.public_key)
+        self.policy.own_router_id = rid
+        if cfg.roster:
+            err = self._load_roster()
+            if err is not None:
+                raise RuntimeError(f"{cfg.interface}: {err}")
         self.control = control_address(self.public_key)
         state = load_state(cfg.state_file)
         seqno = 0
@@ -260,6 +268,8 @@ class Daemon:
             accept=self.policy.accept,
         )
         self.node = Node(ncfg, self.now())
+        self.policy.routes_from = self.node.route_count_via
+        self.policy.has_route = self.node.has_route
         self.view = NodeView(self.node)
         for pc in cfg.peers:
             self.node.add_neighbour(pc.name, pc.cost,
@@ -412,6 +422,8 @@ class Daemon:
         await api.start()
         metrics = await self._start_metrics(membership)
         dp = asyncio.create_task(self.dataplane.run(self._stop))
+        roster_watch = asyncio.create_task(self.watch_roster()) if self.config.roster \
+            else None
         self.dataplane.kick()
         _sd_notify("READY=1")
         await self._stop.wait()
@@ -431,6 +443,10 @@ class Daemon:
         dp.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await dp
+        if roster_watch is not None:
+            roster_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await roster_watch
         await api.stop()
         if metrics is not None:
             await metrics.stop()
@@ -455,6 +471,59 @@ class Daemon:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # ------------------------------------------------------------ roster
+
+    def _load_roster(self) -> str | None:
+        """(Re)read the roster file; a newer, valid one replaces the one in use. Returns
+        what is wrong (the roster in use, if any, stays), or None."""
+        from datetime import UTC, datetime
+
+        from wgcast.roster import RosterError, accept_newer, parse
+
+        path, key = self.config.roster, self.config.mesh_key
+        assert key is not None
+        try:
+            st = os.stat(path)
+            self._roster_stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            new = accept_newer(self.policy.roster, parse(text, path), key, datetime.now(UTC))
+        except OSError as e:
+            return f"roster: cannot read {path}: {e.strerror}"
+        except RosterError as e:
+            return str(e)
+        old = self.policy.roster
+        self.policy.roster = new
+        if old is None or old.serial != new.serial:
+            log.info("roster: serial %d in use (%d members)%s", new.serial, len(new.members),
+                     "" if old is None else f", was serial {old.serial}")
+        return None
+
+    async def watch_roster(self, every: float = 2.0) -> None:
+        """Pick up a new roster file without a restart (a changed file is re-read; an
+        invalid or older one is refused with one log line, the current one stays).
+        Routes the new roster refuses fade at their next refresh (within 3.5 update
+        intervals); routes it newly allows come with the next periodic update."""
+        while True:
+            await asyncio.sleep(every)
+            err: str | None
+            try:
+                st = os.stat(self.config.roster)
+            except OSError as e:
+                stamp = None
+                err = f"roster: cannot read {self.config.roster}: {e.strerror}"
+            else:
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+                err = None
+            if stamp == self._roster_stamp:
+                continue  # unchanged (or still unreadable: said once)
+            self._roster_stamp = stamp
+            if err is None:
+                err = self._load_roster()
+            if err is not None:
+                log.error("%s; keeping serial %s", err,
+                          self.policy.roster.serial if self.policy.roster else "-")
 
     def close(self) -> None:
         if self.endpoints is not None:
@@ -497,6 +566,10 @@ class Daemon:
                               k: getattr(q.stats, k) for k in
                               ("holds", "held", "released", "dropped_full", "unmatched")}},
             "announcements_dropped": self.policy.dropped,
+            "announcements_refused": self.policy.dropped_table(),
+            "roster": None if self.policy.roster is None else {
+                "serial": self.policy.roster.serial,
+                "members": len(self.policy.roster.members)},
             "endpoints": self.endpoints.status() if self.endpoints is not None else None,
         }
 
@@ -505,12 +578,15 @@ class Daemon:
         assert view is not None and dp is not None
         out = []
         for sel in sorted(view.selected(), key=lambda s: str(s.prefix)):
+            name = self.policy.origin_name
             alts = [{"neighbour": r.neighbour, "metric": r.metric,
-                     "router_id": r.router_id.hex(), "seqno": r.seqno}
+                     "router_id": r.router_id.hex(), "origin": name(r.router_id),
+                     "seqno": r.seqno}
                     for r in view.routes_to(sel.prefix)]
+            origin = "local" if sel.via == LOCAL else name(sel.router_id)
             out.append({
                 "prefix": str(sel.prefix), "via": sel.via, "metric": sel.metric,
-                "router_id": sel.router_id.hex(), "seqno": sel.seqno,
+                "router_id": sel.router_id.hex(), "origin": origin, "seqno": sel.seqno,
                 "installed": dp.installed(sel.prefix) or sel.via == LOCAL,
                 "routes": alts,
             })
@@ -546,6 +622,7 @@ class Daemon:
             held_moves=dp.stats.held_moves, held_packets=dp.stats.held_packets,
             move_hold_dropped=q.stats.dropped_full if q is not None else None,
             announcements_dropped=self.policy.dropped,
+            announcements_refused=dict(self.policy.dropped_by),
             endpoints=self.endpoints.status() if self.endpoints is not None else None)
 
 

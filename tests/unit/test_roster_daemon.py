@@ -1,0 +1,130 @@
+"""The roster in the real `Daemon` (in-memory back ends): every route is checked against
+it, refusals are counted by reason, and a new roster file takes effect without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from pathlib import Path
+
+from daemon_fakes import Mesh, config_text, running, until
+
+from wgcast import keys
+from wgcast.daemon.peer_policy import PeerPolicy
+from wgcast.keys import router_id
+from wgcast.roster import generate_mesh_key, parse
+
+B_NET = ipaddress.ip_network("10.0.2.0/24")
+MESH_PRIV, MESH_PUB = generate_mesh_key()
+
+
+def roster_text(serial: int, members: dict[str, tuple[bytes, list[str]]],
+                mesh: str = '["10.0.0.0/8"]') -> str:
+    out = [f"serial = {serial}", f"mesh_prefixes = {mesh}"]
+    for name, (pub, prefixes) in members.items():
+        out += ["[[members]]", f'name = "{name}"', f'public_key = "{keys.b64(pub)}"',
+                "prefixes = [" + ", ".join(f'"{p}"' for p in prefixes) + "]"]
+    return parse("\n".join(out) + "\n").signed(MESH_PRIV).to_toml()
+
+
+def pair(tmp: Path, b_space: list[str] | None, b_addr: str = "10.0.2.0/24",
+         serial: int = 1) -> tuple[Mesh, object, object, Path]:
+    pa, pb = keys.generate_private(), keys.generate_private()
+    ka, kb = keys.public_from_private(pa), keys.public_from_private(pb)
+    members = {"a": (ka, ["10.0.1.0/24"])}
+    if b_space is not None:
+        members["b"] = (kb, b_space)
+    path = tmp / "roster.toml"
+    path.write_text(roster_text(serial, members))
+    extra = f'roster = "{path}"\nmesh_key = "{keys.b64(MESH_PUB)}"'
+    mesh = Mesh()
+    a = mesh.add("a", pa, config_text("a", str(tmp), {"b": kb}, extra))
+    b = mesh.add("b", pb, config_text("b", str(tmp), {"a": ka}, f'addresses = ["{b_addr}"]'))
+    return mesh, a, b, path
+
+
+def test_a_member_s_space_is_accepted(tmp_path: Path) -> None:
+    async def main() -> None:
+        mesh, a, b, _ = pair(tmp_path, ["10.0.2.0/24"])
+        async with running(mesh):
+            await until(lambda: a.device.holder(B_NET) == b.public, what="B_NET on b")
+            st = a.daemon.status()
+            assert st["roster"] == {"serial": 1, "members": 2}
+            assert st["announcements_refused"] == {}
+
+    asyncio.run(main())
+
+
+def test_refusals_are_counted_by_reason(tmp_path: Path) -> None:
+    cases = [
+        (["10.0.3.0/24"], "10.0.2.0/24", "not allowed"),   # a member, not its space
+        (None, "10.0.2.0/24", "not in roster"),            # not a member at all
+        (["10.0.2.0/24"], "8.8.8.0/24", "outside mesh space"),
+    ]
+
+    async def main(space: list[str] | None, addr: str, why: str, d: Path) -> None:
+        mesh, a, _b, _ = pair(d, space, addr)
+        net = ipaddress.ip_network(addr)
+        async with running(mesh):
+            await until(lambda: a.daemon.status()["announcements_refused"].get(why),
+                        what=f"a refusal: {why}")
+            assert a.device.holder(net) is None and net not in a.host.routes
+            assert set(a.daemon.status()["announcements_refused"]) == {why}
+            c = a.daemon.counters()
+            assert c is not None and c.announcements_refused[("b", why)] > 0
+
+    for i, (space, addr, why) in enumerate(cases):
+        d = tmp_path / str(i)
+        d.mkdir()
+        asyncio.run(main(space, addr, why, d))
+
+
+def test_a_new_roster_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    async def main() -> None:
+        mesh, a, b, path = pair(tmp_path, None)
+        async with running(mesh):
+            watch = asyncio.create_task(a.daemon.watch_roster(every=0.05))
+            try:
+                await until(lambda: a.daemon.policy.dropped > 0, what="b refused")
+                # An older serial that would allow b is refused: serial 1 stays.
+                path.write_text(roster_text(0, {"b": (b.public, ["10.0.2.0/24"])}))
+                await asyncio.sleep(0.3)
+                assert a.daemon.status()["roster"]["serial"] == 1
+                assert a.device.holder(B_NET) is None
+                # Serial 2 adds b: its route is accepted at its next update.
+                path.write_text(roster_text(2, {"a": (a.public, ["10.0.1.0/24"]),
+                                                "b": (b.public, ["10.0.2.0/24"])}))
+                await until(lambda: a.device.holder(B_NET) == b.public, timeout=10,
+                            what="B_NET on b after the new roster")
+                assert a.daemon.status()["roster"]["serial"] == 2
+            finally:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+
+    asyncio.run(main())
+
+
+def test_policy_caps_routes_per_neighbour() -> None:
+    p = PeerPolicy([], [], own_router_id=b"\x01" * 8, max_routes=2)
+    have: set[object] = set()
+    p.routes_from = lambda _nb: len(have)
+    p.has_route = lambda _nb, prefix: prefix in have
+    nets = [ipaddress.ip_network(f"10.9.{i}.0/24") for i in range(4)]
+    rid = router_id(b"\x02" * 32)
+    assert p.accept("x", nets[0], rid) and have.add(nets[0]) is None
+    assert p.accept("x", nets[1], rid) and have.add(nets[1]) is None
+    assert not p.accept("x", nets[2], rid)
+    assert p.accept("x", nets[0], rid)  # a refresh of a route it has is no new route
+    assert p.dropped_table() == {"over limit": {"x": 1}}
+
+
+def test_own_prefix_echo_is_not_an_attack() -> None:
+    own = ipaddress.ip_network("10.0.1.0/24")
+    p = PeerPolicy([own], [], own_router_id=b"\x01" * 8)
+    assert not p.accept("x", own, b"\x01" * 8)
+    assert not p.accept("x", own, b"\x02" * 8)
+    assert p.dropped == 1
+    assert p.dropped_table() == {"own prefix echoed": {"x": 1}, "claims our address": {"x": 1}}
