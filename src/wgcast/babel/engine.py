@@ -13,7 +13,6 @@ and the virtual-time simulator are thin drivers around the same object.
 from __future__ import annotations
 
 import heapq
-import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,19 +29,14 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
 from wgcast.babel.request import PendingAck, PendingSeqnoRequest, RequestTracker
-from wgcast.babel.route import Route, RouteTable, SelectionParams, intern_prefix
+from wgcast.babel.route import Route, RouteTable, SelectionParams
 from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
 from wgcast.babel.wire import (
     AE_WILDCARD,
     HELLO_UNICAST,
     IHU,
     INFINITY,
-    MAGIC,
     MAX_BODY,
-    RESERVED_ROUTER_IDS,
-    S_TIEBREAK,
-    UPDATE_DEFAULT_PREFIX,
-    VERSION,
     Ack,
     AckReq,
     Hello,
@@ -56,7 +50,10 @@ from wgcast.babel.wire import (
     Tiebreak,
     Timestamp,
     decode_packet,
-    prefix_from_wire,
+    encode_updates,
+    fast_updates,
+    intern_prefix,
+    prefix_key,
     prefix_to_wire,
     resolve,
 )
@@ -1039,7 +1036,7 @@ class Node:
     def _flush(self) -> None:
         """Send triggered updates (with any AckReqs attached after them)."""
         if self._triggered:
-            prefixes = sorted(self._triggered, key=_prefix_key)
+            prefixes = sorted(self._triggered, key=prefix_key)
             self._triggered.clear()
             up = [nid for nid, nb in self.neighbours.items() if nb.up]
             if up:
@@ -1088,160 +1085,3 @@ class Node:
                 patched[pi][off:off + 2] = b"\xff\xff"
             w.packets.extend(bytes(patched[pi]) if pi in patched else pkt
                              for pi, pkt in enumerate(packets))
-
-
-_PREFIX_AT: dict[tuple[int, int, bytes], tuple[Prefix, bytes]] = {}
-_UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from
-
-
-def _prefix_at(ae: int, plen: int, full: bytes) -> tuple[Prefix, bytes]:
-    """(interned prefix, whole address) for an uncompressed prefix field, cached."""
-    key = (ae, plen, full)
-    got = _PREFIX_AT.get(key)
-    if got is None:
-        prefix = intern_prefix(prefix_from_wire(ae, plen, full))
-        got = (prefix, prefix.network_address.packed)
-        if len(_PREFIX_AT) >= 1 << 20:
-            _PREFIX_AT.clear()
-        _PREFIX_AT[key] = got
-    return got
-
-
-def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] | None:
-    """The Updates of a packet made only of Router-Ids and plain Updates, or None.
-
-    "Plain" is what Babel speakers send in bulk: AE 1 or 2, no sub-TLV but at most one
-    Tiebreak, no flag but the default-prefix one. For such a packet this gives (prefix,
-    router-id, seqno, metric, interval, tie) exactly as `resolve(decode_packet(data))`
-    would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
-    anything malformed) it gives None and the general decoder handles it, errors included.
-    The engine's hot path.
-    """
-    n = len(data)
-    if n < 4 or data[0] != MAGIC or data[1] != VERSION or 4 + (data[2] << 8 | data[3]) != n:
-        return None
-    pos = 4
-    rid: bytes | None = None
-    default: dict[int, bytes] = {}
-    out: list[tuple[Prefix, bytes, int, int, int, int]] = []
-    fields = _UPDATE_FIELDS
-    while pos < n:
-        if pos + 2 > n:
-            return None
-        ttype = data[pos]
-        start = pos + 2
-        pos = start + data[pos + 1]
-        if pos > n:
-            return None
-        if ttype == 8:
-            if pos - start < 10:
-                return None
-            ae, flags, plen, omitted, interval, seqno, metric = fields(data, start)
-            if flags & 0x7F or not ((ae == 2 and plen <= 128) or (ae == 1 and plen <= 32)):
-                return None
-            nbytes = (plen + 7) >> 3
-            end = start + 10 + nbytes - omitted
-            if omitted > nbytes:
-                return None
-            tie = 0
-            if pos != end:
-                if pos != end + 10 or data[end] != S_TIEBREAK or data[end + 1] != 8:
-                    return None
-                tie = int.from_bytes(data[end + 2:pos], "big")
-            if omitted:
-                base = default.get(ae)
-                if base is None:
-                    return None
-                full = base[:omitted] + data[start + 10:end]
-            else:
-                full = data[start + 10:end]
-            prefix, whole = _prefix_at(ae, plen, full)
-            if flags:
-                default[ae] = whole
-            if rid is None:
-                if metric != INFINITY:
-                    return None
-                out.append((prefix, bytes(8), seqno, metric, interval, tie))
-            else:
-                out.append((prefix, rid, seqno, metric, interval, tie))
-        elif ttype == 6 and pos - start == 10:
-            rid = data[start + 2:pos]
-            if rid in RESERVED_ROUTER_IDS:
-                return None
-        else:
-            return None
-    return out
-
-
-_WIRE: dict[Prefix, tuple[int, bytes, bytes]] = {}
-_UPDATE = struct.Struct("!BBBBBBHHH")
-_HEADER = bytes((MAGIC, VERSION))
-_TIE_HEADER = bytes((S_TIEBREAK, 8))
-
-
-def _wire(prefix: Prefix) -> tuple[int, bytes, bytes]:
-    """(AE, prefix bytes on the wire, whole address) of a prefix, cached."""
-    got = _WIRE.get(prefix)
-    if got is None:
-        ae, raw = prefix_to_wire(prefix)
-        got = (ae, raw, prefix.network_address.packed)
-        if len(_WIRE) >= 1 << 20:
-            _WIRE.clear()
-        _WIRE[prefix] = got
-    return got
-
-
-def encode_updates(entries: list[tuple[Prefix, bytes, int, int, int]], interval: int,
-                   max_body: int = MAX_BODY) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Packets carrying Updates (prefix, router-id, seqno, metric, tie), in order.
-
-    Byte for byte what `PacketWriter.add_update` builds from a fresh writer (Router-Id
-    only when it changes, the default-prefix flag on every Update, the bytes shared with
-    the previous prefix of the same AE omitted, a Tiebreak sub-TLV when the tie is not 0,
-    state reset at each packet), only faster: the engine's hot path. Also returns, per
-    entry, (packet index, offset of its metric) so one encoding can serve several
-    neighbours with a few metrics patched.
-    """
-    packets: list[bytes] = []
-    offsets: list[tuple[int, int]] = []
-    body = bytearray()
-    cur_rid: bytes | None = None
-    default: dict[int, bytes] = {}
-    pack = _UPDATE.pack
-    for prefix, rid, seqno, metric, tie in entries:
-        ae, full, whole = _wire(prefix)
-        sub = 10 if tie else 0
-        while True:
-            prev = default.get(ae)
-            omitted = 0
-            if prev is not None:
-                limit = min(len(prev), len(full))
-                while omitted < limit and prev[omitted] == full[omitted]:
-                    omitted += 1
-            size = (24 if rid != cur_rid else 12) + len(full) - omitted + sub
-            if body and len(body) + size > max_body:
-                packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
-                body = bytearray()
-                cur_rid = None
-                default = {}
-                continue
-            break
-        if rid != cur_rid:
-            body += b"\x06\x0a\x00\x00"
-            body += rid
-            cur_rid = rid
-        offsets.append((len(packets), len(body) + 14))
-        body += pack(8, 10 + len(full) - omitted + sub, ae, UPDATE_DEFAULT_PREFIX,
-                     prefix.prefixlen, omitted, interval, seqno, metric)
-        body += full[omitted:]
-        if tie:
-            body += _TIE_HEADER
-            body += tie.to_bytes(8, "big")
-        default[ae] = whole
-    if body:
-        packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
-    return packets, offsets
-
-
-def _prefix_key(p: Prefix) -> tuple[int, int, int]:
-    return (p.version, int(p.network_address), p.prefixlen)

@@ -10,64 +10,9 @@ route until it is lost, for long TCP flows, at the price of that agreement.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 
 from wgcast.babel.wire import INFINITY, Prefix
-
-
-class _IPv4Net(ipaddress.IPv4Network):
-    """An interned IPv4 prefix: equal to (and hashing like) the plain one, hash cached."""
-
-    __slots__ = ("_h",)
-    _h: int
-
-    def __hash__(self) -> int:
-        return self._h
-
-    def __repr__(self) -> str:
-        return f"IPv4Network({str(self)!r})"
-
-
-class _IPv6Net(ipaddress.IPv6Network):
-    """An interned IPv6 prefix: equal to (and hashing like) the plain one, hash cached."""
-
-    __slots__ = ("_h",)
-    _h: int
-
-    def __hash__(self) -> int:
-        return self._h
-
-    def __repr__(self) -> str:
-        return f"IPv6Network({str(self)!r})"
-
-
-_INTERNED: dict[Prefix, Prefix] = {}
-_INTERN_MAX = 1 << 20
-
-
-def intern_prefix(prefix: Prefix) -> Prefix:
-    """The one shared object equal to `prefix`, with a cached hash.
-
-    ipaddress networks compute their hash and compare field by field on every dict
-    operation; the engine does many per Update, so it keys its tables by interned prefixes
-    (dict lookups then hit the identity fast path). A pure cache, shared by all engines of
-    a process and bounded: equal prefixes stay interchangeable with plain ones.
-    """
-    got = _INTERNED.get(prefix)
-    if got is not None:
-        return got
-    net: _IPv4Net | _IPv6Net
-    if prefix.version == 4:
-        net = _IPv4Net((prefix.network_address, prefix.prefixlen))
-        net._h = ipaddress.IPv4Network.__hash__(net)
-    else:
-        net = _IPv6Net((prefix.network_address, prefix.prefixlen))
-        net._h = ipaddress.IPv6Network.__hash__(net)
-    if len(_INTERNED) >= _INTERN_MAX:
-        _INTERNED.clear()
-    _INTERNED[net] = net
-    return net
 
 
 @dataclass(frozen=True, slots=True)
