@@ -29,7 +29,7 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
 from wgcast.babel.request import PendingAck, PendingSeqnoRequest, RequestTracker
-from wgcast.babel.route import Route, RouteTable, SelectionParams
+from wgcast.babel.route import Route, RouteTable, SelectionParams, select
 from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
 from wgcast.babel.wire import (
     AE_WILDCARD,
@@ -157,6 +157,8 @@ class Node:
         # Hot-path caches (pure speed-ups, same behaviour):
         # - the current cost of each neighbour (what nb.cost() says; kept up to date);
         self._cost: dict[str, int] = {}
+        # - each neighbour's link tie-break (Neighbour.tie), for selection;
+        self._tie: dict[str, int] = {}
         # - our own view of each link's cost, as last sent in an IHU;
         self._own_cost: dict[str, int] = {}
         # - per neighbour, the packets of our last full update, valid while _ann_version
@@ -185,6 +187,7 @@ class Node:
         self._out[nid] = PacketWriter(self.config.max_body)
         self._next_hello[nid] = self._now
         self._cost[nid] = INFINITY
+        self._tie[nid] = tie
         self._own_cost[nid] = INFINITY
         self._rx_seen[nid] = {}
 
@@ -198,6 +201,7 @@ class Node:
         del self._out[nid]
         del self._next_hello[nid]
         del self._cost[nid]
+        del self._tie[nid]
         del self._own_cost[nid]
         del self._rx_seen[nid]
         self._nb_expiry.pop(nid, None)
@@ -748,16 +752,10 @@ class Node:
     def _select(self, prefix: Prefix, force_trigger: bool = False) -> None:
         """Re-run route selection for one prefix; emit events and triggered updates.
 
-        The source filter: WireGuard drops a packet whose source is not routed back to
-        the peer it came from, so the path back must be the exact reverse of the path
-        there. Selection is therefore a pure function of what we know now, with no
-        history and no hysteresis: the feasible route of least (metric, path tie-break,
-        neighbour). Link costs are agreed by both ends (Neighbour.cost) and damped there,
-        and the tie-break sums per-link values that both ends share, so every pair of
-        nodes has one shortest path, the same in both directions, and every node on it
-        routes along it (docs/architecture.md, "Source filter"). A better route that is
-        not feasible gets a seqno request: its source's next seqno makes it feasible.
-        `sticky` (config) keeps the current route while it lasts, breaking that rule.
+        Selection itself is `route.select`, a pure function (the feasible route of least
+        (metric, path tie-break, neighbour): both directions of every path agree, see
+        there); this is the bookkeeping around it: a local origin wins, a better route that
+        is not feasible gets a seqno request, and the source release below.
 
         Anycast and loops: the feasibility condition keeps the routes of each source
         loop-free, but a prefix with several sources (anycast) can still loop across sources
@@ -779,61 +777,27 @@ class Node:
             new = Selected(LOCAL, self.router_id, self.xroutes.seqno, xmetric)
         else:
             routes = self.routes.routes(prefix)
-            cur = routes.get(old.via) if old is not None and old.via != LOCAL else None
-            cur_rid = old.router_id if old is not None else None
-            feasible = self.sources.feasible
-            if cur is not None:
-                cur_m = self._route_metric(cur)
-                # Our selected route stays usable when it got worse than our feasibility
-                # distance (still loop-free); a new source from the same neighbour must be
-                # feasible.
-                if cur.router_id != cur_rid and not feasible(
-                        prefix, cur.router_id, cur.seqno, cur.refmetric):
-                    cur_m = INFINITY
-            costs = self._cost
-            nbs = self.neighbours
-            best: Route | None = None
-            best_m, best_t, best_n = INFINITY, 0, ""
-            # The best route that is better than `best` but not feasible (seqno request).
-            blocked: Route | None = None
-            blocked_k: tuple[int, int, str] = (INFINITY, 0, "")
-            for route in routes.values():
-                nid = route.neighbour
-                cost = costs.get(nid, INFINITY)
-                if cost >= INFINITY or route.refmetric >= INFINITY:
-                    continue
-                m = route.refmetric + cost  # _route_metric
-                if m >= INFINITY:
-                    m = INFINITY - 1
-                if m > best_m:
-                    continue
-                t = route.tie + nbs[nid].tie
-                if m == best_m and (t > best_t or (t == best_t and nid >= best_n)):
-                    continue
-                if route is cur:
-                    ok = cur_m < INFINITY
-                else:
-                    ok = feasible(prefix, route.router_id, route.seqno, route.refmetric)
-                if ok:
-                    best, best_m, best_t, best_n = route, m, t, nid
-                elif (m, t, nid) < blocked_k:
-                    blocked, blocked_k = route, (m, t, nid)
-            best_k = (best_m, best_t, best_n)
-            chosen = best
-            if self.config.selection.mode == "sticky" and cur is not None \
-                    and cur_m < INFINITY and best is not None and best is not cur:
-                chosen = cur
-                best_k = (cur_m, cur.tie + nbs[cur.neighbour].tie, cur.neighbour)
-            if blocked is not None and blocked_k < best_k and best is not None:
+            if old is not None:
+                cur = routes.get(old.via) if old.via != LOCAL else None
+                cur_rid: bytes | None = old.router_id
+            else:
+                cur_rid = None
+            choice = select(prefix, routes.values(), self._cost, self._tie, cur, cur_rid,
+                            self.sources.feasible, self.config.selection.mode)
+            cur_m = choice.current_metric
+            blocked = choice.blocked
+            if blocked is not None:
                 # A better path exists but is not feasible yet: ask its source for a new
                 # seqno (starvation, no route at all, is handled below).
                 self._request_seqno(prefix, blocked.router_id, seqno_plus(blocked.seqno),
                                     blocked.neighbour)
+            chosen = choice.best
             if chosen is None:
                 new = None
             else:
-                new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, best_k[0],
-                               best_k[1])
+                key = choice.key
+                new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, key[0],
+                               key[1])
         if new is not None and new.via != LOCAL:
             owned = self._owned.get(prefix)
             if owned is not None and owned[0] != new.router_id:
