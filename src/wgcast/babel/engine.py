@@ -28,7 +28,7 @@ from wgcast.babel.events import (
     SeqnoChanged,
 )
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
-from wgcast.babel.request import PendingAck, PendingSeqnoRequest, RequestTracker
+from wgcast.babel.request import RequestTracker
 from wgcast.babel.route import Route, RouteTable, SelectionParams, select
 from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
 from wgcast.babel.wire import (
@@ -532,8 +532,7 @@ class Node:
         for prefix in self.routes.via(nb.id):
             self.routes.remove(prefix, nb.id)
             self._select(prefix)
-        for pending in list(self.requests.acks.values()):
-            pending.waiting.discard(nb.id)
+        self.requests.neighbour_gone(nb.id)
         self._finish_acks()
         self._acks_to_attach.pop(nb.id, None)
 
@@ -685,16 +684,12 @@ class Node:
                                               msg.hopcount - 1))
 
     def _on_ack(self, nid: str, opaque: int) -> None:
-        pending = self.requests.acks.get(opaque)
-        if pending is not None:
-            pending.waiting.discard(nid)
+        if self.requests.acked(nid, opaque):
             self._finish_acks()
 
     def _finish_acks(self) -> None:
-        for op, pending in list(self.requests.acks.items()):
-            if pending.waiting:
-                continue
-            del self.requests.acks[op]
+        for pending in self.requests.finished():
+            op = pending.opaque
             prefix = pending.prefix
             self._ann_version += 1
             if pending.notify:
@@ -728,11 +723,8 @@ class Node:
             return True
         backoff = 2 * self.config.hello_interval
         self._ann_version += 1
-        pending = PendingAck(prefix, waiting, self.config.retraction_tries,
-                             self._now + backoff, backoff, notify=notify,
-                             mark=self._announce_mark)
-        op = pending.opaque = self.requests.new_opaque()
-        self.requests.acks[op] = pending
+        op = self.requests.expect_acks(prefix, waiting, self.config.retraction_tries,
+                                       self._now, backoff, notify, self._announce_mark).opaque
         self._releasing[prefix] = op
         for nid in waiting:
             self._acks_to_attach.setdefault(nid, []).append(op)
@@ -863,43 +855,24 @@ class Node:
             self._request_seqno(prefix, best.router_id, seqno_plus(best.seqno), best.neighbour)
 
     def _request_seqno(self, prefix: Prefix, router_id: bytes, seqno: int, nid: str) -> None:
-        key = (prefix, router_id)
-        old = self.requests.seqno_requests.get(key)
-        if old is not None and not seqno_less(old.seqno, seqno):
-            return
-        backoff = 2 * self.config.hello_interval
-        self.requests.seqno_requests[key] = PendingSeqnoRequest(
-            prefix, router_id, seqno, nid, 64, self.config.seqno_request_tries - 1,
-            self._now + backoff, backoff)
-        self.counters["seqno_requests_sent"] += 1
-        self._out[nid].add(self._seqno_tlv(prefix, router_id, seqno, 64))
+        if self.requests.want(prefix, router_id, seqno, nid, self.config.seqno_request_tries,
+                              self._now, 2 * self.config.hello_interval):
+            self.counters["seqno_requests_sent"] += 1
+            self._out[nid].add(self._seqno_tlv(prefix, router_id, seqno, 64))
+
+    def _is_up(self, nid: str) -> bool:
+        nb = self.neighbours.get(nid)
+        return nb is not None and nb.up
 
     def _resend_requests(self) -> None:
         now = self._now
-        for key, req in list(self.requests.seqno_requests.items()):
-            if req.next_resend > now:
-                continue
-            nb = self.neighbours.get(req.neighbour)
-            if req.tries_left <= 0 or nb is None or not nb.up:
-                del self.requests.seqno_requests[key]
-                continue
-            req.tries_left -= 1
-            req.backoff *= 2
-            req.next_resend = now + req.backoff
+        for req in self.requests.due_seqno_requests(now, self._is_up):
             self._out[req.neighbour].add(self._seqno_tlv(req.prefix, req.router_id, req.seqno,
                                                          req.hopcount))
-        for op, pending in list(self.requests.acks.items()):
-            if pending.next_resend > now:
-                continue
-            if pending.tries_left <= 0:
-                pending.waiting.clear()
-                continue
-            pending.tries_left -= 1
-            pending.backoff *= 2
-            pending.next_resend = now + pending.backoff
+        for pending in self.requests.due_acks(now):
             for nid in pending.waiting:
                 self._send_update(nid, pending.prefix)
-                self._out[nid].add(AckReq(op, _cs(pending.backoff)))
+                self._out[nid].add(AckReq(pending.opaque, _cs(pending.backoff)))
         self._finish_acks()
 
     @staticmethod
