@@ -28,6 +28,7 @@ from wgcast.babel.events import (
     SeqnoChanged,
 )
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
+from wgcast.babel.release import SourceRelease
 from wgcast.babel.request import RequestTracker
 from wgcast.babel.route import Route, RouteTable, SelectionParams, select
 from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
@@ -146,12 +147,8 @@ class Node:
         #: When each neighbour that is up expires unless heard from (see next_deadline).
         self._nb_expiry: dict[str, float] = {}
         self._next_gc = now + 60.0
-        # Source-change protection (anycast): the router-id we last announced with a finite
-        # metric for each prefix, with the announcement counter at that time; a prefix is in
-        # _releasing while its retraction waits for the neighbours' acks (see _select).
-        self._owned: dict[Prefix, tuple[bytes, int]] = {}
-        self._announce_mark = 0
-        self._releasing: dict[Prefix, int] = {}
+        #: The anycast source-change rule (release.py).
+        self.release = SourceRelease(self.requests)
         #: Set by hold(): the node is stopping; no regular Hello may cancel the hold Hello.
         self._holding = False
         # Hot-path caches (pure speed-ups, same behaviour):
@@ -447,7 +444,7 @@ class Node:
 
     def settling(self) -> bool:
         """Is a source release under way (a selection that will change when acked)?"""
-        return bool(self._releasing)
+        return bool(self.release.releasing)
 
     def neighbour_cost(self, nid: str) -> int:
         return self.neighbours[nid].cost(self.config.link)
@@ -617,7 +614,7 @@ class Node:
         the shortest path (see _select), and a new seqno makes it feasible."""
         sel = self.selected.get(prefix)
         if sel is None:
-            return prefix not in self._releasing
+            return prefix not in self.release.releasing
         if sel.via == LOCAL:
             return False
         if sel.via == nb.id:
@@ -656,7 +653,7 @@ class Node:
             return
         sel = self.selected.get(prefix)
         if sel is not None and sel.via != LOCAL and sel.router_id == msg.router_id \
-                and prefix not in self._releasing and not seqno_less(sel.seqno, msg.seqno):
+                and prefix not in self.release.releasing and not seqno_less(sel.seqno, msg.seqno):
             self._send_update(nb.id, prefix)
             return
         if msg.hopcount < 2:
@@ -689,45 +686,30 @@ class Node:
 
     def _finish_acks(self) -> None:
         for pending in self.requests.finished():
-            op = pending.opaque
-            prefix = pending.prefix
             self._ann_version += 1
             if pending.notify:
-                self._events.append(RetractionAcked(prefix))
-            owned = self._owned.get(prefix)
-            if owned is not None and owned[1] <= pending.mark:
-                # Every neighbour heard our retraction after our last finite announcement:
-                # none can route through us with the old source any more.
-                del self._owned[prefix]
-            if self._releasing.get(prefix) == op:
-                del self._releasing[prefix]
-                self._select(prefix)
+                self._events.append(RetractionAcked(pending.prefix))
+            if self.release.acked(pending):
+                self._select(pending.prefix)
 
     def _start_release(self, prefix: Prefix, notify: bool) -> bool:
-        """Retract `prefix` with an AckReq to every neighbour that is up.
+        """Retract `prefix` with an AckReq to every neighbour that is up (release.py).
 
         True if there was nobody to wait for (the release is complete at once).
         """
-        op = self._releasing.get(prefix)
-        if op is not None:
-            pending = self.requests.acks.get(op)
-            if pending is not None:
-                pending.notify = pending.notify or notify
-                return False
-            del self._releasing[prefix]
+        release = self.release
+        if release.join(prefix, notify):
+            return False
         waiting = {nid for nid, nb in self.neighbours.items() if nb.up}
-        if not waiting:
-            self._owned.pop(prefix, None)
+        pending = release.begin(prefix, waiting, self._now, self.config.retraction_tries,
+                                2 * self.config.hello_interval, notify)
+        if pending is None:
             if notify:
                 self._events.append(RetractionAcked(prefix))
             return True
-        backoff = 2 * self.config.hello_interval
         self._ann_version += 1
-        op = self.requests.expect_acks(prefix, waiting, self.config.retraction_tries,
-                                       self._now, backoff, notify, self._announce_mark).opaque
-        self._releasing[prefix] = op
         for nid in waiting:
-            self._acks_to_attach.setdefault(nid, []).append(op)
+            self._acks_to_attach.setdefault(nid, []).append(pending.opaque)
         self._triggered.add(prefix)
         return False
 
@@ -749,15 +731,9 @@ class Node:
         there); this is the bookkeeping around it: a local origin wins, a better route that
         is not feasible gets a seqno request, and the source release below.
 
-        Anycast and loops: the feasibility condition keeps the routes of each source
-        loop-free, but a prefix with several sources (anycast) can still loop across sources
-        while information is in flight (RFC 8966 section 1.1): X routes through N to source
-        A while N has just moved to source B through X. So a node never moves from the
-        source it announced to another one at once: it retracts the prefix with an AckReq
-        to every neighbour and selects the new source only when all have acknowledged (or
-        died), still forwarding along the old source meanwhile if it can. No neighbour can
-        then hold a route through us to a source we no longer use. Moving to a local
-        origin, or to no route, needs no wait: such a node is an end of every path.
+        Anycast: a node never moves from the source it announced to another one at
+        once; it releases the old source first (release.py), still forwarding along it
+        meanwhile if it can. Moving to a local origin, or to no route, needs no wait.
         """
         old = self.selected.get(prefix)
         new: Selected | None
@@ -790,8 +766,9 @@ class Node:
                 key = choice.key
                 new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, key[0],
                                key[1])
+        release = self.release
         if new is not None and new.via != LOCAL:
-            owned = self._owned.get(prefix)
+            owned = release.owned.get(prefix)
             if owned is not None and owned[0] != new.router_id:
                 if not self._start_release(prefix, notify=False):
                     # Wait for the acks; keep forwarding along the old source if we can.
@@ -800,13 +777,12 @@ class Node:
                                        cur.tie + self.neighbours[cur.neighbour].tie)
                     else:
                         new = None
-            elif prefix in self._releasing:
+            elif release.cancel(prefix):
                 # Back on the source we announced: no need to wait, but announce it again
                 # (the release told the neighbours INFINITY).
-                del self._releasing[prefix]
                 self._triggered.add(prefix)
                 self._ann_version += 1
-        elif new is not None and self._releasing.pop(prefix, None) is not None:
+        elif new is not None and release.cancel(prefix):
             self._triggered.add(prefix)
             self._ann_version += 1
         if new is None:
@@ -819,8 +795,8 @@ class Node:
                 self._triggered.add(prefix)
                 self._events.append(RouteSelected(prefix, None, INFINITY, None))
                 self.counters["route_changes"] += 1
-                if prefix not in self._releasing:
-                    if prefix in self._owned:
+                if prefix not in release.releasing:
+                    if prefix in release.owned:
                         # Retract with acks now, so a new source needs no wait later.
                         self._start_release(prefix, notify=False)
                     self._request_for_starved(prefix)
@@ -899,8 +875,8 @@ class Node:
         `prefix`, except `via`, our next hop, which gets the metric INFINITY (poison
         reverse). A retraction carries no tie."""
         sel = self.selected.get(prefix)
-        if prefix in self._releasing:
-            owned = self._owned.get(prefix)
+        if prefix in self.release.releasing:
+            owned = self.release.owned.get(prefix)
             rid = owned[0] if owned is not None else \
                 (sel.router_id if sel is not None else self.router_id)
             return (rid, (sel.seqno if sel is not None else self.xroutes.seqno), INFINITY, 0,
@@ -925,8 +901,7 @@ class Node:
                                   (Tiebreak(tie),) if tie and metric < INFINITY else ())
         if metric < INFINITY:
             self.sources.advertised(prefix, rid, seqno, metric, self._now)
-            self._announce_mark += 1
-            self._owned[prefix] = (rid, self._announce_mark)
+            self.release.announced(prefix, rid)
 
     def _send_update_all(self, prefix: Prefix) -> None:
         for nid, nb in self.neighbours.items():
@@ -946,7 +921,7 @@ class Node:
         version = self._ann_version
         now = self._now
         advertised = self.sources.advertised
-        owned = self._owned
+        announced = self.release.announced
         announce = self._announce
         entries: list[tuple[Prefix, bytes, int, int, int]] = []
         for prefix, sel in self.selected.items():
@@ -957,9 +932,8 @@ class Node:
                 continue
             entries.append((prefix, rid, seqno, metric, tie))
             advertised(prefix, rid, seqno, metric, now)
-            self._announce_mark += 1
-            owned[prefix] = (rid, self._announce_mark)
-        for prefix in self._releasing:
+            announced(prefix, rid)
+        for prefix in self.release.releasing:
             # A neighbour that (re)appears during a release must not keep an old route.
             rid, seqno, metric, _ = self._announcement(nid, prefix)
             entries.append((prefix, rid, seqno, metric, 0))
@@ -1005,8 +979,7 @@ class Node:
             entries.append((prefix, rid, seqno, metric, tie))
             if metric < INFINITY:
                 self.sources.advertised(prefix, rid, seqno, metric, now)
-                self._announce_mark += 1
-                self._owned[prefix] = (rid, self._announce_mark)
+                self.release.announced(prefix, rid)
         packets, offsets = encode_updates(entries, _cs(self.config.update_interval),
                                           self.config.max_body)
         for nid in up:
