@@ -8,6 +8,13 @@ and the virtual-time simulator are thin drivers around the same object.
     node.receive(now, "peer", data); node.handle_timer(now)
     node.next_deadline(); node.datagrams_to_send(); node.next_event()
     node.originate(prefix, metric=0); node.retract(prefix)
+
+The Node composes one object per concept, each in its own file: neighbours and link costs
+(neighbour.py), routes and the pure selection function (route.py), feasibility distances
+(source.py), our own prefixes (xroute.py), seqno requests and acks with their resends
+(request.py), the anycast source release (release.py), outgoing updates (update.py) and
+the codec (wire.py). What stays here is the dispatch of what arrives (Hello/IHU, Updates,
+requests, acks), the neighbours' life cycle, and the bookkeeping around selection.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from wgcast.babel.events import (
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
 from wgcast.babel.release import SourceRelease
 from wgcast.babel.request import RequestTracker
-from wgcast.babel.route import Route, RouteTable, SelectionParams, select
+from wgcast.babel.route import Route, RouteTable, Selected, SelectionParams, select
 from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
+from wgcast.babel.update import Updates
 from wgcast.babel.wire import (
     AE_WILDCARD,
     HELLO_UNICAST,
@@ -48,13 +56,11 @@ from wgcast.babel.wire import (
     RouteRequest,
     RouteUpdate,
     SeqnoRequest,
-    Tiebreak,
     Timestamp,
+    centiseconds,
     decode_packet,
-    encode_updates,
     fast_updates,
     intern_prefix,
-    prefix_key,
     prefix_to_wire,
     resolve,
 )
@@ -89,31 +95,7 @@ class NodeConfig:
             raise LocalProtocolError("timers must be positive")
 
 
-@dataclass(slots=True)
-class Selected:
-    """The route we use and announce for one prefix."""
-
-    via: str
-    router_id: bytes
-    seqno: int
-    metric: int
-    #: Path tie-break (sum of the links' values along the path; 0 at the origin).
-    tie: int = 0
-
-
-@dataclass(slots=True)
-class _Retraction:
-    router_id: bytes
-    seqno: int
-    tries_left: int
-    next_time: float
-
-
 _NEVER = float("inf")
-
-
-def _cs(seconds: float) -> int:
-    return max(1, min(0xFFFF, round(seconds * 100)))
 
 
 class Node:
@@ -136,9 +118,6 @@ class Node:
              "seqno_requests_forwarded", "seqno_requests_sent"), 0)
         self._events: deque[Event] = deque()
         self._out: dict[str, PacketWriter] = {}
-        self._triggered: set[Prefix] = set()
-        self._acks_to_attach: dict[str, list[int]] = {}
-        self._retractions: dict[Prefix, _Retraction] = {}
         # One entry per live Route object, re-queued on pop while the route is refreshed.
         self._expiry: list[tuple[float, int, Route]] = []
         self._expiry_seq = 0
@@ -158,13 +137,16 @@ class Node:
         self._tie: dict[str, int] = {}
         # - our own view of each link's cost, as last sent in an IHU;
         self._own_cost: dict[str, int] = {}
-        # - per neighbour, the packets of our last full update, valid while _ann_version
-        #   (bumped by anything that can change an announcement) has not moved;
-        self._ann_version = 0
-        self._tx_full: dict[str, tuple[int, list[bytes]]] = {}
         # - per neighbour, packets made only of feasible Updates that we processed, with the
         #   routes they set: a byte-identical repeat (a periodic dump) only refreshes them.
         self._rx_seen: dict[str, dict[bytes, tuple[int, int, list[Route], list[int]]]] = {}
+        #: Outgoing Updates (update.py): announcements, full and triggered updates.
+        self.updates = Updates(
+            self.router_id, update_interval=config.update_interval, max_body=config.max_body,
+            retraction_tries=config.retraction_tries, retry_interval=config.hello_interval,
+            out=self._out, neighbours=self.neighbours, costs=self._cost, ties=self._tie,
+            selected=self.selected, routes=self.routes, xroutes=self.xroutes,
+            sources=self.sources, release=self.release, requests=self.requests)
 
     # ------------------------------------------------------------ public API
 
@@ -202,7 +184,7 @@ class Node:
         del self._own_cost[nid]
         del self._rx_seen[nid]
         self._nb_expiry.pop(nid, None)
-        self._tx_full.pop(nid, None)
+        self.updates.neighbour_removed(nid)
 
     def originate(self, prefix: Prefix, metric: int = 0, now: float | None = None) -> None:
         """Announce `prefix` from this node (own address or anycast instance)."""
@@ -211,9 +193,9 @@ class Node:
             raise LocalProtocolError(f"metric {metric} out of range")
         prefix = intern_prefix(prefix)
         if self.xroutes.add(prefix, metric):
-            self._retractions.pop(prefix, None)
+            self.updates.stop_retracting(prefix)
             self._select(prefix)
-        self._flush()
+        self.updates.flush(self._now)
 
     def retract(self, prefix: Prefix, now: float | None = None) -> None:
         """Stop announcing `prefix`; RetractionAcked follows when every neighbour knows."""
@@ -224,7 +206,7 @@ class Node:
         self._select(prefix, force_trigger=True)
         # The retraction goes out with an AckReq (the release of our source, see _select).
         self._start_release(prefix, notify=True)
-        self._flush()
+        self.updates.flush(self._now)
 
     def hold(self, seconds: float, now: float | None = None) -> None:
         """Planned restart: a last Hello promising the next one within `seconds / dead`.
@@ -241,10 +223,10 @@ class Node:
         for nb in self.neighbours.values():
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
-            w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, _cs(interval),
+            w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, centiseconds(interval),
                         (Timestamp((stamp(self._now),)),)))
             if nb.up:
-                w.add(IHU(AE_WILDCARD, nb.own_cost(link), _cs(interval), b""))
+                w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
 
     def receive(self, now: float, neighbour: str, data: bytes) -> None:
@@ -273,7 +255,7 @@ class Node:
                 self._own_cost[neighbour] = own
                 self._send_hello(nb)
         self._maybe_recost(nb)
-        self._flush()
+        self.updates.flush(self._now)
 
     def _receive_tlvs(self, nb: Neighbour, data: bytes,
                       seen: dict[bytes, tuple[int, int, list[Route], list[int]]]) -> None:
@@ -281,7 +263,7 @@ class Node:
         # Remember a packet of quiet Updates only (see _refresh_seen).
         routes: list[Route] | None = [] if nb.up else None
         fd_version = self.sources.version
-        ann_version = self._ann_version
+        ann_version = self.updates.version
         updates = fast_updates(data)
         if updates is not None:
             on_update = self._on_update
@@ -293,7 +275,7 @@ class Node:
                     else:
                         routes.append(route)
             if routes and self.sources.version == fd_version and \
-                    self._ann_version == ann_version and nb.up:
+                    self.updates.version == ann_version and nb.up:
                 self._remember(seen, data, fd_version, ann_version, routes)
             return
         try:
@@ -336,7 +318,7 @@ class Node:
             self.counters["tlvs_skipped"] += len(skipped)
             routes = None
         if routes and self.sources.version == fd_version and \
-                self._ann_version == ann_version and nb.up:
+                self.updates.version == ann_version and nb.up:
             self._remember(seen, data, fd_version, ann_version, routes)
         if hello_ts is not None and ihu_ts is not None:
             lp = self.config.link
@@ -354,7 +336,7 @@ class Node:
         routes changed since, and neither our feasibility distances nor our selections
         moved, processing it again would only push their expiry times; do just that."""
         fd_version, ann_version, routes, gens = hit
-        if fd_version != self.sources.version or ann_version != self._ann_version:
+        if fd_version != self.sources.version or ann_version != self.updates.version:
             return False
         for r, g in zip(routes, gens, strict=True):
             if r.gen != g:
@@ -389,22 +371,16 @@ class Node:
             self._next_update = now + cfg.update_interval
             for nb in self.neighbours.values():
                 if nb.up:
-                    self._send_full_update(nb.id)
+                    self.updates.send_full(nb.id, now)
         self._resend_requests()
-        for prefix, rt in list(self._retractions.items()):
-            if rt.next_time <= now:
-                self._send_update_all(prefix)
-                rt.tries_left -= 1
-                rt.next_time = now + cfg.hello_interval
-                if rt.tries_left <= 0:
-                    del self._retractions[prefix]
+        self.updates.resend_retractions(now)
         if now >= self._next_gc:
             self._next_gc = now + 60.0
             for prefix, sel in self.selected.items():
                 # Announced from the cached full update: still in use, not stale.
                 self.sources.refresh(prefix, sel.router_id, now)
             self.sources.gc(now)
-        self._flush()
+        self.updates.flush(self._now)
 
     def next_deadline(self) -> float | None:
         best = _NEVER
@@ -424,9 +400,9 @@ class Node:
             req = self.requests.next_deadline()
             if req is not None and req < best:
                 best = req
-        for rt in self._retractions.values():
-            if rt.next_time < best:
-                best = rt.next_time
+        rt = self.updates.next_deadline()
+        if rt < best:
+            best = rt
         return None if best == _NEVER else best
 
     def datagrams_to_send(self) -> list[tuple[str, bytes]]:
@@ -457,7 +433,7 @@ class Node:
         if nb is None:
             raise LocalProtocolError(f"no neighbour {nid!r}")
         self._send_hello(nb)
-        self._flush()
+        self.updates.flush(self._now)
 
     # ------------------------------------------------------------ neighbours
 
@@ -473,7 +449,7 @@ class Node:
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
-        w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, _cs(cfg.hello_interval),
+        w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, centiseconds(cfg.hello_interval),
                     (Timestamp((stamp(now),)),)))
         if nb.last_hello is not None and nb.peer_hello_stamp is not None \
                 and nb.peer_hello_recv is not None:
@@ -481,7 +457,7 @@ class Node:
             # own and ours, as we do (Neighbour.cost), so both ends agree.
             own = nb.own_cost(cfg.link)
             self._own_cost[nb.id] = own
-            w.add(IHU(AE_WILDCARD, own, _cs(cfg.hello_interval), b"",
+            w.add(IHU(AE_WILDCARD, own, centiseconds(cfg.hello_interval), b"",
                       (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)))
         nb.last_sent_hello = now
         self._next_hello[nb.id] = now + cfg.hello_interval
@@ -510,7 +486,7 @@ class Node:
         if alive and not nb.up:
             nb.up = True
             self._events.append(NeighbourUp(nb.id))
-            self._send_full_update(nb.id)
+            self.updates.send_full(nb.id, self._now)
             self._out[nb.id].add(RouteRequest(AE_WILDCARD, 0, b""))
             self._maybe_recost(nb, force=True)
         elif not alive and nb.up:
@@ -524,14 +500,14 @@ class Node:
     def _neighbour_down(self, nb: Neighbour) -> None:
         nb.forget()
         self._cost[nb.id] = INFINITY
-        self._ann_version += 1
+        self.updates.changed()
         self._events.append(NeighbourDown(nb.id))
         for prefix in self.routes.via(nb.id):
             self.routes.remove(prefix, nb.id)
             self._select(prefix)
         self.requests.neighbour_gone(nb.id)
         self._finish_acks()
-        self._acks_to_attach.pop(nb.id, None)
+        self.updates.neighbour_down(nb.id)
 
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
         """Reselect routes via `nb` when its agreed cost moved (by any amount: selection
@@ -540,7 +516,7 @@ class Node:
         if self._cost[nb.id] == cost and not force:
             return
         self._cost[nb.id] = cost
-        self._ann_version += 1
+        self.updates.changed()
         for prefix in self.routes.via(nb.id):
             self._select(prefix)
 
@@ -634,9 +610,9 @@ class Node:
         if not nb.up:
             return
         if msg.prefix is None:
-            self._send_full_update(nb.id)
+            self.updates.send_full(nb.id, self._now)
         else:
-            self._send_update(nb.id, intern_prefix(msg.prefix))
+            self.updates.send(nb.id, intern_prefix(msg.prefix), self._now)
 
     def _on_seqno_request(self, nb: Neighbour, msg: ResolvedSeqnoRequest) -> None:
         self.counters["seqno_requests_in"] += 1
@@ -649,12 +625,12 @@ class Node:
                     self.xroutes.bump(msg.seqno)
                     self._events.append(SeqnoChanged(self.xroutes.seqno))
                     self._refresh_local_seqno()
-                self._triggered.add(prefix)
+                self.updates.trigger(prefix)
             return
         sel = self.selected.get(prefix)
         if sel is not None and sel.via != LOCAL and sel.router_id == msg.router_id \
                 and prefix not in self.release.releasing and not seqno_less(sel.seqno, msg.seqno):
-            self._send_update(nb.id, prefix)
+            self.updates.send(nb.id, prefix, self._now)
             return
         if msg.hopcount < 2:
             return
@@ -686,7 +662,7 @@ class Node:
 
     def _finish_acks(self) -> None:
         for pending in self.requests.finished():
-            self._ann_version += 1
+            self.updates.changed()
             if pending.notify:
                 self._events.append(RetractionAcked(pending.prefix))
             if self.release.acked(pending):
@@ -707,10 +683,7 @@ class Node:
             if notify:
                 self._events.append(RetractionAcked(prefix))
             return True
-        self._ann_version += 1
-        for nid in waiting:
-            self._acks_to_attach.setdefault(nid, []).append(pending.opaque)
-        self._triggered.add(prefix)
+        self.updates.retract_with_ack(prefix, waiting, pending.opaque)
         return False
 
     # ------------------------------------------------------------ selection
@@ -767,6 +740,7 @@ class Node:
                 new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, key[0],
                                key[1])
         release = self.release
+        updates = self.updates
         if new is not None and new.via != LOCAL:
             owned = release.owned.get(prefix)
             if owned is not None and owned[0] != new.router_id:
@@ -780,19 +754,17 @@ class Node:
             elif release.cancel(prefix):
                 # Back on the source we announced: no need to wait, but announce it again
                 # (the release told the neighbours INFINITY).
-                self._triggered.add(prefix)
-                self._ann_version += 1
+                self.updates.trigger(prefix)
+                self.updates.changed()
         elif new is not None and release.cancel(prefix):
-            self._triggered.add(prefix)
-            self._ann_version += 1
+            self.updates.trigger(prefix)
+            self.updates.changed()
         if new is None:
             if old is not None:
-                self._ann_version += 1
+                self.updates.changed()
                 del self.selected[prefix]
-                self._retractions[prefix] = _Retraction(
-                    old.router_id, old.seqno, self.config.retraction_tries - 1,
-                    now + self.config.hello_interval)
-                self._triggered.add(prefix)
+                updates.retracted(prefix, old.router_id, old.seqno, now)
+                self.updates.trigger(prefix)
                 self._events.append(RouteSelected(prefix, None, INFINITY, None))
                 self.counters["route_changes"] += 1
                 if prefix not in release.releasing:
@@ -801,23 +773,23 @@ class Node:
                         self._start_release(prefix, notify=False)
                     self._request_for_starved(prefix)
             elif force_trigger:
-                self._triggered.add(prefix)
+                self.updates.trigger(prefix)
             return
-        self._retractions.pop(prefix, None)
+        updates.stop_retracting(prefix)
         self.selected[prefix] = new
         if old is None or old.via != new.via or old.router_id != new.router_id:
-            self._ann_version += 1
+            self.updates.changed()
             self._events.append(RouteSelected(prefix, new.via, new.metric, new.router_id))
             self.counters["route_changes"] += 1
-            self._triggered.add(prefix)
+            self.updates.trigger(prefix)
         elif old.seqno != new.seqno or old.metric != new.metric or old.tie != new.tie:
             # Any change of what we announce goes out now: link costs move in steps (see
             # LinkCostParams), so this is no flood, and the mesh settles in a round trip
             # instead of an update interval per hop.
-            self._ann_version += 1
-            self._triggered.add(prefix)
+            self.updates.changed()
+            self.updates.trigger(prefix)
         elif force_trigger:
-            self._triggered.add(prefix)
+            self.updates.trigger(prefix)
 
     def _request_for_starved(self, prefix: Prefix) -> None:
         """No feasible route left: ask the source of the best unfeasible one for a seqno."""
@@ -846,9 +818,7 @@ class Node:
             self._out[req.neighbour].add(self._seqno_tlv(req.prefix, req.router_id, req.seqno,
                                                          req.hopcount))
         for pending in self.requests.due_acks(now):
-            for nid in pending.waiting:
-                self._send_update(nid, pending.prefix)
-                self._out[nid].add(AckReq(pending.opaque, _cs(pending.backoff)))
+            self.updates.resend_acked(pending, now)
         self._finish_acks()
 
     @staticmethod
@@ -857,141 +827,8 @@ class Node:
         return SeqnoRequest(ae, prefix.prefixlen, seqno, hopcount, router_id, raw)
 
     def _refresh_local_seqno(self) -> None:
-        self._ann_version += 1
+        self.updates.changed()
         for prefix, sel in self.selected.items():
             if sel.via == LOCAL:
                 sel.seqno = self.xroutes.seqno
-                self._triggered.add(prefix)
-
-    # ------------------------------------------------------------ updates out
-
-    def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int, int]:
-        """(router-id, seqno, metric, tie) we tell `nid` about `prefix` (poison reverse)."""
-        rid, seqno, metric, tie, via = self._announce(prefix)
-        return rid, seqno, (INFINITY if via == nid else metric), tie
-
-    def _announce(self, prefix: Prefix) -> tuple[bytes, int, int, int, str | None]:
-        """(router-id, seqno, metric, tie, via): what we tell every neighbour about
-        `prefix`, except `via`, our next hop, which gets the metric INFINITY (poison
-        reverse). A retraction carries no tie."""
-        sel = self.selected.get(prefix)
-        if prefix in self.release.releasing:
-            owned = self.release.owned.get(prefix)
-            rid = owned[0] if owned is not None else \
-                (sel.router_id if sel is not None else self.router_id)
-            return (rid, (sel.seqno if sel is not None else self.xroutes.seqno), INFINITY, 0,
-                    None)
-        if sel is None:
-            rt = self._retractions.get(prefix)
-            if rt is not None:
-                return rt.router_id, rt.seqno, INFINITY, 0, None
-            return self.router_id, self.xroutes.seqno, INFINITY, 0, None
-        if sel.via != LOCAL:
-            route = self.routes.get(prefix, sel.via)
-            if route is not None:
-                sel.metric = self._route_metric(route)
-                sel.seqno = route.seqno
-                sel.tie = route.tie + self.neighbours[sel.via].tie
-            return sel.router_id, sel.seqno, sel.metric, sel.tie, sel.via
-        return sel.router_id, sel.seqno, sel.metric, sel.tie, None
-
-    def _send_update(self, nid: str, prefix: Prefix) -> None:
-        rid, seqno, metric, tie = self._announcement(nid, prefix)
-        self._out[nid].add_update(prefix, rid, seqno, metric, _cs(self.config.update_interval),
-                                  (Tiebreak(tie),) if tie and metric < INFINITY else ())
-        if metric < INFINITY:
-            self.sources.advertised(prefix, rid, seqno, metric, self._now)
-            self.release.announced(prefix, rid)
-
-    def _send_update_all(self, prefix: Prefix) -> None:
-        for nid, nb in self.neighbours.items():
-            if nb.up:
-                self._send_update(nid, prefix)
-
-    def _send_full_update(self, nid: str) -> None:
-        """Everything we announce, to `nid`. While no announcement can have changed since
-        the last one (_ann_version), the same packets go out again: their feasibility
-        distances are already recorded and a receiver recognises them byte for byte."""
-        w = self._out[nid]
-        cached = self._tx_full.get(nid)
-        if cached is not None and cached[0] == self._ann_version:
-            w.flush()
-            w.packets.extend(cached[1])
-            return
-        version = self._ann_version
-        now = self._now
-        advertised = self.sources.advertised
-        announced = self.release.announced
-        announce = self._announce
-        entries: list[tuple[Prefix, bytes, int, int, int]] = []
-        for prefix, sel in self.selected.items():
-            if sel.via == nid:
-                continue  # split horizon: triggered updates already poisoned it
-            rid, seqno, metric, tie, _ = announce(prefix)
-            if metric >= INFINITY:
-                continue
-            entries.append((prefix, rid, seqno, metric, tie))
-            advertised(prefix, rid, seqno, metric, now)
-            announced(prefix, rid)
-        for prefix in self.release.releasing:
-            # A neighbour that (re)appears during a release must not keep an old route.
-            rid, seqno, metric, _ = self._announcement(nid, prefix)
-            entries.append((prefix, rid, seqno, metric, 0))
-        packets = encode_updates(entries, _cs(self.config.update_interval),
-                                 self.config.max_body)[0]
-        if version == self._ann_version:
-            self._tx_full[nid] = (version, packets)
-        w.flush()
-        w.packets.extend(packets)
-
-    def _flush(self) -> None:
-        """Send triggered updates (with any AckReqs attached after them)."""
-        if self._triggered:
-            prefixes = sorted(self._triggered, key=prefix_key)
-            self._triggered.clear()
-            up = [nid for nid, nb in self.neighbours.items() if nb.up]
-            if up:
-                self._send_triggered(prefixes, up)
-        if self._acks_to_attach:
-            for nid, ops in self._acks_to_attach.items():
-                for op in ops:
-                    pending = self.requests.acks.get(op)
-                    if pending is not None:
-                        self._out[nid].add(AckReq(op, _cs(pending.backoff)))
-            self._acks_to_attach.clear()
-
-
-    def _send_triggered(self, prefixes: list[Prefix], up: list[str]) -> None:
-        """The same Updates to every neighbour that is up (encoded once), each prefix
-        poisoned (metric INFINITY) towards the neighbour we route it through."""
-        now = self._now
-        entries: list[tuple[Prefix, bytes, int, int, int]] = []
-        poison: dict[str, list[int]] = {}
-        for prefix in prefixes:
-            rid, seqno, metric, tie, via = self._announce(prefix)
-            if metric >= INFINITY:
-                tie = 0
-            if metric < INFINITY and via is not None and via in self._out:
-                poison.setdefault(via, []).append(len(entries))
-                if len(up) == 1 and up[0] == via:
-                    entries.append((prefix, rid, seqno, metric, tie))
-                    continue  # told to nobody with a finite metric
-            entries.append((prefix, rid, seqno, metric, tie))
-            if metric < INFINITY:
-                self.sources.advertised(prefix, rid, seqno, metric, now)
-                self.release.announced(prefix, rid)
-        packets, offsets = encode_updates(entries, _cs(self.config.update_interval),
-                                          self.config.max_body)
-        for nid in up:
-            w = self._out[nid]
-            w.flush()
-            idxs = poison.get(nid)
-            if not idxs:
-                w.packets.extend(packets)
-                continue
-            patched = {pi: bytearray(packets[pi]) for pi, _ in (offsets[i] for i in idxs)}
-            for i in idxs:
-                pi, off = offsets[i]
-                patched[pi][off:off + 2] = b"\xff\xff"
-            w.packets.extend(bytes(patched[pi]) if pi in patched else pkt
-                             for pi, pkt in enumerate(packets))
+                self.updates.trigger(prefix)

@@ -28,6 +28,18 @@ class SelectionParams:
     mode: str = "shortest"  # or "sticky"
 
 
+@dataclass(slots=True)
+class Selected:
+    """The route we use and announce for one prefix (`via` LOCAL: we originate it)."""
+
+    via: str
+    router_id: bytes
+    seqno: int
+    metric: int
+    #: Path tie-break (sum of the links' values along the path; 0 at the origin).
+    tie: int = 0
+
+
 class Route:
     """A route learned from a neighbour."""
 

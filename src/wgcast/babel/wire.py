@@ -568,6 +568,11 @@ def prefix_to_wire(prefix: Prefix) -> tuple[int, bytes]:
     return ae, prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
 
 
+def centiseconds(seconds: float) -> int:
+    """An interval field (Hello, IHU, Update, AckReq): centiseconds, 1 to 65535."""
+    return max(1, min(0xFFFF, round(seconds * 100)))
+
+
 def ll_from_wire(data: bytes) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(_LL_PREFIX + data)
 
