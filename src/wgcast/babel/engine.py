@@ -751,20 +751,22 @@ class Node:
                                        cur.tie + self.neighbours[cur.neighbour].tie)
                     else:
                         new = None
-            elif release.cancel(prefix):
+            elif prefix in release.releasing:
                 # Back on the source we announced: no need to wait, but announce it again
                 # (the release told the neighbours INFINITY).
-                self.updates.trigger(prefix)
-                self.updates.changed()
-        elif new is not None and release.cancel(prefix):
-            self.updates.trigger(prefix)
-            self.updates.changed()
+                release.cancel(prefix)
+                updates.trigger(prefix)
+                updates.changed()
+        elif new is not None and prefix in release.releasing:
+            release.cancel(prefix)
+            updates.trigger(prefix)
+            updates.changed()
         if new is None:
             if old is not None:
-                self.updates.changed()
+                updates.changed()
                 del self.selected[prefix]
                 updates.retracted(prefix, old.router_id, old.seqno, now)
-                self.updates.trigger(prefix)
+                updates.trigger(prefix)
                 self._events.append(RouteSelected(prefix, None, INFINITY, None))
                 self.counters["route_changes"] += 1
                 if prefix not in release.releasing:
@@ -773,23 +775,23 @@ class Node:
                         self._start_release(prefix, notify=False)
                     self._request_for_starved(prefix)
             elif force_trigger:
-                self.updates.trigger(prefix)
+                updates.trigger(prefix)
             return
         updates.stop_retracting(prefix)
         self.selected[prefix] = new
         if old is None or old.via != new.via or old.router_id != new.router_id:
-            self.updates.changed()
+            updates.changed()
             self._events.append(RouteSelected(prefix, new.via, new.metric, new.router_id))
             self.counters["route_changes"] += 1
-            self.updates.trigger(prefix)
+            updates.trigger(prefix)
         elif old.seqno != new.seqno or old.metric != new.metric or old.tie != new.tie:
             # Any change of what we announce goes out now: link costs move in steps (see
             # LinkCostParams), so this is no flood, and the mesh settles in a round trip
             # instead of an update interval per hop.
-            self.updates.changed()
-            self.updates.trigger(prefix)
+            updates.changed()
+            updates.trigger(prefix)
         elif force_trigger:
-            self.updates.trigger(prefix)
+            updates.trigger(prefix)
 
     def _request_for_starved(self, prefix: Prefix) -> None:
         """No feasible route left: ask the source of the best unfeasible one for a seqno."""
