@@ -127,7 +127,7 @@ class Node:
         self._nb_expiry: dict[str, float] = {}
         self._next_gc = now + 60.0
         #: The anycast source-change rule (release.py).
-        self.release = SourceRelease(self.requests)
+        self._release = SourceRelease(self.requests)
         #: Set by hold(): the node is stopping; no regular Hello may cancel the hold Hello.
         self._holding = False
         # Hot-path caches (pure speed-ups, same behaviour):
@@ -141,12 +141,12 @@ class Node:
         #   routes they set: a byte-identical repeat (a periodic dump) only refreshes them.
         self._rx_seen: dict[str, dict[bytes, tuple[int, int, list[Route], list[int]]]] = {}
         #: Outgoing Updates (update.py): announcements, full and triggered updates.
-        self.updates = Updates(
+        self._updates = Updates(
             self.router_id, update_interval=config.update_interval, max_body=config.max_body,
             retraction_tries=config.retraction_tries, retry_interval=config.hello_interval,
             out=self._out, neighbours=self.neighbours, costs=self._cost, ties=self._tie,
             selected=self.selected, routes=self.routes, xroutes=self.xroutes,
-            sources=self.sources, release=self.release, requests=self.requests)
+            sources=self.sources, release=self._release, requests=self.requests)
 
     # ------------------------------------------------------------ public API
 
@@ -184,7 +184,7 @@ class Node:
         del self._own_cost[nid]
         del self._rx_seen[nid]
         self._nb_expiry.pop(nid, None)
-        self.updates.neighbour_removed(nid)
+        self._updates.neighbour_removed(nid)
 
     def originate(self, prefix: Prefix, metric: int = 0, now: float | None = None) -> None:
         """Announce `prefix` from this node (own address or anycast instance)."""
@@ -193,9 +193,9 @@ class Node:
             raise LocalProtocolError(f"metric {metric} out of range")
         prefix = intern_prefix(prefix)
         if self.xroutes.add(prefix, metric):
-            self.updates.stop_retracting(prefix)
+            self._updates.stop_retracting(prefix)
             self._select(prefix)
-        self.updates.flush(self._now)
+        self._updates.flush(self._now)
 
     def retract(self, prefix: Prefix, now: float | None = None) -> None:
         """Stop announcing `prefix`; RetractionAcked follows when every neighbour knows."""
@@ -206,7 +206,7 @@ class Node:
         self._select(prefix, force_trigger=True)
         # The retraction goes out with an AckReq (the release of our source, see _select).
         self._start_release(prefix, notify=True)
-        self.updates.flush(self._now)
+        self._updates.flush(self._now)
 
     def hold(self, seconds: float, now: float | None = None) -> None:
         """Planned restart: a last Hello promising the next one within `seconds / dead`.
@@ -255,7 +255,7 @@ class Node:
                 self._own_cost[neighbour] = own
                 self._send_hello(nb)
         self._maybe_recost(nb)
-        self.updates.flush(self._now)
+        self._updates.flush(self._now)
 
     def _receive_tlvs(self, nb: Neighbour, data: bytes,
                       seen: dict[bytes, tuple[int, int, list[Route], list[int]]]) -> None:
@@ -263,7 +263,7 @@ class Node:
         # Remember a packet of quiet Updates only (see _refresh_seen).
         routes: list[Route] | None = [] if nb.up else None
         fd_version = self.sources.version
-        ann_version = self.updates.version
+        ann_version = self._updates.version
         updates = fast_updates(data)
         if updates is not None:
             on_update = self._on_update
@@ -275,7 +275,7 @@ class Node:
                     else:
                         routes.append(route)
             if routes and self.sources.version == fd_version and \
-                    self.updates.version == ann_version and nb.up:
+                    self._updates.version == ann_version and nb.up:
                 self._remember(seen, data, fd_version, ann_version, routes)
             return
         try:
@@ -318,7 +318,7 @@ class Node:
             self.counters["tlvs_skipped"] += len(skipped)
             routes = None
         if routes and self.sources.version == fd_version and \
-                self.updates.version == ann_version and nb.up:
+                self._updates.version == ann_version and nb.up:
             self._remember(seen, data, fd_version, ann_version, routes)
         if hello_ts is not None and ihu_ts is not None:
             lp = self.config.link
@@ -336,7 +336,7 @@ class Node:
         routes changed since, and neither our feasibility distances nor our selections
         moved, processing it again would only push their expiry times; do just that."""
         fd_version, ann_version, routes, gens = hit
-        if fd_version != self.sources.version or ann_version != self.updates.version:
+        if fd_version != self.sources.version or ann_version != self._updates.version:
             return False
         for r, g in zip(routes, gens, strict=True):
             if r.gen != g:
@@ -371,16 +371,16 @@ class Node:
             self._next_update = now + cfg.update_interval
             for nb in self.neighbours.values():
                 if nb.up:
-                    self.updates.send_full(nb.id, now)
+                    self._updates.send_full(nb.id, now)
         self._resend_requests()
-        self.updates.resend_retractions(now)
+        self._updates.resend_retractions(now)
         if now >= self._next_gc:
             self._next_gc = now + 60.0
             for prefix, sel in self.selected.items():
                 # Announced from the cached full update: still in use, not stale.
                 self.sources.refresh(prefix, sel.router_id, now)
             self.sources.gc(now)
-        self.updates.flush(self._now)
+        self._updates.flush(self._now)
 
     def next_deadline(self) -> float | None:
         best = _NEVER
@@ -400,7 +400,7 @@ class Node:
             req = self.requests.next_deadline()
             if req is not None and req < best:
                 best = req
-        rt = self.updates.next_deadline()
+        rt = self._updates.next_deadline()
         if rt < best:
             best = rt
         return None if best == _NEVER else best
@@ -420,7 +420,7 @@ class Node:
 
     def settling(self) -> bool:
         """Is a source release under way (a selection that will change when acked)?"""
-        return bool(self.release.releasing)
+        return bool(self._release.releasing)
 
     def neighbour_cost(self, nid: str) -> int:
         return self.neighbours[nid].cost(self.config.link)
@@ -433,7 +433,7 @@ class Node:
         if nb is None:
             raise LocalProtocolError(f"no neighbour {nid!r}")
         self._send_hello(nb)
-        self.updates.flush(self._now)
+        self._updates.flush(self._now)
 
     # ------------------------------------------------------------ neighbours
 
@@ -486,7 +486,7 @@ class Node:
         if alive and not nb.up:
             nb.up = True
             self._events.append(NeighbourUp(nb.id))
-            self.updates.send_full(nb.id, self._now)
+            self._updates.send_full(nb.id, self._now)
             self._out[nb.id].add(RouteRequest(AE_WILDCARD, 0, b""))
             self._maybe_recost(nb, force=True)
         elif not alive and nb.up:
@@ -500,14 +500,14 @@ class Node:
     def _neighbour_down(self, nb: Neighbour) -> None:
         nb.forget()
         self._cost[nb.id] = INFINITY
-        self.updates.changed()
+        self._updates.changed()
         self._events.append(NeighbourDown(nb.id))
         for prefix in self.routes.via(nb.id):
             self.routes.remove(prefix, nb.id)
             self._select(prefix)
         self.requests.neighbour_gone(nb.id)
         self._finish_acks()
-        self.updates.neighbour_down(nb.id)
+        self._updates.neighbour_down(nb.id)
 
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
         """Reselect routes via `nb` when its agreed cost moved (by any amount: selection
@@ -516,7 +516,7 @@ class Node:
         if self._cost[nb.id] == cost and not force:
             return
         self._cost[nb.id] = cost
-        self.updates.changed()
+        self._updates.changed()
         for prefix in self.routes.via(nb.id):
             self._select(prefix)
 
@@ -590,7 +590,7 @@ class Node:
         the shortest path (see _select), and a new seqno makes it feasible."""
         sel = self.selected.get(prefix)
         if sel is None:
-            return prefix not in self.release.releasing
+            return prefix not in self._release.releasing
         if sel.via == LOCAL:
             return False
         if sel.via == nb.id:
@@ -610,9 +610,9 @@ class Node:
         if not nb.up:
             return
         if msg.prefix is None:
-            self.updates.send_full(nb.id, self._now)
+            self._updates.send_full(nb.id, self._now)
         else:
-            self.updates.send(nb.id, intern_prefix(msg.prefix), self._now)
+            self._updates.send(nb.id, intern_prefix(msg.prefix), self._now)
 
     def _on_seqno_request(self, nb: Neighbour, msg: ResolvedSeqnoRequest) -> None:
         self.counters["seqno_requests_in"] += 1
@@ -625,12 +625,12 @@ class Node:
                     self.xroutes.bump(msg.seqno)
                     self._events.append(SeqnoChanged(self.xroutes.seqno))
                     self._refresh_local_seqno()
-                self.updates.trigger(prefix)
+                self._updates.trigger(prefix)
             return
         sel = self.selected.get(prefix)
         if sel is not None and sel.via != LOCAL and sel.router_id == msg.router_id \
-                and prefix not in self.release.releasing and not seqno_less(sel.seqno, msg.seqno):
-            self.updates.send(nb.id, prefix, self._now)
+                and prefix not in self._release.releasing and not seqno_less(sel.seqno, msg.seqno):
+            self._updates.send(nb.id, prefix, self._now)
             return
         if msg.hopcount < 2:
             return
@@ -662,10 +662,10 @@ class Node:
 
     def _finish_acks(self) -> None:
         for pending in self.requests.finished():
-            self.updates.changed()
+            self._updates.changed()
             if pending.notify:
                 self._events.append(RetractionAcked(pending.prefix))
-            if self.release.acked(pending):
+            if self._release.acked(pending):
                 self._select(pending.prefix)
 
     def _start_release(self, prefix: Prefix, notify: bool) -> bool:
@@ -673,7 +673,7 @@ class Node:
 
         True if there was nobody to wait for (the release is complete at once).
         """
-        release = self.release
+        release = self._release
         if release.join(prefix, notify):
             return False
         waiting = {nid for nid, nb in self.neighbours.items() if nb.up}
@@ -683,7 +683,7 @@ class Node:
             if notify:
                 self._events.append(RetractionAcked(prefix))
             return True
-        self.updates.retract_with_ack(prefix, waiting, pending.opaque)
+        self._updates.retract_with_ack(prefix, waiting, pending.opaque)
         return False
 
     # ------------------------------------------------------------ selection
@@ -739,8 +739,8 @@ class Node:
                 key = choice.key
                 new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, key[0],
                                key[1])
-        release = self.release
-        updates = self.updates
+        release = self._release
+        updates = self._updates
         if new is not None and new.via != LOCAL:
             owned = release.owned.get(prefix)
             if owned is not None and owned[0] != new.router_id:
@@ -820,7 +820,7 @@ class Node:
             self._out[req.neighbour].add(self._seqno_tlv(req.prefix, req.router_id, req.seqno,
                                                          req.hopcount))
         for pending in self.requests.due_acks(now):
-            self.updates.resend_acked(pending, now)
+            self._updates.resend_acked(pending, now)
         self._finish_acks()
 
     @staticmethod
@@ -829,8 +829,8 @@ class Node:
         return SeqnoRequest(ae, prefix.prefixlen, seqno, hopcount, router_id, raw)
 
     def _refresh_local_seqno(self) -> None:
-        self.updates.changed()
+        self._updates.changed()
         for prefix, sel in self.selected.items():
             if sel.via == LOCAL:
                 sel.seqno = self.xroutes.seqno
-                self.updates.trigger(prefix)
+                self._updates.trigger(prefix)
