@@ -755,18 +755,15 @@ class Node:
                 # Back on the source we announced: no need to wait, but announce it again
                 # (the release told the neighbours INFINITY).
                 release.cancel(prefix)
-                updates.trigger(prefix)
-                updates.changed()
+                updates.changed_prefix(prefix)
         elif new is not None and prefix in release.releasing:
             release.cancel(prefix)
-            updates.trigger(prefix)
-            updates.changed()
+            updates.changed_prefix(prefix)
         if new is None:
             if old is not None:
-                updates.changed()
                 del self.selected[prefix]
                 updates.retracted(prefix, old.router_id, old.seqno, now)
-                updates.trigger(prefix)
+                updates.changed_prefix(prefix)
                 self._events.append(RouteSelected(prefix, None, INFINITY, None))
                 self.counters["route_changes"] += 1
                 if prefix not in release.releasing:
@@ -780,16 +777,14 @@ class Node:
         updates.stop_retracting(prefix)
         self.selected[prefix] = new
         if old is None or old.via != new.via or old.router_id != new.router_id:
-            updates.changed()
+            updates.changed_prefix(prefix)
             self._events.append(RouteSelected(prefix, new.via, new.metric, new.router_id))
             self.counters["route_changes"] += 1
-            updates.trigger(prefix)
         elif old.seqno != new.seqno or old.metric != new.metric or old.tie != new.tie:
             # Any change of what we announce goes out now: link costs move in steps (see
             # LinkCostParams), so this is no flood, and the mesh settles in a round trip
             # instead of an update interval per hop.
-            updates.changed()
-            updates.trigger(prefix)
+            updates.changed_prefix(prefix)
         elif force_trigger:
             updates.trigger(prefix)
 

@@ -159,7 +159,9 @@ def select(prefix: Prefix, routes: Iterable[Route], costs: Mapping[str, int],
         cost = costs.get(current.neighbour, INFINITY)
         ref = current.refmetric
         if cost < INFINITY and ref < INFINITY:
-            cur_m = min(ref + cost, INFINITY - 1)
+            cur_m = ref + cost
+            if cur_m >= INFINITY:
+                cur_m = INFINITY - 1
         if current.router_id != current_rid and not feasible(
                 prefix, current.router_id, current.seqno, ref):
             cur_m = INFINITY

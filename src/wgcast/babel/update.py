@@ -99,6 +99,11 @@ class Updates:
         """Announce `prefix` to every neighbour that is up at the next `flush`."""
         self._triggered.add(prefix)
 
+    def changed_prefix(self, prefix: Prefix) -> None:
+        """What we announce about `prefix` changed: `changed`, then `trigger`."""
+        self.version += 1
+        self._triggered.add(prefix)
+
     def retract_with_ack(self, prefix: Prefix, waiting: set[str], opaque: int) -> None:
         """A release: the retraction of `prefix` goes out at the next `flush`, followed by
         an AckReq `opaque` to each neighbour of `waiting`."""
@@ -149,7 +154,13 @@ class Updates:
         if sel.via != LOCAL:
             route = self._routes.get(prefix, sel.via)
             if route is not None:
-                sel.metric = route.metric(self._costs.get(route.neighbour, INFINITY))
+                cost = self._costs.get(route.neighbour, INFINITY)
+                ref = route.refmetric
+                if cost >= INFINITY or ref >= INFINITY:
+                    sel.metric = INFINITY
+                else:
+                    m = ref + cost  # Route.metric, inline (hot path)
+                    sel.metric = m if m < INFINITY else INFINITY - 1
                 sel.seqno = route.seqno
                 sel.tie = route.tie + self._ties[sel.via]
             return sel.router_id, sel.seqno, sel.metric, sel.tie, sel.via
