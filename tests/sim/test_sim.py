@@ -15,14 +15,16 @@ import random
 import networkx as nx
 import pytest
 
-from wgcast.babel.engine import NodeConfig, encode_updates, fast_updates
-from wgcast.babel.route import intern_prefix
+from wgcast.babel.engine import NodeConfig
 from wgcast.babel.wire import (
     PacketWriter,
     RemoteProtocolError,
     RouteUpdate,
     Tiebreak,
     decode_packet,
+    encode_updates,
+    fast_updates,
+    intern_prefix,
     resolve,
 )
 from wgcast.sim.checker import LoopChecker, RepairWatch, check_routes, live_graph

@@ -16,9 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgcast.babel.engine import Node, NodeConfig
-from wgcast.babel.events import LOCAL, NeighbourDown, NeighbourUp, RouteSelected
+from wgcast.babel.events import (
+    LOCAL,
+    NeighbourDown,
+    NeighbourUp,
+    RetractionAcked,
+    RouteSelected,
+    SeqnoChanged,
+)
 from wgcast.babel.neighbour import link_tiebreak
-from wgcast.babel.wire import INFINITY, Prefix
+from wgcast.babel.wire import INFINITY, Ack, AckReq, Prefix, decode_packet
 
 
 def rid(name: str) -> bytes:
@@ -256,6 +263,65 @@ def test_unfeasible_better_route_gets_a_seqno_request() -> None:
     assert p.nodes["d"].seqno != seq0 or p.nodes["s"].counters["seqno_requests_sent"] == 0
 
 
+def test_seqno_request_travels_to_the_source_through_three_nodes() -> None:
+    """Triangle a, b, c; c originates. a routes direct; then a's link to c gets costly:
+    the route through b is better but not feasible at a (a announced a smaller metric),
+    so a keeps its route (same source, still loop-free), asks b for a newer seqno of c,
+    b forwards the request to c, c bumps its seqno, and a takes the path through b."""
+    p = Pump(["a", "b", "c"], {("a", "b"): 0.005, ("b", "c"): 0.005, ("a", "c"): 0.005})
+    p.nodes["c"].originate(net(1), now=p.now)
+    p.run(3.0)
+    a, b, c = p.nodes["a"], p.nodes["b"], p.nodes["c"]
+    assert p.via("a", net(1)) == "c" and c.seqno == 0
+    a.neighbours["c"].extra_cost = 400
+    vias = []
+    for _ in range(200):
+        p.run(0.001)
+        vias.append((p.via("a", net(1)), a.selected[net(1)].seqno))
+        p.path("a", net(1))  # no loop at any time
+    assert a.counters["updates_unfeasible"] >= 1
+    assert a.counters["seqno_requests_sent"] >= 1
+    assert b.counters["seqno_requests_forwarded"] >= 1
+    assert c.counters["seqno_requests_in"] >= 1
+    assert SeqnoChanged(1) in p.events["c"] and c.seqno == 1
+    # Never without a route, never the unfeasible one: c until the new seqno (which
+    # reaches a first on the direct link).
+    first_b = vias.index(("b", 1))
+    assert {v for v, _ in vias[:first_b]} == {"c"} and vias[0] == ("c", 0)
+    assert set(vias[first_b:]) == {("b", 1)}
+    assert a.selected[net(1)].metric == a.neighbour_cost("b") + b.neighbour_cost("c")
+
+
+def test_a_source_that_restarted_without_its_seqno_is_asked_for_a_newer_one() -> None:
+    """Line a - b - c; c restarts with seqno 0 after it had moved to 2: its Updates are
+    not feasible at b (older seqno), b starves and asks c for a newer seqno than its
+    feasibility distance's; c jumps past it and the route comes back along the line."""
+    p = Pump(["a", "b", "c"], {("a", "b"): 0.005, ("b", "c"): 0.005})
+    c = p.nodes["c"]
+    c.originate(net(2), now=p.now)
+    p.run(2.0)
+    for _ in range(2):
+        c.xroutes.bump(c.seqno + 1)  # as if answering two requests
+        c.retract(net(2), now=p.now)
+        c.originate(net(2), now=p.now)
+        p.run(1.0)
+    assert p.nodes["a"].selected[net(2)].seqno == 2
+    # c restarts: a new Node, seqno 0, same router-id; the old links go down.
+    p.cut.update({("b", "c"), ("c", "b")})
+    p.run(2.0)
+    assert p.via("b", net(2)) is None
+    new_c = Node(NodeConfig(rid("c")), p.now)
+    new_c.add_neighbour("b", tie=link_tiebreak(b"b", b"c"))
+    p.nodes["c"] = new_c
+    p.events["c"] = []
+    new_c.originate(net(2), now=p.now)
+    p.cut.clear()
+    p.run(3.0)
+    assert p.path("a", net(2)) == ["a", "b", "c"]
+    assert p.nodes["b"].counters["seqno_requests_sent"] >= 1
+    assert new_c.seqno != 0 and p.nodes["a"].selected[net(2)].seqno == new_c.seqno
+
+
 def test_neighbour_down_after_dead_intervals() -> None:
     p = Pump(["a", "b"], {("a", "b"): 0.005})
     p.run(2.0)
@@ -264,6 +330,72 @@ def test_neighbour_down_after_dead_intervals() -> None:
     p.run(1.0)
     assert NeighbourDown("b") in p.events["a"]
     assert p.now - t0 >= 3 * 0.2 - 0.25
+
+
+# ---------------------------------------------------------------- source release
+
+
+def _tlvs_sent(p: Pump, src: str, since: int) -> list[tuple[str, object]]:
+    return [(dst, t) for (_, s, dst, data) in p.sent[since:] if s == src
+            for t in decode_packet(data)]
+
+
+def test_anycast_source_change_waits_for_every_ack() -> None:
+    """o1 - a - b - o2, both origins announce one prefix. When a's link to o1 gets
+    costly, a's best route is through b to o2: a does not switch source at once. It
+    retracts the prefix with an AckReq to every neighbour, keeps forwarding towards o1
+    meanwhile, and takes o2 only when both o1 and b acknowledged. No loop at any time."""
+    prefix = net(7)
+    p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
+                                      ("b", "o2"): 0.005})
+    for o in ("o1", "o2"):
+        p.nodes[o].originate(prefix, now=p.now)
+    p.run(3.0)
+    a = p.nodes["a"]
+    assert p.via("a", prefix) == "o1" and p.via("b", prefix) == "o2"
+    assert not a.settling()
+    since = len(p.sent)
+    a.neighbours["o1"].extra_cost = 1000
+    trace = []
+    for _ in range(100):
+        p.run(0.001)
+        sel = a.selected.get(prefix)
+        trace.append((p.now, None if sel is None else (sel.via, sel.router_id), a.settling()))
+        for n in p.nodes:
+            p.path(n, prefix)  # raises on a loop
+    # While settling, a keeps the old source (never none, never the new one yet).
+    settling = [t for t in trace if t[2]]
+    assert settling and {t[1] for t in settling} == {("o1", rid("o1"))}
+    assert trace[-1][1:] == (("b", rid("o2")), False)
+    # The retraction went to both neighbours with an AckReq, both acked before the switch.
+    sent = _tlvs_sent(p, "a", since)
+    assert {dst for dst, t in sent if isinstance(t, AckReq)} == {"o1", "b"}
+    switch = next(t for t, sel, _ in trace if sel == ("b", rid("o2")))
+    acks = [(t, s) for (t, s, dst, data) in p.sent[since:] if dst == "a"
+            and any(isinstance(x, Ack) for x in decode_packet(data))]
+    assert {s for _, s in acks} == {"o1", "b"}
+    assert all(t + 0.005 <= switch + 1e-9 for t, _ in acks)
+    assert RouteSelected(prefix, "b", a.selected[prefix].metric, rid("o2")) in p.events["a"]
+    assert not any(isinstance(e, RetractionAcked) for e in p.events["a"])  # no drain
+
+
+def test_a_drained_origin_hands_over_to_the_other_one() -> None:
+    """o1 retracts its instance: RetractionAcked once every neighbour knows, and every
+    node ends on o2, with no loop on the way."""
+    prefix = net(8)
+    p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
+                                      ("b", "o2"): 0.005})
+    for o in ("o1", "o2"):
+        p.nodes[o].originate(prefix, now=p.now)
+    p.run(3.0)
+    p.nodes["o1"].retract(prefix, now=p.now)
+    for _ in range(100):
+        p.run(0.001)
+        for n in p.nodes:
+            p.path(n, prefix)
+    assert RetractionAcked(prefix) in p.events["o1"]
+    assert p.path("o1", prefix) == ["o1", "a", "b", "o2"]
+    assert not any(n.settling() for n in p.nodes.values())
 
 
 # ---------------------------------------------------------------- restart hold

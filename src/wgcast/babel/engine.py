@@ -8,12 +8,18 @@ and the virtual-time simulator are thin drivers around the same object.
     node.receive(now, "peer", data); node.handle_timer(now)
     node.next_deadline(); node.datagrams_to_send(); node.next_event()
     node.originate(prefix, metric=0); node.retract(prefix)
+
+The Node composes one object per concept, each in its own file: neighbours and link costs
+(neighbour.py), routes and the pure selection function (route.py), feasibility distances
+(source.py), our own prefixes (xroute.py), seqno requests and acks with their resends
+(request.py), the anycast source release (release.py), outgoing updates (update.py) and
+the codec (wire.py). What stays here is the dispatch of what arrives (Hello/IHU, Updates,
+requests, acks), the neighbours' life cycle, and the bookkeeping around selection.
 """
 
 from __future__ import annotations
 
 import heapq
-import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,20 +35,17 @@ from wgcast.babel.events import (
     SeqnoChanged,
 )
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
-from wgcast.babel.request import PendingAck, PendingSeqnoRequest, RequestTracker
-from wgcast.babel.route import Route, RouteTable, SelectionParams, intern_prefix
+from wgcast.babel.release import SourceRelease
+from wgcast.babel.request import RequestTracker
+from wgcast.babel.route import Route, RouteTable, Selected, SelectionParams, select
 from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
+from wgcast.babel.update import Updates
 from wgcast.babel.wire import (
     AE_WILDCARD,
     HELLO_UNICAST,
     IHU,
     INFINITY,
-    MAGIC,
     MAX_BODY,
-    RESERVED_ROUTER_IDS,
-    S_TIEBREAK,
-    UPDATE_DEFAULT_PREFIX,
-    VERSION,
     Ack,
     AckReq,
     Hello,
@@ -53,10 +56,11 @@ from wgcast.babel.wire import (
     RouteRequest,
     RouteUpdate,
     SeqnoRequest,
-    Tiebreak,
     Timestamp,
+    centiseconds,
     decode_packet,
-    prefix_from_wire,
+    fast_updates,
+    intern_prefix,
     prefix_to_wire,
     resolve,
 )
@@ -91,31 +95,7 @@ class NodeConfig:
             raise LocalProtocolError("timers must be positive")
 
 
-@dataclass(slots=True)
-class Selected:
-    """The route we use and announce for one prefix."""
-
-    via: str
-    router_id: bytes
-    seqno: int
-    metric: int
-    #: Path tie-break (sum of the links' values along the path; 0 at the origin).
-    tie: int = 0
-
-
-@dataclass(slots=True)
-class _Retraction:
-    router_id: bytes
-    seqno: int
-    tries_left: int
-    next_time: float
-
-
 _NEVER = float("inf")
-
-
-def _cs(seconds: float) -> int:
-    return max(1, min(0xFFFF, round(seconds * 100)))
 
 
 class Node:
@@ -138,9 +118,6 @@ class Node:
              "seqno_requests_forwarded", "seqno_requests_sent"), 0)
         self._events: deque[Event] = deque()
         self._out: dict[str, PacketWriter] = {}
-        self._triggered: set[Prefix] = set()
-        self._acks_to_attach: dict[str, list[int]] = {}
-        self._retractions: dict[Prefix, _Retraction] = {}
         # One entry per live Route object, re-queued on pop while the route is refreshed.
         self._expiry: list[tuple[float, int, Route]] = []
         self._expiry_seq = 0
@@ -149,26 +126,27 @@ class Node:
         #: When each neighbour that is up expires unless heard from (see next_deadline).
         self._nb_expiry: dict[str, float] = {}
         self._next_gc = now + 60.0
-        # Source-change protection (anycast): the router-id we last announced with a finite
-        # metric for each prefix, with the announcement counter at that time; a prefix is in
-        # _releasing while its retraction waits for the neighbours' acks (see _select).
-        self._owned: dict[Prefix, tuple[bytes, int]] = {}
-        self._announce_mark = 0
-        self._releasing: dict[Prefix, int] = {}
+        #: The anycast source-change rule (release.py).
+        self._release = SourceRelease(self.requests)
         #: Set by hold(): the node is stopping; no regular Hello may cancel the hold Hello.
         self._holding = False
         # Hot-path caches (pure speed-ups, same behaviour):
         # - the current cost of each neighbour (what nb.cost() says; kept up to date);
         self._cost: dict[str, int] = {}
+        # - each neighbour's link tie-break (Neighbour.tie), for selection;
+        self._tie: dict[str, int] = {}
         # - our own view of each link's cost, as last sent in an IHU;
         self._own_cost: dict[str, int] = {}
-        # - per neighbour, the packets of our last full update, valid while _ann_version
-        #   (bumped by anything that can change an announcement) has not moved;
-        self._ann_version = 0
-        self._tx_full: dict[str, tuple[int, list[bytes]]] = {}
         # - per neighbour, packets made only of feasible Updates that we processed, with the
         #   routes they set: a byte-identical repeat (a periodic dump) only refreshes them.
         self._rx_seen: dict[str, dict[bytes, tuple[int, int, list[Route], list[int]]]] = {}
+        #: Outgoing Updates (update.py): announcements, full and triggered updates.
+        self._updates = Updates(
+            self.router_id, update_interval=config.update_interval, max_body=config.max_body,
+            retraction_tries=config.retraction_tries, retry_interval=config.hello_interval,
+            out=self._out, neighbours=self.neighbours, costs=self._cost, ties=self._tie,
+            selected=self.selected, routes=self.routes, xroutes=self.xroutes,
+            sources=self.sources, release=self._release, requests=self.requests)
 
     # ------------------------------------------------------------ public API
 
@@ -188,6 +166,7 @@ class Node:
         self._out[nid] = PacketWriter(self.config.max_body)
         self._next_hello[nid] = self._now
         self._cost[nid] = INFINITY
+        self._tie[nid] = tie
         self._own_cost[nid] = INFINITY
         self._rx_seen[nid] = {}
 
@@ -201,10 +180,11 @@ class Node:
         del self._out[nid]
         del self._next_hello[nid]
         del self._cost[nid]
+        del self._tie[nid]
         del self._own_cost[nid]
         del self._rx_seen[nid]
         self._nb_expiry.pop(nid, None)
-        self._tx_full.pop(nid, None)
+        self._updates.neighbour_removed(nid)
 
     def originate(self, prefix: Prefix, metric: int = 0, now: float | None = None) -> None:
         """Announce `prefix` from this node (own address or anycast instance)."""
@@ -213,9 +193,9 @@ class Node:
             raise LocalProtocolError(f"metric {metric} out of range")
         prefix = intern_prefix(prefix)
         if self.xroutes.add(prefix, metric):
-            self._retractions.pop(prefix, None)
+            self._updates.stop_retracting(prefix)
             self._select(prefix)
-        self._flush()
+        self._updates.flush(self._now)
 
     def retract(self, prefix: Prefix, now: float | None = None) -> None:
         """Stop announcing `prefix`; RetractionAcked follows when every neighbour knows."""
@@ -226,7 +206,7 @@ class Node:
         self._select(prefix, force_trigger=True)
         # The retraction goes out with an AckReq (the release of our source, see _select).
         self._start_release(prefix, notify=True)
-        self._flush()
+        self._updates.flush(self._now)
 
     def hold(self, seconds: float, now: float | None = None) -> None:
         """Planned restart: a last Hello promising the next one within `seconds / dead`.
@@ -243,10 +223,10 @@ class Node:
         for nb in self.neighbours.values():
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
-            w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, _cs(interval),
+            w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, centiseconds(interval),
                         (Timestamp((stamp(self._now),)),)))
             if nb.up:
-                w.add(IHU(AE_WILDCARD, nb.own_cost(link), _cs(interval), b""))
+                w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
 
     def receive(self, now: float, neighbour: str, data: bytes) -> None:
@@ -275,7 +255,7 @@ class Node:
                 self._own_cost[neighbour] = own
                 self._send_hello(nb)
         self._maybe_recost(nb)
-        self._flush()
+        self._updates.flush(self._now)
 
     def _receive_tlvs(self, nb: Neighbour, data: bytes,
                       seen: dict[bytes, tuple[int, int, list[Route], list[int]]]) -> None:
@@ -283,7 +263,7 @@ class Node:
         # Remember a packet of quiet Updates only (see _refresh_seen).
         routes: list[Route] | None = [] if nb.up else None
         fd_version = self.sources.version
-        ann_version = self._ann_version
+        ann_version = self._updates.version
         updates = fast_updates(data)
         if updates is not None:
             on_update = self._on_update
@@ -295,7 +275,7 @@ class Node:
                     else:
                         routes.append(route)
             if routes and self.sources.version == fd_version and \
-                    self._ann_version == ann_version and nb.up:
+                    self._updates.version == ann_version and nb.up:
                 self._remember(seen, data, fd_version, ann_version, routes)
             return
         try:
@@ -338,7 +318,7 @@ class Node:
             self.counters["tlvs_skipped"] += len(skipped)
             routes = None
         if routes and self.sources.version == fd_version and \
-                self._ann_version == ann_version and nb.up:
+                self._updates.version == ann_version and nb.up:
             self._remember(seen, data, fd_version, ann_version, routes)
         if hello_ts is not None and ihu_ts is not None:
             lp = self.config.link
@@ -356,7 +336,7 @@ class Node:
         routes changed since, and neither our feasibility distances nor our selections
         moved, processing it again would only push their expiry times; do just that."""
         fd_version, ann_version, routes, gens = hit
-        if fd_version != self.sources.version or ann_version != self._ann_version:
+        if fd_version != self.sources.version or ann_version != self._updates.version:
             return False
         for r, g in zip(routes, gens, strict=True):
             if r.gen != g:
@@ -391,22 +371,16 @@ class Node:
             self._next_update = now + cfg.update_interval
             for nb in self.neighbours.values():
                 if nb.up:
-                    self._send_full_update(nb.id)
+                    self._updates.send_full(nb.id, now)
         self._resend_requests()
-        for prefix, rt in list(self._retractions.items()):
-            if rt.next_time <= now:
-                self._send_update_all(prefix)
-                rt.tries_left -= 1
-                rt.next_time = now + cfg.hello_interval
-                if rt.tries_left <= 0:
-                    del self._retractions[prefix]
+        self._updates.resend_retractions(now)
         if now >= self._next_gc:
             self._next_gc = now + 60.0
             for prefix, sel in self.selected.items():
                 # Announced from the cached full update: still in use, not stale.
                 self.sources.refresh(prefix, sel.router_id, now)
             self.sources.gc(now)
-        self._flush()
+        self._updates.flush(self._now)
 
     def next_deadline(self) -> float | None:
         best = _NEVER
@@ -426,9 +400,9 @@ class Node:
             req = self.requests.next_deadline()
             if req is not None and req < best:
                 best = req
-        for rt in self._retractions.values():
-            if rt.next_time < best:
-                best = rt.next_time
+        rt = self._updates.next_deadline()
+        if rt < best:
+            best = rt
         return None if best == _NEVER else best
 
     def datagrams_to_send(self) -> list[tuple[str, bytes]]:
@@ -446,7 +420,7 @@ class Node:
 
     def settling(self) -> bool:
         """Is a source release under way (a selection that will change when acked)?"""
-        return bool(self._releasing)
+        return bool(self._release.releasing)
 
     def neighbour_cost(self, nid: str) -> int:
         return self.neighbours[nid].cost(self.config.link)
@@ -459,7 +433,7 @@ class Node:
         if nb is None:
             raise LocalProtocolError(f"no neighbour {nid!r}")
         self._send_hello(nb)
-        self._flush()
+        self._updates.flush(self._now)
 
     # ------------------------------------------------------------ neighbours
 
@@ -475,7 +449,7 @@ class Node:
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
-        w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, _cs(cfg.hello_interval),
+        w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, centiseconds(cfg.hello_interval),
                     (Timestamp((stamp(now),)),)))
         if nb.last_hello is not None and nb.peer_hello_stamp is not None \
                 and nb.peer_hello_recv is not None:
@@ -483,7 +457,7 @@ class Node:
             # own and ours, as we do (Neighbour.cost), so both ends agree.
             own = nb.own_cost(cfg.link)
             self._own_cost[nb.id] = own
-            w.add(IHU(AE_WILDCARD, own, _cs(cfg.hello_interval), b"",
+            w.add(IHU(AE_WILDCARD, own, centiseconds(cfg.hello_interval), b"",
                       (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)))
         nb.last_sent_hello = now
         self._next_hello[nb.id] = now + cfg.hello_interval
@@ -512,7 +486,7 @@ class Node:
         if alive and not nb.up:
             nb.up = True
             self._events.append(NeighbourUp(nb.id))
-            self._send_full_update(nb.id)
+            self._updates.send_full(nb.id, self._now)
             self._out[nb.id].add(RouteRequest(AE_WILDCARD, 0, b""))
             self._maybe_recost(nb, force=True)
         elif not alive and nb.up:
@@ -526,15 +500,14 @@ class Node:
     def _neighbour_down(self, nb: Neighbour) -> None:
         nb.forget()
         self._cost[nb.id] = INFINITY
-        self._ann_version += 1
+        self._updates.changed()
         self._events.append(NeighbourDown(nb.id))
         for prefix in self.routes.via(nb.id):
             self.routes.remove(prefix, nb.id)
             self._select(prefix)
-        for pending in list(self.requests.acks.values()):
-            pending.waiting.discard(nb.id)
+        self.requests.neighbour_gone(nb.id)
         self._finish_acks()
-        self._acks_to_attach.pop(nb.id, None)
+        self._updates.neighbour_down(nb.id)
 
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
         """Reselect routes via `nb` when its agreed cost moved (by any amount: selection
@@ -543,7 +516,7 @@ class Node:
         if self._cost[nb.id] == cost and not force:
             return
         self._cost[nb.id] = cost
-        self._ann_version += 1
+        self._updates.changed()
         for prefix in self.routes.via(nb.id):
             self._select(prefix)
 
@@ -617,7 +590,7 @@ class Node:
         the shortest path (see _select), and a new seqno makes it feasible."""
         sel = self.selected.get(prefix)
         if sel is None:
-            return prefix not in self._releasing
+            return prefix not in self._release.releasing
         if sel.via == LOCAL:
             return False
         if sel.via == nb.id:
@@ -637,9 +610,9 @@ class Node:
         if not nb.up:
             return
         if msg.prefix is None:
-            self._send_full_update(nb.id)
+            self._updates.send_full(nb.id, self._now)
         else:
-            self._send_update(nb.id, intern_prefix(msg.prefix))
+            self._updates.send(nb.id, intern_prefix(msg.prefix), self._now)
 
     def _on_seqno_request(self, nb: Neighbour, msg: ResolvedSeqnoRequest) -> None:
         self.counters["seqno_requests_in"] += 1
@@ -652,12 +625,12 @@ class Node:
                     self.xroutes.bump(msg.seqno)
                     self._events.append(SeqnoChanged(self.xroutes.seqno))
                     self._refresh_local_seqno()
-                self._triggered.add(prefix)
+                self._updates.trigger(prefix)
             return
         sel = self.selected.get(prefix)
         if sel is not None and sel.via != LOCAL and sel.router_id == msg.router_id \
-                and prefix not in self._releasing and not seqno_less(sel.seqno, msg.seqno):
-            self._send_update(nb.id, prefix)
+                and prefix not in self._release.releasing and not seqno_less(sel.seqno, msg.seqno):
+            self._updates.send(nb.id, prefix, self._now)
             return
         if msg.hopcount < 2:
             return
@@ -684,58 +657,33 @@ class Node:
                                               msg.hopcount - 1))
 
     def _on_ack(self, nid: str, opaque: int) -> None:
-        pending = self.requests.acks.get(opaque)
-        if pending is not None:
-            pending.waiting.discard(nid)
+        if self.requests.acked(nid, opaque):
             self._finish_acks()
 
     def _finish_acks(self) -> None:
-        for op, pending in list(self.requests.acks.items()):
-            if pending.waiting:
-                continue
-            del self.requests.acks[op]
-            prefix = pending.prefix
-            self._ann_version += 1
+        for pending in self.requests.finished():
+            self._updates.changed()
             if pending.notify:
-                self._events.append(RetractionAcked(prefix))
-            owned = self._owned.get(prefix)
-            if owned is not None and owned[1] <= pending.mark:
-                # Every neighbour heard our retraction after our last finite announcement:
-                # none can route through us with the old source any more.
-                del self._owned[prefix]
-            if self._releasing.get(prefix) == op:
-                del self._releasing[prefix]
-                self._select(prefix)
+                self._events.append(RetractionAcked(pending.prefix))
+            if self._release.acked(pending):
+                self._select(pending.prefix)
 
     def _start_release(self, prefix: Prefix, notify: bool) -> bool:
-        """Retract `prefix` with an AckReq to every neighbour that is up.
+        """Retract `prefix` with an AckReq to every neighbour that is up (release.py).
 
         True if there was nobody to wait for (the release is complete at once).
         """
-        op = self._releasing.get(prefix)
-        if op is not None:
-            pending = self.requests.acks.get(op)
-            if pending is not None:
-                pending.notify = pending.notify or notify
-                return False
-            del self._releasing[prefix]
+        release = self._release
+        if release.join(prefix, notify):
+            return False
         waiting = {nid for nid, nb in self.neighbours.items() if nb.up}
-        if not waiting:
-            self._owned.pop(prefix, None)
+        pending = release.begin(prefix, waiting, self._now, self.config.retraction_tries,
+                                2 * self.config.hello_interval, notify)
+        if pending is None:
             if notify:
                 self._events.append(RetractionAcked(prefix))
             return True
-        backoff = 2 * self.config.hello_interval
-        self._ann_version += 1
-        pending = PendingAck(prefix, waiting, self.config.retraction_tries,
-                             self._now + backoff, backoff, notify=notify,
-                             mark=self._announce_mark)
-        op = pending.opaque = self.requests.new_opaque()
-        self.requests.acks[op] = pending
-        self._releasing[prefix] = op
-        for nid in waiting:
-            self._acks_to_attach.setdefault(nid, []).append(op)
-        self._triggered.add(prefix)
+        self._updates.retract_with_ack(prefix, waiting, pending.opaque)
         return False
 
     # ------------------------------------------------------------ selection
@@ -751,26 +699,14 @@ class Node:
     def _select(self, prefix: Prefix, force_trigger: bool = False) -> None:
         """Re-run route selection for one prefix; emit events and triggered updates.
 
-        The source filter: WireGuard drops a packet whose source is not routed back to
-        the peer it came from, so the path back must be the exact reverse of the path
-        there. Selection is therefore a pure function of what we know now, with no
-        history and no hysteresis: the feasible route of least (metric, path tie-break,
-        neighbour). Link costs are agreed by both ends (Neighbour.cost) and damped there,
-        and the tie-break sums per-link values that both ends share, so every pair of
-        nodes has one shortest path, the same in both directions, and every node on it
-        routes along it (docs/architecture.md, "Source filter"). A better route that is
-        not feasible gets a seqno request: its source's next seqno makes it feasible.
-        `sticky` (config) keeps the current route while it lasts, breaking that rule.
+        Selection itself is `route.select`, a pure function (the feasible route of least
+        (metric, path tie-break, neighbour): both directions of every path agree, see
+        there); this is the bookkeeping around it: a local origin wins, a better route that
+        is not feasible gets a seqno request, and the source release below.
 
-        Anycast and loops: the feasibility condition keeps the routes of each source
-        loop-free, but a prefix with several sources (anycast) can still loop across sources
-        while information is in flight (RFC 8966 section 1.1): X routes through N to source
-        A while N has just moved to source B through X. So a node never moves from the
-        source it announced to another one at once: it retracts the prefix with an AckReq
-        to every neighbour and selects the new source only when all have acknowledged (or
-        died), still forwarding along the old source meanwhile if it can. No neighbour can
-        then hold a route through us to a source we no longer use. Moving to a local
-        origin, or to no route, needs no wait: such a node is an end of every path.
+        Anycast: a node never moves from the source it announced to another one at
+        once; it releases the old source first (release.py), still forwarding along it
+        meanwhile if it can. Moving to a local origin, or to no route, needs no wait.
         """
         old = self.selected.get(prefix)
         new: Selected | None
@@ -782,63 +718,31 @@ class Node:
             new = Selected(LOCAL, self.router_id, self.xroutes.seqno, xmetric)
         else:
             routes = self.routes.routes(prefix)
-            cur = routes.get(old.via) if old is not None and old.via != LOCAL else None
-            cur_rid = old.router_id if old is not None else None
-            feasible = self.sources.feasible
-            if cur is not None:
-                cur_m = self._route_metric(cur)
-                # Our selected route stays usable when it got worse than our feasibility
-                # distance (still loop-free); a new source from the same neighbour must be
-                # feasible.
-                if cur.router_id != cur_rid and not feasible(
-                        prefix, cur.router_id, cur.seqno, cur.refmetric):
-                    cur_m = INFINITY
-            costs = self._cost
-            nbs = self.neighbours
-            best: Route | None = None
-            best_m, best_t, best_n = INFINITY, 0, ""
-            # The best route that is better than `best` but not feasible (seqno request).
-            blocked: Route | None = None
-            blocked_k: tuple[int, int, str] = (INFINITY, 0, "")
-            for route in routes.values():
-                nid = route.neighbour
-                cost = costs.get(nid, INFINITY)
-                if cost >= INFINITY or route.refmetric >= INFINITY:
-                    continue
-                m = route.refmetric + cost  # _route_metric
-                if m >= INFINITY:
-                    m = INFINITY - 1
-                if m > best_m:
-                    continue
-                t = route.tie + nbs[nid].tie
-                if m == best_m and (t > best_t or (t == best_t and nid >= best_n)):
-                    continue
-                if route is cur:
-                    ok = cur_m < INFINITY
-                else:
-                    ok = feasible(prefix, route.router_id, route.seqno, route.refmetric)
-                if ok:
-                    best, best_m, best_t, best_n = route, m, t, nid
-                elif (m, t, nid) < blocked_k:
-                    blocked, blocked_k = route, (m, t, nid)
-            best_k = (best_m, best_t, best_n)
-            chosen = best
-            if self.config.selection.mode == "sticky" and cur is not None \
-                    and cur_m < INFINITY and best is not None and best is not cur:
-                chosen = cur
-                best_k = (cur_m, cur.tie + nbs[cur.neighbour].tie, cur.neighbour)
-            if blocked is not None and blocked_k < best_k and best is not None:
+            if old is not None:
+                cur = routes.get(old.via) if old.via != LOCAL else None
+                cur_rid: bytes | None = old.router_id
+            else:
+                cur_rid = None
+            choice = select(prefix, routes.values(), self._cost, self._tie, cur, cur_rid,
+                            self.sources.feasible, self.config.selection.mode)
+            cur_m = choice.current_metric
+            blocked = choice.blocked
+            if blocked is not None:
                 # A better path exists but is not feasible yet: ask its source for a new
                 # seqno (starvation, no route at all, is handled below).
                 self._request_seqno(prefix, blocked.router_id, seqno_plus(blocked.seqno),
                                     blocked.neighbour)
+            chosen = choice.best
             if chosen is None:
                 new = None
             else:
-                new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, best_k[0],
-                               best_k[1])
+                key = choice.key
+                new = Selected(chosen.neighbour, chosen.router_id, chosen.seqno, key[0],
+                               key[1])
+        release = self._release
+        updates = self._updates
         if new is not None and new.via != LOCAL:
-            owned = self._owned.get(prefix)
+            owned = release.owned.get(prefix)
             if owned is not None and owned[0] != new.router_id:
                 if not self._start_release(prefix, notify=False):
                     # Wait for the acks; keep forwarding along the old source if we can.
@@ -847,48 +751,42 @@ class Node:
                                        cur.tie + self.neighbours[cur.neighbour].tie)
                     else:
                         new = None
-            elif prefix in self._releasing:
+            elif prefix in release.releasing:
                 # Back on the source we announced: no need to wait, but announce it again
                 # (the release told the neighbours INFINITY).
-                del self._releasing[prefix]
-                self._triggered.add(prefix)
-                self._ann_version += 1
-        elif new is not None and self._releasing.pop(prefix, None) is not None:
-            self._triggered.add(prefix)
-            self._ann_version += 1
+                release.cancel(prefix)
+                updates.changed_prefix(prefix)
+        elif new is not None and prefix in release.releasing:
+            release.cancel(prefix)
+            updates.changed_prefix(prefix)
         if new is None:
             if old is not None:
-                self._ann_version += 1
                 del self.selected[prefix]
-                self._retractions[prefix] = _Retraction(
-                    old.router_id, old.seqno, self.config.retraction_tries - 1,
-                    now + self.config.hello_interval)
-                self._triggered.add(prefix)
+                updates.retracted(prefix, old.router_id, old.seqno, now)
+                updates.changed_prefix(prefix)
                 self._events.append(RouteSelected(prefix, None, INFINITY, None))
                 self.counters["route_changes"] += 1
-                if prefix not in self._releasing:
-                    if prefix in self._owned:
+                if prefix not in release.releasing:
+                    if prefix in release.owned:
                         # Retract with acks now, so a new source needs no wait later.
                         self._start_release(prefix, notify=False)
                     self._request_for_starved(prefix)
             elif force_trigger:
-                self._triggered.add(prefix)
+                updates.trigger(prefix)
             return
-        self._retractions.pop(prefix, None)
+        updates.stop_retracting(prefix)
         self.selected[prefix] = new
         if old is None or old.via != new.via or old.router_id != new.router_id:
-            self._ann_version += 1
+            updates.changed_prefix(prefix)
             self._events.append(RouteSelected(prefix, new.via, new.metric, new.router_id))
             self.counters["route_changes"] += 1
-            self._triggered.add(prefix)
         elif old.seqno != new.seqno or old.metric != new.metric or old.tie != new.tie:
             # Any change of what we announce goes out now: link costs move in steps (see
             # LinkCostParams), so this is no flood, and the mesh settles in a round trip
             # instead of an update interval per hop.
-            self._ann_version += 1
-            self._triggered.add(prefix)
+            updates.changed_prefix(prefix)
         elif force_trigger:
-            self._triggered.add(prefix)
+            updates.trigger(prefix)
 
     def _request_for_starved(self, prefix: Prefix) -> None:
         """No feasible route left: ask the source of the best unfeasible one for a seqno."""
@@ -902,43 +800,22 @@ class Node:
             self._request_seqno(prefix, best.router_id, seqno_plus(best.seqno), best.neighbour)
 
     def _request_seqno(self, prefix: Prefix, router_id: bytes, seqno: int, nid: str) -> None:
-        key = (prefix, router_id)
-        old = self.requests.seqno_requests.get(key)
-        if old is not None and not seqno_less(old.seqno, seqno):
-            return
-        backoff = 2 * self.config.hello_interval
-        self.requests.seqno_requests[key] = PendingSeqnoRequest(
-            prefix, router_id, seqno, nid, 64, self.config.seqno_request_tries - 1,
-            self._now + backoff, backoff)
-        self.counters["seqno_requests_sent"] += 1
-        self._out[nid].add(self._seqno_tlv(prefix, router_id, seqno, 64))
+        if self.requests.want(prefix, router_id, seqno, nid, self.config.seqno_request_tries,
+                              self._now, 2 * self.config.hello_interval):
+            self.counters["seqno_requests_sent"] += 1
+            self._out[nid].add(self._seqno_tlv(prefix, router_id, seqno, 64))
+
+    def _is_up(self, nid: str) -> bool:
+        nb = self.neighbours.get(nid)
+        return nb is not None and nb.up
 
     def _resend_requests(self) -> None:
         now = self._now
-        for key, req in list(self.requests.seqno_requests.items()):
-            if req.next_resend > now:
-                continue
-            nb = self.neighbours.get(req.neighbour)
-            if req.tries_left <= 0 or nb is None or not nb.up:
-                del self.requests.seqno_requests[key]
-                continue
-            req.tries_left -= 1
-            req.backoff *= 2
-            req.next_resend = now + req.backoff
+        for req in self.requests.due_seqno_requests(now, self._is_up):
             self._out[req.neighbour].add(self._seqno_tlv(req.prefix, req.router_id, req.seqno,
                                                          req.hopcount))
-        for op, pending in list(self.requests.acks.items()):
-            if pending.next_resend > now:
-                continue
-            if pending.tries_left <= 0:
-                pending.waiting.clear()
-                continue
-            pending.tries_left -= 1
-            pending.backoff *= 2
-            pending.next_resend = now + pending.backoff
-            for nid in pending.waiting:
-                self._send_update(nid, pending.prefix)
-                self._out[nid].add(AckReq(op, _cs(pending.backoff)))
+        for pending in self.requests.due_acks(now):
+            self._updates.resend_acked(pending, now)
         self._finish_acks()
 
     @staticmethod
@@ -947,147 +824,11 @@ class Node:
         return SeqnoRequest(ae, prefix.prefixlen, seqno, hopcount, router_id, raw)
 
     def _refresh_local_seqno(self) -> None:
-        self._ann_version += 1
+        self._updates.changed()
         for prefix, sel in self.selected.items():
             if sel.via == LOCAL:
                 sel.seqno = self.xroutes.seqno
-                self._triggered.add(prefix)
-
-    # ------------------------------------------------------------ updates out
-
-    def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int, int]:
-        """(router-id, seqno, metric, tie) we tell `nid` about `prefix` (poison reverse)."""
-        rid, seqno, metric, tie, via = self._announce(prefix)
-        return rid, seqno, (INFINITY if via == nid else metric), tie
-
-    def _announce(self, prefix: Prefix) -> tuple[bytes, int, int, int, str | None]:
-        """(router-id, seqno, metric, tie, via): what we tell every neighbour about
-        `prefix`, except `via`, our next hop, which gets the metric INFINITY (poison
-        reverse). A retraction carries no tie."""
-        sel = self.selected.get(prefix)
-        if prefix in self._releasing:
-            owned = self._owned.get(prefix)
-            rid = owned[0] if owned is not None else \
-                (sel.router_id if sel is not None else self.router_id)
-            return (rid, (sel.seqno if sel is not None else self.xroutes.seqno), INFINITY, 0,
-                    None)
-        if sel is None:
-            rt = self._retractions.get(prefix)
-            if rt is not None:
-                return rt.router_id, rt.seqno, INFINITY, 0, None
-            return self.router_id, self.xroutes.seqno, INFINITY, 0, None
-        if sel.via != LOCAL:
-            route = self.routes.get(prefix, sel.via)
-            if route is not None:
-                sel.metric = self._route_metric(route)
-                sel.seqno = route.seqno
-                sel.tie = route.tie + self.neighbours[sel.via].tie
-            return sel.router_id, sel.seqno, sel.metric, sel.tie, sel.via
-        return sel.router_id, sel.seqno, sel.metric, sel.tie, None
-
-    def _send_update(self, nid: str, prefix: Prefix) -> None:
-        rid, seqno, metric, tie = self._announcement(nid, prefix)
-        self._out[nid].add_update(prefix, rid, seqno, metric, _cs(self.config.update_interval),
-                                  (Tiebreak(tie),) if tie and metric < INFINITY else ())
-        if metric < INFINITY:
-            self.sources.advertised(prefix, rid, seqno, metric, self._now)
-            self._announce_mark += 1
-            self._owned[prefix] = (rid, self._announce_mark)
-
-    def _send_update_all(self, prefix: Prefix) -> None:
-        for nid, nb in self.neighbours.items():
-            if nb.up:
-                self._send_update(nid, prefix)
-
-    def _send_full_update(self, nid: str) -> None:
-        """Everything we announce, to `nid`. While no announcement can have changed since
-        the last one (_ann_version), the same packets go out again: their feasibility
-        distances are already recorded and a receiver recognises them byte for byte."""
-        w = self._out[nid]
-        cached = self._tx_full.get(nid)
-        if cached is not None and cached[0] == self._ann_version:
-            w.flush()
-            w.packets.extend(cached[1])
-            return
-        version = self._ann_version
-        now = self._now
-        advertised = self.sources.advertised
-        owned = self._owned
-        announce = self._announce
-        entries: list[tuple[Prefix, bytes, int, int, int]] = []
-        for prefix, sel in self.selected.items():
-            if sel.via == nid:
-                continue  # split horizon: triggered updates already poisoned it
-            rid, seqno, metric, tie, _ = announce(prefix)
-            if metric >= INFINITY:
-                continue
-            entries.append((prefix, rid, seqno, metric, tie))
-            advertised(prefix, rid, seqno, metric, now)
-            self._announce_mark += 1
-            owned[prefix] = (rid, self._announce_mark)
-        for prefix in self._releasing:
-            # A neighbour that (re)appears during a release must not keep an old route.
-            rid, seqno, metric, _ = self._announcement(nid, prefix)
-            entries.append((prefix, rid, seqno, metric, 0))
-        packets = encode_updates(entries, _cs(self.config.update_interval),
-                                 self.config.max_body)[0]
-        if version == self._ann_version:
-            self._tx_full[nid] = (version, packets)
-        w.flush()
-        w.packets.extend(packets)
-
-    def _flush(self) -> None:
-        """Send triggered updates (with any AckReqs attached after them)."""
-        if self._triggered:
-            prefixes = sorted(self._triggered, key=_prefix_key)
-            self._triggered.clear()
-            up = [nid for nid, nb in self.neighbours.items() if nb.up]
-            if up:
-                self._send_triggered(prefixes, up)
-        if self._acks_to_attach:
-            for nid, ops in self._acks_to_attach.items():
-                for op in ops:
-                    pending = self.requests.acks.get(op)
-                    if pending is not None:
-                        self._out[nid].add(AckReq(op, _cs(pending.backoff)))
-            self._acks_to_attach.clear()
-
-
-    def _send_triggered(self, prefixes: list[Prefix], up: list[str]) -> None:
-        """The same Updates to every neighbour that is up (encoded once), each prefix
-        poisoned (metric INFINITY) towards the neighbour we route it through."""
-        now = self._now
-        entries: list[tuple[Prefix, bytes, int, int, int]] = []
-        poison: dict[str, list[int]] = {}
-        for prefix in prefixes:
-            rid, seqno, metric, tie, via = self._announce(prefix)
-            if metric >= INFINITY:
-                tie = 0
-            if metric < INFINITY and via is not None and via in self._out:
-                poison.setdefault(via, []).append(len(entries))
-                if len(up) == 1 and up[0] == via:
-                    entries.append((prefix, rid, seqno, metric, tie))
-                    continue  # told to nobody with a finite metric
-            entries.append((prefix, rid, seqno, metric, tie))
-            if metric < INFINITY:
-                self.sources.advertised(prefix, rid, seqno, metric, now)
-                self._announce_mark += 1
-                self._owned[prefix] = (rid, self._announce_mark)
-        packets, offsets = encode_updates(entries, _cs(self.config.update_interval),
-                                          self.config.max_body)
-        for nid in up:
-            w = self._out[nid]
-            w.flush()
-            idxs = poison.get(nid)
-            if not idxs:
-                w.packets.extend(packets)
-                continue
-            patched = {pi: bytearray(packets[pi]) for pi, _ in (offsets[i] for i in idxs)}
-            for i in idxs:
-                pi, off = offsets[i]
-                patched[pi][off:off + 2] = b"\xff\xff"
-            w.packets.extend(bytes(patched[pi]) if pi in patched else pkt
-                             for pi, pkt in enumerate(packets))
+                self._updates.trigger(prefix)
 
     # ---- read-only queries for drivers (ports)
     # A driver (the daemon) reads the engine's tables only through these: each answer is
@@ -1124,159 +865,3 @@ class Node:
         """Has `nid` given us a route to `prefix` (is an Update of it a refresh)?"""
         return self.routes.get(prefix, nid) is not None
 
-
-_PREFIX_AT: dict[tuple[int, int, bytes], tuple[Prefix, bytes]] = {}
-_UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from
-
-
-def _prefix_at(ae: int, plen: int, full: bytes) -> tuple[Prefix, bytes]:
-    """(interned prefix, whole address) for an uncompressed prefix field, cached."""
-    key = (ae, plen, full)
-    got = _PREFIX_AT.get(key)
-    if got is None:
-        prefix = intern_prefix(prefix_from_wire(ae, plen, full))
-        got = (prefix, prefix.network_address.packed)
-        if len(_PREFIX_AT) >= 1 << 20:
-            _PREFIX_AT.clear()
-        _PREFIX_AT[key] = got
-    return got
-
-
-def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] | None:
-    """The Updates of a packet made only of Router-Ids and plain Updates, or None.
-
-    "Plain" is what Babel speakers send in bulk: AE 1 or 2, no sub-TLV but at most one
-    Tiebreak, no flag but the default-prefix one. For such a packet this gives (prefix,
-    router-id, seqno, metric, interval, tie) exactly as `resolve(decode_packet(data))`
-    would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
-    anything malformed) it gives None and the general decoder handles it, errors included.
-    The engine's hot path.
-    """
-    n = len(data)
-    if n < 4 or data[0] != MAGIC or data[1] != VERSION or 4 + (data[2] << 8 | data[3]) != n:
-        return None
-    pos = 4
-    rid: bytes | None = None
-    default: dict[int, bytes] = {}
-    out: list[tuple[Prefix, bytes, int, int, int, int]] = []
-    fields = _UPDATE_FIELDS
-    while pos < n:
-        if pos + 2 > n:
-            return None
-        ttype = data[pos]
-        start = pos + 2
-        pos = start + data[pos + 1]
-        if pos > n:
-            return None
-        if ttype == 8:
-            if pos - start < 10:
-                return None
-            ae, flags, plen, omitted, interval, seqno, metric = fields(data, start)
-            if flags & 0x7F or not ((ae == 2 and plen <= 128) or (ae == 1 and plen <= 32)):
-                return None
-            nbytes = (plen + 7) >> 3
-            end = start + 10 + nbytes - omitted
-            if omitted > nbytes:
-                return None
-            tie = 0
-            if pos != end:
-                if pos != end + 10 or data[end] != S_TIEBREAK or data[end + 1] != 8:
-                    return None
-                tie = int.from_bytes(data[end + 2:pos], "big")
-            if omitted:
-                base = default.get(ae)
-                if base is None:
-                    return None
-                full = base[:omitted] + data[start + 10:end]
-            else:
-                full = data[start + 10:end]
-            prefix, whole = _prefix_at(ae, plen, full)
-            if flags:
-                default[ae] = whole
-            if rid is None:
-                if metric != INFINITY:
-                    return None
-                out.append((prefix, bytes(8), seqno, metric, interval, tie))
-            else:
-                out.append((prefix, rid, seqno, metric, interval, tie))
-        elif ttype == 6 and pos - start == 10:
-            rid = data[start + 2:pos]
-            if rid in RESERVED_ROUTER_IDS:
-                return None
-        else:
-            return None
-    return out
-
-
-_WIRE: dict[Prefix, tuple[int, bytes, bytes]] = {}
-_UPDATE = struct.Struct("!BBBBBBHHH")
-_HEADER = bytes((MAGIC, VERSION))
-_TIE_HEADER = bytes((S_TIEBREAK, 8))
-
-
-def _wire(prefix: Prefix) -> tuple[int, bytes, bytes]:
-    """(AE, prefix bytes on the wire, whole address) of a prefix, cached."""
-    got = _WIRE.get(prefix)
-    if got is None:
-        ae, raw = prefix_to_wire(prefix)
-        got = (ae, raw, prefix.network_address.packed)
-        if len(_WIRE) >= 1 << 20:
-            _WIRE.clear()
-        _WIRE[prefix] = got
-    return got
-
-
-def encode_updates(entries: list[tuple[Prefix, bytes, int, int, int]], interval: int,
-                   max_body: int = MAX_BODY) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Packets carrying Updates (prefix, router-id, seqno, metric, tie), in order.
-
-    Byte for byte what `PacketWriter.add_update` builds from a fresh writer (Router-Id
-    only when it changes, the default-prefix flag on every Update, the bytes shared with
-    the previous prefix of the same AE omitted, a Tiebreak sub-TLV when the tie is not 0,
-    state reset at each packet), only faster: the engine's hot path. Also returns, per
-    entry, (packet index, offset of its metric) so one encoding can serve several
-    neighbours with a few metrics patched.
-    """
-    packets: list[bytes] = []
-    offsets: list[tuple[int, int]] = []
-    body = bytearray()
-    cur_rid: bytes | None = None
-    default: dict[int, bytes] = {}
-    pack = _UPDATE.pack
-    for prefix, rid, seqno, metric, tie in entries:
-        ae, full, whole = _wire(prefix)
-        sub = 10 if tie else 0
-        while True:
-            prev = default.get(ae)
-            omitted = 0
-            if prev is not None:
-                limit = min(len(prev), len(full))
-                while omitted < limit and prev[omitted] == full[omitted]:
-                    omitted += 1
-            size = (24 if rid != cur_rid else 12) + len(full) - omitted + sub
-            if body and len(body) + size > max_body:
-                packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
-                body = bytearray()
-                cur_rid = None
-                default = {}
-                continue
-            break
-        if rid != cur_rid:
-            body += b"\x06\x0a\x00\x00"
-            body += rid
-            cur_rid = rid
-        offsets.append((len(packets), len(body) + 14))
-        body += pack(8, 10 + len(full) - omitted + sub, ae, UPDATE_DEFAULT_PREFIX,
-                     prefix.prefixlen, omitted, interval, seqno, metric)
-        body += full[omitted:]
-        if tie:
-            body += _TIE_HEADER
-            body += tie.to_bytes(8, "big")
-        default[ae] = whole
-    if body:
-        packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
-    return packets, offsets
-
-
-def _prefix_key(p: Prefix) -> tuple[int, int, int]:
-    return (p.version, int(p.network_address), p.prefixlen)

@@ -2,11 +2,13 @@
 
 Seqno requests are resent with exponential backoff until a feasible update arrives, and
 forwarded ones are remembered so a request flooding around a cycle is not forwarded twice
-(RFC 8966 3.8.1.2). Acks cover our urgent retractions: a drain waits for them.
+(RFC 8966 3.8.1.2). Acks cover our urgent retractions: a drain and a source release
+(release.py) wait for them. The tracker decides what is due and when; the engine sends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from wgcast.babel.source import seqno_less
@@ -77,6 +79,85 @@ class RequestTracker:
         req = self.seqno_requests.get((prefix, router_id))
         if req is not None and not seqno_less(seqno, req.seqno):
             del self.seqno_requests[(prefix, router_id)]
+
+    def want(self, prefix: Prefix, router_id: bytes, seqno: int, neighbour: str, tries: int,
+             now: float, backoff: float) -> bool:
+        """Note a seqno request of ours to `neighbour`, sent now and resent up to
+        `tries - 1` times. False (nothing to send) if one at least as demanding is
+        pending."""
+        key = (prefix, router_id)
+        old = self.seqno_requests.get(key)
+        if old is not None and not seqno_less(old.seqno, seqno):
+            return False
+        self.seqno_requests[key] = PendingSeqnoRequest(
+            prefix, router_id, seqno, neighbour, 64, tries - 1, now + backoff, backoff)
+        return True
+
+    def due_seqno_requests(self, now: float,
+                           up: Callable[[str], bool]) -> list[PendingSeqnoRequest]:
+        """The seqno requests to send again now, their backoff doubled; those out of tries
+        or whose neighbour is no longer `up` are dropped."""
+        due: list[PendingSeqnoRequest] = []
+        reqs = self.seqno_requests
+        for key, req in list(reqs.items()):
+            if req.next_resend > now:
+                continue
+            if req.tries_left <= 0 or not up(req.neighbour):
+                del reqs[key]
+                continue
+            req.tries_left -= 1
+            req.backoff *= 2
+            req.next_resend = now + req.backoff
+            due.append(req)
+        return due
+
+    def expect_acks(self, prefix: Prefix, waiting: set[str], tries: int, now: float,
+                    backoff: float, notify: bool, mark: int) -> PendingAck:
+        """A retraction of `prefix` goes out with an AckReq to each of `waiting`."""
+        pending = PendingAck(prefix, waiting, tries, now + backoff, backoff, notify=notify,
+                             mark=mark)
+        op = pending.opaque = self.new_opaque()
+        self.acks[op] = pending
+        return pending
+
+    def acked(self, neighbour: str, opaque: int) -> bool:
+        """An Ack arrived; True if it was one we wait for."""
+        pending = self.acks.get(opaque)
+        if pending is None:
+            return False
+        pending.waiting.discard(neighbour)
+        return True
+
+    def neighbour_gone(self, neighbour: str) -> None:
+        """A neighbour that died acknowledges nothing: stop waiting for it."""
+        for pending in self.acks.values():
+            pending.waiting.discard(neighbour)
+
+    def due_acks(self, now: float) -> list[PendingAck]:
+        """The retractions to send again now (with their AckReq), their backoff doubled;
+        one out of tries stops waiting (and so completes, see `finished`)."""
+        due: list[PendingAck] = []
+        for pending in list(self.acks.values()):
+            if pending.next_resend > now:
+                continue
+            if pending.tries_left <= 0:
+                pending.waiting.clear()
+                continue
+            pending.tries_left -= 1
+            pending.backoff *= 2
+            pending.next_resend = now + pending.backoff
+            due.append(pending)
+        return due
+
+    def finished(self) -> Iterator[PendingAck]:
+        """Remove and yield, in order, the acks no longer waiting for anybody (lazily:
+        what the caller does with one may start new ones, never finish later ones)."""
+        acks = self.acks
+        for op, pending in list(acks.items()):
+            if pending.waiting:
+                continue
+            del acks[op]
+            yield pending
 
     def new_opaque(self) -> int:
         op = self.next_opaque

@@ -1,73 +1,21 @@
-"""Route table.
+"""Routes and route selection.
 
 Routes are indexed by (prefix, neighbour) as RFC 8966 3.2.6 asks: a neighbour has at most
-one route per prefix, and a new router-id from it replaces the old one. Selection (in the
-engine) takes the feasible route of least (metric, path tie-break, neighbour), with no
-hysteresis: jitter is damped in the link costs instead (LinkCostParams), so that the two
-directions of every path agree (WireGuard's source filter); `sticky` keeps the current
-route until it is lost, for long TCP flows, at the price of that agreement.
+one route per prefix, and a new router-id from it replaces the old one. Selection
+(`select`, a pure function; the engine keeps the bookkeeping around it) takes the feasible
+route of least (metric, path tie-break, neighbour), with no hysteresis: jitter is damped
+in the link costs instead (LinkCostParams), so that the two directions of every path
+agree (WireGuard's source filter); `sticky` keeps the current route until it is lost,
+for long TCP flows, at the price of that agreement.
 """
 
 from __future__ import annotations
 
-import ipaddress
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from wgcast.babel.wire import INFINITY, Prefix
-
-
-class _IPv4Net(ipaddress.IPv4Network):
-    """An interned IPv4 prefix: equal to (and hashing like) the plain one, hash cached."""
-
-    __slots__ = ("_h",)
-    _h: int
-
-    def __hash__(self) -> int:
-        return self._h
-
-    def __repr__(self) -> str:
-        return f"IPv4Network({str(self)!r})"
-
-
-class _IPv6Net(ipaddress.IPv6Network):
-    """An interned IPv6 prefix: equal to (and hashing like) the plain one, hash cached."""
-
-    __slots__ = ("_h",)
-    _h: int
-
-    def __hash__(self) -> int:
-        return self._h
-
-    def __repr__(self) -> str:
-        return f"IPv6Network({str(self)!r})"
-
-
-_INTERNED: dict[Prefix, Prefix] = {}
-_INTERN_MAX = 1 << 20
-
-
-def intern_prefix(prefix: Prefix) -> Prefix:
-    """The one shared object equal to `prefix`, with a cached hash.
-
-    ipaddress networks compute their hash and compare field by field on every dict
-    operation; the engine does many per Update, so it keys its tables by interned prefixes
-    (dict lookups then hit the identity fast path). A pure cache, shared by all engines of
-    a process and bounded: equal prefixes stay interchangeable with plain ones.
-    """
-    got = _INTERNED.get(prefix)
-    if got is not None:
-        return got
-    net: _IPv4Net | _IPv6Net
-    if prefix.version == 4:
-        net = _IPv4Net((prefix.network_address, prefix.prefixlen))
-        net._h = ipaddress.IPv4Network.__hash__(net)
-    else:
-        net = _IPv6Net((prefix.network_address, prefix.prefixlen))
-        net._h = ipaddress.IPv6Network.__hash__(net)
-    if len(_INTERNED) >= _INTERN_MAX:
-        _INTERNED.clear()
-    _INTERNED[net] = net
-    return net
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +26,18 @@ class SelectionParams:
     disagree, and WireGuard's source filter drops what crosses a disagreeing hop)."""
 
     mode: str = "shortest"  # or "sticky"
+
+
+@dataclass(slots=True)
+class Selected:
+    """The route we use and announce for one prefix (`via` LOCAL: we originate it)."""
+
+    via: str
+    router_id: bytes
+    seqno: int
+    metric: int
+    #: Path tie-break (sum of the links' values along the path; 0 at the origin).
+    tie: int = 0
 
 
 class Route:
@@ -157,3 +117,90 @@ class RouteTable:
 
     def all_routes(self) -> list[Route]:
         return [r for per in self._routes.values() for r in per.values()]
+
+
+#: feasible(prefix, router_id, seqno, refmetric): the feasibility condition (SourceTable).
+Feasible = Callable[[Prefix, bytes, int, int], bool]
+
+
+class Choice(NamedTuple):
+    """What selection found for one prefix (see `select`)."""
+
+    #: The route to use, or None: no usable route.
+    best: Route | None
+    #: Its (metric, path tie-break, neighbour); (INFINITY, 0, "") without one.
+    key: tuple[int, int, str]
+    #: A route better than `best` that is not feasible yet: ask its source for a new
+    #: seqno. None when there is none, or no `best` at all (starvation is the caller's).
+    blocked: Route | None
+    #: The current route's metric, INFINITY if it is gone or no longer usable.
+    current_metric: int
+
+
+def select(prefix: Prefix, routes: Iterable[Route], costs: Mapping[str, int],
+           ties: Mapping[str, int], current: Route | None, current_rid: bytes | None,
+           feasible: Feasible, mode: str = "shortest") -> Choice:
+    """Route selection for one prefix: a pure function of what we know now.
+
+    The source filter: WireGuard drops a packet whose source is not routed back to the
+    peer it came from, so the path back must be the exact reverse of the path there.
+    Selection therefore has no history and no hysteresis: the feasible route of least
+    (metric, path tie-break, neighbour). Link costs (`costs`, per neighbour) are agreed
+    by both ends (Neighbour.cost) and damped there, and the tie-break sums per-link values
+    (`ties`, per neighbour) that both ends share, so every pair of nodes has one shortest
+    path, the same in both directions, and every node on it routes along it
+    (docs/source-filter.md). A better route that is not feasible is returned as `blocked`:
+    its source's next seqno makes it feasible.
+
+    `current` is the route selected now (learned from a neighbour), `current_rid` the
+    router-id selected now: the current route stays usable when it got worse than our
+    feasibility distance (still loop-free), but a new source from the same neighbour must
+    be feasible. `mode` "sticky" keeps the current route while it is usable, breaking the
+    rule above (SelectionParams).
+    """
+    cur_m = INFINITY
+    if current is not None:
+        cost = costs.get(current.neighbour, INFINITY)
+        ref = current.refmetric
+        if cost < INFINITY and ref < INFINITY:
+            cur_m = ref + cost
+            if cur_m >= INFINITY:
+                cur_m = INFINITY - 1
+        if current.router_id != current_rid and not feasible(
+                prefix, current.router_id, current.seqno, ref):
+            cur_m = INFINITY
+    best: Route | None = None
+    best_m, best_t, best_n = INFINITY, 0, ""
+    # The best route that is better than `best` but not feasible.
+    blocked: Route | None = None
+    blocked_k: tuple[int, int, str] = (INFINITY, 0, "")
+    for route in routes:
+        nid = route.neighbour
+        cost = costs.get(nid, INFINITY)
+        if cost >= INFINITY or route.refmetric >= INFINITY:
+            continue
+        m = route.refmetric + cost  # Route.metric
+        if m >= INFINITY:
+            m = INFINITY - 1
+        if m > best_m:
+            continue
+        t = route.tie + ties[nid]
+        if m == best_m and (t > best_t or (t == best_t and nid >= best_n)):
+            continue
+        if route is current:
+            ok = cur_m < INFINITY
+        else:
+            ok = feasible(prefix, route.router_id, route.seqno, route.refmetric)
+        if ok:
+            best, best_m, best_t, best_n = route, m, t, nid
+        elif (m, t, nid) < blocked_k:
+            blocked, blocked_k = route, (m, t, nid)
+    key = (best_m, best_t, best_n)
+    chosen = best
+    if mode == "sticky" and current is not None and cur_m < INFINITY and best is not None \
+            and best is not current:
+        chosen = current
+        key = (cur_m, current.tie + ties[current.neighbour], current.neighbour)
+    if blocked is not None and (blocked_k >= key or best is None):
+        blocked = None
+    return Choice(chosen, key, blocked, cur_m)

@@ -568,6 +568,11 @@ def prefix_to_wire(prefix: Prefix) -> tuple[int, bytes]:
     return ae, prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
 
 
+def centiseconds(seconds: float) -> int:
+    """An interval field (Hello, IHU, Update, AckReq): centiseconds, 1 to 65535."""
+    return max(1, min(0xFFFF, round(seconds * 100)))
+
+
 def ll_from_wire(data: bytes) -> ipaddress.IPv6Address:
     return ipaddress.IPv6Address(_LL_PREFIX + data)
 
@@ -789,3 +794,246 @@ class PacketWriter:
         self.flush()
         out, self.packets = self.packets, []
         return out
+
+
+# ---------------------------------------------------------------- fast Update codec
+#
+# The engine's hot path: packets made only of Router-Ids and plain Updates (what Babel
+# speakers send in bulk) are decoded and encoded here without building TLV objects, byte
+# for byte as the general codec above would. Anything else goes through the general codec.
+
+
+class _IPv4Net(ipaddress.IPv4Network):
+    """An interned IPv4 prefix: equal to (and hashing like) the plain one, hash cached."""
+
+    __slots__ = ("_h",)
+    _h: int
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __repr__(self) -> str:
+        return f"IPv4Network({str(self)!r})"
+
+
+class _IPv6Net(ipaddress.IPv6Network):
+    """An interned IPv6 prefix: equal to (and hashing like) the plain one, hash cached."""
+
+    __slots__ = ("_h",)
+    _h: int
+
+    def __hash__(self) -> int:
+        return self._h
+
+    def __repr__(self) -> str:
+        return f"IPv6Network({str(self)!r})"
+
+
+class PrefixCache:
+    """Prefixes as shared objects, and their wire forms: a pure, bounded memo.
+
+    ipaddress networks compute their hash and compare field by field on every dict
+    operation, and the engine does many per Update, so it keys its tables by interned
+    prefixes (dict lookups then hit the identity fast path) and remembers each prefix's
+    wire form both ways. Nothing here changes what any function returns (an interned
+    prefix equals and hashes like the plain one), only how fast: so one instance,
+    `PREFIXES`, serves every engine of a process (the simulator runs thousands of nodes
+    over the same prefixes: one cache per node would multiply its memory by the nodes).
+    Each map is cleared when it reaches `limit` entries.
+    """
+
+    __slots__ = ("by_field", "interned", "limit", "to_wire")
+
+    def __init__(self, limit: int = 1 << 20) -> None:
+        self.limit = limit
+        #: prefix -> the one interned object equal to it.
+        self.interned: dict[Prefix, Prefix] = {}
+        #: (AE, prefix length, uncompressed field) -> (interned prefix, whole address).
+        self.by_field: dict[tuple[int, int, bytes], tuple[Prefix, bytes]] = {}
+        #: prefix -> (AE, prefix bytes on the wire, whole address).
+        self.to_wire: dict[Prefix, tuple[int, bytes, bytes]] = {}
+
+    def intern(self, prefix: Prefix) -> Prefix:
+        """The one shared object equal to `prefix`, with a cached hash."""
+        got = self.interned.get(prefix)
+        if got is not None:
+            return got
+        net: _IPv4Net | _IPv6Net
+        if prefix.version == 4:
+            net = _IPv4Net((prefix.network_address, prefix.prefixlen))
+            net._h = ipaddress.IPv4Network.__hash__(net)
+        else:
+            net = _IPv6Net((prefix.network_address, prefix.prefixlen))
+            net._h = ipaddress.IPv6Network.__hash__(net)
+        if len(self.interned) >= self.limit:
+            self.interned.clear()
+        self.interned[net] = net
+        return net
+
+    def from_field(self, ae: int, plen: int, full: bytes) -> tuple[Prefix, bytes]:
+        """(interned prefix, whole address) for an uncompressed prefix field."""
+        key = (ae, plen, full)
+        got = self.by_field.get(key)
+        if got is None:
+            prefix = self.intern(prefix_from_wire(ae, plen, full))
+            got = (prefix, prefix.network_address.packed)
+            if len(self.by_field) >= self.limit:
+                self.by_field.clear()
+            self.by_field[key] = got
+        return got
+
+    def wire(self, prefix: Prefix) -> tuple[int, bytes, bytes]:
+        """(AE, prefix bytes on the wire, whole address) of a prefix."""
+        got = self.to_wire.get(prefix)
+        if got is None:
+            ae, raw = prefix_to_wire(prefix)
+            got = (ae, raw, prefix.network_address.packed)
+            if len(self.to_wire) >= self.limit:
+                self.to_wire.clear()
+            self.to_wire[prefix] = got
+        return got
+
+
+#: The process's one prefix memo (see PrefixCache: pure and bounded).
+PREFIXES = PrefixCache()
+
+
+def intern_prefix(prefix: Prefix) -> Prefix:
+    """The one shared object equal to `prefix`, with a cached hash (see PrefixCache)."""
+    return PREFIXES.intern(prefix)
+
+
+def prefix_key(p: Prefix) -> tuple[int, int, int]:
+    """A sort key: IPv4 before IPv6, then by address, then by length."""
+    return (p.version, int(p.network_address), p.prefixlen)
+
+
+_UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from
+
+
+def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] | None:
+    """The Updates of a packet made only of Router-Ids and plain Updates, or None.
+
+    "Plain" is what Babel speakers send in bulk: AE 1 or 2, no sub-TLV but at most one
+    Tiebreak, no flag but the default-prefix one. For such a packet this gives (prefix,
+    router-id, seqno, metric, interval, tie) exactly as `resolve(decode_packet(data))`
+    would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
+    anything malformed) it gives None and the general decoder handles it, errors included.
+    """
+    n = len(data)
+    if n < 4 or data[0] != MAGIC or data[1] != VERSION or 4 + (data[2] << 8 | data[3]) != n:
+        return None
+    pos = 4
+    rid: bytes | None = None
+    default: dict[int, bytes] = {}
+    out: list[tuple[Prefix, bytes, int, int, int, int]] = []
+    fields = _UPDATE_FIELDS
+    by_field = PREFIXES.by_field
+    from_field = PREFIXES.from_field
+    while pos < n:
+        if pos + 2 > n:
+            return None
+        ttype = data[pos]
+        start = pos + 2
+        pos = start + data[pos + 1]
+        if pos > n:
+            return None
+        if ttype == 8:
+            if pos - start < 10:
+                return None
+            ae, flags, plen, omitted, interval, seqno, metric = fields(data, start)
+            if flags & 0x7F or not ((ae == 2 and plen <= 128) or (ae == 1 and plen <= 32)):
+                return None
+            nbytes = (plen + 7) >> 3
+            end = start + 10 + nbytes - omitted
+            if omitted > nbytes:
+                return None
+            tie = 0
+            if pos != end:
+                if pos != end + 10 or data[end] != S_TIEBREAK or data[end + 1] != 8:
+                    return None
+                tie = int.from_bytes(data[end + 2:pos], "big")
+            if omitted:
+                base = default.get(ae)
+                if base is None:
+                    return None
+                full = base[:omitted] + data[start + 10:end]
+            else:
+                full = data[start + 10:end]
+            got = by_field.get((ae, plen, full))
+            prefix, whole = got if got is not None else from_field(ae, plen, full)
+            if flags:
+                default[ae] = whole
+            if rid is None:
+                if metric != INFINITY:
+                    return None
+                out.append((prefix, bytes(8), seqno, metric, interval, tie))
+            else:
+                out.append((prefix, rid, seqno, metric, interval, tie))
+        elif ttype == 6 and pos - start == 10:
+            rid = data[start + 2:pos]
+            if rid in RESERVED_ROUTER_IDS:
+                return None
+        else:
+            return None
+    return out
+
+
+_UPDATE = struct.Struct("!BBBBBBHHH")
+_HEADER = bytes((MAGIC, VERSION))
+_TIE_HEADER = bytes((S_TIEBREAK, 8))
+
+
+def encode_updates(entries: list[tuple[Prefix, bytes, int, int, int]], interval: int,
+                   max_body: int = MAX_BODY) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Packets carrying Updates (prefix, router-id, seqno, metric, tie), in order.
+
+    Byte for byte what `PacketWriter.add_update` builds from a fresh writer (Router-Id
+    only when it changes, the default-prefix flag on every Update, the bytes shared with
+    the previous prefix of the same AE omitted, a Tiebreak sub-TLV when the tie is not 0,
+    state reset at each packet), only faster. Also returns, per entry, (packet index,
+    offset of its metric) so one encoding can serve several neighbours with a few metrics
+    patched (poison reverse).
+    """
+    packets: list[bytes] = []
+    offsets: list[tuple[int, int]] = []
+    body = bytearray()
+    cur_rid: bytes | None = None
+    default: dict[int, bytes] = {}
+    pack = _UPDATE.pack
+    to_wire = PREFIXES.to_wire
+    wire = PREFIXES.wire
+    for prefix, rid, seqno, metric, tie in entries:
+        got = to_wire.get(prefix)
+        ae, full, whole = got if got is not None else wire(prefix)
+        sub = 10 if tie else 0
+        while True:
+            prev = default.get(ae)
+            omitted = 0
+            if prev is not None:
+                limit = min(len(prev), len(full))
+                while omitted < limit and prev[omitted] == full[omitted]:
+                    omitted += 1
+            size = (24 if rid != cur_rid else 12) + len(full) - omitted + sub
+            if body and len(body) + size > max_body:
+                packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
+                body = bytearray()
+                cur_rid = None
+                default = {}
+                continue
+            break
+        if rid != cur_rid:
+            body += b"\x06\x0a\x00\x00"
+            body += rid
+            cur_rid = rid
+        offsets.append((len(packets), len(body) + 14))
+        body += pack(8, 10 + len(full) - omitted + sub, ae, UPDATE_DEFAULT_PREFIX,
+                     prefix.prefixlen, omitted, interval, seqno, metric)
+        body += full[omitted:]
+        if tie:
+            body += _TIE_HEADER
+            body += tie.to_bytes(8, "big")
+        default[ae] = whole
+    if body:
+        packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
+    return packets, offsets

@@ -1,0 +1,290 @@
+"""Outgoing updates: what we announce, to whom, and when.
+
+What we tell a neighbour about a prefix follows from our selection (route.py), a release
+under way (release.py) and the retractions we repeat; the route's next hop gets the metric
+INFINITY (poison reverse, split horizon in full updates). Three ways out: a single Update
+(an answer to a request, an acked retraction resent), a full update (periodic or to a
+neighbour that comes up, cached while nothing announced changed), and triggered updates
+(every prefix whose announcement changed, encoded once for all neighbours that are up,
+with the AckReqs of a release after them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wgcast.babel.events import LOCAL
+from wgcast.babel.neighbour import Neighbour
+from wgcast.babel.release import SourceRelease
+from wgcast.babel.request import PendingAck, RequestTracker
+from wgcast.babel.route import RouteTable, Selected
+from wgcast.babel.source import SourceTable
+from wgcast.babel.wire import (
+    INFINITY,
+    AckReq,
+    PacketWriter,
+    Prefix,
+    Tiebreak,
+    centiseconds,
+    encode_updates,
+    prefix_key,
+)
+from wgcast.babel.xroute import XRouteTable
+
+_NEVER = float("inf")
+
+
+@dataclass(slots=True)
+class _Retraction:
+    """A plain retraction (no AckReq) of a route we lost, repeated a few times."""
+
+    router_id: bytes
+    seqno: int
+    tries_left: int
+    next_time: float
+
+
+class Updates:
+    """The engine's outgoing Updates.
+
+    It reads the engine's tables (given at construction, never changed here, except the
+    announced metric of a selected route, refreshed from its route) and writes into the
+    per-neighbour packet writers. `version` counts changes that may alter an announcement
+    (`changed`): the cached full updates, and the receiver's memory of repeated packets,
+    are valid while it stays the same.
+    """
+
+    __slots__ = ("_acks_to_attach", "_costs", "_interval_cs", "_max_body", "_neighbours",
+                 "_out", "_release", "_requests", "_retractions", "_retry_interval",
+                 "_retry_tries", "_routes", "_selected", "_sources", "_ties", "_triggered",
+                 "_tx_full", "_xroutes", "router_id", "version")
+
+    def __init__(self, router_id: bytes, *, update_interval: float, max_body: int,
+                 retraction_tries: int, retry_interval: float,
+                 out: dict[str, PacketWriter], neighbours: dict[str, Neighbour],
+                 costs: dict[str, int], ties: dict[str, int],
+                 selected: dict[Prefix, Selected], routes: RouteTable,
+                 xroutes: XRouteTable, sources: SourceTable, release: SourceRelease,
+                 requests: RequestTracker) -> None:
+        self.router_id = router_id
+        self._interval_cs = centiseconds(update_interval)
+        self._max_body = max_body
+        self._retry_tries = retraction_tries
+        self._retry_interval = retry_interval
+        self._out = out
+        self._neighbours = neighbours
+        self._costs = costs
+        self._ties = ties
+        self._selected = selected
+        self._routes = routes
+        self._xroutes = xroutes
+        self._sources = sources
+        self._release = release
+        self._requests = requests
+        self.version = 0
+        self._triggered: set[Prefix] = set()
+        self._acks_to_attach: dict[str, list[int]] = {}
+        self._retractions: dict[Prefix, _Retraction] = {}
+        #: Per neighbour, the packets of our last full update, valid while `version`
+        #: (bumped by anything that can change an announcement) has not moved.
+        self._tx_full: dict[str, tuple[int, list[bytes]]] = {}
+
+    # ------------------------------------------------------------ what changed
+
+    def changed(self) -> None:
+        """Something that may change an announcement changed (invalidates caches)."""
+        self.version += 1
+
+    def trigger(self, prefix: Prefix) -> None:
+        """Announce `prefix` to every neighbour that is up at the next `flush`."""
+        self._triggered.add(prefix)
+
+    def changed_prefix(self, prefix: Prefix) -> None:
+        """What we announce about `prefix` changed: `changed`, then `trigger`."""
+        self.version += 1
+        self._triggered.add(prefix)
+
+    def retract_with_ack(self, prefix: Prefix, waiting: set[str], opaque: int) -> None:
+        """A release: the retraction of `prefix` goes out at the next `flush`, followed by
+        an AckReq `opaque` to each neighbour of `waiting`."""
+        self.version += 1
+        for nid in waiting:
+            self._acks_to_attach.setdefault(nid, []).append(opaque)
+        self._triggered.add(prefix)
+
+    def retracted(self, prefix: Prefix, router_id: bytes, seqno: int, now: float) -> None:
+        """We lost our route to `prefix`: repeat its retraction a few times."""
+        self._retractions[prefix] = _Retraction(router_id, seqno, self._retry_tries - 1,
+                                                now + self._retry_interval)
+
+    def stop_retracting(self, prefix: Prefix) -> None:
+        """We have a route to `prefix` again."""
+        self._retractions.pop(prefix, None)
+
+    def neighbour_down(self, nid: str) -> None:
+        self._acks_to_attach.pop(nid, None)
+
+    def neighbour_removed(self, nid: str) -> None:
+        self._tx_full.pop(nid, None)
+
+    # ------------------------------------------------------------ what we announce
+
+    def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int, int]:
+        """(router-id, seqno, metric, tie) we tell `nid` about `prefix` (poison reverse)."""
+        rid, seqno, metric, tie, via = self._announce(prefix)
+        return rid, seqno, (INFINITY if via == nid else metric), tie
+
+    def _announce(self, prefix: Prefix) -> tuple[bytes, int, int, int, str | None]:
+        """(router-id, seqno, metric, tie, via): what we tell every neighbour about
+        `prefix`, except `via`, our next hop, which gets the metric INFINITY (poison
+        reverse). A retraction carries no tie."""
+        sel = self._selected.get(prefix)
+        release = self._release
+        if prefix in release.releasing:
+            owned = release.owned.get(prefix)
+            rid = owned[0] if owned is not None else \
+                (sel.router_id if sel is not None else self.router_id)
+            return (rid, (sel.seqno if sel is not None else self._xroutes.seqno), INFINITY, 0,
+                    None)
+        if sel is None:
+            rt = self._retractions.get(prefix)
+            if rt is not None:
+                return rt.router_id, rt.seqno, INFINITY, 0, None
+            return self.router_id, self._xroutes.seqno, INFINITY, 0, None
+        if sel.via != LOCAL:
+            route = self._routes.get(prefix, sel.via)
+            if route is not None:
+                cost = self._costs.get(route.neighbour, INFINITY)
+                ref = route.refmetric
+                if cost >= INFINITY or ref >= INFINITY:
+                    sel.metric = INFINITY
+                else:
+                    m = ref + cost  # Route.metric, inline (hot path)
+                    sel.metric = m if m < INFINITY else INFINITY - 1
+                sel.seqno = route.seqno
+                sel.tie = route.tie + self._ties[sel.via]
+            return sel.router_id, sel.seqno, sel.metric, sel.tie, sel.via
+        return sel.router_id, sel.seqno, sel.metric, sel.tie, None
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, nid: str, prefix: Prefix, now: float) -> None:
+        """One Update about `prefix` to `nid`."""
+        rid, seqno, metric, tie = self._announcement(nid, prefix)
+        self._out[nid].add_update(prefix, rid, seqno, metric, self._interval_cs,
+                                  (Tiebreak(tie),) if tie and metric < INFINITY else ())
+        if metric < INFINITY:
+            self._sources.advertised(prefix, rid, seqno, metric, now)
+            self._release.announced(prefix, rid)
+
+    def resend_acked(self, pending: PendingAck, now: float) -> None:
+        """An acked retraction again, with its AckReq, to those that did not ack."""
+        for nid in pending.waiting:
+            self.send(nid, pending.prefix, now)
+            self._out[nid].add(AckReq(pending.opaque, centiseconds(pending.backoff)))
+
+    def resend_retractions(self, now: float) -> None:
+        for prefix, rt in list(self._retractions.items()):
+            if rt.next_time <= now:
+                for nid, nb in self._neighbours.items():
+                    if nb.up:
+                        self.send(nid, prefix, now)
+                rt.tries_left -= 1
+                rt.next_time = now + self._retry_interval
+                if rt.tries_left <= 0:
+                    del self._retractions[prefix]
+
+    def next_deadline(self) -> float:
+        """When a retraction is to be repeated next (infinity: never)."""
+        best = _NEVER
+        for rt in self._retractions.values():
+            if rt.next_time < best:
+                best = rt.next_time
+        return best
+
+    def send_full(self, nid: str, now: float) -> None:
+        """Everything we announce, to `nid`. While no announcement can have changed since
+        the last one (`version`), the same packets go out again: their feasibility
+        distances are already recorded and a receiver recognises them byte for byte."""
+        w = self._out[nid]
+        cached = self._tx_full.get(nid)
+        if cached is not None and cached[0] == self.version:
+            w.flush()
+            w.packets.extend(cached[1])
+            return
+        version = self.version
+        advertised = self._sources.advertised
+        announced = self._release.announced
+        announce = self._announce
+        entries: list[tuple[Prefix, bytes, int, int, int]] = []
+        for prefix, sel in self._selected.items():
+            if sel.via == nid:
+                continue  # split horizon: triggered updates already poisoned it
+            rid, seqno, metric, tie, _ = announce(prefix)
+            if metric >= INFINITY:
+                continue
+            entries.append((prefix, rid, seqno, metric, tie))
+            advertised(prefix, rid, seqno, metric, now)
+            announced(prefix, rid)
+        for prefix in self._release.releasing:
+            # A neighbour that (re)appears during a release must not keep an old route.
+            rid, seqno, metric, _ = self._announcement(nid, prefix)
+            entries.append((prefix, rid, seqno, metric, 0))
+        packets = encode_updates(entries, self._interval_cs, self._max_body)[0]
+        if version == self.version:
+            self._tx_full[nid] = (version, packets)
+        w.flush()
+        w.packets.extend(packets)
+
+    def flush(self, now: float) -> None:
+        """Send triggered updates (with any AckReqs attached after them)."""
+        if self._triggered:
+            prefixes = sorted(self._triggered, key=prefix_key)
+            self._triggered.clear()
+            up = [nid for nid, nb in self._neighbours.items() if nb.up]
+            if up:
+                self._send_triggered(prefixes, up, now)
+        if self._acks_to_attach:
+            acks = self._requests.acks
+            for nid, ops in self._acks_to_attach.items():
+                for op in ops:
+                    pending = acks.get(op)
+                    if pending is not None:
+                        self._out[nid].add(AckReq(op, centiseconds(pending.backoff)))
+            self._acks_to_attach.clear()
+
+    def _send_triggered(self, prefixes: list[Prefix], up: list[str], now: float) -> None:
+        """The same Updates to every neighbour that is up (encoded once), each prefix
+        poisoned (metric INFINITY) towards the neighbour we route it through."""
+        entries: list[tuple[Prefix, bytes, int, int, int]] = []
+        poison: dict[str, list[int]] = {}
+        out = self._out
+        advertised = self._sources.advertised
+        announced = self._release.announced
+        for prefix in prefixes:
+            rid, seqno, metric, tie, via = self._announce(prefix)
+            if metric >= INFINITY:
+                tie = 0
+            if metric < INFINITY and via is not None and via in out:
+                poison.setdefault(via, []).append(len(entries))
+                if len(up) == 1 and up[0] == via:
+                    entries.append((prefix, rid, seqno, metric, tie))
+                    continue  # told to nobody with a finite metric
+            entries.append((prefix, rid, seqno, metric, tie))
+            if metric < INFINITY:
+                advertised(prefix, rid, seqno, metric, now)
+                announced(prefix, rid)
+        packets, offsets = encode_updates(entries, self._interval_cs, self._max_body)
+        for nid in up:
+            w = out[nid]
+            w.flush()
+            idxs = poison.get(nid)
+            if not idxs:
+                w.packets.extend(packets)
+                continue
+            patched = {pi: bytearray(packets[pi]) for pi, _ in (offsets[i] for i in idxs)}
+            for i in idxs:
+                pi, off = offsets[i]
+                patched[pi][off:off + 2] = b"\xff\xff"
+            w.packets.extend(bytes(patched[pi]) if pi in patched else pkt
+                             for pi, pkt in enumerate(packets))
