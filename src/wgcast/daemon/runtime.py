@@ -42,6 +42,7 @@ from wgcast.daemon.api import ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.config import Config
 from wgcast.daemon.endpoint_manager import EndpointManager
+from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
 from wgcast.daemon.peer_policy import PeerInfo, PeerPolicy, load_remembered, save_remembered
@@ -411,6 +412,14 @@ class Daemon:
     # ------------------------------------------------------------ run
 
     async def run(self) -> int:
+        lock = InterfaceLock(self.config.state_file, fallback=self.config.api_socket + ".lock")
+        lock.acquire()  # AlreadyRunning: before anything is touched
+        try:
+            return await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> int:
         await self.start()
         assert self.view is not None and self.dataplane is not None
         loop = asyncio.get_running_loop()
