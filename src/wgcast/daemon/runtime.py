@@ -68,6 +68,9 @@ from wgcast.prefix import Prefix
 
 log = logging.getLogger("wgcast")
 
+#: Seconds between retries of a state file save that failed.
+STATE_RETRY = 5.0
+
 #: On a planned stop, pause between the retraction's acks and the address going down.
 _STOP_SETTLE = 0.1
 
@@ -191,6 +194,10 @@ class Daemon:
         self._served: dict[Prefix, str] = {}
         self.endpoints: EndpointManager | None = None
         self.metrics: MetricsServer | None = None
+        #: Failed state file saves (all time), the last error while failing, the retry.
+        self.state_errors = 0
+        self.state_error: str | None = None
+        self._state_retry: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ clock
 
@@ -350,12 +357,29 @@ class Daemon:
         self._pump()
 
     def _save_state(self) -> None:
+        """Save the router-id and seqno. A write error (a full or read-only disk) is
+        never fatal: one warning when the saves start failing, counted
+        (`wgcast_state_save_errors_total`), retried every `STATE_RETRY` seconds, one
+        info line when a save works again."""
         if self.node is None:
             return
+        if self._state_retry is not None:
+            self._state_retry.cancel()
+            self._state_retry = None
         try:
             save_state(self.config.state_file, State(self.node.router_id, self.node.seqno))
         except (OSError, StateError) as e:  # save_state raises StateError for any OSError
-            log.warning("cannot save state to %s: %s", self.config.state_file, e)
+            self.state_errors += 1
+            if self.state_error is None:
+                log.warning("%s; routing goes on, retrying every %gs", e, STATE_RETRY)
+            self.state_error = str(e)
+            if self.clock is not None and not self._stop.is_set():
+                self._state_retry = self.clock.loop.call_later(STATE_RETRY, self._save_state)
+            return
+        if self.state_error is not None:
+            log.info("state saved to %s again (after %d failed saves)",
+                     self.config.state_file, self.state_errors)
+        self.state_error = None
 
     # ------------------------------------------------------------ groups (ports.GroupServing)
 
@@ -541,6 +565,9 @@ class Daemon:
             self.dataplane.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._state_retry is not None:
+            self._state_retry.cancel()
+            self._state_retry = None
         self.transport.close()
 
     # ------------------------------------------------------------ views (ports.StatusSource)
@@ -580,6 +607,8 @@ class Daemon:
                 "serial": self.policy.roster.serial,
                 "members": len(self.policy.roster.members)},
             "endpoints": self.endpoints.status() if self.endpoints is not None else None,
+            "state": {"file": self.config.state_file, "save_errors": self.state_errors,
+                      "error": self.state_error},
         }
 
     def route_table(self) -> list[dict[str, Any]]:
@@ -632,7 +661,8 @@ class Daemon:
             move_hold_dropped=q.stats.dropped_full if q is not None else None,
             announcements_dropped=self.policy.dropped,
             announcements_refused=dict(self.policy.dropped_by),
-            endpoints=self.endpoints.status() if self.endpoints is not None else None)
+            endpoints=self.endpoints.status() if self.endpoints is not None else None,
+            state_save_errors=self.state_errors)
 
 
 def _open_move_hold(wg_ifname: str) -> MoveHoldDevice:
