@@ -124,7 +124,8 @@ def test_a_second_daemon_on_the_interface_is_refused(single: Single) -> None:
     single.wait_api()
     sock_ino = os.stat(single.socket).st_ino
     t0 = time.monotonic()
-    second = subprocess.run([*single.enter, *WGCAST, "run", "-c", str(single.config)], capture_output=True, text=True, timeout=30)
+    second = subprocess.run([*single.enter, *WGCAST, "run", "-c", str(single.config)],
+                            capture_output=True, text=True, timeout=30)
     took = time.monotonic() - t0
     assert second.returncode == 1, second.stderr
     assert f"pid {first.pid}" in second.stderr, second.stderr
