@@ -283,3 +283,30 @@ def test_a_corrupt_state_file_is_replaced(single: Single) -> None:
     st2 = wait_status(single, lambda st: True, 15, "the restarted daemon")
     assert st2["seqno"] == (saved["seqno"] + 16) & 0xFFFF
     assert stop(p) == 0
+
+
+# --------------------------------------------------------------------------- non-root
+
+
+def test_non_root_is_told_what_it_needs(single: Single) -> None:
+    import shutil
+    import tempfile
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv")
+    d = Path(tempfile.mkdtemp(prefix="wgcast-nonroot-"))
+    try:
+        d.chmod(0o777)  # nobody writes its lock, state and socket here
+        cfg = d / "wg.toml"
+        text = single.config.read_text().replace(str(single.dir), str(d))
+        cfg.write_text(text)
+        cfg.chmod(0o644)
+        r = subprocess.run([*single.enter, "setpriv", "--reuid", "65534", "--regid", "65534",
+                            "--clear-groups", *WGCAST, "run", "-c", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert "needs root or CAP_NET_ADMIN for reading the WireGuard interface " \
+               f"{single.ifname}" in r.stderr, r.stderr
+        print(r.stderr.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
