@@ -277,11 +277,9 @@ def _die_with(parent: int) -> Callable[[], None]:
     held (the daemon withdrew the group when join's connection closed). Everything is
     looked up before the fork: the child only calls prctl and getppid."""
     import ctypes
-    import ctypes.util
 
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
-                            use_errno=True).prctl
+    try:  # libc's symbols are in the process already (no find_library: it forks)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return lambda: None  # not Linux: the command outlives a killed join
     pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
