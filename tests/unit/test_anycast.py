@@ -273,3 +273,11 @@ def test_static_group() -> None:
     assert g.wanted
     with pytest.raises(ValueError):
         g.set_members(-1)
+
+
+def test_a_drain_of_an_idle_group_does_not_stick() -> None:
+    g = Group(P1)
+    g.drain()  # nobody holds it: nothing to drain, and no last leave would end a drain
+    assert not g.draining and g.state == "idle"
+    g.set_members(1)
+    assert g.wanted

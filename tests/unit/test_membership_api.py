@@ -530,3 +530,22 @@ def test_serve_failure_is_reported_and_retried(tmp_path: Any) -> None:
             await c.close()
 
     asyncio.run(go())
+
+
+def test_drain_of_an_idle_group_does_not_stick(tmp_path: Any) -> None:
+    """`wgcast drain` on a group nobody holds: drained at once, and the next join is
+    served (it used to stay drained until `undrain`)."""
+    async def go() -> None:
+        async with server(str(tmp_path)) as (d, api, _ms):
+            admin = await connect(api.path)
+            r = await admin.req({"cmd": "drain", "prefix": G1})
+            assert r["ok"] and r["drained"] is True and r["state"] == "idle"
+            assert "nothing to drain" in r["note"]
+            m = await connect(api.path)
+            r = await m.req({"cmd": "join", "prefix": G1})
+            assert r["ok"] and r["served"] and r["state"] == "serving", r
+            assert d.calls == [("serve", G1, None)]
+            for x in (m, admin):
+                await x.close()
+
+    asyncio.run(go())

@@ -52,7 +52,11 @@ class Group:
             self.draining = False
 
     def drain(self) -> None:
-        self.draining = True
+        """Drain while held. An idle group (no member, not static) has nothing to
+        drain and nobody whose leaving would end the drain: it is left as it is, so
+        the next member to join is served."""
+        if self.held:
+            self.draining = True
 
     def undrain(self) -> None:
         self.draining = False

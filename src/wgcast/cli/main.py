@@ -108,6 +108,12 @@ def status(config: str | None, socket_path: str | None, as_json: bool) -> None:
     dp = st["dataplane"]
     click.echo(f"data plane: {dp['applies']} applies, {dp['ops']} ops, {dp['errors']} errors,"
                f" last {dp['last_apply_ms']} ms")
+    for problem in st.get("problems") or []:
+        click.echo(f"ERROR {problem}")
+    state = st.get("state") or {}
+    if state.get("error"):
+        click.echo(f"WARNING state: {state['error']} ({state['save_errors']} failed saves, "
+                   "retrying)")
 
 
 @main.command()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -88,7 +89,7 @@ class _Holder(threading.Thread):
         super().__init__(name="wgcast-join-holder", daemon=True)
         self.path, self.prefixes, self.client, self.quiet = path, prefixes, client, quiet
         self._wake_r, self._wake_w = os.pipe()
-        self._stop = False
+        self._stopping = False
         self.lock = threading.Lock()
 
     def say(self, msg: str) -> None:
@@ -96,12 +97,12 @@ class _Holder(threading.Thread):
             click.echo(f"wgcast join: {msg}", err=True)
 
     def stop(self) -> None:
-        self._stop = True
+        self._stopping = True
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"x")
 
     def run(self) -> None:
-        while not self._stop:
+        while not self._stopping:
             with self.lock:
                 client = self.client
             if client is None:
@@ -111,7 +112,7 @@ class _Holder(threading.Thread):
                 r, _, _ = select.select([client.fileno(), self._wake_r], [], [])
             except (OSError, ValueError):
                 r = [client.fileno()]
-            if self._stop:
+            if self._stopping:
                 return
             if client.fileno() in r:
                 try:
@@ -126,7 +127,7 @@ class _Holder(threading.Thread):
 
     def _rejoin(self) -> bool:
         delay = 0.05
-        while not self._stop:
+        while not self._stopping:
             c: Client | None = None
             try:
                 c = Client(self.path)
@@ -222,7 +223,7 @@ def _run_holding(cmd: list[str], holder: _Holder, path: str, drain_on_term: bool
         with contextlib.suppress(OSError, ValueError):
             signal.signal(s, lambda sig, frame: early.append(sig))
     try:
-        child = subprocess.Popen(cmd) if cmd else None
+        child = subprocess.Popen(cmd, preexec_fn=_die_with(os.getpid())) if cmd else None
     except OSError as e:
         click.echo(f"wgcast join: cannot run {cmd[0]}: {e.strerror or e}", err=True)
         return 127 if isinstance(e, FileNotFoundError) else 126
@@ -268,6 +269,27 @@ def _run_holding(cmd: list[str], holder: _Holder, path: str, drain_on_term: bool
         return 0
     rc = child.wait()
     return 128 - rc if rc < 0 else rc
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """In the forked child, before exec: SIGKILL when `join` dies (PR_SET_PDEATHSIG), so
+    a SIGKILLed `join` does not leave its service running without the membership it
+    held (the daemon withdrew the group when join's connection closed). Everything is
+    looked up before the fork: the child only calls prctl and getppid."""
+    import ctypes
+
+    try:  # libc's symbols are in the process already (no find_library: it forks)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return lambda: None  # not Linux: the command outlives a killed join
+    pr_set_pdeathsig, sigkill = 1, int(signal.SIGKILL)
+
+    def in_child() -> None:
+        prctl(pr_set_pdeathsig, sigkill, 0, 0, 0)
+        if os.getppid() != parent:  # join died between fork and prctl
+            os._exit(128 + sigkill)
+
+    return in_child
 
 
 @click.command("leave")

@@ -74,14 +74,20 @@ class ApiServer:
         self.connect_hooks: list[Callable[[Connection], None]] = []
         self._ids = itertools.count(1)
         self._live: dict[int, Connection] = {}
+        #: (st_dev, st_ino) of the socket file we bound: the only one we may unlink.
+        self._bound: tuple[int, int] | None = None
 
     async def start(self) -> None:
         """Bind the socket with the configured mode and group, never wider meanwhile."""
         cfg = self.config
         gid = _resolve_group(cfg.api_socket_group)
         os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+        if _listening(self.path):
+            # Another daemon (another interface configured with the same path) serves it.
+            raise RuntimeError(f"api_socket {self.path}: another process is listening on "
+                               "it; give this interface its own api_socket")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            os.unlink(self.path)  # a stale socket: nobody answers on it
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             old = os.umask(0o077)  # born 0700: nobody else connects before chmod
@@ -89,6 +95,8 @@ class ApiServer:
                 sock.bind(self.path)
             finally:
                 os.umask(old)
+            st = os.stat(self.path)
+            self._bound = (st.st_dev, st.st_ino)
             if gid is not None:
                 os.chown(self.path, -1, gid)
             os.chmod(self.path, cfg.api_socket_mode)
@@ -111,8 +119,23 @@ class ApiServer:
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        self._unlink_own()
+
+    def _unlink_own(self) -> None:
+        """Remove the socket file only if it is still the one we bound: never another
+        daemon's."""
+        if self._bound is None:
+            return
+        bound, self._bound = self._bound, None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) == bound:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        else:
+            log.warning("api: %s is no longer our socket; leaving it", self.path)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -198,6 +221,17 @@ class ApiServer:
 
     async def _peers(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"peers": self.source.peer_table()}
+
+
+def _listening(path: str) -> bool:
+    """Does a process accept connections on the Unix socket at `path`?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(path)
+        except OSError:
+            return False  # missing, not a socket, or stale (ECONNREFUSED)
+        return True
 
 
 def _resolve_group(group: str | int | None) -> int | None:

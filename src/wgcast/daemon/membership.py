@@ -405,7 +405,9 @@ class MembershipService:
         lw = self.last_withdrawal.get(prefix)
         if was_served and lw is not None and lw.get("graceful"):
             out.update(moved=lw["moved"], acked=lw["acked"], move_ms=lw["move_ms"])
-        if g.static or g.members:
+        if not g.held:
+            out["note"] = "the group was idle: nothing to drain; the next join is served"
+        elif g.static or g.members:
             out["note"] = ("the group stays drained until `undrain`" if g.static else
                            "the group stays drained until its last member leaves or "
                            "`undrain`")

@@ -95,6 +95,8 @@ class DaemonCollector(Collector):
                            "queue was full.", c.move_hold_dropped)
         yield _counter("wgcast_announcements_dropped", "Updates refused by the origination "
                        "policy (echoes of our own prefixes excluded).", c.announcements_dropped)
+        yield _counter("wgcast_state_save_errors", "State file saves that failed (a full or "
+                       "read-only disk; retried, never fatal).", c.state_save_errors)
         refused = CounterMetricFamily("wgcast_announcements_refused", "Updates refused, by "
                                       "neighbour and reason.", labels=["peer", "reason"])
         for (peer, reason), n in sorted(c.announcements_refused.items()):

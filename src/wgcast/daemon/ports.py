@@ -207,6 +207,8 @@ class DaemonCounters:
     announcements_refused: Mapping[tuple[str, str], int]
     #: The endpoint manager's status (counters and its probe port), None without one.
     endpoints: Mapping[str, Any] | None
+    #: State file saves that failed (retried; never fatal).
+    state_save_errors: int = 0
 
 
 class StatusSource(Protocol):

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,7 @@ from wgcast.daemon.api import ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.config import Config
 from wgcast.daemon.endpoint_manager import EndpointManager
+from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
 from wgcast.daemon.peer_policy import PeerInfo, PeerPolicy, load_remembered, save_remembered
@@ -60,12 +62,15 @@ from wgcast.daemon.state import State, StateError, load_state, save_state
 from wgcast.daemon.transport import UdpTransport
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
-from wgcast.dataplane.types import PeerKey, WireGuardBackend
+from wgcast.dataplane.types import PeerKey, PermissionDenied, WireGuardBackend
 from wgcast.dataplane.uapi import UapiDevice
 from wgcast.keys import control_address, decode_key, router_id
 from wgcast.prefix import Prefix
 
 log = logging.getLogger("wgcast")
+
+#: Seconds between retries of a state file save that failed.
+STATE_RETRY = 5.0
 
 #: On a planned stop, pause between the retraction's acks and the address going down.
 _STOP_SETTLE = 0.1
@@ -190,6 +195,14 @@ class Daemon:
         self._served: dict[Prefix, str] = {}
         self.endpoints: EndpointManager | None = None
         self.metrics: MetricsServer | None = None
+        #: Failed state file saves (all time), the last error while failing, the retry.
+        self.state_errors = 0
+        self.state_error: str | None = None
+        self._state_retry: asyncio.TimerHandle | None = None
+        #: Reads a sysctl ("net/ipv4/ip_forward"); None if unreadable (tests replace it).
+        self.read_sysctl: Callable[[str], str | None] = _read_sysctl
+        #: What is wrong with the host right now (logged once as an error, in status).
+        self.problems: list[str] = []
 
     # ------------------------------------------------------------ clock
 
@@ -205,7 +218,8 @@ class Daemon:
         dp = self.dataplane = DataPlaneApplier(cfg, self.backend, self.system, clock,
                                                lambda: self.view, self.by_key,
                                                self._open_move_hold)
-        dev = await self.backend.get()
+        with _needs_root(f"reading the WireGuard interface {cfg.interface}"):
+            dev = await self.backend.get()
         if dev.public_key is None:
             raise RuntimeError(f"{cfg.interface}: the WireGuard interface has no private key")
         self.public_key = dev.public_key
@@ -221,10 +235,12 @@ class Daemon:
         if state is not None and state.router_id == rid:
             # Jump ahead of anything the mesh may remember from before the restart.
             seqno = (state.seqno + 16) & 0xFFFF
-        await dp.load(dev)
+        with _needs_root(f"reading the routes of {cfg.interface}"):
+            await dp.load(dev)
         inherited = dp.inherited()
-        await self.system.ensure_up()
-        await self.system.add_address(ipaddress.IPv6Interface(f"{self.control}/64"))
+        with _needs_root(f"setting {cfg.interface} up and adding its control address"):
+            await self.system.ensure_up()
+            await self.system.add_address(ipaddress.IPv6Interface(f"{self.control}/64"))
         if cfg.timers.move_hold > 0:
             await dp.open_move_hold()
         anycast = tuple(cfg.anycast)
@@ -253,8 +269,10 @@ class Daemon:
             if ctrl_net not in found:
                 ensure.append((key, ctrl_net))
         save_remembered(cfg.state_file, {**first_seen, **remembered})
-        await dp.ensure(ensure)
-        self.transport.open(self.control, self._on_datagrams)
+        with _needs_root(f"setting the peers' AllowedIPs on {cfg.interface}"):
+            await dp.ensure(ensure)
+        with _needs_root(f"binding the Babel socket to {cfg.interface}"):
+            self.transport.open(self.control, self._on_datagrams)
         timers = cfg.timers
         ncfg = NodeConfig(
             router_id=rid,
@@ -349,12 +367,29 @@ class Daemon:
         self._pump()
 
     def _save_state(self) -> None:
+        """Save the router-id and seqno. A write error (a full or read-only disk) is
+        never fatal: one warning when the saves start failing, counted
+        (`wgcast_state_save_errors_total`), retried every `STATE_RETRY` seconds, one
+        info line when a save works again."""
         if self.node is None:
             return
+        if self._state_retry is not None:
+            self._state_retry.cancel()
+            self._state_retry = None
         try:
             save_state(self.config.state_file, State(self.node.router_id, self.node.seqno))
         except (OSError, StateError) as e:  # save_state raises StateError for any OSError
-            log.warning("cannot save state to %s: %s", self.config.state_file, e)
+            self.state_errors += 1
+            if self.state_error is None:
+                log.warning("%s; routing goes on, retrying every %gs", e, STATE_RETRY)
+            self.state_error = str(e)
+            if self.clock is not None and not self._stop.is_set():
+                self._state_retry = self.clock.loop.call_later(STATE_RETRY, self._save_state)
+            return
+        if self.state_error is not None:
+            log.info("state saved to %s again (after %d failed saves)",
+                     self.config.state_file, self.state_errors)
+        self.state_error = None
 
     # ------------------------------------------------------------ groups (ports.GroupServing)
 
@@ -411,6 +446,14 @@ class Daemon:
     # ------------------------------------------------------------ run
 
     async def run(self) -> int:
+        lock = InterfaceLock(self.config.state_file, fallback=self.config.api_socket + ".lock")
+        lock.acquire()  # AlreadyRunning: before anything is touched
+        try:
+            return await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> int:
         await self.start()
         assert self.view is not None and self.dataplane is not None
         loop = asyncio.get_running_loop()
@@ -424,6 +467,7 @@ class Daemon:
         dp = asyncio.create_task(self.dataplane.run(self._stop))
         roster_watch = asyncio.create_task(self.watch_roster()) if self.config.roster \
             else None
+        host_watch = asyncio.create_task(self.watch_host())
         self.dataplane.kick()
         _sd_notify("READY=1")
         await self._stop.wait()
@@ -443,6 +487,9 @@ class Daemon:
         dp.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await dp
+        host_watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await host_watch
         if roster_watch is not None:
             roster_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -525,6 +572,42 @@ class Daemon:
                 log.error("%s; keeping serial %s", err,
                           self.policy.roster.serial if self.policy.roster else "-")
 
+    # ------------------------------------------------------------ host checks
+
+    def check_forwarding(self) -> list[str]:
+        """Forwarding off in a family this node routes for others in: the node has two
+        or more neighbours up and a route of that family via a peer, so packets
+        between its neighbours cross it (the kernel would drop them: 100% loss while
+        the routes look installed). Each new problem is one error line; its end one
+        info line. Returns the problems, also shown by `wgcast status`."""
+        view = self.view
+        if view is None:
+            return self.problems
+        up = sum(1 for n in view.neighbours() if n.up)
+        families = {s.prefix.version for s in view.selected()
+                    if s.via is not None and s.via != LOCAL and not s.prefix.is_link_local}
+        found = []
+        for version, key in ((4, "net/ipv4/ip_forward"), (6, "net/ipv6/conf/all/forwarding")):
+            if up >= 2 and version in families and self.read_sysctl(key) == "0":
+                found.append(f"IPv{version} forwarding is off (sysctl {key.replace('/', '.')}"
+                             f" = 0) but this node routes IPv{version} between its "
+                             f"neighbours: their packets through it are dropped")
+        for p in found:
+            if p not in self.problems:
+                log.error("%s: %s", self.config.interface, p)
+        for p in self.problems:
+            if p not in found:
+                log.info("%s: resolved: %s", self.config.interface, p.split(" (")[0])
+        self.problems = found
+        return found
+
+    async def watch_host(self, every: float = 5.0) -> None:
+        """Look at the host's settings now and then (forwarding)."""
+        await asyncio.sleep(min(every, 2 * self.config.timers.hello + 1.0))
+        while True:
+            self.check_forwarding()
+            await asyncio.sleep(every)
+
     def close(self) -> None:
         if self.endpoints is not None:
             self.endpoints.close()
@@ -532,6 +615,9 @@ class Daemon:
             self.dataplane.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._state_retry is not None:
+            self._state_retry.cancel()
+            self._state_retry = None
         self.transport.close()
 
     # ------------------------------------------------------------ views (ports.StatusSource)
@@ -571,6 +657,9 @@ class Daemon:
                 "serial": self.policy.roster.serial,
                 "members": len(self.policy.roster.members)},
             "endpoints": self.endpoints.status() if self.endpoints is not None else None,
+            "problems": list(self.problems),
+            "state": {"file": self.config.state_file, "save_errors": self.state_errors,
+                      "error": self.state_error},
         }
 
     def route_table(self) -> list[dict[str, Any]]:
@@ -623,7 +712,34 @@ class Daemon:
             move_hold_dropped=q.stats.dropped_full if q is not None else None,
             announcements_dropped=self.policy.dropped,
             announcements_refused=dict(self.policy.dropped_by),
-            endpoints=self.endpoints.status() if self.endpoints is not None else None)
+            endpoints=self.endpoints.status() if self.endpoints is not None else None,
+            state_save_errors=self.state_errors)
+
+
+_EPERM = (errno.EPERM, errno.EACCES)
+
+
+@contextlib.contextmanager
+def _needs_root(what: str) -> Iterator[None]:
+    """A permission error while doing `what` says what the daemon needs (not a bare
+    `[Errno 13] Permission denied`)."""
+    try:
+        yield
+    except Exception as e:
+        # PermissionError, the back ends' PermissionDenied, NetConfigError (its errno),
+        # pyroute2's NetlinkError (its code).
+        if isinstance(e, PermissionError | PermissionDenied) or \
+                getattr(e, "errno", None) in _EPERM or getattr(e, "code", None) in _EPERM:
+            raise RuntimeError(f"needs root or CAP_NET_ADMIN for {what} ({e})") from e
+        raise
+
+
+def _read_sysctl(key: str) -> str | None:
+    try:
+        with open(f"/proc/sys/{key}") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def _open_move_hold(wg_ifname: str) -> MoveHoldDevice:

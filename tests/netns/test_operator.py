@@ -1,0 +1,312 @@
+"""The operator's hands: a second daemon on the same interface, and the like.
+
+One real `wgcast run` on a wireguard-go interface in a throwaway namespace; every wait
+has a deadline, the processes and the namespace go away also when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Netns  # tests/netns/conftest.py (rootdir on sys.path)
+
+from wgcast import keys
+
+pytestmark = pytest.mark.netns
+
+WGCAST = [sys.executable, "-m", "wgcast.cli.main"]
+
+
+@dataclass
+class Single:
+    ns: Netns
+    ifname: str
+    config: Path
+    dir: Path
+    procs: list[subprocess.Popen[bytes]]
+    peer: str
+    state_file: str = ""
+
+    def write_config(self, extra: str = "", state_file: str | None = None) -> None:
+        self.state_file = state_file or str(self.dir / "wg.state")
+        self.config.write_text(
+            f'interface = "{self.ifname}"\nstate_file = "{self.state_file}"\n'
+            f'api_socket = "{self.socket}"\nprobe_port = 0\n'
+            f'addresses = ["10.66.0.1/32"]\n{extra}\n[timers]\nprofile = "fast"\n'
+            f'[[peers]]\nname = "p"\npublic_key = "{self.peer}"\n')
+
+    @property
+    def socket(self) -> str:
+        return str(self.dir / "api.sock")
+
+    @property
+    def enter(self) -> list[str]:
+        """Into the namespace's network only: the daemon shares our mount table (the
+        disk tests change mounts under a running daemon)."""
+        return ["nsenter", f"--net=/run/netns/{self.ns.name}", "--"]
+
+    def start(self, log: str = "run.log") -> subprocess.Popen[bytes]:
+        with open(self.dir / log, "ab") as out:
+            p = subprocess.Popen([*self.enter, *WGCAST, "run", "-c", str(self.config), "-v"],
+                                 stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def api(self, cmd: str) -> dict[str, object] | None:
+        from wgcast.client import request
+
+        try:
+            reply: dict[str, object] = request(self.socket, {"cmd": cmd})
+        except (OSError, ValueError):
+            return None
+        return reply
+
+    def wait_api(self, timeout: float = 15.0) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.api("status")
+            if r is not None and r.get("ok"):
+                return r
+            for p in self.procs:
+                if p.poll() is not None and p.returncode != 0:
+                    raise AssertionError(f"daemon exited {p.returncode}: {self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no API after {timeout}s: {self.log()}")
+
+    def log(self, name: str = "run.log") -> str:
+        p = self.dir / name
+        return p.read_text() if p.exists() else ""
+
+
+def stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    if p.poll() is None:
+        p.send_signal(sig)
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    return p.returncode
+
+
+@pytest.fixture
+def single(netns: Netns, tmp_path: Path) -> Iterator[Single]:
+    """wireguard-go in `netns` with a key and one (silent) peer; a config for it."""
+    ifname = netns.start_wireguard_go()
+    priv, peer = keys.generate_private(), keys.public_from_private(keys.generate_private())
+    keyfile = tmp_path / "key"
+    keyfile.write_text(keys.b64(priv) + "\n")
+    netns.run("wg", "set", ifname, "private-key", str(keyfile), "peer", keys.b64(peer),
+              "allowed-ips", "10.66.1.0/24")
+    cfg = tmp_path / "wg.toml"
+    s = Single(netns, ifname, cfg, tmp_path, [], keys.b64(peer))
+    s.write_config()
+    try:
+        yield s
+    finally:
+        for p in s.procs:
+            stop(p, signal.SIGKILL)
+
+
+def test_a_second_daemon_on_the_interface_is_refused(single: Single) -> None:
+    first = single.start()
+    single.wait_api()
+    sock_ino = os.stat(single.socket).st_ino
+    t0 = time.monotonic()
+    second = subprocess.run([*single.enter, *WGCAST, "run", "-c", str(single.config)],
+                            capture_output=True, text=True, timeout=30)
+    took = time.monotonic() - t0
+    assert second.returncode == 1, second.stderr
+    assert f"pid {first.pid}" in second.stderr, second.stderr
+    assert "already manages this interface" in second.stderr
+    print(f"second daemon refused in {took:.2f}s: {second.stderr.strip()}")
+    # The first one's socket is untouched and still answers, with the first one's status.
+    assert os.stat(single.socket).st_ino == sock_ino
+    st = single.api("status")
+    assert st is not None and st["ok"], st
+    assert first.poll() is None
+    assert stop(first) == 0
+    # Its own socket it removes on a clean stop; the lock is free again.
+    assert not os.path.exists(single.socket)
+    again = single.start("run2.log")
+    single.wait_api()
+    assert stop(again) == 0, single.log("run2.log")
+
+
+def test_a_socket_someone_listens_on_is_not_taken(single: Single) -> None:
+    """Another interface's daemon configured with the same api_socket: refused, and
+    its socket is neither unlinked nor replaced."""
+    import socket as s
+
+    with s.socket(s.AF_UNIX, s.SOCK_STREAM) as other:
+        other.bind(single.socket)
+        other.listen(1)
+        ino = os.stat(single.socket).st_ino
+        p = single.start()
+        assert p.wait(30) == 1
+        assert "another process is listening" in single.log()
+        assert os.stat(single.socket).st_ino == ino
+
+
+def test_lock_names_the_holder(tmp_path: Path) -> None:
+    """Two real processes, no namespace: the holder's PID is in the refusal."""
+    state = str(tmp_path / "x.state")
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys,time; from wgcast.daemon.lock import InterfaceLock;"
+                               f"InterfaceLock({state!r}).acquire(); print('ok', flush=True);"
+                               "sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"ok\n"
+        from wgcast.daemon.lock import AlreadyRunning, InterfaceLock
+
+        with pytest.raises(AlreadyRunning) as e:
+            InterfaceLock(state).acquire()
+        assert e.value.pid == holder.pid
+        # Without the PID in the file (a read-only disk), /proc/locks names it.
+        Path(state + ".lock").write_text("")
+        with pytest.raises(AlreadyRunning) as e:
+            InterfaceLock(state).acquire()
+        assert e.value.pid == holder.pid
+    finally:
+        holder.kill()
+        holder.wait(5)
+    lk = InterfaceLock(state)
+    lk.acquire()  # the kernel dropped the dead holder's lock
+    assert json.loads(Path(state + ".lock").read_text()) == os.getpid()
+    lk.release()
+
+
+# --------------------------------------------------------------------------- disks
+
+
+@contextlib.contextmanager
+def full_tmpfs(where: Path) -> Iterator[Path]:
+    """A one-page tmpfs at `where`, filled to the brim (ENOSPC on every write)."""
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k,mode=755", "wgcast-full",
+                    str(where)], check=True, timeout=10)
+    try:
+        filler = where / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as f:
+            for _ in range(64):  # bounded: 64 pages is far more than the 1 page there is
+                f.write(b"x" * 4096)
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def read_only(where: Path) -> Iterator[Path]:
+    """`where` bind-mounted onto itself read-only (EROFS on every write); umount it to
+    make it writable again."""
+    where.mkdir()
+    subprocess.run(["mount", "--bind", str(where), str(where)], check=True, timeout=10)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(where)], check=True,
+                       timeout=10)
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+
+
+def wait_status(s: Single, cond: Callable[[dict[str, Any]], bool], timeout: float,
+                what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    st: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = s.api("status")
+        if r is not None and r.get("ok"):
+            st = r["status"]  # type: ignore[assignment]
+            if cond(st):
+                return st
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not within {timeout}s; last status {st}; log {s.log()}")
+
+
+def _state_lines(log: str) -> list[str]:
+    return [ln for ln in log.splitlines() if "cannot save state" in ln]
+
+
+@pytest.mark.parametrize("how", ["ENOSPC", "EROFS"])
+def test_an_unwritable_state_file_is_a_warning_retried(single: Single, how: str) -> None:
+    where = single.dir / "state"
+    disk = full_tmpfs(where) if how == "ENOSPC" else read_only(where)
+    with disk:
+        single.write_config(state_file=str(where / "wg.state"))
+        p = single.start()
+        st = wait_status(single, lambda st: st["state"]["save_errors"] >= 1, 15,
+                         "a failed save")
+        expected = "No space left on device" if how == "ENOSPC" else "Read-only file system"
+        assert expected in st["state"]["error"]
+        out = subprocess.run([*WGCAST, "status", "--socket", single.socket],
+                             capture_output=True, text=True, timeout=30).stdout
+        assert "WARNING state:" in out and expected in out
+        # Retried (every 5 s), still one warning line, and the daemon runs on.
+        wait_status(single, lambda st: st["state"]["save_errors"] >= 2, 15, "a retry")
+        assert p.poll() is None
+        assert len(_state_lines(single.log())) == 1, single.log()
+        # The disk gets room (or goes read-write): the next retry saves.
+        if how == "ENOSPC":
+            (where / "filler").unlink()
+        else:
+            subprocess.run(["umount", str(where)], check=True, timeout=10)  # rw beneath
+        wait_status(single, lambda st: st["state"]["error"] is None, 15, "a save again")
+        assert json.loads((where / "wg.state").read_text())["seqno"] == st["seqno"]
+        assert "saved to" in single.log() and "again" in single.log()
+        assert stop(p) == 0, single.log()
+    print(f"{how}: daemon ran on, 1 warning line, saved again after the disk recovered")
+
+
+def test_a_corrupt_state_file_is_replaced(single: Single) -> None:
+    state = single.dir / "wg.state"
+    state.write_text('{"version": 1, "router_id": "zz", "seq')
+    p = single.start()
+    st = wait_status(single, lambda st: True, 15, "the daemon")
+    saved = json.loads(state.read_text())
+    assert saved["router_id"] == st["router_id"] and saved["seqno"] == st["seqno"]
+    assert "ignoring it and starting with a fresh state" in single.log()
+    assert stop(p) == 0
+    # The next start continues the sequence numbers (ahead of anything the mesh saw).
+    p = single.start("run2.log")
+    st2 = wait_status(single, lambda st: True, 15, "the restarted daemon")
+    assert st2["seqno"] == (saved["seqno"] + 16) & 0xFFFF
+    assert stop(p) == 0
+
+
+# --------------------------------------------------------------------------- non-root
+
+
+def test_non_root_is_told_what_it_needs(single: Single) -> None:
+    import shutil
+    import tempfile
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv")
+    d = Path(tempfile.mkdtemp(prefix="wgcast-nonroot-"))
+    try:
+        d.chmod(0o777)  # nobody writes its lock, state and socket here
+        cfg = d / "wg.toml"
+        text = single.config.read_text().replace(str(single.dir), str(d))
+        cfg.write_text(text)
+        cfg.chmod(0o644)
+        r = subprocess.run([*single.enter, "setpriv", "--reuid", "65534", "--regid", "65534",
+                            "--clear-groups", *WGCAST, "run", "-c", str(cfg)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1, r.stderr
+        assert "needs root or CAP_NET_ADMIN for reading the WireGuard interface " \
+               f"{single.ifname}" in r.stderr, r.stderr
+        print(r.stderr.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
