@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from wgcast.babel.events import LOCAL
+from wgcast.babel.route import intern_prefix
 from wgcast.babel.wire import Prefix
 from wgcast.sim.network import LinkState, SimNetwork, Ticker
 
@@ -197,6 +198,10 @@ class FilterModel:
     origins: dict[Prefix, set[str]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
+        # The FIBs are keyed by the engine's interned prefixes: looking them up with the
+        # same objects takes dict's identity fast path and a cached hash (about 2x faster).
+        self.sources = {n: intern_prefix(p) for n, p in self.sources.items()}
+        self.targets = [intern_prefix(p) for p in self.targets]
         self.owner = {p: n for n, p in self.sources.items()}
         self.anycast = {p for p in self.targets if p not in self.owner}
         self.refresh()
@@ -288,9 +293,6 @@ def check_filter(net: SimNetwork, sources: Mapping[str, Prefix], targets: Iterab
 
 # ------------------------------------------------------------------ during events
 
-Pair = tuple[str, Prefix]
-
-
 @dataclass
 class BlackholeMeter:
     """Blackholed pairs over virtual time during fault events (see the module doc).
@@ -298,6 +300,9 @@ class BlackholeMeter:
     `begin()` walks every pair (the count before the event), hooks a grid ticker and a
     route observer into the network; `end(t_quiet)` unhooks them and returns the
     event's figures. A meter can measure several events one after the other.
+
+    Pairs (client, prefix) and FIB entries (node, prefix) share one integer encoding,
+    node index x number of prefixes + prefix index: the bookkeeping is ints in sets.
     """
 
     net: SimNetwork
@@ -305,12 +310,11 @@ class BlackholeMeter:
     targets: list[Prefix]
     period: float = 0.005
     model: FilterModel = field(init=False)
-    bad: set[Pair] = field(init=False, default_factory=set)
-    #: (node, prefix) -> pairs whose last walk read that FIB entry.
-    readers: dict[tuple[str, Prefix], set[Pair]] = field(init=False, default_factory=dict)
-    reads_of: dict[Pair, tuple[tuple[str, Prefix], ...]] = field(init=False,
-                                                                 default_factory=dict)
-    changed: set[tuple[str, Prefix]] = field(init=False, default_factory=set)
+    bad: set[int] = field(init=False, default_factory=set)
+    #: FIB entry -> pairs whose last walk read it.
+    readers: dict[int, set[int]] = field(init=False, default_factory=dict)
+    reads_of: dict[int, tuple[int, ...]] = field(init=False, default_factory=dict)
+    changed: set[int] = field(init=False, default_factory=set)
     rewalks: int = 0
     _epoch: int = -1
     _t0: float = 0.0
@@ -321,29 +325,46 @@ class BlackholeMeter:
 
     def __post_init__(self) -> None:
         self.model = FilterModel(self.net, self.sources, list(self.targets))
+        self._names = sorted(self.net.topology.nodes)
+        self._node_id = {n: i for i, n in enumerate(self._names)}
+        self._prefixes = list(dict.fromkeys(self.model.targets))
+        self._prefix_id = {p: i for i, p in enumerate(self._prefixes)}
+        self._np = len(self._prefixes)
+        self._src_id = {n: self._prefix_id[p] for n, p in self.model.sources.items()
+                        if p in self._prefix_id}
 
     @property
     def count(self) -> int:
         return len(self.bad)
 
-    def _walk_pair(self, pair: Pair) -> None:
-        old = self.reads_of.pop(pair, ())
-        for key in old:
-            s = self.readers.get(key)
+    def _walk_pair(self, pair: int) -> None:
+        readers = self.readers
+        for key in self.reads_of.pop(pair, ()):
+            s = readers.get(key)
             if s is not None:
                 s.discard(pair)
         self.rewalks += 1
-        client, prefix = pair
-        if not self.model.eligible(client, prefix):
+        ci, pi = divmod(pair, self._np)
+        client, prefix = self._names[ci], self._prefixes[pi]
+        if client not in self._src_id or not self.model.eligible(client, prefix):
             self.bad.discard(pair)
             return
         reads: list[str] = []
         ok = self.model.pair_ok(client, prefix, reads)
-        src = self.sources[client]
-        keys = tuple({(n, p) for n in reads for p in (prefix, src)})
-        self.reads_of[pair] = keys
+        si = self._src_id[client]
+        np_, node_id = self._np, self._node_id
+        keys = []
+        for n in set(reads):
+            base = node_id[n] * np_
+            keys.append(base + pi)
+            keys.append(base + si)
+        self.reads_of[pair] = tuple(keys)
         for key in keys:
-            self.readers.setdefault(key, set()).add(pair)
+            s = readers.get(key)
+            if s is None:
+                readers[key] = {pair}
+            else:
+                s.add(pair)
         if ok:
             self.bad.discard(pair)
         else:
@@ -357,9 +378,12 @@ class BlackholeMeter:
         self.reads_of.clear()
         self.changed.clear()
         self._epoch = self.net.epoch
-        for prefix in self.model.targets:
-            for client in self.model.clients():
-                self._walk_pair((client, prefix))
+        np_ = self._np
+        for ci, client in enumerate(self._names):
+            if client not in self.net.alive:
+                continue
+            for pi in range(np_):
+                self._walk_pair(ci * np_ + pi)
 
     def update(self) -> int:
         """Bring the count up to date with the FIBs; returns it."""
@@ -367,7 +391,7 @@ class BlackholeMeter:
             self.walk_all()
             return self.count
         if self.changed:
-            todo: set[Pair] = set()
+            todo: set[int] = set()
             for key in self.changed:
                 s = self.readers.get(key)
                 if s:
@@ -378,7 +402,9 @@ class BlackholeMeter:
         return self.count
 
     def _observe(self, now: float, node: str, prefix: Prefix, via: str | None) -> None:
-        self.changed.add((node, prefix))
+        pi = self._prefix_id.get(prefix)
+        if pi is not None:
+            self.changed.add(self._node_id[node] * self._np + pi)
 
     def _tick(self, t: float) -> None:
         n = self.update()
