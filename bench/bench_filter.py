@@ -12,7 +12,10 @@ failover / repair / recovery times, and, for the jitter topologies, the route ch
 
 Writes bench/results/filter_<label>.json (rows of scenarios not run this time are kept,
 so slow ones can run separately) and prints a Markdown table. Each scenario runs in its
-own process. The scenarios are the sim tests' (tests/sim/test_filter_scenarios.py).
+own process. The scenarios are the sim tests' (tests/sim/test_filter_scenarios.py):
+the issue's list, plus the equal-delay topologies with +-5% jitter (a real lab's RTT
+noise, which is what picks among equal paths there), plus random:50:4 and random:100:6
+without jitter and without a fault.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from common import machine, write  # type: ignore[import-not-found]
 from wgcast.sim.scenario import Scenario
 
 EQUAL = {"delay": "5ms", "jitter": "0", "anycast": (2, 2)}
+#: Equal delays plus +-5% jitter: the RTT noise of a real lab (which picks among the ties).
+NOISY = {"delay": "5ms", "jitter": "5%", "anycast": (2, 2)}
 JITTER = {"delay": "2-20ms", "jitter": "20%", "anycast": (5, 3)}
 PLAIN = {"delay": "2-20ms", "jitter": "0", "anycast": (5, 3)}
 FAULTS = ("origin", "node", "link")
@@ -39,6 +44,8 @@ def cases(hold: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for topo in ("ring:4", "ring:6", "grid:4x4", "full:6"):
         out += [{"topology": topo, "fail": f, **EQUAL} for f in FAULTS]
+    for topo in ("ring:4", "ring:6", "grid:4x4", "full:6"):
+        out += [{"topology": topo, "fail": f, **NOISY} for f in FAULTS]
     for topo in ("random:100:6", "random:300:6"):
         out.append({"topology": topo, "fail": "none", "hold": hold, **JITTER})
         out += [{"topology": topo, "fail": f, **JITTER} for f in FAULTS]
