@@ -326,7 +326,8 @@ class Scenario:
         if self.fail == "origin":
             best: tuple[int, str, Prefix] | None = None
             for p in self.anycast_prefixes:
-                for origin, count in self.catchments(p).items():
+                # sorted: ties go to the same origin whatever the string hash seed
+                for origin, count in sorted(self.catchments(p).items()):
                     if best is None or count > best[0]:
                         best = (count, origin, p)
             if best is None:
