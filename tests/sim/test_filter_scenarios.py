@@ -40,7 +40,6 @@ FAILS_BEFORE = {
     ("ring:6", "origin"), ("ring:6", "node"), ("ring:6", "link"),
     ("grid:4x4", "origin"), ("grid:4x4", "node"),
     ("ring:4noisy", "origin"), ("ring:4noisy", "node"), ("ring:4noisy", "link"),
-    ("ring:6noisy", "origin"),
     ("grid:4x4noisy", "origin"), ("grid:4x4noisy", "node"), ("grid:4x4noisy", "link"),
     ("full:6noisy", "link"),
 }
