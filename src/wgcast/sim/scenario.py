@@ -351,6 +351,9 @@ class Scenario:
                                 "origin": victim in origins,
                                 "seqno_at_crash": net.nodes[victim].seqno}
             self._watch = self.affected(lambda path: victim in path[1:-1])
+            # a victim that carries no transit (full mesh) still serves anycast prefixes
+            self._watch += [p for p in self.anycast_prefixes
+                            if victim in net.origins(p) and p not in self._watch][:4]
             net.crash(victim)
             return "restart"
         if self.fail == "link":
