@@ -9,6 +9,12 @@ cut the link on most paths, later restore it; partition: cut the graph in two ha
 later heal it), and checks after every route change that no forwarding loop exists and,
 after each quiescence, that every node routes to its nearest live origin (within the
 selection margin), or nowhere when none is reachable. Times are virtual except wall_s.
+
+WireGuard's source filter is modelled (wgcast.sim.filter): after each quiescence every
+(node, prefix) pair is walked both ways under strict reverse-path filtering;
+`blackholed_pairs` counts those that cannot exchange a request and its reply, and each
+fault event reports `blackhole_pair_s` (pair-seconds without two-way delivery, sampled
+every --filter-period). --filter-strict makes blackholed pairs fail the run.
 """
 
 from __future__ import annotations
@@ -30,6 +36,17 @@ def _summary(r: dict[str, object]) -> str:
         f"wrong routes after quiescence: {r['wrong_routes']}",
         f"convergence: {r['convergence_ms']} ms (virtual)",
     ]
+    if "blackholed_pairs" in r:
+        lines.append(f"source filter: {r['blackholed_pairs']} blackholed pairs after "
+                     f"quiescence {json.dumps(r['blackholed_by_phase'])} of "
+                     f"{r['pairs_checked']} checked; blackhole pair-s per event "
+                     f"{json.dumps(r['blackhole_pair_s'])}")
+        sample = r.get("blackholed_sample")
+        if isinstance(sample, list) and sample:
+            b = sample[0]
+            lines.append(f"  e.g. {b['client']} -> {b['prefix']}: there {' '.join(b['there'])}"
+                         f", back {' '.join(b['back'])}, dropped at {b['drop']['at']} "
+                         f"(from {b['drop']['from']}, {b['drop']['why']})")
     if r["fail"] != "none":
         target = r.get("fail_target") or {}
         lines.append(f"failure {r['fail']} {json.dumps(target)}")
@@ -68,15 +85,21 @@ def _summary(r: dict[str, object]) -> str:
                    "[default: update interval + 1 s].")
 @click.option("--max-phase", type=float, default=120.0, show_default=True,
               help="Virtual seconds a phase may take to become quiet.")
+@click.option("--filter-strict", is_flag=True,
+              help="Blackholed pairs (WireGuard's source filter) after a quiescence fail "
+                   "the run.")
+@click.option("--filter-period", type=float, default=5.0, show_default=True,
+              help="Grid step (virtual ms) of the blackholed-pair count during faults.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sim(topology: str, anycast: str, fail: str, seed: int, delay: str, jitter: str,
         loss: str, timers: str, restart_seqno: str, quiet: float | None, max_phase: float,
-        as_json: bool) -> None:
+        filter_strict: bool, filter_period: float, as_json: bool) -> None:
     """Simulate a mesh in virtual time: convergence, a fault, invariants."""
     try:
         scenario = Scenario(topology=topology, anycast=parse_anycast(anycast), fail=fail,
                             seed=seed, delay=delay, jitter=jitter, loss=loss, timers=timers,
-                            restart_seqno=restart_seqno, quiet=quiet, max_phase=max_phase)
+                            restart_seqno=restart_seqno, quiet=quiet, max_phase=max_phase,
+                            filter_strict=filter_strict, filter_period=filter_period / 1000.0)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     result = scenario.run()

@@ -44,6 +44,21 @@ class LinkState:
 
 
 @dataclass(slots=True)
+class Ticker:
+    """A sampler on a fixed virtual-time grid: `callback(t)` at start, start + period, ...
+    sees the state after every action up to t (see `SimNetwork.run_until`)."""
+
+    period: float
+    callback: Callable[[float], None]
+    start: float
+    fired: int = 0
+
+    @property
+    def next_at(self) -> float:
+        return self.start + self.fired * self.period  # no drift from repeated additions
+
+
+@dataclass(slots=True)
 class Stats:
     packets: int = 0
     bytes: int = 0
@@ -72,6 +87,10 @@ class SimNetwork:
     #: Called after every delivered packet or timer (after its route changes).
     step_hooks: list[Callable[[], None]] = field(default_factory=list)
     last_change: float = 0.0
+    #: Bumped when liveness, a link or an origin changes (not on route changes).
+    epoch: int = 0
+    #: Grid samplers, fired by run_until.
+    tickers: list[Ticker] = field(default_factory=list)
     #: Last seqno each node reported (SeqnoChanged or at crash): its "state file".
     saved_seqno: dict[str, int] = field(default_factory=dict)
     #: Prefixes each node originates, restored when it restarts.
@@ -102,6 +121,7 @@ class SimNetwork:
     def start(self, name: str, config: NodeConfig | None = None) -> None:
         """Boot a fresh engine for `name` (at the start, or after a crash)."""
         node = Node(config or self.make_config(name), self.now)
+        self.epoch += 1
         for peer in self.neighbours[name]:
             # The link's tie-break from the two names, as the daemon does from two keys.
             node.add_neighbour(peer, tie=link_tiebreak(name.encode(), peer.encode()))
@@ -120,6 +140,7 @@ class SimNetwork:
         if name not in self.alive:
             return
         self.alive.discard(name)
+        self.epoch += 1
         self._timer_seq.pop(name, None)
         self._timer_at.pop(name, None)
         for prefix in list(self.fib[name]):
@@ -140,6 +161,7 @@ class SimNetwork:
     def set_link(self, a: str, b: str, up: bool) -> None:
         self.links[(a, b)].up = up
         self.links[(b, a)].up = up
+        self.epoch += 1
 
     def link_up(self, a: str, b: str) -> bool:
         return self.links[(a, b)].up
@@ -250,10 +272,28 @@ class SimNetwork:
     def run_until(self, t_end: float, max_steps: int = 50_000_000) -> None:
         steps = 0
         heap = self._heap
+        if self.tickers:
+            while heap and heap[0][0] <= t_end and steps < max_steps:
+                self._tick(heap[0][0], inclusive=False)
+                self.step()
+                steps += 1
+            self.now = max(self.now, t_end)
+            self._tick(t_end, inclusive=True)
+            return
         while heap and heap[0][0] <= t_end and steps < max_steps:
             self.step()
             steps += 1
         self.now = max(self.now, t_end)
+
+    def _tick(self, t: float, inclusive: bool) -> None:
+        """Fire every ticker's grid points before `t` (up to and including it when
+        `inclusive`): the next action is at `t`, so the state is the one at those points."""
+        for tk in list(self.tickers):
+            at = tk.next_at
+            while at < t or (inclusive and at == t):
+                tk.callback(at)
+                tk.fired += 1
+                at = tk.next_at
 
     def settling(self) -> bool:
         """Does some engine still plan to reconsider a route (smoothing, source release)?"""
@@ -276,11 +316,13 @@ class SimNetwork:
 
     def originate(self, name: str, prefix: Prefix, metric: int = 0) -> None:
         self.originated.setdefault(name, {})[prefix] = metric
+        self.epoch += 1
         self.nodes[name].originate(prefix, metric, now=self.now)
         self._after(name)
 
     def retract(self, name: str, prefix: Prefix) -> None:
         self.originated.get(name, {}).pop(prefix, None)
+        self.epoch += 1
         self.nodes[name].retract(prefix, now=self.now)
         self._after(name)
 

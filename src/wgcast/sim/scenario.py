@@ -14,6 +14,15 @@ by piece. Phases:
 
 `loops` counts forwarding loops seen at any route change of any phase; `wrong_routes`
 the routes found wrong after quiescence, summed over the phase checks.
+
+WireGuard's source filter (see wgcast.sim.filter): after each quiescence every (node,
+prefix) pair is walked under the filter; `blackholed_pairs` sums the pairs that cannot
+exchange a request and its reply over the phase checks (0 iff every quiescence is
+clean), `pairs_checked` is the last check's pair count. During each fault event a
+`BlackholeMeter` integrates the blackholed count over virtual time (`blackhole_pair_s`,
+sampled on a `filter_period` grid). `filter_strict` makes blackholed pairs fail the run
+(`converged` false), like wrong routes. `hold`: seconds run after boot, counting the
+route changes that happen with nothing failing (`steady_route_changes`, e.g. jitter).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from wgcast.sim.checker import (
     check_routes,
     path_ends,
 )
+from wgcast.sim.filter import BlackholeMeter, EventFilter, FilterCheck, check_filter
 from wgcast.sim.network import SimNetwork
 from wgcast.topology import Topology, parse_ms_range, parse_topology
 
@@ -109,6 +119,10 @@ class Phase:
     #: Outage of the prefixes the fault hit (see RepairWatch); None: not watched.
     repair_ms: float | None = None
     watched: list[str] = field(default_factory=list)
+    #: Source-filter walk after quiescence; None: not checked.
+    filter: FilterCheck | None = None
+    #: Blackholed pairs during the event that started this phase; None: not measured.
+    event: EventFilter | None = None
 
     @property
     def duration_ms(self) -> float:
@@ -125,6 +139,10 @@ class Phase:
             d.update(checked=self.check.checked, wrong=self.check.wrong_count,
                      suboptimal=self.check.suboptimal, max_excess=self.check.max_excess,
                      wrong_sample=[w.to_dict() for w in self.check.wrong[:5]])
+        if self.filter is not None:
+            d.update(self.filter.to_dict())
+        if self.event is not None:
+            d.update(self.event.to_dict())
         return d
 
 
@@ -153,11 +171,21 @@ class Scenario:
     #: Engine parameters (None: the engine's defaults).
     link_params: LinkCostParams | None = None
     selection: SelectionParams | None = None
+    #: Walk the pairs under WireGuard's source filter (needs `unicast`).
+    filter: bool = True
+    #: Blackholed pairs after a quiescence fail the run (`converged` false).
+    filter_strict: bool = False
+    #: Grid step (virtual seconds) of the blackholed-pair count during fault events.
+    filter_period: float = 0.005
+    #: Virtual seconds to run after boot with nothing failing (route changes counted).
+    hold: float = 0.0
     net: SimNetwork = field(init=False)
     prefixes: list[Prefix] = field(init=False, default_factory=list)
     anycast_prefixes: list[Prefix] = field(init=False, default_factory=list)
     phases: list[Phase] = field(init=False, default_factory=list)
     fail_target: dict[str, object] = field(init=False, default_factory=dict)
+    #: Each node's own unicast prefix (the source address of its packets).
+    sources: dict[str, Prefix] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.fail not in FAILURES:
@@ -177,6 +205,7 @@ class Scenario:
             self.quiet = TIMERS[self.timers]["update_interval"] + 1.0
         self.wall_s = 0.0
         self.cpu_s = 0.0
+        self.steady_changes: int | None = None
         self._watch: list[Prefix] = []
 
     # ------------------------------------------------------------ setup
@@ -190,6 +219,7 @@ class Scenario:
             for i, name in enumerate(topo.nodes):
                 p = unicast_prefix(i + 1)
                 self.prefixes.append(p)
+                self.sources[name] = p
                 net.originate(name, p)
         for k in range(n_any):
             p = anycast_prefix(k)
@@ -200,8 +230,10 @@ class Scenario:
 
     # ------------------------------------------------------------ phases
 
-    def run_phase(self, name: str, watch: list[Prefix] | None = None) -> Phase:
-        """Run until quiet, then check; `watch`: prefixes whose outage to time."""
+    def run_phase(self, name: str, watch: list[Prefix] | None = None,
+                  meter: BlackholeMeter | None = None) -> Phase:
+        """Run until quiet, then check; `watch`: prefixes whose outage to time; `meter`:
+        begun just before the event, ended here at the phase's quiescence."""
         net = self.net
         assert self.quiet is not None
         ph = Phase(name, net.now)
@@ -213,10 +245,30 @@ class Scenario:
             watcher.close()
             ph.repair_ms = watcher.repair_ms()
             ph.watched = [str(p) for p in watch or ()]
+        if meter is not None:
+            ph.event = meter.end(ph.last_change)
         if self.check:
             ph.check = check_routes(net, self.prefixes)
+            if self.filtering:
+                ph.filter = check_filter(net, self.sources, self.prefixes)
         self.phases.append(ph)
         return ph
+
+    @property
+    def filtering(self) -> bool:
+        return self.filter and bool(self.sources)
+
+    def meter(self) -> BlackholeMeter | None:
+        """A meter for the fault events (None when the filter is not modelled)."""
+        if not self.filtering:
+            return None
+        return BlackholeMeter(self.net, self.sources, list(self.prefixes), self.filter_period)
+
+    def run_hold(self) -> int:
+        """Run `hold` seconds with nothing failing; the route changes seen."""
+        before = self.net.stats.route_changes
+        self.net.run_until(self.net.now + self.hold)
+        return self.net.stats.route_changes - before
 
     def affected(self, crosses: Callable[[list[str]], bool], k: int = 4,
                  sample: int = 200) -> list[Prefix]:
@@ -274,7 +326,8 @@ class Scenario:
         if self.fail == "origin":
             best: tuple[int, str, Prefix] | None = None
             for p in self.anycast_prefixes:
-                for origin, count in self.catchments(p).items():
+                # sorted: ties go to the same origin whatever the string hash seed
+                for origin, count in sorted(self.catchments(p).items()):
                     if best is None or count > best[0]:
                         best = (count, origin, p)
             if best is None:
@@ -298,6 +351,9 @@ class Scenario:
                                 "origin": victim in origins,
                                 "seqno_at_crash": net.nodes[victim].seqno}
             self._watch = self.affected(lambda path: victim in path[1:-1])
+            # a victim that carries no transit (full mesh) still serves anycast prefixes
+            self._watch += [p for p in self.anycast_prefixes
+                            if victim in net.origins(p) and p not in self._watch][:4]
             net.crash(victim)
             return "restart"
         if self.fail == "link":
@@ -346,20 +402,26 @@ class Scenario:
         c0 = time.process_time()
         self.originate_all()
         boot = self.run_phase("boot")
+        self.steady_changes = self.run_hold() if self.hold > 0 else None
         failover: Phase | None = None
         recovery: Phase | None = None
         if self.fail != "none":
             self._watch = []
+            meter = self.meter()
+            if meter is not None:
+                meter.begin()
             action = self.apply_failure()
-            failover = self.run_phase(f"fail:{self.fail}", self._watch)
+            failover = self.run_phase(f"fail:{self.fail}", self._watch, meter)
             if action is not None:
+                if meter is not None:
+                    meter.begin()
                 self.recover(action)
                 watch = list(self._watch)
                 if action == "restart":
                     own = unicast_prefix(self.topo_index(str(self.fail_target["node"])))
                     if own in self.prefixes and own not in watch:
                         watch.append(own)
-                recovery = self.run_phase(action, watch)
+                recovery = self.run_phase(action, watch, meter)
         self.wall_s = time.perf_counter() - t0
         self.cpu_s = time.process_time() - c0
         return self.result(boot, failover, recovery)
@@ -376,6 +438,9 @@ class Scenario:
         virtual = max(net.now, 1e-9)
         wrong = sum(p.check.wrong_count for p in self.phases if p.check is not None)
         quiet = all(p.quiet for p in self.phases)
+        checks = [p.filter for p in self.phases if p.filter is not None]
+        blackholed = sum(c.blackholed for c in checks) if checks else None
+        strict_ok = not (self.filter_strict and blackholed)
         res: dict[str, object] = {
             "topology": self.topology if self.topo is None else topo.spec,
             "seed": self.seed,
@@ -385,7 +450,7 @@ class Scenario:
             "anycast": f"{self.anycast[0]}x{self.anycast[1]}",
             "fail": self.fail,
             "timers": self.timers,
-            "converged": quiet and wrong == 0,
+            "converged": quiet and wrong == 0 and strict_ok,
             "quiet": quiet,
             "convergence_ms": round(boot.duration_ms, 3),
             "failover_ms": None if failover is None else round(failover.duration_ms, 3),
@@ -407,6 +472,26 @@ class Scenario:
             "fail_target": self.fail_target,
             "phases": [p.to_dict() for p in self.phases],
         }
+        if checks:
+            first_bad = next((c for c in checks if c.blackholed), checks[-1])
+            res["filter"] = {
+                "model": "strict reverse-path filter at every hop (WireGuard AllowedIPs)",
+                "after_quiescence": "every pair walked from scratch",
+                "during_events": (f"pairs re-walked when a FIB entry they read changed, "
+                                  f"count sampled every {self.filter_period * 1000:g} ms "
+                                  "virtual (left Riemann sum)"),
+                "strict": self.filter_strict,
+            }
+            res["pairs_checked"] = checks[-1].pairs
+            res["blackholed_pairs"] = blackholed
+            res["blackholed_by_phase"] = {p.name: p.filter.blackholed
+                                          for p in self.phases if p.filter is not None}
+            res["blackholed_sample"] = [b.to_dict() for b in first_bad.sample]
+            res["blackhole_pair_s"] = {p.name: round(p.event.pair_s, 6)
+                                       for p in self.phases if p.event is not None}
+        if self.steady_changes is not None:
+            res["hold_s"] = self.hold
+            res["steady_route_changes"] = self.steady_changes
         if self.loops.records:
             res["loop_sample"] = [
                 {"t": r.time, "node": r.node, "prefix": str(r.prefix), "path": r.path}
