@@ -9,11 +9,10 @@ anycast address, then ask again a few times: a blackholed pair stays blackholed,
 full answered round after convergence plus the repeats is the acceptance. On a timeout the
 failure lists the silent pairs with each end's AllowedIPs choice for the other.
 
-On the engine of main at 2f4f40d this fails in some runs only (the two ends' RTT
-measurements decide which of the equal paths each picks): ring:4 brought up 4 times,
-once n2 -> n4 went via n3 and n4 -> n2 via n1 and that pair stayed silent for the whole
-30 s watched; 3 times every pair answered. Hence xfail non-strict until the routing
-change (remove the mark then: after it, this must pass every run).
+On wgcast 0.1's engine (main at 2f4f40d) this failed in some runs only (the two ends'
+RTT measurements decided which of the equal paths each picked): ring:4 brought up 4
+times, once n2 -> n4 went via n3 and n4 -> n2 via n1 and that pair stayed silent for the
+whole 30 s watched. Agreed link costs and symmetric tie-breaks make it pass every run.
 """
 
 from __future__ import annotations
@@ -26,11 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.xfail(reason="issue 10: routing change pending (fails in some runs only, "
-                             "so not strict)", strict=False),
-]
+pytestmark = [pytest.mark.netns]
 
 if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
     pytest.skip("needs root and wireguard-go", allow_module_level=True)

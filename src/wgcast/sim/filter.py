@@ -37,8 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from wgcast.babel.events import LOCAL
-from wgcast.babel.route import intern_prefix
-from wgcast.babel.wire import Prefix
+from wgcast.babel.wire import Prefix, intern_prefix
 from wgcast.sim.network import LinkState, SimNetwork, Ticker
 
 #: Pairs listed in a result (the count is always complete).
