@@ -17,6 +17,7 @@ bench (bench/bench_filter.py) runs the same scenarios and keeps the figures.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -30,6 +31,10 @@ class Blackholed(AssertionError):
 
 FAILING = pytest.mark.xfail(reason="issue 10: routing change pending", strict=True,
                             raises=Blackholed)
+#: Minutes per scenario: run only with WGCAST_SLOW=1 (no conftest: tests/netns imports its
+#: own `conftest` module by name, and a second one under tests/ would shadow it).
+SLOW_ONLY_IF_ASKED = pytest.mark.skipif(os.environ.get("WGCAST_SLOW") != "1",
+                                        reason="slow: set WGCAST_SLOW=1 to run")
 EQUAL: dict[str, Any] = {"delay": "5ms", "jitter": "0", "anycast": (2, 2)}
 JITTER: dict[str, Any] = {"delay": "2-20ms", "jitter": "20%", "anycast": (5, 3)}
 #: Equal delays with +-5% jitter: a real lab's RTT noise (it picks among the ties there).
@@ -57,7 +62,7 @@ def cases() -> list[Any]:
             if (topo + tag, fail) in FAILS_BEFORE or topo.startswith("random"):
                 marks.append(FAILING)
             if topo == "random:300:6":
-                marks.append(pytest.mark.slow)
+                marks += [pytest.mark.slow, SLOW_ONLY_IF_ASKED]
             name = f"{topo}-{tag}-{fail}" if tag else f"{topo}-{fail}"
             out.append(pytest.param(topo, fail, kw, marks=marks, id=name))
     return out
