@@ -129,3 +129,51 @@ def test_diff_names_what_changed_and_refusals_name_the_key(tmp_path: Path) -> No
         f"{new.path}: port cannot change while wgcast runs (6696 -> 7000); restart "
         "`wgcast run` to change it"]
     assert not diff(old, old)
+
+
+def test_groups_added_removed_and_changed_by_a_reload(tmp_path: Path) -> None:
+    """MembershipService.reload with the fake daemon of test_membership_api: a new static
+    group is served, a removed one withdrawn gracefully and forgotten, a new metric
+    announced again, a new health check gates its group."""
+    from test_membership_api import G1, G3, FakeDaemon, make_config
+
+    from wgcast.anycast.group import DRAIN_METRIC
+    from wgcast.daemon.api import ApiServer
+    from wgcast.daemon.membership import MembershipService
+
+    flag = tmp_path / "bad"
+    static = f'[[groups]]\nprefix = "{G3}"\nstatic = true\n'
+    check = ('[[groups.health]]\ntype = "exec"\n'
+             f'command = ["/bin/sh", "-c", "test ! -e {flag}"]\n'
+             'interval = "20ms"\ntimeout = "20ms"\nrise = 1\nfall = 1\n')
+
+    async def go() -> None:
+        d = FakeDaemon(make_config(str(tmp_path)))
+        api = ApiServer(d.config, d)
+        ms = MembershipService(d.config, api, d, d.engine)
+        await ms.start()
+        g3 = ipaddress.ip_network(G3)
+        try:
+            assert g3 not in ms.groups
+            ms.reload(make_config(str(tmp_path), static))           # added
+            await until(lambda: ("serve", G3, None) in d.calls, what="G3 served")
+            ms.reload(make_config(str(tmp_path), static + "metric = 50\n"))  # changed
+            # The daemon reads the metric from its config: a second serve announces it.
+            await until(lambda: d.calls.count(("serve", G3, None)) == 2,
+                        what="G3 announced again")
+            flag.write_text("x")
+            ms.reload(make_config(str(tmp_path), static + check))   # a failing check
+            await until(lambda: g3 not in d.served, what="G3 withdrawn (unhealthy)")
+            flag.unlink()
+            await until(lambda: g3 in d.served, what="G3 served again (healthy)")
+            n = len(d.calls)
+            ms.reload(make_config(str(tmp_path)))                   # removed
+            await until(lambda: g3 not in ms.groups, what="G3 forgotten")
+            assert g3 not in d.served
+            assert d.calls[n][:3] == ("serve", G3, DRAIN_METRIC)  # graceful, like a drain
+            assert d.calls[-1][:2] == ("unserve", G3)
+            assert ipaddress.ip_network(G1) in ms.groups
+        finally:
+            await ms.stop()
+
+    asyncio.run(go())
