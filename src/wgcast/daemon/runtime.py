@@ -619,8 +619,8 @@ class Daemon:
         await api.start()
         metrics = await self._start_metrics(membership)
         dp = asyncio.create_task(self.dataplane.run(self._stop))
-        roster_watch = asyncio.create_task(self.watch_roster()) if self.config.roster \
-            else None
+        # Always watching: a reload may add (or remove) the roster.
+        roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
         host_watch = asyncio.create_task(self.watch_host())
         self.dataplane.kick()
         _sd_notify("READY=1")
@@ -708,6 +708,8 @@ class Daemon:
         intervals); routes it newly allows come with the next periodic update."""
         while True:
             await asyncio.sleep(every)
+            if not self.config.roster:
+                continue
             err: str | None
             try:
                 st = os.stat(self.config.roster)
