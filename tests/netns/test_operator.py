@@ -310,3 +310,59 @@ def test_non_root_is_told_what_it_needs(single: Single) -> None:
         print(r.stderr.strip().splitlines()[-1])
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _wait_log(s: Single, cond: Callable[[str], bool], timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = s.log()
+        if cond(text):
+            return text
+        time.sleep(0.02)
+    raise AssertionError(f"log condition not met in {timeout}s: {s.log()[-3000:]}")
+
+
+def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(single: Single) -> None:
+    p = single.start()
+    single.wait_api()
+    q = keys.b64(keys.public_from_private(keys.generate_private()))
+    good = single.config.read_text() + f'[[peers]]\nname = "q"\npublic_key = "{q}"\ncost = 9\n'
+    single.config.write_text(good)
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGHUP)
+    _wait_log(single, lambda t: "reload: peers added: q" in t)
+    print(f"SIGHUP good file: applied in {time.monotonic() - t0:.3f}s")
+    peers = single.api("peers")
+    assert peers is not None and sorted(x["name"] for x in peers["peers"]) == ["p", "q"]  # type: ignore[index, attr-defined]
+    # A file with errors: refused with check's messages, the daemon runs on as it was.
+    bad = good.replace('profile = "fast"', 'profile = "fast"\nhello = "0s"') + \
+        '[[peers]]\npublic_key = "not a key"\n'
+    single.config.write_text(bad)
+    check = subprocess.run([*WGCAST, "check", "-c", str(single.config)], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 2
+    expected = check.stderr.strip().splitlines()
+    assert len(expected) >= 2
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGHUP)
+    text = _wait_log(single, lambda t: t.count("reload refused") >= len(expected))
+    print(f"SIGHUP bad file: refused in {time.monotonic() - t0:.3f}s")
+    refused = [ln.split("reload refused (the running config stays): ", 1)[1]
+               for ln in text.splitlines() if "reload refused" in ln]
+    assert refused == expected
+    assert p.poll() is None
+    # `wgcast reload` through the API: the same refusal, exit 1; then a good file.
+    r = subprocess.run([*WGCAST, "reload", "-c", str(single.config)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.strip().splitlines()[1:] == expected
+    single.config.write_text(good.replace("cost = 9", "cost = 3"))
+    r = subprocess.run([*WGCAST, "reload", "--socket", single.socket], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "reloaded: peers changed: q (cost)"
+    st = single.api("status")
+    assert st is not None and st["status"]["reload"]["reloads"] == 2  # type: ignore[index]
+    assert st["status"]["reload"]["refused"] == 2  # type: ignore[index]
+    assert stop(p) == 0, single.log()
+    assert "Traceback" not in single.log()

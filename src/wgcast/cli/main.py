@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from wgcast.cli.check import check
-from wgcast.cli.membership import drain, join, leave
+from wgcast.cli.membership import _socket_path, _with_socket, drain, join, leave
 from wgcast.cli.roster import roster
 
 
@@ -153,6 +153,61 @@ def peers(config: str | None, socket_path: str | None, as_json: bool) -> None:
         click.echo("")
         click.echo(_table(cands, ["PEER", "", "CANDIDATE", "KIND", "STATE", "RTT_MS", "LOSS",
                                   "SCORE", "FAILURES", "EXPIRES"]))
+
+
+def _reload_socket(config: str | None, socket_path: str | None,
+                   interface: str | None) -> str:
+    """The API socket for `reload`: from the file even when it has errors (the daemon
+    is the one to refuse it, with the messages of `wgcast check`)."""
+    if socket_path or not config:
+        return _socket_path(config, socket_path, interface)
+    import tomllib
+
+    from wgcast.daemon.config import ConfigError, load
+
+    try:
+        return load(config).api_socket
+    except ConfigError as e:
+        try:
+            with open(config, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError):
+            data = {}
+        sock, iface = data.get("api_socket"), data.get("interface")
+        if isinstance(sock, str) and sock:
+            return sock
+        if isinstance(iface, str) and iface:
+            return _socket_path(None, None, iface)
+        click.echo(str(e), err=True)
+        sys.exit(2)
+
+
+@main.command()
+@_with_socket
+@click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
+def reload(config: str | None, socket_path: str | None, interface: str | None,
+           as_json: bool) -> None:
+    """Make the running daemon read its config file again (as SIGHUP does).
+
+    Prints what changed; a file with errors, or a change that needs a restart, is
+    refused (exit 1) and the daemon keeps its running config."""
+    from wgcast.client import request
+
+    path = _reload_socket(config, socket_path, interface)
+    try:
+        reply = request(path, {"cmd": "reload"}, timeout=30.0)
+    except (OSError, ValueError) as e:
+        click.echo(f"cannot reach the daemon at {path}: {e}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2))
+        sys.exit(0 if reply.get("ok") else 1)
+    if not reply.get("ok"):
+        click.echo(f"reload refused ({reply.get('error')}); the daemon keeps its running "
+                   "config:", err=True)
+        click.echo(str(reply.get("message")), err=True)
+        sys.exit(1)
+    click.echo(f"reloaded: {reply.get('changed')}")
 
 
 def _num(v: float | None, unit: str = "") -> str:

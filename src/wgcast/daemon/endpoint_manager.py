@@ -33,7 +33,7 @@ from wgcast import probe
 from wgcast.babel.events import NeighbourDown, NeighbourUp
 from wgcast.daemon.config import Config, Endpoint, PeerConf
 from wgcast.daemon.ports import EngineControl, EngineView, Scheduler
-from wgcast.dataplane.types import WireGuardBackend
+from wgcast.dataplane.types import Device, WireGuardBackend
 from wgcast.endpoints import EndpointParams, EndpointSet, SetEndpoint, canonical, endpoint_parts
 from wgcast.keys import router_id, shared_secret
 
@@ -114,24 +114,8 @@ class EndpointManager:
 
     async def start(self) -> None:
         dev = await self.device.get()
-        now = self._now()
-        private = dev.private_key
         for pc in self.config.peers:
-            key = pc.key
-            wg = dev.peer(key)
-            current = _canonical_endpoint(wg.endpoint) if wg is not None else None
-            ps = _Peer(pc, key, router_id(key), EndpointSet([], now, self.params))
-            if private is not None:
-                ps.probe_keys = probe.ProbeKeys.derive(shared_secret(private, key),
-                                                       self._public, key)
-            ps.bucket_time = now
-            self.peers[pc.name] = ps
-            self._by_rid[ps.rid] = pc.name
-            await self._resolve(ps, first=True)
-            if current is not None:
-                ps.es.observe_endpoint(current, now)
-            if wg is not None and wg.last_handshake:
-                ps.hs_age = max(0.0, time.time() - wg.last_handshake)
+            await self._add(pc, dev)
         if self.config.probe_port:
             try:
                 self._open_socket(self.config.probe_port)
@@ -140,6 +124,40 @@ class EndpointManager:
                             self.config.probe_port, e)
         self._task = asyncio.create_task(self._run(), name="wgcast-endpoints")
         if any(_names(ps.conf) for ps in self.peers.values()):
+            self._resolver = asyncio.create_task(self._refresh_names(), name="wgcast-resolve")
+
+    async def _add(self, pc: PeerConf, dev: Device) -> None:
+        now = self._now()
+        key = pc.key
+        wg = dev.peer(key)
+        current = _canonical_endpoint(wg.endpoint) if wg is not None else None
+        ps = _Peer(pc, key, router_id(key), EndpointSet([], now, self.params))
+        if dev.private_key is not None:
+            ps.probe_keys = probe.ProbeKeys.derive(shared_secret(dev.private_key, key),
+                                                   self._public, key)
+        ps.bucket_time = now
+        self.peers[pc.name] = ps
+        self._by_rid[ps.rid] = pc.name
+        await self._resolve(ps, first=True)
+        if current is not None:
+            ps.es.observe_endpoint(current, now)
+        if wg is not None and wg.last_handshake:
+            ps.hs_age = max(0.0, time.time() - wg.last_handshake)
+
+    async def reload(self, config: Config, removed: list[str],
+                     added: list[PeerConf]) -> None:
+        """A reloaded config: forget the removed peers (and changed ones, which come
+        back in `added` with their new endpoints), take the added ones."""
+        self.config = config
+        for name in removed:
+            ps = self.peers.pop(name, None)
+            if ps is not None:
+                self._by_rid.pop(ps.rid, None)
+        if added:
+            dev = await self.device.get()
+            for pc in added:
+                await self._add(pc, dev)
+        if self._resolver is None and any(_names(ps.conf) for ps in self.peers.values()):
             self._resolver = asyncio.create_task(self._refresh_names(), name="wgcast-resolve")
 
     def close(self) -> None:
@@ -192,7 +210,7 @@ class EndpointManager:
     async def _refresh_names(self) -> None:
         while True:
             await asyncio.sleep(self.config.endpoint_policy.resolve_interval)
-            for ps in self.peers.values():
+            for ps in list(self.peers.values()):
                 if _names(ps.conf):
                     await self._resolve(ps)
 
@@ -229,7 +247,7 @@ class EndpointManager:
         """WireGuard's endpoints (roams) and handshake ages."""
         dev = await self.device.get()
         now, wall = self._now(), time.time()
-        for ps in self.peers.values():
+        for ps in list(self.peers.values()):
             wg = dev.peer(ps.key)
             if wg is None:
                 continue

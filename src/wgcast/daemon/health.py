@@ -245,6 +245,12 @@ class HealthMonitor:
         self.checks[prefix] = checks
         return checks
 
+    def remove(self, prefix: Prefix) -> None:
+        """Stop and forget the checks of `prefix` (a reload dropped or changed them)."""
+        for c in self.checks.pop(prefix, []):
+            if c.task is not None:
+                c.task.cancel()
+
     def start(self) -> None:
         for checks in self.checks.values():
             for c in checks:

@@ -31,7 +31,7 @@ from wgcast.anycast.group import DRAIN_METRIC, Group
 from wgcast.anycast.member import Limits, MemberError, Registry
 from wgcast.anycast.policy import Peer, Policy, refusal
 from wgcast.daemon.api_context import ApiError, Connection, current_connection
-from wgcast.daemon.config import Config, Prefix
+from wgcast.daemon.config import Config, GroupConf, Prefix
 from wgcast.daemon.health import HealthMonitor
 from wgcast.daemon.ports import (
     CommandRegistry,
@@ -82,6 +82,10 @@ class MembershipService:
         self._drain_params: dict[Prefix, DrainParams] = {}
         self._errors: dict[Prefix, str] = {}
         self._stopping = False
+        #: Groups a reload removed: withdrawn, then forgotten.
+        self._retired: set[Prefix] = set()
+        #: Served groups a reload changed (metric): announced again.
+        self._reannounce: set[Prefix] = set()
         self._base_status = api.handlers.get("status")
         t = config.timers
         self.default_drain = DrainParams(move_timeout=max(1.0, 10 * t.hello),
@@ -90,17 +94,19 @@ class MembershipService:
 
     # ------------------------------------------------------------------ life
 
+    def _add_group(self, gc: GroupConf) -> None:
+        checks = self.health.add(gc.prefix, gc.health, self._now())
+        self.groups[gc.prefix] = Group(gc.prefix, static=gc.static,
+                                       checks=[c.state for c in checks])
+        self.policies[gc.prefix] = Policy.of(gc.allow_uids, gc.allow_gids)
+        ev = asyncio.Event()
+        ev.set()
+        self._idle[gc.prefix] = ev
+
     async def start(self) -> None:
         """Register the API commands and start the health checks (before the API opens)."""
-        now = self._now()
         for gc in self.config.groups:
-            checks = self.health.add(gc.prefix, gc.health, now)
-            self.groups[gc.prefix] = Group(gc.prefix, static=gc.static,
-                                           checks=[c.state for c in checks])
-            self.policies[gc.prefix] = Policy.of(gc.allow_uids, gc.allow_gids)
-            ev = asyncio.Event()
-            ev.set()
-            self._idle[gc.prefix] = ev
+            self._add_group(gc)
         self.api.handlers.update({
             "join": self._join, "leave": self._leave, "drain": self._drain,
             "undrain": self._undrain, "status": self._status,
@@ -109,6 +115,50 @@ class MembershipService:
         self.health.start()
         for prefix in self.groups:
             self._kick(prefix)
+
+    def reload(self, config: Config) -> None:
+        """A reloaded config: new groups are added (and served once wanted), removed
+        ones withdrawn gracefully (as a drain) then forgotten, changed ones take their
+        new checks, policy and static flag; a served group whose metric changed is
+        announced again with the new one."""
+        old = {g.prefix: g for g in self.config.groups}
+        self.config = config
+        new = {g.prefix: g for g in config.groups}
+        for prefix in old.keys() - new.keys():
+            self.health.remove(prefix)
+            g = self.groups[prefix]
+            g.checks = []
+            self._retired.add(prefix)
+            self._kick(prefix)
+        for prefix, gc in new.items():
+            was = old.get(prefix)
+            if was is None:
+                self._retired.discard(prefix)
+                if prefix in self.groups:  # removed, still withdrawing, and back
+                    g = self.groups[prefix]
+                    g.static = gc.static
+                    g.checks = [c.state for c in self.health.add(prefix, gc.health,
+                                                                 self._now())]
+                    self.policies[prefix] = Policy.of(gc.allow_uids, gc.allow_gids)
+                else:
+                    self._add_group(gc)
+            elif was != gc:
+                g = self.groups[prefix]
+                if was.health != gc.health:
+                    self.health.remove(prefix)
+                    g.checks = [c.state for c in self.health.add(prefix, gc.health,
+                                                                 self._now())]
+                g.static = gc.static
+                self.policies[prefix] = Policy.of(gc.allow_uids, gc.allow_gids)
+                if (was.metric, was.address_interface) != (gc.metric, gc.address_interface):
+                    self._reannounce.add(prefix)
+            else:
+                continue
+            self._kick(prefix)
+        self.health.start()
+
+    def _wanted(self, g: Group) -> bool:
+        return g.wanted and g.prefix not in self._retired
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop reconciling (the daemon withdraws what is served) and stop the checks."""
@@ -135,7 +185,9 @@ class MembershipService:
     def _on_close(self, conn: Connection) -> None:
         self.connections.pop(conn.id, None)
         for prefix in self.registry.disconnect(conn.id):
-            g = self.groups[prefix]
+            g = self.groups.get(prefix)
+            if g is None:  # removed by a reload
+                continue
             g.set_members(self.registry.count(prefix))
             if g.members == 0:
                 log.info("group %s: last member gone (connection %d closed)", prefix, conn.id)
@@ -168,12 +220,17 @@ class MembershipService:
         try:
             while not self._stopping:
                 try:
-                    if g.wanted and not g.served:
+                    wanted = self._wanted(g)
+                    if wanted and not g.served:
                         await self.serving.serve(prefix)
                         g.served = True
+                        self._reannounce.discard(prefix)
                         log.info("group %s: serving (%d members%s)", prefix, g.members,
                                  ", static" if g.static else "")
-                    elif not g.wanted and g.served:
+                    elif wanted and prefix in self._reannounce:
+                        self._reannounce.discard(prefix)
+                        await self.serving.serve(prefix)
+                    elif not wanted and g.served:
                         await self._withdraw(g)
                     else:
                         break
@@ -187,6 +244,14 @@ class MembershipService:
         finally:
             del self._tasks[prefix]
             self._idle[prefix].set()
+            if prefix in self._retired and not g.served:
+                self._retired.discard(prefix)
+                self.groups.pop(prefix, None)
+                self.policies.pop(prefix, None)
+                self._idle.pop(prefix, None)
+                self._drain_params.pop(prefix, None)
+                self._errors.pop(prefix, None)
+                log.info("group %s: removed from the config, forgotten", prefix)
 
     async def _withdraw(self, g: Group) -> None:
         prefix = g.prefix
@@ -194,11 +259,13 @@ class MembershipService:
         # Drained, or held but unhealthy: move the mesh first (a failing check often
         # means degraded, not dead: the instance keeps answering while others take
         # over). Lost members (a crash, leave) are withdrawn at once.
-        graceful = g.draining or (g.held and not g.healthy)
+        retired = prefix in self._retired
+        graceful = g.draining or (g.held and not g.healthy) or retired
         params = self._drain_params.get(prefix, self.default_drain) if g.draining \
             else self.default_drain
         t0 = loop.time()
-        why = "draining" if g.draining else ("unhealthy" if not g.healthy else "no members")
+        why = "removed from the config" if retired else "draining" if g.draining else \
+            ("unhealthy" if not g.healthy else "no members")
         log.info("group %s: withdrawing (%s)", prefix, why)
         moved: bool | None = None
         if graceful:
@@ -208,11 +275,11 @@ class MembershipService:
             moved = False
             deadline = t0 + params.move_timeout
             while loop.time() < deadline:
-                if g.wanted:  # undrained, healthy again: back to the real metric
+                if self._wanted(g):  # undrained, healthy again: back to the real metric
                     await self.serving.serve(prefix)
                     log.info("group %s: withdrawal cancelled", prefix)
                     return
-                if not g.held:
+                if not g.held and not retired:
                     break  # the last member is gone: no reason to wait any more
                 if self.neighbours_moved(prefix):
                     moved = True

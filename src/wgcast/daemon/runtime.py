@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -39,9 +40,9 @@ from wgcast.babel.events import (
 from wgcast.babel.neighbour import LinkCostParams, link_tiebreak
 from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import PORT
-from wgcast.daemon.api import ApiServer
+from wgcast.daemon.api import ApiError, ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
-from wgcast.daemon.config import Config
+from wgcast.daemon.config import Config, ConfigError, PeerConf, load
 from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
@@ -58,6 +59,7 @@ from wgcast.daemon.ports import (
     SelectedSnapshot,
     Transport,
 )
+from wgcast.daemon.reload import diff, refusals
 from wgcast.daemon.state import State, StateError, load_state, save_state
 from wgcast.daemon.transport import UdpTransport
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
@@ -203,6 +205,15 @@ class Daemon:
         self.read_sysctl: Callable[[str], str | None] = _read_sysctl
         #: What is wrong with the host right now (logged once as an error, in status).
         self.problems: list[str] = []
+        #: The membership service while `run()` runs (a reload updates its groups).
+        self.membership: MembershipService | None = None
+        #: Own addresses originated (a reload originates and retracts the difference).
+        self._addresses: tuple[Prefix, ...] = tuple(config.addresses)
+        self._reload_lock = asyncio.Lock()
+        self.reloads = 0
+        self.reload_errors = 0
+        self.last_reload: dict[str, Any] | None = None
+        self._background: set[asyncio.Task[tuple[bool, str]]] = set()
 
     # ------------------------------------------------------------ clock
 
@@ -243,31 +254,15 @@ class Daemon:
             await self.system.add_address(ipaddress.IPv6Interface(f"{self.control}/64"))
         if cfg.timers.move_hold > 0:
             await dp.open_move_hold()
-        anycast = tuple(cfg.anycast)
         ensure: list[tuple[PeerKey, Prefix]] = []
         remembered = load_remembered(cfg.state_file)
         first_seen: dict[str, list[str]] = {}
         for pc in cfg.peers:
-            key = pc.key
-            ctrl = control_address(key)
-            found = dp.allowed_ips(key)
-            if pc.may_originate is not None:
-                may = tuple(pc.may_originate) + anycast
-            elif pc.public_key in remembered:
-                # AllowedIPs "as found at start" means at the first start: later ones
-                # also hold routes we installed, which prove nothing about the peer.
-                may = tuple(remembered[pc.public_key]) + anycast
-            else:
-                own = {p for p in found if p.prefixlen != 128 or p.network_address != ctrl}
-                may = tuple(sorted(own - inherited, key=str)) + anycast
-            first_seen[pc.public_key] = [str(p) for p in may if p not in anycast]
-            self.policy.add(PeerInfo(pc.name, key, ctrl, router_id(key), may,
-                                     tuple(str(e) for e in pc.endpoints)))
-            self.by_control[ctrl] = pc.name
-            self.by_key[key] = pc.name
-            ctrl_net = ipaddress.IPv6Network(f"{ctrl}/128")
+            found = dp.allowed_ips(pc.key)
+            first_seen[pc.public_key] = self._add_peer_info(pc, found, inherited, remembered)
+            ctrl_net = ipaddress.IPv6Network(f"{control_address(pc.key)}/128")
             if ctrl_net not in found:
-                ensure.append((key, ctrl_net))
+                ensure.append((pc.key, ctrl_net))
         save_remembered(cfg.state_file, {**first_seen, **remembered})
         with _needs_root(f"setting the peers' AllowedIPs on {cfg.interface}"):
             await dp.ensure(ensure)
@@ -305,6 +300,163 @@ class Daemon:
         await self.endpoints.start()
         log.info("%s: router-id %s, control %s, %d peers, seqno %d", cfg.interface, rid.hex(),
                  self.control, len(self.peers), seqno)
+
+    def _add_peer_info(self, pc: PeerConf, found: set[Prefix], inherited: frozenset[Prefix],
+                       remembered: Mapping[str, list[Prefix]]) -> list[str]:
+        """Policy and lookups of one configured peer; returns what it may originate
+        besides the anycast space (remembered at the first start)."""
+        key = pc.key
+        ctrl = control_address(key)
+        anycast = tuple(self.config.anycast)
+        if pc.may_originate is not None:
+            may = tuple(pc.may_originate) + anycast
+        elif pc.public_key in remembered:
+            # AllowedIPs "as found at start" means at the first start: later ones
+            # also hold routes we installed, which prove nothing about the peer.
+            may = tuple(remembered[pc.public_key]) + anycast
+        else:
+            own = {p for p in found if p.prefixlen != 128 or p.network_address != ctrl}
+            may = tuple(sorted(own - inherited, key=str)) + anycast
+        self.policy.add(PeerInfo(pc.name, key, ctrl, router_id(key), may,
+                                 tuple(str(e) for e in pc.endpoints)))
+        self.by_control[ctrl] = pc.name
+        self.by_key[key] = pc.name
+        return [str(p) for p in may if p not in anycast]
+
+    # ------------------------------------------------------------ reload
+
+    async def reload_file(self) -> tuple[bool, str]:
+        """Read the config file again and apply it (SIGHUP, `wgcast reload`). Returns
+        (applied, what changed or why it was refused); a refusal keeps the running
+        config and is logged with the messages of `wgcast check`."""
+        async with self._reload_lock:
+            try:
+                new = load(self.config.path)
+            except ConfigError as e:
+                for m in e.errors:
+                    log.error("reload refused (the running config stays): %s", m)
+                return self._reloaded(False, "\n".join(e.errors))
+            return await self.reload(new)
+
+    def _reloaded(self, ok: bool, message: str) -> tuple[bool, str]:
+        if ok:
+            self.reloads += 1
+        else:
+            self.reload_errors += 1
+        self.last_reload = {"ok": ok, "message": message, "at": time.time()}
+        return ok, message
+
+    async def reload(self, new: Config) -> tuple[bool, str]:
+        """Apply a new config to the running daemon (see `reload_file`)."""
+        refused = refusals(self.config, new)
+        if refused:
+            for m in refused:
+                log.error("reload refused (the running config stays): %s", m)
+            return self._reloaded(False, "\n".join(refused))
+        ch = diff(self.config, new)
+        node, dp = self.node, self.dataplane
+        if not ch or node is None or dp is None:
+            self.config = new
+            log.info("reload: %s", ch.describe())
+            return self._reloaded(True, ch.describe())
+        if new.roster and (new.roster, new.mesh_key) != (self.config.roster,
+                                                          self.config.mesh_key):
+            old_cfg, old_roster = self.config, self.policy.roster
+            self.config, self.policy.roster = new, None
+            err = self._load_roster()
+            if err is not None:
+                self.config, self.policy.roster = old_cfg, old_roster
+                log.error("reload refused (the running config stays): %s", err)
+                return self._reloaded(False, err)
+        elif not new.roster:
+            self.policy.roster = None
+        self.config = new
+        dp.config = new
+        now = self.now()
+        # Peers: removed (and re-keyed) ones leave the engine (their routes go with them),
+        # added ones come in as at start; the WireGuard peers themselves are the operator's.
+        gone = [p.name for p in ch.peers_removed]
+        for name in gone:
+            info = self.peers.pop(name, None)
+            if info is not None:
+                self.by_control.pop(info.control, None)
+                self.by_key.pop(info.key, None)
+            node.remove_neighbour(name)
+        ensure: list[tuple[PeerKey, Prefix]] = []
+        if ch.peers_added or ch.peers_changed:
+            dev = await self.backend.get()
+            remembered = load_remembered(new.state_file)
+            first_seen: dict[str, list[str]] = {}
+            for pc in ch.peers_added:
+                wg = dev.peer(pc.key)
+                found = set(wg.allowed_ips) if wg is not None else set()
+                first_seen[pc.public_key] = self._add_peer_info(pc, found, dp.inherited(),
+                                                                remembered)
+                if wg is None:
+                    log.warning("reload: peer %s is not a peer of %s (yet): add it with "
+                                "wg set or wg-quick", pc.name, new.interface)
+                else:
+                    ctrl_net = ipaddress.IPv6Network(f"{control_address(pc.key)}/128")
+                    if ctrl_net not in found:
+                        ensure.append((pc.key, ctrl_net))
+                node.add_neighbour(pc.name, pc.cost,
+                                   tie=link_tiebreak(self.public_key, pc.key))
+            for _old, pc in ch.peers_changed:
+                self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(), remembered)
+                nb = node.neighbours.get(pc.name)
+                if nb is not None:
+                    nb.extra_cost = pc.cost  # the next Hello/IHU carries the new cost
+            if first_seen:
+                save_remembered(new.state_file, {**first_seen, **remembered})
+        if ch.keys:
+            self.policy.own = tuple(new.addresses)
+            self.policy.anycast = tuple(new.anycast)
+            self.policy.max_routes = new.max_routes_per_peer
+            if "anycast" in ch.keys:
+                for pc in new.peers:
+                    self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(),
+                                        load_remembered(new.state_file))
+        old_addr = set(self._addresses)
+        for p in old_addr - set(new.addresses):
+            node.retract(p, now=now)
+        for p in new.addresses:
+            if p not in old_addr:
+                node.originate(p, 0, now=now)
+        self._addresses = tuple(new.addresses)
+        t = new.timers
+        node.config = dataclasses.replace(
+            node.config, hello_interval=t.hello, dead=t.dead,
+            link=LinkCostParams(new.link.base_cost, float(new.link.rtt_cost_per_ms),
+                                new.link.max_rtt_cost),
+            selection=SelectionParams(mode=new.route_selection))
+        if ensure:
+            with contextlib.suppress(Exception):
+                await dp.ensure(ensure)
+        if self.endpoints is not None:
+            moved = [n for o, n in ch.peers_changed
+                     if (o.endpoints, o.probe_port) != (n.endpoints, n.probe_port)]
+            await self.endpoints.reload(new, gone + [n.name for n in moved],
+                                        ch.peers_added + moved)
+        if self.membership is not None:
+            self.membership.reload(new)
+        self._pump()
+        dp.kick()
+        log.info("reload: %s", ch.describe())
+        return self._reloaded(True, ch.describe())
+
+    def _on_sighup(self) -> None:
+        if self.membership is None:
+            log.warning("SIGHUP while starting: ignored (send it again once started)")
+            return
+        task = asyncio.create_task(self.reload_file(), name="wgcast-reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _api_reload(self, req: dict[str, Any]) -> dict[str, Any]:
+        ok, message = await self.reload_file()
+        if not ok:
+            raise ApiError("reload_refused", message)
+        return {"changed": message}
 
     # ------------------------------------------------------------ engine I/O
 
@@ -454,19 +606,21 @@ class Daemon:
             lock.release()
 
     async def _run(self) -> int:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)  # not fatal while starting
         await self.start()
         assert self.view is not None and self.dataplane is not None
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         api = ApiServer(self.config, self)
-        membership = MembershipService(self.config, api, self, self.view)
+        api.handlers["reload"] = self._api_reload
+        membership = self.membership = MembershipService(self.config, api, self, self.view)
         await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
         metrics = await self._start_metrics(membership)
         dp = asyncio.create_task(self.dataplane.run(self._stop))
-        roster_watch = asyncio.create_task(self.watch_roster()) if self.config.roster \
-            else None
+        # Always watching: a reload may add (or remove) the roster.
+        roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
         host_watch = asyncio.create_task(self.watch_host())
         self.dataplane.kick()
         _sd_notify("READY=1")
@@ -554,6 +708,8 @@ class Daemon:
         intervals); routes it newly allows come with the next periodic update."""
         while True:
             await asyncio.sleep(every)
+            if not self.config.roster:
+                continue
             err: str | None
             try:
                 st = os.stat(self.config.roster)
@@ -660,6 +816,8 @@ class Daemon:
             "problems": list(self.problems),
             "state": {"file": self.config.state_file, "save_errors": self.state_errors,
                       "error": self.state_error},
+            "reload": {"reloads": self.reloads, "refused": self.reload_errors,
+                       "last": self.last_reload},
         }
 
     def route_table(self) -> list[dict[str, Any]]:
