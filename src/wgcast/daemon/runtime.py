@@ -36,11 +36,11 @@ from wgcast.babel.wire import PORT, Prefix
 from wgcast.daemon.config import Config
 from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.state import State, load_state, save_state
+from wgcast.dataplane.backend import open_device
 from wgcast.dataplane.hold import HoldQueue, hold_ifname
 from wgcast.dataplane.reconcile import holders, plan, simulate
 from wgcast.dataplane.system import NetConfigError, System
 from wgcast.dataplane.types import PeerKey, WireGuardBackend
-from wgcast.dataplane.uapi import UapiDevice
 from wgcast.keys import control_address, router_id
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ class Daemon:
 
     def __init__(self, config: Config, backend: WireGuardBackend | None = None) -> None:
         self.config = config
-        self.backend = backend or UapiDevice(config.interface)
+        self.backend = backend or open_device(config.interface, config.backend)
         self.system = System(config.interface)
         self.stats = DaemonStats()
         self.peers: dict[str, PeerInfo] = {}
@@ -593,6 +593,8 @@ class Daemon:
             await metrics.stop()
         self._save_state()
         self.close()
+        with contextlib.suppress(Exception):
+            await self.backend.close()
         return 0
 
     async def _start_metrics(self, membership: MembershipService) -> MetricsServer | None:
@@ -636,6 +638,7 @@ class Daemon:
         assert node is not None
         return {
             "interface": self.config.interface,
+            "backend": self.backend.kind,
             "router_id": node.router_id.hex(),
             "control_address": str(self.control),
             "seqno": node.seqno,
