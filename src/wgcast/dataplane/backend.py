@@ -10,8 +10,10 @@ kind, instead of the daemon failing later with a less helpful errno.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from wgcast.dataplane.netlink import NetlinkDevice
@@ -28,7 +30,20 @@ class BackendMismatch(WireGuardError):
 
 def link_kind(ifname: str) -> str | None:
     """The rtnetlink kind of link `ifname` ("wireguard", "tun", ...), "" for a link
-    without a kind, None when no such link exists (current network namespace)."""
+    without a kind, None when no such link exists (current network namespace).
+
+    pyroute2's synchronous socket cannot be used from a thread running an event loop:
+    there it is asked from a short-lived thread (same network namespace as the caller).
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _link_kind(ifname)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wgcast-linkkind") as ex:
+        return ex.submit(_link_kind, ifname).result()
+
+
+def _link_kind(ifname: str) -> str | None:
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 

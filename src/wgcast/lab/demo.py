@@ -40,6 +40,9 @@ class DemoOptions:
     out: Callable[[str], None] = print
     quiet: bool = False
     results: list[dict[str, Any]] = field(default_factory=list)
+    #: "kernel" / "go" (None: kernel where the module loads); "netem" / "relay" links.
+    wireguard: str | None = None
+    links: str | None = None
 
 
 def nearest_instances(lab: Lab, instances: list[str]) -> dict[str, set[str]]:
@@ -79,8 +82,10 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
     say = (lambda s: None) if opt.quiet else opt.out
     lab = Lab(opt.topology, instances=opt.instances, timers=opt.timers, delay=opt.delay,
               jitter=opt.jitter, loss=opt.loss, seed=opt.seed,
-              health_interval=opt.health_interval, health_fall=opt.health_fall)
-    result: dict[str, Any] = {"cleaned_up": False}
+              health_interval=opt.health_interval, health_fall=opt.health_fall,
+              wireguard=opt.wireguard, links=opt.links)
+    result: dict[str, Any] = {"cleaned_up": False, "wireguard": lab.wireguard,
+                              "links": lab.link_mode}
     try:
         t0 = time.monotonic()
         with lab:
@@ -88,7 +93,8 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             instances = list(lab.groups[0].members) if lab.groups else []
             if not instances:
                 raise LabError("the demo needs at least one anycast instance (--instances)")
-            say(f"lab {lab.id}: {len(nodes)} nodes ({opt.topology}, delays {opt.delay}), "
+            say(f"lab {lab.id}: {len(nodes)} nodes ({opt.topology}, delays {opt.delay}, "
+                f"{lab.wireguard} WireGuard, {lab.link_mode} links), "
                 f"instances {', '.join(instances)}, timers {opt.timers}; up in "
                 f"{time.monotonic() - t0:.1f}s")
             nearest = nearest_instances(lab, instances)
