@@ -100,7 +100,8 @@ def status(config: str | None, socket_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    click.echo(f"interface {st['interface']}  router-id {st['router_id']}  seqno {st['seqno']}")
+    click.echo(f"interface {st['interface']}  backend {st.get('backend', '?')}  "
+               f"router-id {st['router_id']}  seqno {st['seqno']}")
     click.echo(f"control {st['control_address']}  up {st['uptime_s']}s")
     click.echo(f"neighbours {st['neighbours_up']}/{st['neighbours']} up, {st['routes']} routes,"
                f" serving {', '.join(st['served']) or 'nothing'}")
