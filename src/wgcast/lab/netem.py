@@ -97,13 +97,13 @@ def ruleset(nodes: Mapping[str, _Node], links: Sequence[_Link],
     return "\n".join([
         f"table ip {TABLE} {{",
         "  set cut { type mark; }",
-        "  chain marks {", "    type filter hook prerouting priority mangle; policy accept;",
+        "  chain pre_mark {", "    type filter hook prerouting priority mangle; policy accept;",
         *marks, "  }",
-        "  chain dnat {", "    type nat hook prerouting priority dstnat; policy accept;",
+        "  chain pre_nat {", "    type nat hook prerouting priority dstnat; policy accept;",
         *dnat, "  }",
-        "  chain fwd {", "    type filter hook forward priority filter; policy accept;",
+        "  chain fwd_cut {", "    type filter hook forward priority filter; policy accept;",
         "    meta mark @cut drop", "  }",
-        "  chain snat {", "    type nat hook postrouting priority srcnat; policy accept;",
+        "  chain post_nat {", "    type nat hook postrouting priority srcnat; policy accept;",
         *snat, "  }",
         "}", ""])
 
