@@ -61,7 +61,8 @@ def main() -> int:
     ap.add_argument("--cmd", default=None,
                     help="run this shell command in the guest instead of the tests")
     ap.add_argument("pytest_args", nargs="*", help="passed to pytest in the guest")
-    args = ap.parse_args()
+    args, extra = ap.parse_known_args()  # unknown options go to pytest too (-x, -k ...)
+    args.pytest_args = [*extra, *args.pytest_args]
     kernel = args.kernel or find_kernel()
     guest = os.path.join(ROOT, "tests", "kernel", "guest.sh")
     inner = " ".join(shlex.quote(a) for a in [guest, *args.pytest_args])

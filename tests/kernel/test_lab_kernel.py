@@ -43,7 +43,7 @@ def lab() -> Iterator[Lab]:
         pytest.skip("needs root and kernel WireGuard (run `make test-kernel`)")
     topo = Topology(["n1", "n2", "n3"], [Link("n1", "n2", 2.0, id=0),
                                          Link("n2", "n3", 8.0, id=1)], spec="line:3")
-    with Lab(topo, instances="n1,n3", daemon_ready_timeout=30 * SLOW / 2) as the_lab:
+    with Lab(topo, instances="n1,n3", daemon_ready_timeout=15 * SLOW) as the_lab:
         yield the_lab
 
 

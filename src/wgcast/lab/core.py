@@ -890,9 +890,11 @@ class Lab:
                 "--port", str(port), "--rt"]
 
     def start_services(self, nodes: Sequence[str] | None = None, wait: bool = True,
-                       timeout: float = 15.0) -> None:
+                       timeout: float | None = None) -> None:
         """Start the instances of ``nodes`` (default: every serving node) as services held
-        by ``wgcast join``, then wait until their daemons serve them."""
+        by ``wgcast join``, then wait until their daemons serve them (default deadline:
+        15 s, or ``daemon_ready_timeout`` if longer: a slow guest kernel)."""
+        timeout = max(15.0, self.daemon_ready_timeout) if timeout is None else timeout
         names = list(nodes) if nodes is not None else self._serving_nodes()
         for name in names:
             if not self.nodes[name].serves:
