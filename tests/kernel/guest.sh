@@ -17,5 +17,5 @@ if [ "${WGCAST_GUEST_CMD:-}" != "" ]; then
   eval "$WGCAST_GUEST_CMD"
   exit $?
 fi
-exec .venv/bin/python -m pytest -p no:cacheprovider -v -rfE --timeout 900 \
-  tests/kernel "$@"
+[ $# -gt 0 ] || set -- tests/kernel
+exec .venv/bin/python -m pytest -p no:cacheprovider -v -rfE --timeout 900 "$@"
