@@ -7,6 +7,8 @@ cd "$(dirname "$0")/../.."
 export PYTHONDONTWRITEBYTECODE=1
 # Unix sockets cannot live on the 9p share (ENXIO): the lab's state and sockets on /run.
 export WGCAST_LAB_DIR=/run/wgcast-lab TMPDIR=/run/tmp
+# Software emulation: the lab's readiness deadlines x20 (timings inside mean nothing).
+export WGCAST_LAB_SLOW=${WGCAST_LAB_SLOW:-20}
 mkdir -p "$TMPDIR" /run/wireguard
 for m in tun wireguard sch_netem sch_htb cls_fw nft_nat nft_chain_nat veth; do
   modprobe "$m" 2>/dev/null || echo "guest: modprobe $m failed"

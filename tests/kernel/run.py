@@ -72,6 +72,12 @@ def main() -> int:
     cmd = ["vng", "--disable-kvm", "-r", kernel, "--memory", args.memory, "--cpus", cpus,
            "--exec", inner]
     env = {**os.environ, "PATH": os.path.join(ROOT, ".venv", "bin") + ":" + os.environ["PATH"]}
+    # The tree is read-only in the guest and compiling there is slow (emulated CPU):
+    # every Python process would compile wgcast again. Byte-compile it here once
+    # (__pycache__ is git-ignored).
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", "src", "tests"],
+                   cwd=ROOT, check=True, env={**env, "PYTHONDONTWRITEBYTECODE": ""},
+                   stdout=subprocess.DEVNULL)
     print(f"test-kernel: booting {kernel} (software emulation, {cpus} cpus), log {args.log}",
           flush=True)
     t0 = time.monotonic()

@@ -67,6 +67,7 @@ from wgcast.lab.system import (
     spawn,
     tail,
     terminate,
+    timeout_scale,
     uapi_get,
     wait_for,
     wait_gone,
@@ -296,7 +297,7 @@ class Lab:
         self.daemon_cmd = list(daemon_cmd) if daemon_cmd else None
         self.config_hook = config_hook
         self.preassign_anycast = (not daemons) if preassign_anycast is None else preassign_anycast
-        self.daemon_ready_timeout = daemon_ready_timeout
+        self.daemon_ready_timeout = daemon_ready_timeout * timeout_scale()
         if relay_sched not in ("rt", "nice", "none"):
             raise LabError(f"relay_sched must be 'rt', 'nice' or 'none', got {relay_sched!r}")
         self.relay_sched = relay_sched

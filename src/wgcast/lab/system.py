@@ -306,6 +306,20 @@ def kernel_module(name: str) -> bool:
     return os.path.isdir(f"/sys/module/{name}")
 
 
+def timeout_scale() -> float:
+    """WGCAST_LAB_SLOW: how much slower than a normal machine this one is (default 1).
+    The guest of `make test-kernel` (software emulation) sets it: the lab's readiness
+    deadlines and the demo's waits are multiplied by it. Timings measured there are not."""
+    raw = os.environ.get("WGCAST_LAB_SLOW", "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise LabError(f"WGCAST_LAB_SLOW must be a number, got {raw!r}") from None
+    if not 1.0 <= value <= 100.0:
+        raise LabError(f"WGCAST_LAB_SLOW must be in [1, 100], got {raw!r}")
+    return value
+
+
 def default_wireguard() -> str:
     """ "kernel" where the WireGuard module loads, else "go" (wireguard-go)."""
     return "kernel" if kernel_module("wireguard") else "go"
