@@ -779,6 +779,23 @@ class Lab:
 
     def node_config(self, node: str) -> dict[str, Any]:
         """The daemon config dict of a node (before the hook)."""
+        cfg = self._node_config(node)
+        slow = timeout_scale() / 4
+        if slow > 1:
+            # An emulated machine (WGCAST_LAB_SLOW): stalls of seconds would make the
+            # protocol's 200 ms Hellos and health checks flap. Everything slower alike.
+            from wgcast.daemon.config import PROFILES, parse_duration
+
+            health = parse_duration(self.health_interval) * slow
+            cfg["timers"]["hello"] = f"{PROFILES[self.timers][0] * slow:g}s"
+            cfg["timers"]["update"] = f"{PROFILES[self.timers][2] * slow:g}s"
+            cfg["timers"]["move_hold"] = f"{0.2 * slow:g}s"  # the daemon's default x slow
+            for g in cfg.get("groups", []):
+                for h in g.get("health", []):
+                    h["interval"] = h["timeout"] = f"{health:g}s"
+        return cfg
+
+    def _node_config(self, node: str) -> dict[str, Any]:
         n = self.node(node)
         peers = []
         for peer in self.topology.neighbours(node):
