@@ -20,4 +20,4 @@ if [ "${WGCAST_GUEST_CMD:-}" != "" ]; then
   exit $?
 fi
 [ $# -gt 0 ] || set -- tests/kernel
-exec .venv/bin/python -m pytest -p no:cacheprovider -v -rfE --timeout 900 "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -v -rfE --durations=12 --timeout 900 "$@"

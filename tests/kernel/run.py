@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--kernel", default=os.environ.get("WGCAST_KERNEL"),
                     help="vmlinuz to boot (default: the newest Debian one in /boot)")
     ap.add_argument("--timeout", type=float, default=float(os.environ.get(
-        "WGCAST_KERNEL_TIMEOUT", "570")), help="seconds for the whole guest run")
+        "WGCAST_KERNEL_TIMEOUT", "590")), help="seconds for the whole guest run")
     ap.add_argument("--memory", default="2G")
     ap.add_argument("--log", default=os.path.join("/tmp", f"wgcast-test-kernel-{os.getpid()}.log"))
     ap.add_argument("--cmd", default=None,

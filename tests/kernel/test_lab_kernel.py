@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from wgcast.lab.core import Lab
+from wgcast.lab.core import Lab, LabError
 from wgcast.lab.system import kernel_module, timeout_scale
 from wgcast.topology import Link, Topology
 
@@ -58,6 +58,15 @@ def status(lab: Lab, node: str) -> dict[str, Any]:
     return st
 
 
+def api_up(lab: Lab, node: str) -> bool:
+    """The node's daemon answers on its API socket (a restarted daemon's socket file
+    exists before it listens: the old one is left by a kill -9)."""
+    try:
+        return bool(status(lab, node))
+    except LabError:
+        return False
+
+
 def test_the_lab_runs_kernel_wireguard_with_netem_links(lab: Lab) -> None:
     assert lab.wireguard == "kernel" and lab.link_mode == "netem"
     # `wgcast run` chose the netlink back end by itself (backend = "auto").
@@ -85,6 +94,7 @@ def test_kill9_and_restart_keeps_forwarding(lab: Lab) -> None:
         assert lab.query("n1", lab.unicast("n3"), timeout=5) is not None
     finally:
         lab.restore("n2", "daemon")
+    wait_for(lambda: api_up(lab, "n2"), 15 * SLOW, "the restarted daemon's API")
     wait_for(lambda: lab.query("n1", lab.unicast("n3"), timeout=2), 15 * SLOW,
              "n1 -> n3 after the restart")
     assert allowed_ips(lab, "n2") == before  # picked up as found, nothing flushed

@@ -789,7 +789,8 @@ class Lab:
             health = parse_duration(self.health_interval) * slow
             cfg["timers"]["hello"] = f"{PROFILES[self.timers][0] * slow:g}s"
             cfg["timers"]["update"] = f"{PROFILES[self.timers][2] * slow:g}s"
-            cfg["timers"]["move_hold"] = f"{0.2 * slow:g}s"  # the daemon's default x slow
+            cfg["timers"]["move_hold"] = f"{0.2 * slow:g}s"  # the daemon's defaults x slow
+            cfg["timers"]["retract_grace"] = f"{0.5 * slow:g}s"
             for g in cfg.get("groups", []):
                 for h in g.get("health", []):
                     h["interval"] = h["timeout"] = f"{health:g}s"
