@@ -7,7 +7,9 @@ BIN := $(VENV)/bin
 APT_PKGS := wireguard-go wireguard-tools iproute2 nftables babeld
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sysdeps test lint typecheck unit lab bench fuzz clean
+KERNEL_APT_PKGS := qemu-system-x86 linux-image-amd64 busybox-static nftables iproute2 wireguard-tools
+
+.PHONY: setup sysdeps test lint typecheck unit lab bench fuzz clean test-kernel kernel-deps
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -35,6 +37,19 @@ unit: setup
 
 test: setup lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(MAKE) test-kernel
+
+# Debian's kernel in a software-emulated guest (virtme-ng): kernel WireGuard, netem.
+kernel-deps: setup
+	@missing=""; for p in $(KERNEL_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	test -x $(BIN)/vng || $(BIN)/pip install -q virtme-ng
+
+test-kernel: kernel-deps
+	$(BIN)/python tests/kernel/run.py
 
 lab: setup
 	$(BIN)/wgcast lab demo

@@ -10,6 +10,10 @@ removal (on wireguard-go without `allowed_ip=-P`, the fallback re-sends the peer
 remaining list, so it grows with the table).
 
 Prints one JSON object and writes bench/results/uapi_apply.json. Medians of --repeats.
+
+`--backend netlink` runs the same on a kernel WireGuard link (`NetlinkDevice`), `both`
+runs UAPI then netlink in the same process and adds the ratios netlink/UAPI per table
+and batch (`make test-kernel`'s guest has both; this machine's kernel has no WireGuard).
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ import sys
 import time
 from pathlib import Path
 
+from wgcast.dataplane.netlink import NetlinkDevice
 from wgcast.dataplane.reconcile import plan
-from wgcast.dataplane.types import AddAllowedIP, Prefix, RemoveAllowedIP
+from wgcast.dataplane.types import AddAllowedIP, Prefix, RemoveAllowedIP, WireGuardBackend
 from wgcast.dataplane.uapi import UapiDevice
 from wgcast.keys import generate_private, public_from_private
 
@@ -89,6 +94,45 @@ class WireguardGo:
         out = subprocess.run(["wireguard-go", "--version"], capture_output=True, text=True)
         return out.stdout.splitlines()[0] if out.stdout else "?"
 
+    def device(self) -> WireGuardBackend:
+        return UapiDevice(self.ifname, timeout=120)
+
+    def run(self, coro_fn):  # type: ignore[no-untyped-def]
+        return asyncio.run(coro_fn())
+
+
+class KernelWireGuard:
+    """A kernel WireGuard link in its own namespace; the namespace deleted on exit."""
+
+    def __init__(self) -> None:
+        self.ns = f"wgcast-benchk-{os.getpid()}"
+        self.ifname = f"wgbenchk{os.getpid() % 10000}"
+
+    def __enter__(self) -> KernelWireGuard:
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        try:
+            subprocess.run(["ip", "-n", self.ns, "link", "add", self.ifname, "type",
+                            "wireguard"], check=True)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
+
+    def version(self) -> str:
+        return f"linux {platform.release()}"
+
+    def device(self) -> WireGuardBackend:
+        return NetlinkDevice(self.ifname)
+
+    def run(self, coro_fn):  # type: ignore[no-untyped-def]
+        from wgcast.lab.system import in_netns
+
+        with in_netns(self.ns):  # the loop and the netlink worker thread live there
+            return asyncio.run(coro_fn())
+
 
 async def timed(coro_fn, repeats: int) -> list[float]:  # type: ignore[no-untyped-def]
     out = []
@@ -108,7 +152,7 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 async def bench_table(
-    dev: UapiDevice, peers: list[bytes], size: int, batches: list[int], repeats: int
+    dev: WireGuardBackend, peers: list[bytes], size: int, batches: list[int], repeats: int
 ) -> dict[str, object]:
     a, b = peers[0], peers[1]
     table = prefixes(size)
@@ -173,9 +217,9 @@ async def bench_table(
 
 
 async def run(
-    sizes: list[int], batches: list[int], repeats: int, wg: WireguardGo
+    sizes: list[int], batches: list[int], repeats: int, wg: WireguardGo | KernelWireGuard
 ) -> dict[str, object]:
-    dev = UapiDevice(wg.ifname, timeout=120)
+    dev = wg.device()
     await dev.configure(private_key=generate_private())
     peers = [public_from_private(generate_private()) for _ in range(4)]
     for i, k in enumerate(peers):
@@ -184,19 +228,35 @@ async def run(
     tables = []
     for size in sizes:
         tables.append(await bench_table(dev, peers, size, batches, repeats))
-        print(f"table {size}: done", file=sys.stderr)
+        print(f"{dev.kind} table {size}: done", file=sys.stderr)
+    await dev.close()
     return {
         "bench": "uapi_apply",
-        "wireguard_go": wg.version(),
+        "backend": dev.kind,
+        "wireguard_go" if dev.kind == "uapi" else "kernel": wg.version(),
         "allowed_ip_removal_supported": removal,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "repeats": repeats,
         "peers": len(peers),
-        "unit": "ms per apply(): one UAPI set request (connect, write, read errno, close)",
+        "unit": "ms per apply(): one UAPI set request (connect, write, read errno, close)"
+        if dev.kind == "uapi" else "ms per apply(): netlink SET_DEVICE message(s), acked",
         "tables": tables,
     }
+
+
+def ratios(reports: dict[str, dict[str, object]]) -> dict[str, object]:
+    """Median netlink / median UAPI, per table size and batch (moves, get, remove_1)."""
+    out: dict[str, object] = {}
+    for tu, tn in zip(reports["uapi"]["tables"], reports["netlink"]["tables"], strict=True):  # type: ignore[call-overload]
+        row: dict[str, float] = {}
+        for n, m in tu["moves"].items():
+            row[f"moves_{n}"] = round(tn["moves"][n]["median_ms"] / m["median_ms"], 3)
+        for k in ("get", "remove_1"):
+            row[k] = round(tn[k]["median_ms"] / tu[k]["median_ms"], 3)
+        out[str(tu["table_size"])] = row
+    return out
 
 
 def main() -> None:
@@ -207,13 +267,22 @@ def main() -> None:
     ap.add_argument("--batches", default="1,100,1000,10000", help="moves per apply()")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--backend", choices=("uapi", "netlink", "both"), default="uapi")
     args = ap.parse_args()
-    if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
-        sys.exit("needs root and wireguard-go")
+    if os.geteuid() != 0:
+        sys.exit("needs root")
+    if args.backend != "netlink" and shutil.which("wireguard-go") is None:
+        sys.exit("needs wireguard-go")
     sizes = [int(x) for x in args.sizes.split(",")]
     batches = [int(x) for x in args.batches.split(",")]
-    with WireguardGo() as wg:
-        report = asyncio.run(run(sizes, batches, args.repeats, wg))
+    reports: dict[str, dict[str, object]] = {}
+    kinds = ("uapi", "netlink") if args.backend == "both" else (args.backend,)
+    for kind in kinds:
+        ctx = WireguardGo() if kind == "uapi" else KernelWireGuard()
+        with ctx as wg:
+            reports[kind] = wg.run(lambda wg=wg: run(sizes, batches, args.repeats, wg))
+    report = reports[kinds[0]] if len(kinds) == 1 else {
+        "bench": "uapi_apply", "backends": reports, "ratio_netlink_over_uapi": ratios(reports)}
     text = json.dumps(report, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

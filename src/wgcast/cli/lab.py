@@ -41,7 +41,7 @@ lab_id_option = click.option("--lab", "labid", default=None, metavar="ID",
 
 @click.group("lab")
 def lab() -> None:
-    """A real wgcast mesh in network namespaces (wireguard-go + userspace link emulation)."""
+    """A real wgcast mesh in network namespaces (kernel WireGuard or wireguard-go)."""
 
 
 @lab.command("up")
@@ -68,11 +68,17 @@ def lab() -> None:
               help="interval of the instances' health check (services)")
 @click.option("--health-fall", type=click.IntRange(1, 100), default=2, show_default=True)
 @click.option("--id", "labid", default=None, help="use this lab id (4 hex digits)")
+@click.option("--wireguard", type=click.Choice(["kernel", "go"]), default=None,
+              help="kernel WireGuard or wireguard-go (default: kernel where the "
+                   "module loads, else go)")
+@click.option("--links", "link_mode", type=click.Choice(["netem", "relay"]), default=None,
+              help="link emulation: tc netem in the kernel or the userspace relay "
+                   "(default: netem where the kernel has it, else relay)")
 @click.option("--json", "as_json", is_flag=True, help="print the lab description as JSON")
 def up(topology: str, instances: str, groups: tuple[str, ...], delay: str, jitter: str,
        loss: str, seed: int | None, timers: str, daemons: bool, echo: str, echo_port: int,
        services: bool, health_interval: str, health_fall: int, labid: str | None,
-       as_json: bool) -> None:
+       wireguard: str | None, link_mode: str | None, as_json: bool) -> None:
     """Bring a lab up and leave it running (take it down with `wgcast lab down`)."""
     try:
         parse_ms_range(delay, "delay")
@@ -86,7 +92,8 @@ def up(topology: str, instances: str, groups: tuple[str, ...], delay: str, jitte
                       jitter=jitter, loss=loss, seed=seed, timers=timers, daemons=daemons,
                       echo=echo, echo_port=echo_port, labid=labid,
                       services=services and daemons and echo != "none",
-                      health_interval=health_interval, health_fall=health_fall)
+                      health_interval=health_interval, health_fall=health_fall,
+                      wireguard=wireguard, links=link_mode)
     except (ValueError, LabError) as e:
         _fail(e)
         return
@@ -121,6 +128,7 @@ def _print_status(st: dict[str, Any]) -> None:
         click.echo(f"  {name:<5} {n['ns']:<16} {n['iface']:<12} {n['unicast']:<22} "
                    f"{procs}{flag}")
     r = st["relay"]
+    click.echo(f"  {st.get('wireguard', 'go')} WireGuard, {r.get('mode', 'relay')} links")
     click.echo(f"  relay {r['ns']} {'alive' if r['alive'] else 'DEAD'}"
                + (f", forwarded {r['stats']['totals']['tx']} packets" if "stats" in r else ""))
     f = st.get("failures") or {}

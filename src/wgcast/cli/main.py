@@ -101,7 +101,8 @@ def status(config: str | None, socket_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    click.echo(f"interface {st['interface']}  router-id {st['router_id']}  seqno {st['seqno']}")
+    click.echo(f"interface {st['interface']}  backend {st.get('backend', '?')}  "
+               f"router-id {st['router_id']}  seqno {st['seqno']}")
     click.echo(f"control {st['control_address']}  up {st['uptime_s']}s")
     click.echo(f"neighbours {st['neighbours_up']}/{st['neighbours']} up, {st['routes']} routes,"
                f" serving {', '.join(st['served']) or 'nothing'}")
@@ -258,17 +259,24 @@ def _register_demo() -> None:
     @click.option("--health-interval", default="200ms", show_default=True,
                   help="interval of the instances' health check")
     @click.option("--health-fall", type=click.IntRange(1, 100), default=2, show_default=True)
+    @click.option("--wireguard", type=click.Choice(["kernel", "go"]), default=None,
+                  help="kernel WireGuard or wireguard-go (default: kernel where the "
+                       "module loads, else go)")
+    @click.option("--links", "link_mode", type=click.Choice(["netem", "relay"]), default=None,
+                  help="link emulation: tc netem in the kernel or the userspace relay "
+                       "(default: netem where the kernel has it, else relay)")
     @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
     def demo(topology: str, instances: str, fail: str, runs: int, timers: str, delay: str,
              jitter: str, loss: str, seed: int, health_interval: str, health_fall: int,
-             as_json: bool) -> None:
+             wireguard: str | None, link_mode: str | None, as_json: bool) -> None:
         """Up a mesh, fail the busiest anycast instance, measure each client's outage."""
         from wgcast.lab.demo import DemoOptions, run_demo
         from wgcast.lab.system import LabError
 
         opt = DemoOptions(topology, instances, fail, runs, timers, delay, jitter, loss, seed,
                           health_interval, health_fall,
-                          out=lambda s: click.echo(s, err=as_json), quiet=False)
+                          out=lambda s: click.echo(s, err=as_json), quiet=False,
+                          wireguard=wireguard, links=link_mode)
         try:
             res = run_demo(opt)
         except (LabError, ValueError) as e:

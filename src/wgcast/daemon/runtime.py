@@ -62,10 +62,10 @@ from wgcast.daemon.ports import (
 from wgcast.daemon.reload import diff, refusals
 from wgcast.daemon.state import State, StateError, load_state, save_state
 from wgcast.daemon.transport import UdpTransport
+from wgcast.dataplane.backend import open_device
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
 from wgcast.dataplane.types import PeerKey, PermissionDenied, WireGuardBackend
-from wgcast.dataplane.uapi import UapiDevice
 from wgcast.keys import control_address, decode_key, router_id
 from wgcast.prefix import Prefix
 
@@ -171,7 +171,8 @@ class Daemon:
                  open_move_hold: Callable[[str], MoveHoldDevice] | None = None) -> None:
         self.config = config
         # The WireGuard device.
-        self.backend = backend if backend is not None else UapiDevice(config.interface)
+        self.backend = backend if backend is not None else \
+            open_device(config.interface, config.backend)
         self.system: HostNetwork = host if host is not None else System(config.interface)
         self.transport: Transport = transport if transport is not None else \
             UdpTransport(config.interface, config.port or PORT)
@@ -653,6 +654,8 @@ class Daemon:
             await metrics.stop()
         self._save_state()
         self.close()
+        with contextlib.suppress(Exception):
+            await self.backend.close()
         return 0
 
     async def _start_metrics(self, membership: MembershipService) -> MetricsServer | None:
@@ -785,6 +788,7 @@ class Daemon:
         neighbours = self.view.neighbours()
         return {
             "interface": self.config.interface,
+            "backend": self.backend.kind,
             "router_id": node.router_id.hex(),
             "control_address": str(self.control),
             "seqno": node.seqno,

@@ -369,6 +369,43 @@ def _peer_fields(entry: Any, cur: dict[str, Any]) -> None:
         cur["allowed_ips"].append(ipaddress.ip_network(f"{text}/{cidr}", strict=False))
 
 
+def preshared_key_of(msgs: Iterable[Any], public_key: bytes) -> bytes | None:
+    """The preshared key of one peer in the messages of a dump (None: absent or zero)."""
+    for msg in msgs:
+        for entry in _nested_list(msg.get_attr("WGDEVICE_A_PEERS")):
+            key = entry.get_attr("WGPEER_A_PUBLIC_KEY")
+            if key is None or bytes(key) != public_key:
+                continue
+            psk = entry.get_attr("WGPEER_A_PRESHARED_KEY")
+            if psk is not None and len(psk) == 32 and any(bytes(psk)):
+                return bytes(psk)
+    return None
+
+
+def restart_messages(ifname: str, peer: Peer, preshared_key: bytes | None = None,
+                     max_bytes: int = MAX_MESSAGE_BYTES) -> list[WgMsg]:
+    """SET_DEVICE messages that remove `peer` and create it again with the same settings.
+
+    The removal and the re-creation (with the first part of its AllowedIPs) share the
+    first message; a very long list continues in the next ones (UPDATE_ONLY).
+    """
+    updates = [
+        PeerUpdate(peer.public_key, remove=True),
+        PeerUpdate(peer.public_key, endpoint=peer.endpoint,
+                   persistent_keepalive=peer.persistent_keepalive or None,
+                   allowed_ips=[(p, False) for p in peer.allowed_ips]),
+    ]
+    msgs = build_set_messages(ifname, updates, max_bytes=max_bytes)
+    if preshared_key is not None:
+        if len(preshared_key) != 32:
+            raise ValueError("a preshared key is 32 bytes")
+        # The re-creation is the first entry after the removal (maybe in message 2).
+        entries = [e for m in msgs for name, v in m["attrs"] if name == "WGDEVICE_A_PEERS"
+                   for e in v]
+        entries[1]["attrs"].insert(1, ["WGPEER_A_PRESHARED_KEY", preshared_key])
+    return msgs
+
+
 # --------------------------------------------------------------------------- backend
 
 _PROBE_PREFIXES = tuple(
@@ -379,6 +416,8 @@ _PROBE_PREFIXES = tuple(
 
 class NetlinkDevice(WireGuardBackend):
     """One kernel WireGuard interface (current network namespace)."""
+
+    kind = "netlink"
 
     def __init__(self, ifname: str, *, dump_retries: int = 5) -> None:
         super().__init__()
@@ -431,13 +470,17 @@ class NetlinkDevice(WireGuardBackend):
         except NetlinkError as e:
             raise error_for(e.code or errno.EIO, request, str(e)) from e
 
-    def _get_sync(self) -> Device:
+    def _dump_sync(self) -> list[Any]:
+        """The messages of one consistent GET_DEVICE dump (re-read if interrupted)."""
         for _ in range(self.dump_retries):
             replies = self._transact(build_get_message(self._ifname), True, "get")
             msgs = [m for m in replies if isinstance(m, WgMsg)]
             if not any(m["header"]["flags"] & NLM_F_DUMP_INTR for m in msgs):
-                return parse_dump(msgs)
+                return msgs
         raise error_for(errno.EAGAIN, "get", "dump kept changing under us (NLM_F_DUMP_INTR)")
+
+    def _get_sync(self) -> Device:
+        return parse_dump(self._dump_sync())
 
     async def close(self) -> None:
         def shut() -> None:
@@ -475,6 +518,25 @@ class NetlinkDevice(WireGuardBackend):
                 self._transact(msg, False, request)
 
         await self._run(send_all)
+
+    def _restart_sync(self, public_key: bytes) -> bool:
+        msgs = self._dump_sync()
+        peer = parse_dump(msgs).peer(public_key)
+        if peer is None:
+            return False
+        psk = preshared_key_of(msgs, public_key)
+        for msg in restart_messages(self._ifname, peer, psk):
+            self._transact(msg, False, "restart handshake")
+        return True
+
+    async def restart_handshake(self, public_key: bytes) -> bool:
+        """Remove the peer and add it back as it was (endpoint, preshared key, keepalive,
+        AllowedIPs) in one SET_DEVICE message where it fits, read and written under the
+        mutex so no AllowedIPs change slips in between. The kernel rate-limits handshake
+        initiations per peer object: the new one may initiate at once.
+        """
+        async with self._lock:
+            return await self._run(self._restart_sync, public_key)
 
     async def _probe_removal(self) -> bool | None:
         """WGALLOWEDIP_F_REMOVE_ME on a prefix an existing peer does not hold.

@@ -220,6 +220,9 @@ class WireGuardBackend(ABC):
     change slipped in between would be wiped by the replace.
     """
 
+    #: Which back end this is ("uapi", "netlink"): shown by `wgcast status`.
+    kind: str = "?"
+
     def __init__(self) -> None:
         self._removal: bool | None = None
 

@@ -57,6 +57,8 @@ _RESTORED = frozenset({"preshared_key", "endpoint", "persistent_keepalive_interv
 class UapiDevice(WireGuardBackend):
     """One userspace WireGuard interface, driven through its UAPI socket."""
 
+    kind = "uapi"
+
     def __init__(
         self, ifname: str, *, socket_dir: str = SOCKET_DIR, timeout: float = 10.0
     ) -> None:

@@ -189,6 +189,7 @@ class BabeldLab(Lab):
         # Instances are the echo service plus its address on lo (babeld has no notion of
         # a service holding a group).
         kw["services"] = False
+        kw["wireguard"], kw["links"] = "go", "relay"  # one wireguard-go per link, the relay
         super().__init__(topology, **kw)
         if babeld_hello is not None and not MIN_HELLO <= babeld_hello <= 655.35:
             raise LabError(f"babeld_hello must be in [0.01, 655.35] s, got {babeld_hello}")

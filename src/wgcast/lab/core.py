@@ -47,11 +47,13 @@ from typing import Any
 
 from wgcast import keys
 from wgcast.lab import config as lab_config
+from wgcast.lab import netem as netem_mod
 from wgcast.lab import relay as relay_mod
 from wgcast.lab.echo import parse_reply
 from wgcast.lab.system import (
     LabError,
     alive,
+    default_wireguard,
     in_netns,
     ip_batch,
     list_netns,
@@ -65,9 +67,11 @@ from wgcast.lab.system import (
     spawn,
     tail,
     terminate,
+    timeout_scale,
     uapi_get,
     wait_for,
     wait_gone,
+    wg_dump,
 )
 from wgcast.topology import Topology, parse_node_list, parse_topology
 
@@ -84,6 +88,8 @@ RELAY_PORT_BASE = 30000
 UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
 STATE_FILE = "lab.json"
 HOWS = ("daemon", "node", "link", "service", "health", "drain")
+WIREGUARDS = ("kernel", "go")
+LINK_MODES = ("netem", "relay")
 
 
 def base_dir(base: str | None = None) -> str:
@@ -249,7 +255,19 @@ class Lab:
         health_interval: str = "200ms",
         health_fall: int = 2,
         health_rise: int = 2,
+        wireguard: str | None = None,
+        links: str | None = None,
     ) -> None:
+        # WireGuard: the kernel's where its module loads, else wireguard-go. Links: tc
+        # netem in the kernel where it has netem, else the userspace relay.
+        wireguard = wireguard or default_wireguard()
+        if wireguard not in WIREGUARDS:
+            raise LabError(f"wireguard must be 'kernel' or 'go', got {wireguard!r}")
+        links = links or ("netem" if netem_mod.available() else "relay")
+        if links not in LINK_MODES:
+            raise LabError(f"links must be 'netem' or 'relay', got {links!r}")
+        self.wireguard = wireguard
+        self.link_mode = links
         if seed is None:
             seed = secrets.randbelow(2**31)
         self.seed = seed
@@ -279,7 +297,7 @@ class Lab:
         self.daemon_cmd = list(daemon_cmd) if daemon_cmd else None
         self.config_hook = config_hook
         self.preassign_anycast = (not daemons) if preassign_anycast is None else preassign_anycast
-        self.daemon_ready_timeout = daemon_ready_timeout
+        self.daemon_ready_timeout = daemon_ready_timeout * timeout_scale()
         if relay_sched not in ("rt", "nice", "none"):
             raise LabError(f"relay_sched must be 'rt', 'nice' or 'none', got {relay_sched!r}")
         self.relay_sched = relay_sched
@@ -373,7 +391,8 @@ class Lab:
                   services=opts.get("services", False),
                   health_interval=opts.get("health_interval", "200ms"),
                   health_fall=opts.get("health_fall", 2),
-                  health_rise=opts.get("health_rise", 2))
+                  health_rise=opts.get("health_rise", 2),
+                  wireguard=opts.get("wireguard", "go"), links=opts.get("links", "relay"))
         lab._load_state(st)
         lab._is_up = True
         return lab
@@ -497,7 +516,7 @@ class Lab:
         """Build everything; on any error (or Ctrl-C) tear down what was built, re-raise."""
         if self._is_up:
             raise LabError(f"lab {self.id} is already up")
-        require_tools()
+        require_tools(self.wireguard)
         if not self.id:
             self.id = self._new_id()
         elif any(x["id"] == self.id for x in Lab.list_labs(self.base)):
@@ -582,7 +601,8 @@ class Lab:
                         "preassign_anycast": self.preassign_anycast,
                         "services": self.services, "health_interval": self.health_interval,
                         "health_fall": self.health_fall, "health_rise": self.health_rise,
-                        "relay_sched": self.relay_sched},
+                        "relay_sched": self.relay_sched, "wireguard": self.wireguard,
+                        "links": self.link_mode},
             "topology": self.topology.to_dict(),
             "relay": {"ns": ns_name(labid, RELAY),
                       "control": os.path.join(self.dir, "relay.sock"),
@@ -624,6 +644,10 @@ class Lab:
         return sp.pid, sp.starttime
 
     def _start_wireguard(self) -> None:
+        if self.wireguard == "kernel":
+            for n in self.nodes.values():
+                ip_batch([f"link add {n.iface} type wireguard"], netns=n.ns)
+            return
         for n in self.nodes.values():
             self._spawn(n.name, ["wireguard-go", "-f", n.iface], "wireguard-go",
                         f"{n.name}.wireguard.log", env={"LOG_LEVEL": "error"})
@@ -649,7 +673,8 @@ class Lab:
                 first = self.links_between(n.name, peer)[0]
                 cmd += ["peer", p.public_key, "endpoint", first.endpoint_of(n.name),
                         "allowed-ips", f"{p.control}/128"]
-            run(cmd)
+            # Kernel WireGuard is set through netlink, in the interface's namespace.
+            run(["ip", "netns", "exec", n.ns, *cmd] if self.wireguard == "kernel" else cmd)
             lines = [
                 f"link set dev {n.iface} addrgenmode none",
                 f"address add {n.control}/128 dev {n.iface} nodad",
@@ -712,6 +737,11 @@ class Lab:
         return pending
 
     def _start_relay(self) -> None:
+        if self.link_mode == "netem":
+            ports = {(name, lk.id): self._listen_port(name, lk) for lk in self.links
+                     for name in (lk.a, lk.b)}
+            netem_mod.setup(self.ns(RELAY), self.nodes, self.links, ports)
+            return
         r = self.state["relay"]
         cfg = {"links": [], "seed": self.seed, "bind": "0.0.0.0"}
         for lk in self.links:
@@ -749,6 +779,24 @@ class Lab:
 
     def node_config(self, node: str) -> dict[str, Any]:
         """The daemon config dict of a node (before the hook)."""
+        cfg = self._node_config(node)
+        slow = timeout_scale() / 4
+        if slow > 1:
+            # An emulated machine (WGCAST_LAB_SLOW): stalls of seconds would make the
+            # protocol's 200 ms Hellos and health checks flap. Everything slower alike.
+            from wgcast.daemon.config import PROFILES, parse_duration
+
+            health = parse_duration(self.health_interval) * slow
+            cfg["timers"]["hello"] = f"{PROFILES[self.timers][0] * slow:g}s"
+            cfg["timers"]["update"] = f"{PROFILES[self.timers][2] * slow:g}s"
+            cfg["timers"]["move_hold"] = f"{0.2 * slow:g}s"  # the daemon's defaults x slow
+            cfg["timers"]["retract_grace"] = f"{0.5 * slow:g}s"
+            for g in cfg.get("groups", []):
+                for h in g.get("health", []):
+                    h["interval"] = h["timeout"] = f"{health:g}s"
+        return cfg
+
+    def _node_config(self, node: str) -> dict[str, Any]:
         n = self.node(node)
         peers = []
         for peer in self.topology.neighbours(node):
@@ -861,9 +909,11 @@ class Lab:
                 "--port", str(port), "--rt"]
 
     def start_services(self, nodes: Sequence[str] | None = None, wait: bool = True,
-                       timeout: float = 15.0) -> None:
+                       timeout: float | None = None) -> None:
         """Start the instances of ``nodes`` (default: every serving node) as services held
-        by ``wgcast join``, then wait until their daemons serve them."""
+        by ``wgcast join``, then wait until their daemons serve them (default deadline:
+        15 s, or ``daemon_ready_timeout`` if longer: a slow guest kernel)."""
+        timeout = max(15.0, self.daemon_ready_timeout) if timeout is None else timeout
         names = list(nodes) if nodes is not None else self._serving_nodes()
         for name in names:
             if not self.nodes[name].serves:
@@ -1047,8 +1097,12 @@ class Lab:
         """Change links between a and b (or one by id) at run time, both directions by
         default (direction 'ab'/'ba' = from the link's a / b end). Returns the link ids."""
         ids = self._link_ids(a, b, link_id)
-        self.relay_control({"op": "set", "links": ids, "dir": direction, "delay_ms": delay_ms,
-                            "jitter_ms": jitter_ms, "loss": loss, "up": up})
+        if self.link_mode == "netem":
+            self._set_netem_links(ids, direction, delay_ms, jitter_ms, loss, up)
+        else:
+            self.relay_control({"op": "set", "links": ids, "dir": direction,
+                                "delay_ms": delay_ms, "jitter_ms": jitter_ms, "loss": loss,
+                                "up": up})
         if up is not None:
             def upd(st: dict[str, Any]) -> None:
                 cut = set(st["failures"]["links"])
@@ -1056,6 +1110,30 @@ class Lab:
                 st["failures"]["links"] = sorted(cut)
             self._mutate(upd)
         return ids
+
+    def _set_netem_links(self, ids: list[int], direction: str, delay_ms: float | None,
+                         jitter_ms: float | None, loss: float | None, up: bool | None) -> None:
+        if direction not in ("both", "ab", "ba"):
+            raise LabError(f"direction must be 'both', 'ab' or 'ba', got {direction!r}")
+        dirs = ("ab", "ba") if direction == "both" else (direction,)
+        current = self.state.get("netem", {})
+        changed: dict[str, list[float]] = {}
+        for lk in (lk for lk in self.links if lk.id in ids):
+            for d in dirs:
+                if delay_ms is None and jitter_ms is None and loss is None:
+                    break
+                was = current.get(f"{lk.id}{d}", [lk.delay_ms, lk.jitter_ms, lk.loss])
+                now = [was[0] if delay_ms is None else delay_ms,
+                       was[1] if jitter_ms is None else jitter_ms,
+                       was[2] if loss is None else loss]
+                netem_mod.set_direction(self.ns(RELAY), self.nodes, lk, d, delay_ms=now[0],
+                                        jitter_ms=now[1], loss=now[2])
+                changed[f"{lk.id}{d}"] = now
+        if changed:
+            self._mutate(lambda st: st.setdefault("netem", {}).update(changed))
+        if up is not None:
+            netem_mod.cut(self.ns(RELAY), [netem_mod.mark(i, d) for i in ids for d in dirs],
+                          up)
 
     def fail(self, node: str, how: str = "daemon", peer: str | None = None, *,
              link_id: int | None = None, sig: int = signal.SIGTERM) -> Any:
@@ -1237,7 +1315,7 @@ class Lab:
         {interface, listen_port, peers: {peer name: {public_key, endpoint, allowed_ips,
         latest_handshake, rx, tx}}}."""
         n = self.node(node)
-        st = uapi_get(n.iface)
+        st = wg_dump(n.ns, n.iface) if self.wireguard == "kernel" else uapi_get(n.iface)
         by_key = {v.public_key: k for k, v in self.nodes.items()}
         return {"interface": n.iface, "listen_port": st["listen_port"],
                 "peers": {by_key.get(k, k): v for k, v in st["peers"].items()}}
@@ -1259,16 +1337,21 @@ class Lab:
                            "serves": n.serves, "processes": kinds,
                            "probers": sum(1 for p in mine if p["kind"] == "prober"
                                           and p["alive"])}
-        relay: dict[str, Any] = {"ns": self.ns(RELAY), "ns_exists": netns_exists(self.ns(RELAY))}
+        relay: dict[str, Any] = {"ns": self.ns(RELAY), "ns_exists": netns_exists(self.ns(RELAY)),
+                                 "mode": self.link_mode}
         rp = [p for p in procs if p["kind"] == "relay"]
-        relay["alive"] = bool(rp and rp[-1]["alive"])
-        if relay["alive"]:
+        relay["alive"] = bool(rp and rp[-1]["alive"]) or (
+            self.link_mode == "netem" and relay["ns_exists"])
+        if self.link_mode == "netem":
+            relay["netem"] = self.state.get("netem", {})
+        elif relay["alive"]:
             with contextlib.suppress(LabError):
                 relay["stats"] = self.relay_control({"op": "stats"})
                 relay["links"] = self.relay_control({"op": "get"})["links"]
         return {"id": self.id, "dir": self.dir, "status": self.state.get("status"),
                 "created": self.state.get("created"), "topology": self.topology.spec,
-                "timers": self.timers, "groups": [asdict(g) for g in self.groups],
+                "timers": self.timers, "wireguard": self.wireguard, "links_mode": self.link_mode,
+                "groups": [asdict(g) for g in self.groups],
                 "failures": self.state.get("failures"), "nodes": nodes, "relay": relay,
                 "links": [asdict(lk) for lk in self.links]}
 

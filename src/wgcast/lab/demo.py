@@ -17,7 +17,7 @@ from typing import Any
 import networkx as nx
 
 from wgcast.lab.core import Lab
-from wgcast.lab.system import LabError
+from wgcast.lab.system import LabError, timeout_scale
 
 #: How long probers run before the failure, and after it, per timer profile (seconds).
 _LEAD = 1.0
@@ -41,6 +41,9 @@ class DemoOptions:
     out: Callable[[str], None] = print
     quiet: bool = False
     results: list[dict[str, Any]] = field(default_factory=list)
+    #: "kernel" / "go" (None: kernel where the module loads); "netem" / "relay" links.
+    wireguard: str | None = None
+    links: str | None = None
 
 
 def nearest_instances(lab: Lab, instances: list[str]) -> dict[str, set[str]]:
@@ -80,8 +83,10 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
     say = (lambda s: None) if opt.quiet else opt.out
     lab = Lab(opt.topology, instances=opt.instances, timers=opt.timers, delay=opt.delay,
               jitter=opt.jitter, loss=opt.loss, seed=opt.seed,
-              health_interval=opt.health_interval, health_fall=opt.health_fall)
-    result: dict[str, Any] = {"cleaned_up": False}
+              health_interval=opt.health_interval, health_fall=opt.health_fall,
+              wireguard=opt.wireguard, links=opt.links)
+    result: dict[str, Any] = {"cleaned_up": False, "wireguard": lab.wireguard,
+                              "links": lab.link_mode}
     try:
         t0 = time.monotonic()
         with lab:
@@ -89,12 +94,13 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             instances = list(lab.groups[0].members) if lab.groups else []
             if not instances:
                 raise LabError("the demo needs at least one anycast instance (--instances)")
-            say(f"lab {lab.id}: {len(nodes)} nodes ({opt.topology}, delays {opt.delay}), "
+            say(f"lab {lab.id}: {len(nodes)} nodes ({opt.topology}, delays {opt.delay}, "
+                f"{lab.wireguard} WireGuard, {lab.link_mode} links), "
                 f"instances {', '.join(instances)}, timers {opt.timers}; up in "
                 f"{time.monotonic() - t0:.1f}s")
             nearest = nearest_instances(lab, instances)
             catch = wait_catchment(
-                lab, nodes, 20.0,
+                lab, nodes, 20.0 * timeout_scale(),
                 lambda c: all(c[n] in nearest[n] for n in nodes))
             rtts = lab.query_many(nodes, lab.anycast(0))
             nearest_ok = all(catch[n] in nearest[n] for n in nodes)
@@ -164,11 +170,12 @@ def _clean(lab: Lab, down: dict[str, Any]) -> bool:
 def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
              before: dict[str, str | None], k: int,
              say: Callable[[str], None]) -> dict[str, Any]:
-    duration = _LEAD + _TAIL[opt.timers]
+    slow = timeout_scale()  # a slow (emulated) machine: longer runs, same measurement
+    duration = (_LEAD + _TAIL[opt.timers]) * slow
     probers = [lab.start_prober(c, duration=duration) for c in clients]
     for p in probers:  # on a loaded machine a prober may take a while to start
-        p.wait_started(5.0)
-    time.sleep(_LEAD * 0.7)
+        p.wait_started(5.0 * slow)
+    time.sleep(_LEAD * 0.7 * slow)
     t_fail = time.monotonic()
     peer = None
     if opt.fail == "link":
@@ -205,7 +212,7 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
                      for s in v["segments"][:6]]
             say(f"    {c}: {'  '.join(parts)}")
     lab.restore(target, opt.fail, peer)
-    back = wait_catchment(lab, clients, 20.0,
+    back = wait_catchment(lab, clients, 20.0 * slow,
                           lambda c: all(c[n] == before.get(n) for n in clients))
     if any(back[n] != before.get(n) for n in clients):
         say(f"  (after restore the catchment differs: {back})")

@@ -281,16 +281,78 @@ def tail(path: str, lines: int = 20) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-def require_tools() -> None:
-    """Raise LabError naming what is missing to run a lab."""
+def require_tools(wireguard: str = "go") -> None:
+    """Raise LabError naming what is missing to run a lab (`wireguard`: "go"/"kernel")."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, tun devices)")
-    missing = [t for t in ("ip", "wg", "wireguard-go") if shutil.which(t) is None]
+    tools = ("ip", "wg", "wireguard-go") if wireguard == "go" else ("ip", "wg")
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         raise LabError(f"missing tools: {', '.join(missing)} "
                        "(Debian: apt-get install iproute2 wireguard-tools wireguard-go)")
+    if wireguard == "kernel" and not kernel_module("wireguard"):
+        raise LabError("--wireguard kernel: this kernel has no WireGuard module "
+                       "(modprobe wireguard failed); use --wireguard go")
     if not os.path.exists("/dev/net/tun"):
-        raise LabError("/dev/net/tun is missing: wireguard-go cannot create interfaces")
+        raise LabError("/dev/net/tun is missing: wireguard-go and the daemon's hold device "
+                       "need it (modprobe tun)")
+
+
+def kernel_module(name: str) -> bool:
+    """Whether kernel module `name` is loaded or built in, after trying to load it."""
+    if os.path.isdir(f"/sys/module/{name}"):
+        return True
+    if shutil.which("modprobe") is not None:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["modprobe", "-q", name], capture_output=True, timeout=30)
+    return os.path.isdir(f"/sys/module/{name}")
+
+
+def timeout_scale() -> float:
+    """WGCAST_LAB_SLOW: how much slower than a normal machine this one is (default 1).
+    The guest of `make test-kernel` (software emulation) sets it: the lab's readiness
+    deadlines and the demo's waits are multiplied by it. Timings measured there are not."""
+    raw = os.environ.get("WGCAST_LAB_SLOW", "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise LabError(f"WGCAST_LAB_SLOW must be a number, got {raw!r}") from None
+    if not 1.0 <= value <= 100.0:
+        raise LabError(f"WGCAST_LAB_SLOW must be in [1, 100], got {raw!r}")
+    return value
+
+
+def default_wireguard() -> str:
+    """ "kernel" where the WireGuard module loads, else "go" (wireguard-go)."""
+    return "kernel" if kernel_module("wireguard") else "go"
+
+
+def wg_dump(netns: str, iface: str, timeout: float = 30.0) -> dict[str, Any]:
+    """`uapi_get`'s answer for any WireGuard interface, from `wg show IFACE dump` run
+    inside `netns` (kernel WireGuard has no UAPI socket)."""
+    import base64
+
+    cp = run(["ip", "netns", "exec", netns, "wg", "show", iface, "dump"], check=False,
+             timeout=timeout)
+    if cp.returncode != 0:
+        raise LabError(f"{iface}: wg show dump failed: {cp.stderr.strip()[:200]}")
+    lines = cp.stdout.splitlines()
+    if not lines:
+        raise LabError(f"{iface}: wg show dump printed nothing")
+    head = lines[0].split("\t")
+    out: dict[str, Any] = {"listen_port": int(head[2]) if len(head) > 2 else None,
+                           "peers": {}}
+    for line in lines[1:]:
+        f = line.split("\t")
+        if len(f) < 8:
+            raise LabError(f"{iface}: bad wg show dump line {line[:80]!r}")
+        pub = f[0]
+        base64.b64decode(pub, validate=True)
+        out["peers"][pub] = {
+            "public_key": pub, "endpoint": None if f[2] == "(none)" else f[2],
+            "allowed_ips": [] if f[3] == "(none)" else f[3].split(","),
+            "latest_handshake": int(f[4]), "rx": int(f[5]), "tx": int(f[6])}
+    return out
 
 
 def remove_wg_sockets(prefix: str) -> list[str]:

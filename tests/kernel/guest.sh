@@ -1,0 +1,23 @@
+#!/bin/bash
+# Runs INSIDE the virtme-ng guest of `make test-kernel` (tests/kernel/run.py boots it):
+# Debian's kernel, the host's userspace read-only, this tree over 9p (read-only).
+# Loads the modules, then runs the kernel tests with pytest; its exit code is ours.
+set -u
+cd "$(dirname "$0")/../.."
+export PYTHONDONTWRITEBYTECODE=1
+# Unix sockets cannot live on the 9p share (ENXIO): the lab's state and sockets on /run.
+export WGCAST_LAB_DIR=/run/wgcast-lab TMPDIR=/run/tmp
+# Software emulation: the lab's readiness deadlines x20 (timings inside mean nothing).
+export WGCAST_LAB_SLOW=${WGCAST_LAB_SLOW:-20}
+mkdir -p "$TMPDIR" /run/wireguard
+for m in tun wireguard sch_netem sch_htb cls_fw nft_nat nft_chain_nat veth; do
+  modprobe "$m" 2>/dev/null || echo "guest: modprobe $m failed"
+done
+ip link set lo up
+echo "guest: kernel $(uname -r), $(nproc) cpus, wireguard module: $( [ -d /sys/module/wireguard ] && echo yes || echo no)"
+if [ "${WGCAST_GUEST_CMD:-}" != "" ]; then
+  eval "$WGCAST_GUEST_CMD"
+  exit $?
+fi
+[ $# -gt 0 ] || set -- tests/kernel
+exec .venv/bin/python -m pytest -p no:cacheprovider -v -rfE --durations=12 --timeout 900 "$@"

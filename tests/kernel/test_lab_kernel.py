@@ -1,0 +1,139 @@
+"""The daemon (`wgcast run`, as the lab starts it) on kernel WireGuard with netem links.
+
+Runs inside the guest of `make test-kernel` (skipped elsewhere). One lab for the module
+(bring-up is slow under emulation): n1 - n2 - n3, link delays 2 ms and 8 ms, instances
+on n1 and n3. The tests run in file order; each leaves the lab as it found it except the
+last, which stops n1's daemon. Behaviour only; every wait has a generous deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from wgcast.lab.core import Lab, LabError
+from wgcast.lab.system import kernel_module, timeout_scale
+from wgcast.topology import Link, Topology
+
+pytestmark = [pytest.mark.timeout(900)]
+
+#: Guest deadlines: the emulated machine is 10-20x slower than the host (guest.sh sets
+#: WGCAST_LAB_SLOW, which also stretches the lab's own readiness deadlines).
+SLOW = max(timeout_scale(), 10.0)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0 or not kernel_module("wireguard"):
+        pytest.skip("needs root and kernel WireGuard (run `make test-kernel`)")
+    topo = Topology(["n1", "n2", "n3"], [Link("n1", "n2", 2.0, id=0),
+                                         Link("n2", "n3", 8.0, id=1)], spec="line:3")
+    with Lab(topo, instances="n1,n3") as the_lab:
+        yield the_lab
+
+
+def allowed_ips(lab: Lab, node: str) -> dict[str, list[str]]:
+    return {peer: sorted(map(str, v["allowed_ips"]))
+            for peer, v in lab.wg_show(node)["peers"].items()}
+
+
+def status(lab: Lab, node: str) -> dict[str, Any]:
+    st: dict[str, Any] = lab.api(node, {"cmd": "status"}, timeout=60)["status"]
+    return st
+
+
+def api_up(lab: Lab, node: str) -> bool:
+    """The node's daemon answers on its API socket (a restarted daemon's socket file
+    exists before it listens: the old one is left by a kill -9)."""
+    try:
+        return bool(status(lab, node))
+    except LabError:
+        return False
+
+
+def test_the_lab_runs_kernel_wireguard_with_netem_links(lab: Lab) -> None:
+    assert lab.wireguard == "kernel" and lab.link_mode == "netem"
+    # `wgcast run` chose the netlink back end by itself (backend = "auto").
+    for n in lab.nodes:
+        assert status(lab, n)["backend"] == "netlink"
+    st = lab.status()
+    assert st["wireguard"] == "kernel" and st["relay"]["mode"] == "netem"
+
+
+def test_unicast_two_hops_and_nearest_catchment(lab: Lab) -> None:
+    wait_for(lambda: lab.query("n1", lab.unicast("n3"), timeout=2), 15 * SLOW,
+             "n1 -> n3 unicast")
+    assert lab.query("n3", lab.unicast("n1"), timeout=5)[0] == "n1"  # type: ignore[index]
+    nearest = {"n1": "n1", "n2": "n1", "n3": "n3"}
+    wait_for(lambda: lab.catchment(timeout=3) == nearest, 20 * SLOW, "the nearest catchment")
+
+
+def test_kill9_and_restart_keeps_forwarding(lab: Lab) -> None:
+    wait_for(lambda: lab.query("n1", lab.unicast("n3"), timeout=2), 15 * SLOW, "unicast")
+    before = allowed_ips(lab, "n2")
+    lab.fail("n2", "daemon", sig=signal.SIGKILL)
+    try:
+        # The transit node forwards with its daemon dead: the kernel keeps AllowedIPs.
+        assert allowed_ips(lab, "n2") == before
+        assert lab.query("n1", lab.unicast("n3"), timeout=5) is not None
+    finally:
+        lab.restore("n2", "daemon")
+    wait_for(lambda: api_up(lab, "n2"), 15 * SLOW, "the restarted daemon's API")
+    wait_for(lambda: lab.query("n1", lab.unicast("n3"), timeout=2), 15 * SLOW,
+             "n1 -> n3 after the restart")
+    assert allowed_ips(lab, "n2") == before  # picked up as found, nothing flushed
+    nearest = {"n1": "n1", "n2": "n1", "n3": "n3"}
+    wait_for(lambda: lab.catchment(timeout=3) == nearest, 20 * SLOW, "catchment again")
+
+
+def test_hold_on_drain_loses_nothing(lab: Lab) -> None:
+    wait_for(lambda: lab.catchment(nodes=["n2"], timeout=3)["n2"] == "n1", 15 * SLOW,
+             "n2 -> n1")
+    held_before = status(lab, "n2")["dataplane"]["held_moves"]
+    prober = lab.start_prober("n2", duration=30, interval_ms=20, timeout_ms=8000,
+                              realtime=False)
+    time.sleep(5)
+    try:
+        replies = lab.drain("n1", settle=0.5)
+    finally:
+        res = prober.wait(timeout=300)
+    assert replies[0]["drained"] and replies[0]["moved"], replies
+    assert res["timeline"][-1]["node"] == "n3", res["timeline"]
+    # n2 moved the prefix from n1 (alive, draining) to n3 through its hold device:
+    # the replies still on their way back through n1 passed, nothing was lost.
+    assert res["lost"] == 0, res.get("outages")
+    dp = status(lab, "n2")["dataplane"]
+    assert dp["hold_device"] and dp["held_moves"] > held_before, dp
+    lab.api("n1", {"cmd": "undrain", "prefix": lab.groups[0].prefix}, timeout=60)
+    wait_for(lambda: lab.catchment(nodes=["n2"], timeout=3)["n2"] == "n1", 20 * SLOW,
+             "n2 back to n1 after the undrain")
+
+
+def test_failover_when_serving_daemon_stops(lab: Lab) -> None:
+    wait_for(lambda: lab.catchment(nodes=["n2"], timeout=3)["n2"] == "n1", 15 * SLOW,
+             "n2 -> n1")
+    prober = lab.start_prober("n2", duration=40, interval_ms=20, timeout_ms=8000,
+                              realtime=False)
+    time.sleep(5)
+    lab.fail("n1", "daemon")  # SIGTERM: n1 drains its instance, then stops
+    res = prober.wait(timeout=300)
+    assert res["timeline"][-1]["node"] == "n3", res["timeline"]
+    assert res["lost"] == 0, res.get("outages")
+    # The stopped daemon left n1's data plane as it was (no flush on stop).
+    assert lab.wg_show("n1")["peers"], "AllowedIPs were flushed on stop"
