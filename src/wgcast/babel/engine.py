@@ -154,15 +154,22 @@ class Node:
     def seqno(self) -> int:
         return self.xroutes.seqno
 
-    def add_neighbour(self, nid: str, extra_cost: int = 0, tie: int = 0) -> None:
+    def add_neighbour(self, nid: str, extra_cost: int = 0, tie: int = 0,
+                      multicast: bool = False) -> None:
         """Add a neighbour; `tie` is the link's tie-break value, the same at both ends
         (`link_tiebreak` of the two public keys): without it, equal-cost paths are ordered
-        by neighbour name, which the two ends of a path need not agree on."""
+        by neighbour name, which the two ends of a path need not agree on.
+
+        `multicast`: our Hellos to it have the unicast flag clear (RFC 8966 multicast
+        Hellos), which babeld, BIRD and FRR need to keep a neighbour; the driver then
+        sends this neighbour's datagrams to ff02::1:6 on a link where only it hears them.
+        Otherwise our Hellos carry the unicast flag (a WireGuard interface with many
+        peers, where a multicast datagram reaches one of them at most)."""
         if nid in self.neighbours or nid == LOCAL:
             raise LocalProtocolError(f"neighbour {nid!r} already exists or is reserved")
         if not 0 <= tie < 1 << 32:
             raise LocalProtocolError(f"link tie-break {tie} out of range")
-        self.neighbours[nid] = Neighbour(nid, extra_cost, tie)
+        self.neighbours[nid] = Neighbour(nid, extra_cost, tie, multicast)
         self._out[nid] = PacketWriter(self.config.max_body)
         self._next_hello[nid] = self._now
         self._cost[nid] = INFINITY
@@ -223,8 +230,8 @@ class Node:
         for nb in self.neighbours.values():
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
-            w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, centiseconds(interval),
-                        (Timestamp((stamp(self._now),)),)))
+            w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
+                        centiseconds(interval), (Timestamp((stamp(self._now),)),)))
             if nb.up:
                 w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
@@ -449,8 +456,8 @@ class Node:
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
-        w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, centiseconds(cfg.hello_interval),
-                    (Timestamp((stamp(now),)),)))
+        w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
+                    centiseconds(cfg.hello_interval), (Timestamp((stamp(now),)),)))
         if nb.last_hello is not None and nb.peer_hello_stamp is not None \
                 and nb.peer_hello_recv is not None:
             # rxcost: our view of the link's cost; the neighbour takes the larger of its

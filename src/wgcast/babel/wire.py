@@ -563,8 +563,17 @@ def prefix_from_wire(ae: int, plen: int, data: bytes) -> Prefix:
 
 
 def prefix_to_wire(prefix: Prefix) -> tuple[int, bytes]:
-    """(AE, address bytes trimmed to the prefix length) of a prefix."""
+    """(AE, address bytes trimmed to the prefix length) of a prefix, as in requests."""
     ae = AE_IPV4 if prefix.version == 4 else AE_IPV6
+    return ae, prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
+
+
+def update_to_wire(prefix: Prefix) -> tuple[int, bytes]:
+    """(AE, address bytes) of a prefix in an Update: an IPv4 prefix goes as v4-via-v6
+    (AE 4, RFC 9229), since every neighbour's next hop is its IPv6 link-local address:
+    an AE 1 Update with a finite metric would need an IPv4 Next Hop TLV (babeld, BIRD
+    and FRR refuse it without one). AE 4 needs no parser state and is the same size."""
+    ae = AE_V4V6 if prefix.version == 4 else AE_IPV6
     return ae, prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
 
 
@@ -759,7 +768,7 @@ class PacketWriter:
             else:
                 if router_id != self._router_id:
                     encode_tlv(RouterId(router_id), buf)
-                ae, full = prefix_to_wire(prefix)
+                ae, full = update_to_wire(prefix)
                 # The receiver's default is the whole masked address of the previous prefix.
                 prev = self._default.get(ae, b"")
                 limit = min(len(prev), len(full))
@@ -886,7 +895,7 @@ class PrefixCache:
         """(AE, prefix bytes on the wire, whole address) of a prefix."""
         got = self.to_wire.get(prefix)
         if got is None:
-            ae, raw = prefix_to_wire(prefix)
+            ae, raw = update_to_wire(prefix)
             got = (ae, raw, prefix.network_address.packed)
             if len(self.to_wire) >= self.limit:
                 self.to_wire.clear()
@@ -914,7 +923,7 @@ _UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from
 def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] | None:
     """The Updates of a packet made only of Router-Ids and plain Updates, or None.
 
-    "Plain" is what Babel speakers send in bulk: AE 1 or 2, no sub-TLV but at most one
+    "Plain" is what Babel speakers send in bulk: AE 1, 2 or 4, no sub-TLV but at most one
     Tiebreak, no flag but the default-prefix one. For such a packet this gives (prefix,
     router-id, seqno, metric, interval, tie) exactly as `resolve(decode_packet(data))`
     would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
@@ -942,7 +951,8 @@ def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] 
             if pos - start < 10:
                 return None
             ae, flags, plen, omitted, interval, seqno, metric = fields(data, start)
-            if flags & 0x7F or not ((ae == 2 and plen <= 128) or (ae == 1 and plen <= 32)):
+            if flags & 0x7F or not ((ae == 2 and plen <= 128) or
+                                    ((ae == 1 or ae == 4) and plen <= 32)):
                 return None
             nbytes = (plen + 7) >> 3
             end = start + 10 + nbytes - omitted
