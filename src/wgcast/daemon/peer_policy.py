@@ -47,6 +47,9 @@ class PeerInfo:
     router_id: bytes
     may_originate: tuple[Prefix, ...]
     endpoints: tuple[str, ...] = ()
+    #: Not a wgcast node (babeld, BIRD, FRR...): its router-id is not the hash of its
+    #: key, so what it sends is judged by address alone (see PeerPolicy.refusal).
+    generic: bool = False
 
 
 #: Why an announcement was refused (the label of the counters and metrics).
@@ -112,7 +115,14 @@ class PeerPolicy:
             return "own prefix echoed" if rid == self.own_router_id else "claims our address"
         if overlaps(prefix, NEVER):
             return "reserved space"
-        if self.roster is not None:
+        via = self.peers.get(neighbour)
+        if via is not None and via.generic and any(
+                prefix.version == m.version and prefix.subnet_of(m)  # type: ignore[arg-type]
+                for m in via.may_originate):
+            # A generic Babel speaker: any router-id (its own, or one behind it) may
+            # originate what the peer may originate; the address decides, not the origin.
+            pass
+        elif self.roster is not None:
             why = self.roster.why_refused(rid, prefix)
             if why is not None:
                 return why

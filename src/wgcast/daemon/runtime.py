@@ -57,7 +57,7 @@ from wgcast.daemon.ports import (
     Transport,
 )
 from wgcast.daemon.state import State, StateError, load_state, save_state
-from wgcast.daemon.transport import UdpTransport
+from wgcast.daemon.transport import BABEL_GROUP, UdpTransport
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
 from wgcast.dataplane.types import PeerKey, WireGuardBackend
@@ -176,6 +176,8 @@ class Daemon:
         self.peers: dict[str, PeerInfo] = self.policy.peers
         self.by_control: dict[ipaddress.IPv6Address, str] = {}
         self.by_key: dict[PeerKey, str] = {}
+        #: Neighbours whose datagrams go to ff02::1:6 (multicast Hellos), see start().
+        self.multicast: set[str] = set()
         self.routes: dict[Prefix, RouteInfo] = {}
         self.node: Node | None = None
         self.view: NodeView | None = None
@@ -231,10 +233,27 @@ class Daemon:
         ensure: list[tuple[PeerKey, Prefix]] = []
         remembered = load_remembered(cfg.state_file)
         first_seen: dict[str, list[str]] = {}
+        # Neighbours that get multicast Hellos (sent to ff02::1:6): RFC 8966 speakers
+        # (babel = "generic"), and the peer of a single-peer link whose AllowedIPs cover
+        # the group (it hears multicast anyway, as babeld's own WireGuard links are set up).
+        group = ipaddress.IPv6Network(f"{BABEL_GROUP}/128")
+        covering = [pc for pc in cfg.peers
+                    if any(p.version == 6 and group.subnet_of(p)
+                           for p in dp.allowed_ips(pc.key))]
+        self.multicast = {pc.name for pc in cfg.peers if pc.babel == "generic"}
+        if len(cfg.peers) == 1 and covering:
+            self.multicast.add(cfg.peers[0].name)
         for pc in cfg.peers:
             key = pc.key
-            ctrl = control_address(key)
+            ctrl = pc.babel_address or control_address(key)
             found = dp.allowed_ips(key)
+            if pc.babel == "generic" and not covering:
+                covering.append(pc)
+                ensure.append((key, group))
+            elif pc.babel == "generic" and pc not in covering:
+                log.warning("%s: peer %s is generic but ff02::1:6 is in another peer's "
+                            "AllowedIPs: it will not hear our multicast Hellos",
+                            cfg.interface, pc.name)
             if pc.may_originate is not None:
                 may = tuple(pc.may_originate) + anycast
             elif pc.public_key in remembered:
@@ -246,7 +265,8 @@ class Daemon:
                 may = tuple(sorted(own - inherited, key=str)) + anycast
             first_seen[pc.public_key] = [str(p) for p in may if p not in anycast]
             self.policy.add(PeerInfo(pc.name, key, ctrl, router_id(key), may,
-                                     tuple(str(e) for e in pc.endpoints)))
+                                     tuple(str(e) for e in pc.endpoints),
+                                     generic=pc.babel == "generic"))
             self.by_control[ctrl] = pc.name
             self.by_key[key] = pc.name
             ctrl_net = ipaddress.IPv6Network(f"{ctrl}/128")
@@ -274,7 +294,8 @@ class Daemon:
         for pc in cfg.peers:
             self.node.add_neighbour(pc.name, pc.cost,
                                     tie=link_tiebreak(self.public_key,
-                                                      decode_key(pc.public_key)))
+                                                      decode_key(pc.public_key)),
+                                    multicast=pc.name in self.multicast)
         for p in cfg.addresses:
             self.node.originate(p, 0, now=self.now())
         # Groups (static ones included) are served by the membership service (run()),
@@ -312,8 +333,10 @@ class Daemon:
         """Send what the engine wrote, apply its events, re-arm its timer."""
         node = self.node
         assert node is not None and self.clock is not None and self.dataplane is not None
+        multicast = self.multicast
         for name, data in node.datagrams_to_send():
-            self.transport.send(data, self.peers[name].control)
+            self.transport.send(data, BABEL_GROUP if name in multicast
+                                else self.peers[name].control)
         now = self.now()
         while (ev := node.next_event()) is not None:
             if isinstance(ev, RouteSelected):
