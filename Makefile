@@ -4,10 +4,10 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := wireguard-go wireguard-tools iproute2 nftables babeld
+APT_PKGS := wireguard-go wireguard-tools iproute2 nftables babeld bird2 frr
 STAMP := $(VENV)/.installed
 
-.PHONY: setup sysdeps test lint typecheck unit lab bench fuzz clean
+.PHONY: setup sysdeps babeld14 test lint typecheck unit lab bench fuzz clean
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -24,6 +24,13 @@ $(STAMP): pyproject.toml
 
 setup: sysdeps $(STAMP)
 
+# babeld 1.14 for the interop tests and benchmarks, built from ../shared/anchors (not
+# committed: build/ is ignored); the interop test builds it too when it is missing.
+BABELD14 := build/babeld-1.14/babeld
+babeld14: $(BABELD14)
+$(BABELD14):
+	@test -x /work/shared/anchors/build-babeld.sh && /work/shared/anchors/build-babeld.sh build/babeld-1.14 || echo "babeld 1.14 not built (no anchors): its interop test skips"
+
 lint: setup
 	$(BIN)/ruff check src tests bench
 
@@ -33,7 +40,7 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest -q tests/unit tests/sim
 
-test: setup lint typecheck
+test: setup babeld14 lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 lab: setup

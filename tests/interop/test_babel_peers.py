@@ -1,0 +1,195 @@
+"""wgcast <-> babeld 1.14, Debian's babeld 1.12.1, BIRD 2 (Babel) and FRR (babeld).
+
+One test per implementation, over a real WireGuard link (see conftest.py): adjacency both
+ways, IPv6 and IPv4 prefixes both ways (IPv4 from wgcast as v4-via-v6), retraction both
+ways with the time from the retraction to the route gone on the other side (appended to
+the results file), RTT where the peer supports timestamps. A binary that cannot be
+installed or built skips its test with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from interop_lab import (
+    A_ANY4,
+    A_ANY6,
+    A_V4,
+    A_V6,
+    B_V4,
+    B_V6,
+    ROOT,
+    Link,
+    a_control,
+    kernel_route,
+    local_query,
+    record,
+    wait_until,
+)
+
+pytestmark = pytest.mark.netns
+
+BUILD = ROOT / "build"
+BABELD_114 = BUILD / "babeld-1.14" / "babeld"
+BABELD_PORT = 33123
+
+
+def babeld_114() -> str | None:
+    """babeld 1.14 built from ../shared/anchors into build/ (not committed)."""
+    if not BABELD_114.exists():
+        script = Path("/work/shared/anchors/build-babeld.sh")
+        if not script.exists():
+            return None
+        r = subprocess.run([str(script), str(BABELD_114.parent)], capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode != 0:
+            return None
+    return str(BABELD_114)
+
+
+@dataclass
+class Peer:
+    """How to run one implementation in namespace B and observe it."""
+
+    name: str
+    start: Callable[[Link], None]
+    #: Does B have a route to `prefix` learned from A?
+    has_route: Callable[[Link, str], bool]
+    #: Withdraw B's own `prefix` the implementation's own way.
+    retract: Callable[[Link, str], None]
+    #: B's RTT to A in ms, None when the implementation does not measure it.
+    rtt: Callable[[Link], float | None] | None
+    #: B sees A as a neighbour.
+    adjacent: Callable[[Link], bool]
+
+
+# ---------------------------------------------------------------- babeld
+
+
+def _babeld_start(binary: str) -> Callable[[Link], None]:
+    def start(link: Link) -> None:
+        conf = link.tmp / "babeld.conf"
+        conf.write_text(f"""
+interface {link.b_if} type tunnel hello-interval 0.5 enable-timestamps true
+redistribute local ip fd00:b::/48 le 128 allow
+redistribute local ip 10.0.2.0/24 le 32 allow
+redistribute local deny
+redistribute deny
+""")
+        link.spawn(link.b, [binary, "-c", str(conf), "-I", str(link.tmp / "babeld.pid"),
+                            "-S", str(link.tmp / "babeld.state"), "-g", str(BABELD_PORT),
+                            "-d", "1"], "babeld.log")
+    return start
+
+
+def _kernel_has(link: Link, prefix: str) -> bool:
+    return "fe80" in kernel_route(link.b.name, prefix)
+
+
+def _addr_del(link: Link, prefix: str) -> None:
+    link.b.run("ip", "addr", "del", prefix, "dev", "lo")
+
+
+def _babeld_dump(link: Link) -> str:
+    return local_query(link.b.name, BABELD_PORT, "dump")
+
+
+def _babeld_rtt(link: Link) -> float | None:
+    m = re.search(r"neighbour .* rtt ([0-9.]+)", _babeld_dump(link))
+    return float(m.group(1)) if m else None
+
+
+def _babeld_adjacent(link: Link) -> bool:
+    ctrl = a_control(link)
+    for line in _babeld_dump(link).splitlines():
+        m = re.search(r"neighbour .*address (\S+) .* reach ([0-9a-f]{4}) ", line)
+        if m and m.group(1) == ctrl and m.group(2) != "0000":
+            return True
+    return False
+
+
+def babeld_peer(name: str, binary: str) -> Peer:
+    return Peer(name, _babeld_start(binary), _kernel_has, _addr_del, _babeld_rtt,
+                _babeld_adjacent)
+
+
+# ---------------------------------------------------------------- the tests
+
+
+def run_interop(link: Link, peer: Peer) -> dict[str, object]:
+    from wgcast.client import Client
+
+    figures: dict[str, object] = {}
+    peer.start(link)
+    link.start_wgcast()
+    try:
+        with Client(link.a_sock) as member:
+            member.join(A_ANY6, A_ANY4)
+            # Adjacency both ways.
+            wait_until(lambda: link.wgcast_peer()["up"], 20, "wgcast: the peer up")
+            wait_until(lambda: peer.adjacent(link), 20, f"{peer.name}: wgcast a neighbour")
+            # IPv6 and IPv4 both ways (A's v4 goes as v4-via-v6).
+            for prefix in (A_V6, A_V4, A_ANY6, A_ANY4):
+                wait_until(lambda p=prefix: peer.has_route(link, p), 20,  # type: ignore[misc]
+                           f"{peer.name}: a route to {prefix}")
+            for prefix in (B_V6, B_V4):
+                wait_until(lambda p=prefix: "dev " + link.a_if in kernel_route(link.a.name, p),
+                           20, f"wgcast: a route to {prefix}")
+            # RTT where the peer measures it; wgcast measures it from the peer's stamps.
+            if peer.rtt is not None:
+                wait_until(lambda: peer.rtt(link) is not None, 20,  # type: ignore[misc]
+                           f"{peer.name}: an RTT")
+                figures["peer_rtt_ms"] = peer.rtt(link)
+                wait_until(lambda: link.wgcast_peer()["rtt_ms"] is not None, 20,
+                           "wgcast: an RTT to the peer")
+                figures["wgcast_rtt_ms"] = link.wgcast_peer()["rtt_ms"]
+            # Retraction A -> B: the anycast groups are left.
+            t0 = time.monotonic()
+            member.leave(A_ANY6, all=True)
+            member.leave(A_ANY4, all=True)
+            for prefix in (A_ANY6, A_ANY4):
+                wait_until(lambda p=prefix: not peer.has_route(link, p), 20,
+                           f"{peer.name}: {prefix} gone")
+            figures["retract_wgcast_to_peer_s"] = round(time.monotonic() - t0, 3)
+            # Retraction B -> A: the peer withdraws its own prefixes its own way.
+            t0 = time.monotonic()
+            peer.retract(link, B_V6)
+            peer.retract(link, B_V4)
+            for prefix in (B_V6, B_V4):
+                wait_until(lambda p=prefix: kernel_route(link.a.name, p) == "", 30,
+                           f"wgcast: {prefix} gone")
+            figures["retract_peer_to_wgcast_s"] = round(time.monotonic() - t0, 3)
+            # Still neighbours; A's own routes still there.
+            assert link.wgcast_peer()["up"]
+            assert peer.has_route(link, A_V6) and peer.has_route(link, A_V4)
+    except BaseException:
+        print("---- wgcast.log\n" + link.log("wgcast.log"))
+        for log in ("babeld.log", "bird.log", "frr.log"):
+            if (link.tmp / log).exists():
+                print(f"---- {log}\n" + link.log(log))
+        raise
+    record(peer.name, **figures)
+    print(peer.name, figures)
+    return figures
+
+
+def test_babeld_1_14(link: Link) -> None:
+    binary = babeld_114()
+    if binary is None:
+        pytest.skip("babeld 1.14 cannot be built (/work/shared/anchors/build-babeld.sh)")
+    run_interop(link, babeld_peer("babeld-1.14", binary))
+
+
+def test_babeld_debian(link: Link) -> None:
+    if not os.path.exists("/usr/sbin/babeld"):
+        pytest.skip("Debian's babeld is not installed (apt-get install babeld)")
+    run_interop(link, babeld_peer("babeld-1.12.1", "/usr/sbin/babeld"))
+
