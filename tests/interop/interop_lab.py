@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from netns.conftest import Netns, make_netns, skip_reason, unique_ifname  # noqa: E402
-
 from wgcast.keys import control_address  # noqa: E402
 
 A_V6, A_V4 = "fd00:a::1/128", "10.0.1.1/32"

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from interop_lab import (
     A_ANY4,
     A_ANY6,
