@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -120,6 +121,48 @@ def babeld_peer(name: str, binary: str) -> Peer:
                 _babeld_adjacent)
 
 
+# ---------------------------------------------------------------- BIRD 2
+
+
+def _bird_start(link: Link) -> None:
+    conf = link.tmp / "bird.conf"
+    conf.write_text(f"""
+router id 10.0.2.1;
+protocol device {{ scan time 1; }}
+protocol static s6 {{ ipv6; route {B_V6} blackhole; }}
+protocol static s4 {{ ipv4; route {B_V4} blackhole; }}
+protocol babel b1 {{
+  interface "{link.b_if}" {{ type wired; hello interval 500 ms; }};
+  ipv4 {{ import all; export where source = RTS_STATIC; }};
+  ipv6 {{ import all; export where source = RTS_STATIC; }};
+}}
+""")
+    link.spawn(link.b, ["bird", "-f", "-c", str(conf), "-s", str(link.tmp / "bird.ctl"),
+                        "-P", str(link.tmp / "bird.pid")], "bird.log")
+
+
+def _birdc(link: Link, *cmd: str) -> str:
+    r = subprocess.run(["birdc", "-s", str(link.tmp / "bird.ctl"), *cmd],
+                       capture_output=True, text=True, timeout=10)
+    return r.stdout
+
+
+def _bird_has(link: Link, prefix: str) -> bool:
+    out = _birdc(link, "show", "route", "protocol", "b1")
+    return any(line.split()[:1] == [prefix] for line in out.splitlines())
+
+
+def _bird_retract(link: Link, prefix: str) -> None:
+    _birdc(link, "disable", "s6" if ":" in prefix else "s4")
+
+
+def _bird_adjacent(link: Link) -> bool:
+    return a_control(link) in _birdc(link, "show", "babel", "neighbors", "b1")
+
+
+BIRD = Peer("bird-2.0.12", _bird_start, _bird_has, _bird_retract, None, _bird_adjacent)
+
+
 # ---------------------------------------------------------------- the tests
 
 
@@ -192,3 +235,9 @@ def test_babeld_debian(link: Link) -> None:
         pytest.skip("Debian's babeld is not installed (apt-get install babeld)")
     run_interop(link, babeld_peer("babeld-1.12.1", "/usr/sbin/babeld"))
 
+
+
+def test_bird(link: Link) -> None:
+    if shutil.which("bird") is None or shutil.which("birdc") is None:
+        pytest.skip("BIRD 2 is not installed (apt-get install bird2)")
+    run_interop(link, BIRD)

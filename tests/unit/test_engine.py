@@ -508,3 +508,19 @@ def test_ipv4_updates_go_as_v4_via_v6_and_all_three_forms_are_accepted() -> None
     for prefix in forms:
         assert n.selected[prefix].via == "x", prefix
     assert n.counters["packets_bad"] == 0
+
+
+def test_ihu_answers_hellos_without_timestamps() -> None:
+    """BIRD 2.0 sends Hellos without a timestamp: it still gets IHUs (without the echo),
+    so it can use the link; the cost is then the base cost, without an RTT term."""
+    from wgcast.babel.wire import IHU, Hello, Timestamp, encode_packet
+    n = Node(NodeConfig(rid("n")), 0.0)
+    n.add_neighbour("bird", multicast=True)
+    n.receive(0.0, "bird", encode_packet([Hello(0, 1, 50)]))
+    n.handle_timer(0.3)
+    ihus = [t for _, d in n.datagrams_to_send() for t in decode_packet(d)
+            if isinstance(t, IHU)]
+    assert ihus and ihus[-1].rxcost == 32
+    assert not any(isinstance(s, Timestamp) for s in ihus[-1].subtlvs)
+    n.receive(0.4, "bird", encode_packet([Hello(0, 2, 50), IHU(0, 96, 150, b"")]))
+    assert n.neighbours["bird"].up and n.neighbour_cost("bird") == 96

@@ -458,14 +458,15 @@ class Node:
         w = self._out[nb.id]
         w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
                     centiseconds(cfg.hello_interval), (Timestamp((stamp(now),)),)))
-        if nb.last_hello is not None and nb.peer_hello_stamp is not None \
-                and nb.peer_hello_recv is not None:
+        if nb.last_hello is not None:
             # rxcost: our view of the link's cost; the neighbour takes the larger of its
-            # own and ours, as we do (Neighbour.cost), so both ends agree.
+            # own and ours, as we do (Neighbour.cost), so both ends agree. The echo of its
+            # Hello timestamp only when its Hellos carry one (BIRD's do not).
             own = nb.own_cost(cfg.link)
             self._own_cost[nb.id] = own
-            w.add(IHU(AE_WILDCARD, own, centiseconds(cfg.hello_interval), b"",
-                      (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)))
+            echo = () if nb.peer_hello_stamp is None or nb.peer_hello_recv is None else \
+                (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)
+            w.add(IHU(AE_WILDCARD, own, centiseconds(cfg.hello_interval), b"", echo))
         nb.last_sent_hello = now
         self._next_hello[nb.id] = now + cfg.hello_interval
 
