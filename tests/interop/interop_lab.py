@@ -99,8 +99,9 @@ class Link:
         self.procs.append(p)
         return p
 
-    def start_wgcast(self) -> None:
+    def start_wgcast(self, ipv4_next_hop: str | None = None) -> None:
         conf = self.tmp / "a.toml"
+        nh = f'ipv4_next_hop = "{ipv4_next_hop}"' if ipv4_next_hop else ""
         conf.write_text(f"""
 interface = "{self.a_if}"
 api_socket = "{self.a_sock}"
@@ -115,6 +116,7 @@ public_key = "{self.b_pub}"
 babel = "generic"
 babel_address = "{B_LL}"
 may_originate = ["fd00:b::/48", "10.0.2.0/24"]
+{nh}
 
 [[groups]]
 prefix = "{A_ANY6}"
@@ -151,6 +153,15 @@ prefix = "{A_ANY4}"
                     p.wait(timeout=5)
         self.a.close()
         self.b.close()
+
+
+#: IPv4 addresses on the WireGuard link, for peers that need IPv4 next hops.
+A_LINK4, B_LINK4 = "10.99.0.1", "10.99.0.2"
+
+
+def add_ipv4_link(link: Link) -> None:
+    link.a.run("ip", "addr", "add", f"{A_LINK4}/24", "dev", link.a_if)
+    link.b.run("ip", "addr", "add", f"{B_LINK4}/24", "dev", link.b_if)
 
 
 def make_link(tmp: Path) -> Link:

@@ -22,6 +22,7 @@ import pytest
 from interop_lab import (
     A_ANY4,
     A_ANY6,
+    A_LINK4,
     A_V4,
     A_V6,
     B_V4,
@@ -29,6 +30,7 @@ from interop_lab import (
     ROOT,
     Link,
     a_control,
+    add_ipv4_link,
     kernel_route,
     local_query,
     record,
@@ -69,6 +71,9 @@ class Peer:
     rtt: Callable[[Link], float | None] | None
     #: B sees A as a neighbour.
     adjacent: Callable[[Link], bool]
+    #: The peer needs IPv4 next hops (no v4-via-v6): both ends get an IPv4 address on
+    #: the link and wgcast is configured with `ipv4_next_hop`.
+    ipv4_link: bool = False
 
 
 # ---------------------------------------------------------------- babeld
@@ -160,7 +165,8 @@ def _bird_adjacent(link: Link) -> bool:
     return a_control(link) in _birdc(link, "show", "babel", "neighbors", "b1")
 
 
-BIRD = Peer("bird-2.0.12", _bird_start, _bird_has, _bird_retract, None, _bird_adjacent)
+BIRD = Peer("bird-2.0.12", _bird_start, _bird_has, _bird_retract, None, _bird_adjacent,
+            ipv4_link=True)
 
 
 # ---------------------------------------------------------------- the tests
@@ -170,8 +176,10 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
     from wgcast.client import Client
 
     figures: dict[str, object] = {}
+    if peer.ipv4_link:
+        add_ipv4_link(link)
     peer.start(link)
-    link.start_wgcast()
+    link.start_wgcast(A_LINK4 if peer.ipv4_link else None)
     try:
         with Client(link.a_sock) as member:
             member.join(A_ANY6, A_ANY4)

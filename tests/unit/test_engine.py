@@ -524,3 +524,29 @@ def test_ihu_answers_hellos_without_timestamps() -> None:
     assert not any(isinstance(s, Timestamp) for s in ihus[-1].subtlvs)
     n.receive(0.4, "bird", encode_packet([Hello(0, 2, 50), IHU(0, 96, 150, b"")]))
     assert n.neighbours["bird"].up and n.neighbour_cost("bird") == 96
+
+
+def test_ipv4_next_hop_neighbour_gets_ae1_after_a_next_hop() -> None:
+    """A neighbour configured with an IPv4 next hop (BIRD 2.0, FRR) gets IPv4 routes as
+    AE 1 Updates after a Next Hop TLV; the routes read the same; IPv6 ones unchanged."""
+    from wgcast.babel.wire import AE_IPV4, AE_IPV6, NextHop, Update, resolve
+    v4, v6 = ipaddress.ip_network("10.9.8.0/24"), net(5)
+    p = Pump(["a", "b"], {})
+    p.nodes["a"].add_neighbour("b", ipv4_next_hop=bytes((10, 99, 0, 1)))
+    p.nodes["b"].add_neighbour("a")
+    p.delay[("a", "b")] = p.delay[("b", "a")] = 0.005
+    p.nodes["a"].originate(v4, now=p.now)
+    p.nodes["a"].originate(v6, now=p.now)
+    p.run(2.0)
+    assert p.via("b", v4) == "a" and p.via("b", v6) == "a"
+    pkts = [decode_packet(d) for (_, s, _, d) in p.sent if s == "a"]
+    with_v4 = [t for t in pkts if any(isinstance(x, Update) and x.plen == 24 for x in t)]
+    assert with_v4
+    for tlvs in with_v4:
+        ups = [x for x in tlvs if isinstance(x, Update) and x.ae != 0]
+        assert {u.ae for u in ups} <= {AE_IPV4, AE_IPV6}
+        first_v4 = next(i for i, x in enumerate(tlvs) if isinstance(x, Update)
+                        and x.ae == AE_IPV4)
+        assert any(isinstance(x, NextHop) and x.address == bytes((10, 99, 0, 1))
+                   for x in tlvs[:first_v4])
+        assert any(getattr(m, "prefix", None) == v4 for m in resolve(tlvs))

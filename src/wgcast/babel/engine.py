@@ -63,6 +63,7 @@ from wgcast.babel.wire import (
     intern_prefix,
     prefix_to_wire,
     resolve,
+    with_ipv4_next_hop,
 )
 from wgcast.babel.xroute import XRouteTable
 
@@ -140,6 +141,8 @@ class Node:
         # - per neighbour, packets made only of feasible Updates that we processed, with the
         #   routes they set: a byte-identical repeat (a periodic dump) only refreshes them.
         self._rx_seen: dict[str, dict[bytes, tuple[int, int, list[Route], list[int]]]] = {}
+        #: Neighbours that get IPv4 routes as AE 1 + Next Hop (see add_neighbour).
+        self._v4_next_hop: dict[str, bytes] = {}
         #: Outgoing Updates (update.py): announcements, full and triggered updates.
         self._updates = Updates(
             self.router_id, update_interval=config.update_interval, max_body=config.max_body,
@@ -155,7 +158,7 @@ class Node:
         return self.xroutes.seqno
 
     def add_neighbour(self, nid: str, extra_cost: int = 0, tie: int = 0,
-                      multicast: bool = False) -> None:
+                      multicast: bool = False, ipv4_next_hop: bytes | None = None) -> None:
         """Add a neighbour; `tie` is the link's tie-break value, the same at both ends
         (`link_tiebreak` of the two public keys): without it, equal-cost paths are ordered
         by neighbour name, which the two ends of a path need not agree on.
@@ -164,11 +167,19 @@ class Node:
         Hellos), which babeld, BIRD and FRR need to keep a neighbour; the driver then
         sends this neighbour's datagrams to ff02::1:6 on a link where only it hears them.
         Otherwise our Hellos carry the unicast flag (a WireGuard interface with many
-        peers, where a multicast datagram reaches one of them at most)."""
+        peers, where a multicast datagram reaches one of them at most).
+
+        `ipv4_next_hop` (4 bytes, our IPv4 address on the link): IPv4 routes go to this
+        neighbour as AE 1 Updates after a Next Hop TLV, for speakers that do not parse
+        v4-via-v6 (AE 4, what every other neighbour gets)."""
         if nid in self.neighbours or nid == LOCAL:
             raise LocalProtocolError(f"neighbour {nid!r} already exists or is reserved")
         if not 0 <= tie < 1 << 32:
             raise LocalProtocolError(f"link tie-break {tie} out of range")
+        if ipv4_next_hop is not None:
+            if len(ipv4_next_hop) != 4:
+                raise LocalProtocolError("an IPv4 next hop is 4 bytes")
+            self._v4_next_hop[nid] = ipv4_next_hop
         self.neighbours[nid] = Neighbour(nid, extra_cost, tie, multicast)
         self._out[nid] = PacketWriter(self.config.max_body)
         self._next_hello[nid] = self._now
@@ -190,6 +201,7 @@ class Node:
         del self._tie[nid]
         del self._own_cost[nid]
         del self._rx_seen[nid]
+        self._v4_next_hop.pop(nid, None)
         self._nb_expiry.pop(nid, None)
         self._updates.neighbour_removed(nid)
 
@@ -416,7 +428,10 @@ class Node:
         out: list[tuple[str, bytes]] = []
         for nid, writer in self._out.items():
             if writer.packets or writer._body:
+                nh = self._v4_next_hop.get(nid) if self._v4_next_hop else None
                 for pkt in writer.take():
+                    if nh is not None:
+                        pkt = with_ipv4_next_hop(pkt, nh)
                     out.append((nid, pkt))
                     self.counters["packets_out"] += 1
                     self.counters["bytes_out"] += len(pkt)

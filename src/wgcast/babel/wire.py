@@ -577,6 +577,40 @@ def update_to_wire(prefix: Prefix) -> tuple[int, bytes]:
     return ae, prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
 
 
+def with_ipv4_next_hop(packet: bytes, next_hop: bytes) -> bytes:
+    """`packet` with its v4-via-v6 Updates (AE 4) turned into AE 1 Updates after a Next
+    Hop TLV (AE 1, `next_hop`), for a neighbour that wants IPv4 next hops (an older BIRD or
+    FRR, which do not parse AE 4). AE 4 and AE 1 Updates have the same layout and separate
+    compression state, and we send no AE 1 Update of our own, so only the AE byte changes;
+    the Next Hop TLV (8 bytes) goes first in the body. Packets without AE 4 Updates, or
+    that do not parse, are returned unchanged."""
+    if len(packet) < HEADER_LEN or len(next_hop) != 4:
+        return packet
+    out = bytearray(packet)
+    pos, n, found = HEADER_LEN, len(packet), False
+    while pos < n:
+        ttype = packet[pos]
+        if ttype == T_PAD1:
+            pos += 1
+            continue
+        if pos + 2 > n:
+            return packet
+        end = pos + 2 + packet[pos + 1]
+        if end > n:
+            return packet
+        if ttype == T_UPDATE and end - pos >= 3 and packet[pos + 2] == AE_V4V6:
+            out[pos + 2] = AE_IPV4
+            found = True
+        elif ttype == T_UPDATE and end - pos >= 3 and packet[pos + 2] == AE_IPV4:
+            return packet  # an AE 1 Update already: leave its Next Hop state alone
+        pos = end
+    if not found:
+        return packet
+    nh = bytes((T_NEXTHOP, 6, AE_IPV4, 0)) + next_hop
+    body = nh + bytes(out[HEADER_LEN:])
+    return bytes((MAGIC, VERSION)) + struct.pack("!H", len(body)) + body
+
+
 def centiseconds(seconds: float) -> int:
     """An interval field (Hello, IHU, Update, AckReq): centiseconds, 1 to 65535."""
     return max(1, min(0xFFFF, round(seconds * 100)))

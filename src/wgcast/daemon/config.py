@@ -350,6 +350,9 @@ class PeerConf:
     probe_port: int | Literal["endpoint"] | None = None
     babel: Literal["wgcast", "generic"] = "wgcast"
     babel_address: ipaddress.IPv6Address | None = None
+    #: Our IPv4 address on the link, for a peer that wants IPv4 routes with an IPv4 next
+    #: hop (AE 1 + Next Hop TLV: BIRD 2.0, FRR) instead of v4-via-v6 (AE 4).
+    ipv4_next_hop: ipaddress.IPv4Address | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -720,6 +723,17 @@ def _link_local(v: Any) -> ipaddress.IPv6Address:
     return a
 
 
+def _ipv4_address(v: Any) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(v) if isinstance(v, str) else _no_address(v)
+    except ValueError:
+        return _no_address(v)
+
+
+def _no_address(v: Any) -> ipaddress.IPv4Address:
+    raise _Bad(f"expected an IPv4 address such as \"10.99.0.1\", got {_show(v)}")
+
+
 def _peer_name(v: Any) -> str:
     if (
         not isinstance(v, str)
@@ -795,7 +809,7 @@ _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "re
                       "move_hold")
 _LINK_KEYS: Final = ("base_cost", "rtt_cost_per_ms", "max_rtt_cost")
 _PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost", "probe_port",
-                      "babel", "babel_address")
+                      "babel", "babel_address", "ipv4_next_hop")
 _POLICY_KEYS: Final = ("probe_interval", "learned_max", "learned_ttl", "switch_hold",
                        "resolve_interval", "roam_poll", "restart_handshake")
 _GROUP_KEYS: Final = (
@@ -816,7 +830,7 @@ _SECTION_OF: Final[Mapping[str, str]] = {
     **{k: "[timers]" for k in _TIMER_KEYS},
     **{k: "[link]" for k in _LINK_KEYS},
     **{k: "[[peers]]" for k in _PEER_KEYS
-       if k not in ("probe_port", "babel", "babel_address")},
+       if k not in ("probe_port", "babel", "babel_address", "ipv4_next_hop")},
     **{k: "[endpoint_policy]" for k in _POLICY_KEYS},
     **{k: "[[groups]]" for k in _GROUP_KEYS},
 }
@@ -1053,10 +1067,11 @@ class _Reader:
         probe_port = self.get(t, path, "probe_port", _peer_probe_port, None)
         babel = self.get(t, path, "babel", _choice("wgcast", "generic"), "wgcast")
         babel_address = self.get(t, path, "babel_address", _link_local, None)
+        nh = self.get(t, path, "ipv4_next_hop", _ipv4_address, None)
         if key is None:
             return None
         return PeerConf(key, name, tuple(seen), may_originate, cost, probe_port,
-                        "generic" if babel == "generic" else "wgcast", babel_address)
+                        "generic" if babel == "generic" else "wgcast", babel_address, nh)
 
     def health(self, path: str, t: Mapping[str, Any]) -> HealthConf | None:
         kind = self.need(t, path, "type", _choice(*_HEALTH_KEYS),

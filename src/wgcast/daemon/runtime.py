@@ -295,7 +295,9 @@ class Daemon:
             self.node.add_neighbour(pc.name, pc.cost,
                                     tie=link_tiebreak(self.public_key,
                                                       decode_key(pc.public_key)),
-                                    multicast=pc.name in self.multicast)
+                                    multicast=pc.name in self.multicast,
+                                    ipv4_next_hop=None if pc.ipv4_next_hop is None
+                                    else pc.ipv4_next_hop.packed)
         for p in cfg.addresses:
             self.node.originate(p, 0, now=self.now())
         # Groups (static ones included) are served by the membership service (run()),
