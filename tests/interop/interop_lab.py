@@ -84,6 +84,9 @@ class Link:
     b_pub: str
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     wgcast: subprocess.Popen[bytes] | None = None
+    #: Run at close, after the processes are gone.
+    cleanup: list[Callable[[], object]] = field(default_factory=list)
+    frr_dir: Path | None = None
 
     @property
     def a_sock(self) -> str:

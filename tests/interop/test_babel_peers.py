@@ -10,9 +10,11 @@ installed or built skips its test with the reason.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,7 +98,7 @@ redistribute deny
 
 
 def _kernel_has(link: Link, prefix: str) -> bool:
-    return "fe80" in kernel_route(link.b.name, prefix)
+    return "dev " + link.b_if in kernel_route(link.b.name, prefix)
 
 
 def _addr_del(link: Link, prefix: str) -> None:
@@ -167,6 +169,80 @@ def _bird_adjacent(link: Link) -> bool:
 
 BIRD = Peer("bird-2.0.12", _bird_start, _bird_has, _bird_retract, None, _bird_adjacent,
             ipv4_link=True)
+
+
+# ---------------------------------------------------------------- FRR
+
+FRR_DIR = Path("/usr/lib/frr")
+
+
+def _frr_start(link: Link) -> None:
+    # FRR drops to its own user (root is not in its vty group): a directory it can use.
+    run = Path(tempfile.mkdtemp(prefix="wgcast-frr-"))
+    link.cleanup.append(lambda: shutil.rmtree(run, ignore_errors=True))
+    link.frr_dir = run
+    (run / "zebra.conf").write_text("hostname b\n")
+    (run / "babeld.conf").write_text(f"""hostname b
+debug babel all
+interface {link.b_if}
+ babel wired
+ babel hello-interval 500
+ babel update-interval 2000
+ babel enable-timestamps
+!
+router babel
+ network {link.b_if}
+ redistribute ipv4 connected
+ redistribute ipv6 connected
+!
+""")
+    shutil.chown(run, "frr", "frr")
+    for f in run.iterdir():
+        shutil.chown(f, "frr", "frr")
+    common = ["-u", "frr", "-g", "frr", "-P", "0", "--vty_socket", str(run),
+              "-z", str(run / "zserv.api"), "--log", f"file:{run}/frr.log",
+              "--log-level", "debug"]
+    link.spawn(link.b, [str(FRR_DIR / "zebra"), "-f", str(run / "zebra.conf"),
+                        "-i", str(run / "zebra.pid"), *common], "frr.log")
+    wait_until(lambda: (run / "zserv.api").exists(), 15, "zebra's socket")
+    link.spawn(link.b, [str(FRR_DIR / "babeld"), "-f", str(run / "babeld.conf"),
+                        "-i", str(run / "babeld.pid"), *common], "frr.log")
+    # FRR 8.4's babeld re-joins ff02::1:6 on every interface event; the join fails with
+    # EADDRINUSE when the group is already joined, and it then takes the interface down
+    # for good (no Hello is ever sent) if that was the last event of zebra's start-up
+    # dump (the "interface up"). Once that dump is over, re-enable the interface.
+    log = run / "frr.log"
+    wait_until(lambda: log.exists() and "receive a 'interface up'" in log.read_text(), 15,
+               "FRR's babeld to hear zebra's interface dump")
+    time.sleep(0.5)  # the rest of the dump, if any (bounded; checked below by adjacency)
+    _vtysh(link, f"configure terminal\nrouter babel\nno network {link.b_if}\n"
+                 f"network {link.b_if}\nend")
+
+
+def _vtysh(link: Link, cmd: str) -> str:
+    args = [a for line in cmd.split("\n") for a in ("-c", line)]
+    r = subprocess.run(["ip", "netns", "exec", link.b.name, "vtysh", "--vty_socket",
+                        str(link.frr_dir), "-d", "babeld", *args],
+                       capture_output=True, text=True, timeout=10)
+    return r.stdout
+
+
+def _frr_adjacent(link: Link) -> bool:
+    ctrl = a_control(link)
+    for line in _vtysh(link, "show babel neighbor").splitlines():
+        m = re.search(r"Neighbour (\S+) dev \S+ reach ([0-9a-f]{4})", line)
+        if m and m.group(1) == ctrl and m.group(2) != "0000":
+            return True
+    return False
+
+
+def _frr_rtt(link: Link) -> float | None:
+    m = re.search(r"rtt ([0-9.]+)", _vtysh(link, "show babel neighbor"))
+    return float(m.group(1)) if m and float(m.group(1)) > 0 else None
+
+
+FRR = Peer("frr-babeld", _frr_start, _kernel_has, _addr_del, _frr_rtt, _frr_adjacent,
+           ipv4_link=True)
 
 
 # ---------------------------------------------------------------- the tests
@@ -249,3 +325,13 @@ def test_bird(link: Link) -> None:
     if shutil.which("bird") is None or shutil.which("birdc") is None:
         pytest.skip("BIRD 2 is not installed (apt-get install bird2)")
     run_interop(link, BIRD)
+
+
+def test_frr(link: Link) -> None:
+    if not (FRR_DIR / "babeld").exists() or shutil.which("vtysh") is None:
+        pytest.skip("FRR is not installed (apt-get install frr)")
+    try:
+        pwd.getpwnam("frr")
+    except KeyError:
+        pytest.skip("FRR's user frr does not exist (apt-get install frr creates it)")
+    run_interop(link, FRR)
