@@ -144,5 +144,9 @@ def test_generic_peer_routes_are_judged_by_address() -> None:
         babeld_rid = b"\x02\x00\x00\xff\xfe\x00\x00\x07"
         got = [p.accept("b", ipaddress.ip_network("fd00:b:0:1::/64"), babeld_rid),
                p.accept("b", ipaddress.ip_network("10.0.2.0/25"), babeld_rid),
-               p.accept("b", ipaddress.ip_network("fe80::/64"), babeld_rid)]
-        assert got == ([False, False, False] if not generic else [True, True, False])
+               p.accept("b", ipaddress.ip_network("fe80::/64"), babeld_rid),
+               p.accept("b", ipaddress.ip_network("192.168.77.0/24"), babeld_rid)]
+        # A wgcast peer's routes with a foreign router-id are transit routes (the last
+        # one, outside every peer's space, passes); a generic peer's must lie in its space.
+        assert got == ([False, False, False, True] if not generic
+                       else [True, True, False, False])

@@ -116,12 +116,14 @@ class PeerPolicy:
         if overlaps(prefix, NEVER):
             return "reserved space"
         via = self.peers.get(neighbour)
-        if via is not None and via.generic and any(
-                prefix.version == m.version and prefix.subnet_of(m)  # type: ignore[arg-type]
-                for m in via.may_originate):
-            # A generic Babel speaker: any router-id (its own, or one behind it) may
-            # originate what the peer may originate; the address decides, not the origin.
-            pass
+        if via is not None and via.generic:
+            # A generic Babel speaker (babeld, BIRD, FRR): its router-ids prove nothing,
+            # so the address decides: whatever the origin (the speaker or a router behind
+            # it), the prefix must lie in what the peer may originate. Anything else it
+            # redistributes (its underlay, its link's subnet) is refused.
+            if not any(prefix.version == m.version and prefix.subnet_of(m)  # type: ignore[arg-type]
+                       for m in via.may_originate):
+                return "not allowed"
         elif self.roster is not None:
             why = self.roster.why_refused(rid, prefix)
             if why is not None:
