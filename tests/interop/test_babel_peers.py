@@ -13,6 +13,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -353,3 +354,31 @@ def test_frr(link: Link) -> None:
     except KeyError:
         pytest.skip("FRR's user frr does not exist (apt-get install frr creates it)")
     run_interop(link, FRR)
+
+
+@pytest.mark.parametrize("which", ["1.14", "1.12.1"])
+def test_restart_hold_reaches_babeld(link: Link, which: str) -> None:
+    """A planned stop (SIGTERM) ends with a hold Hello promising the next Hello within
+    restart_hold / dead; babeld hears it (a multicast Hello) and keeps wgcast and its
+    routes: the route to wgcast's own address is still there after half the hold
+    (without the hold babeld drops it within a few of its 0.2 s Hello intervals)."""
+    binary = babeld_114() if which == "1.14" else "/usr/sbin/babeld"
+    if binary is None or not os.path.exists(binary):
+        pytest.skip(f"babeld {which} is not available")
+    peer = babeld_peer(f"babeld-{which}", binary)
+    peer.start(link)
+    link.start_wgcast()
+    wait_until(lambda: peer.has_route(link, A_V6), 20, "babeld: a route to wgcast")
+    assert link.wgcast is not None
+    link.wgcast.send_signal(signal.SIGTERM)
+    link.wgcast.wait(timeout=15)
+    t_stop = time.monotonic()
+    hold = 10.0  # timers.restart_hold's default
+    while time.monotonic() - t_stop < hold / 2:
+        assert peer.has_route(link, A_V6), \
+            f"babeld dropped wgcast's route {time.monotonic() - t_stop:.2f}s after the stop"
+        time.sleep(0.1)
+    # ... and it does go once the hold has run out.
+    gone = wait_until(lambda: not peer.has_route(link, A_V6), 3 * hold,
+                      "babeld: wgcast's route gone after the hold")
+    record(f"babeld-{which}", restart_hold_route_kept_s=round(hold / 2 + gone, 2))
