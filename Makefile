@@ -4,12 +4,12 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := wireguard-go wireguard-tools iproute2 nftables babeld
+APT_PKGS := wireguard-go wireguard-tools iproute2 nftables babeld bird2 frr
 STAMP := $(VENV)/.installed
 
 KERNEL_APT_PKGS := qemu-system-x86 linux-image-amd64 busybox-static nftables iproute2 wireguard-tools
 
-.PHONY: setup sysdeps test lint typecheck unit lab bench fuzz clean test-kernel kernel-deps
+.PHONY: setup sysdeps babeld14 test lint typecheck unit lab bench fuzz clean test-kernel kernel-deps
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -26,6 +26,13 @@ $(STAMP): pyproject.toml
 
 setup: sysdeps $(STAMP)
 
+# babeld 1.14 for the interop tests and benchmarks, built from ../shared/anchors (not
+# committed: build/ is ignored); the interop test builds it too when it is missing.
+BABELD14 := build/babeld-1.14/babeld
+babeld14: $(BABELD14)
+$(BABELD14):
+	@test -x /work/shared/anchors/build-babeld.sh && /work/shared/anchors/build-babeld.sh build/babeld-1.14 || echo "babeld 1.14 not built (no anchors): its interop test skips"
+
 lint: setup
 	$(BIN)/ruff check src tests bench
 
@@ -35,7 +42,7 @@ typecheck: setup
 unit: setup
 	$(BIN)/pytest -q tests/unit tests/sim
 
-test: setup lint typecheck
+test: setup babeld14 lint typecheck
 	$(BIN)/pytest -q -p no:cacheprovider tests
 	$(MAKE) test-kernel
 

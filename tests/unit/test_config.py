@@ -742,3 +742,15 @@ def test_holds_can_be_turned_off_with_zero(key: str) -> None:
     assert getattr(c.timers, key) == 0.0
     with pytest.raises(ConfigError, match="positive"):
         loads(BASE + f'[timers]\n{key} = "-1s"\n')
+
+
+def test_peer_babel_generic_and_address() -> None:
+    key = "A" * 43 + "="
+    c = loads(BASE + f'[[peers]]\npublic_key = "{key}"\nbabel = "generic"\n'
+              'babel_address = "fe80::2"\n', "g.toml")
+    assert c.peers[0].babel == "generic"
+    assert c.peers[0].babel_address == ipaddress.IPv6Address("fe80::2")
+    assert loads(BASE + f'[[peers]]\npublic_key = "{key}"\n', "w.toml").peers[0].babel == "wgcast"
+    for bad in ('babel = "babeld"', 'babel_address = "fd00::1"'):
+        with pytest.raises(ConfigError):
+            loads(BASE + f'[[peers]]\npublic_key = "{key}"\n{bad}\n', "b.toml")

@@ -428,3 +428,125 @@ def test_receive_accepts_any_bytes(data: bytes) -> None:
     node.receive(0.1, "b", b"\x2a\x02" + len(data).to_bytes(2, "big") + data)
     node.handle_timer(0.2)
     node.datagrams_to_send()
+
+
+# ---------------------------------------------------------------- RFC 8966 neighbours
+
+
+def _hellos(p: Pump, src: str, after: float = 0.0) -> list[object]:
+    from wgcast.babel.wire import Hello
+    return [t for (at, s, _, d) in p.sent if s == src and at >= after
+            for t in decode_packet(d) if isinstance(t, Hello)]
+
+
+def test_multicast_neighbour_gets_multicast_hellos_hold_included() -> None:
+    """babeld keeps a neighbour only while it hears its multicast Hellos: a neighbour
+    added with multicast=True gets Hellos with the unicast flag clear, the restart-hold
+    Hello too; the others keep the unicast flag."""
+    from wgcast.babel.wire import HELLO_UNICAST, Hello
+    p = Pump(["a", "b"], {})
+    p.nodes["a"].add_neighbour("b", multicast=True)
+    p.nodes["b"].add_neighbour("a")
+    p.delay[("a", "b")] = p.delay[("b", "a")] = 0.005
+    p.run(2.0)
+    assert p.nodes["a"].neighbours["b"].up and p.nodes["b"].neighbours["a"].up
+    a_hellos = _hellos(p, "a")
+    assert a_hellos and all(isinstance(h, Hello) and not h.flags & HELLO_UNICAST
+                            for h in a_hellos)
+    b_hellos = _hellos(p, "b")
+    assert b_hellos and all(isinstance(h, Hello) and h.flags & HELLO_UNICAST
+                            for h in b_hellos)
+    t = p.now
+    p.nodes["a"].hold(6.0, now=t)
+    p.run(0.1)
+    held = _hellos(p, "a", after=t)
+    assert len(held) == 1 and isinstance(held[0], Hello)
+    assert not held[0].flags & HELLO_UNICAST and held[0].interval == 200
+
+
+def test_ipv4_updates_go_as_v4_via_v6_and_all_three_forms_are_accepted() -> None:
+    """IPv4 routes leave as AE 4 (RFC 9229: the next hop is the IPv6 link-local
+    address); from others AE 1 (with or without a Next Hop TLV) and AE 4 are taken."""
+    from wgcast.babel.wire import (
+        AE_IPV4,
+        AE_V4V6,
+        IHU,
+        Hello,
+        NextHop,
+        RouterId,
+        Timestamp,
+        Update,
+        encode_packet,
+    )
+    v4 = ipaddress.ip_network("10.9.8.0/24")
+    p = Pump(["a", "b"], {("a", "b"): 0.005})
+    p.nodes["a"].originate(v4, now=p.now)
+    p.run(2.0)
+    assert p.via("b", v4) == "a"
+    ups = [t for (_, s, _, d) in p.sent if s == "a" for t in decode_packet(d)
+           if isinstance(t, Update) and t.plen == 24]
+    assert ups and all(u.ae == AE_V4V6 for u in ups)
+    # A generic speaker "x" (babeld-like) sends the three forms to a fresh node.
+    n = Node(NodeConfig(rid("n")), 0.0)
+    n.add_neighbour("x", multicast=True)
+    hello = [Hello(0, 1, 400, (Timestamp((1,)),)), IHU(0, 96, 1200, b"")]
+    n.receive(0.0, "x", encode_packet(hello))
+    n.handle_timer(0.01)
+    n.datagrams_to_send()
+    xr = b"\x02\x00\x00\x00\x00\x00\x00\x01"
+    forms = {
+        ipaddress.ip_network("10.1.0.0/16"): [Update(AE_IPV4, 0, 16, 0, 400, 5, 96,
+                                                      bytes((10, 1)))],
+        ipaddress.ip_network("10.2.0.0/16"): [NextHop(AE_IPV4, bytes((10, 0, 0, 2))),
+                                              Update(AE_IPV4, 0, 16, 0, 400, 5, 96,
+                                                     bytes((10, 2)))],
+        ipaddress.ip_network("10.3.0.0/16"): [Update(AE_V4V6, 0, 16, 0, 400, 5, 96,
+                                                      bytes((10, 3)))],
+    }
+    for tlvs in forms.values():
+        n.receive(0.02, "x", encode_packet([hello[0], hello[1], RouterId(xr), *tlvs]))
+    for prefix in forms:
+        assert n.selected[prefix].via == "x", prefix
+    assert n.counters["packets_bad"] == 0
+
+
+def test_ihu_answers_hellos_without_timestamps() -> None:
+    """BIRD 2.0 sends Hellos without a timestamp: it still gets IHUs (without the echo),
+    so it can use the link; the cost is then the base cost, without an RTT term."""
+    from wgcast.babel.wire import IHU, Hello, Timestamp, encode_packet
+    n = Node(NodeConfig(rid("n")), 0.0)
+    n.add_neighbour("bird", multicast=True)
+    n.receive(0.0, "bird", encode_packet([Hello(0, 1, 50)]))
+    n.handle_timer(0.3)
+    ihus = [t for _, d in n.datagrams_to_send() for t in decode_packet(d)
+            if isinstance(t, IHU)]
+    assert ihus and ihus[-1].rxcost == 32
+    assert not any(isinstance(s, Timestamp) for s in ihus[-1].subtlvs)
+    n.receive(0.4, "bird", encode_packet([Hello(0, 2, 50), IHU(0, 96, 150, b"")]))
+    assert n.neighbours["bird"].up and n.neighbour_cost("bird") == 96
+
+
+def test_ipv4_next_hop_neighbour_gets_ae1_after_a_next_hop() -> None:
+    """A neighbour configured with an IPv4 next hop (BIRD 2.0, FRR) gets IPv4 routes as
+    AE 1 Updates after a Next Hop TLV; the routes read the same; IPv6 ones unchanged."""
+    from wgcast.babel.wire import AE_IPV4, AE_IPV6, NextHop, Update, resolve
+    v4, v6 = ipaddress.ip_network("10.9.8.0/24"), net(5)
+    p = Pump(["a", "b"], {})
+    p.nodes["a"].add_neighbour("b", ipv4_next_hop=bytes((10, 99, 0, 1)))
+    p.nodes["b"].add_neighbour("a")
+    p.delay[("a", "b")] = p.delay[("b", "a")] = 0.005
+    p.nodes["a"].originate(v4, now=p.now)
+    p.nodes["a"].originate(v6, now=p.now)
+    p.run(2.0)
+    assert p.via("b", v4) == "a" and p.via("b", v6) == "a"
+    pkts = [decode_packet(d) for (_, s, _, d) in p.sent if s == "a"]
+    with_v4 = [t for t in pkts if any(isinstance(x, Update) and x.plen == 24 for x in t)]
+    assert with_v4
+    for tlvs in with_v4:
+        ups = [x for x in tlvs if isinstance(x, Update) and x.ae != 0]
+        assert {u.ae for u in ups} <= {AE_IPV4, AE_IPV6}
+        first_v4 = next(i for i, x in enumerate(tlvs) if isinstance(x, Update)
+                        and x.ae == AE_IPV4)
+        assert any(isinstance(x, NextHop) and x.address == bytes((10, 99, 0, 1))
+                   for x in tlvs[:first_v4])
+        assert any(getattr(m, "prefix", None) == v4 for m in resolve(tlvs))

@@ -128,3 +128,25 @@ def test_own_prefix_echo_is_not_an_attack() -> None:
     assert not p.accept("x", own, b"\x02" * 8)
     assert p.dropped == 1
     assert p.dropped_table() == {"own prefix echoed": {"x": 1}, "claims our address": {"x": 1}}
+
+
+def test_generic_peer_routes_are_judged_by_address() -> None:
+    """A babeld/BIRD/FRR neighbour's router-id is not the hash of its key: its routes
+    inside its may_originate are accepted whatever their origin, the rest refused."""
+    from wgcast.daemon.peer_policy import PeerInfo
+    space = ipaddress.ip_network("fd00:b::/48")
+    v4 = ipaddress.ip_network("10.0.2.0/24")
+    p = PeerPolicy([], [], own_router_id=b"\x01" * 8)
+    key = b"\x03" * 32
+    for generic in (False, True):
+        p.add(PeerInfo("b", key, ipaddress.IPv6Address("fe80::b"), router_id(key),
+                       (space, v4), generic=generic))
+        babeld_rid = b"\x02\x00\x00\xff\xfe\x00\x00\x07"
+        got = [p.accept("b", ipaddress.ip_network("fd00:b:0:1::/64"), babeld_rid),
+               p.accept("b", ipaddress.ip_network("10.0.2.0/25"), babeld_rid),
+               p.accept("b", ipaddress.ip_network("fe80::/64"), babeld_rid),
+               p.accept("b", ipaddress.ip_network("192.168.77.0/24"), babeld_rid)]
+        # A wgcast peer's routes with a foreign router-id are transit routes (the last
+        # one, outside every peer's space, passes); a generic peer's must lie in its space.
+        assert got == ([False, False, False, True] if not generic
+                       else [True, True, False, False])

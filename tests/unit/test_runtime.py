@@ -288,3 +288,63 @@ def test_the_dead_interval_sets_how_long_silence_is_tolerated(tmp_path: Path) ->
     short = down_after("dead = 3")
     long = down_after("dead = 20")
     assert short < 0.5 and long > 0.7, (short, long)
+
+
+# --------------------------------------------------------------------------- RFC 8966 peers
+
+
+class _Recording(MemoryTransport):
+    """A memory transport that remembers every destination; ff02::1:6 is delivered to
+    the one other daemon of the mesh (a single-peer WireGuard link)."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__(mesh)
+        self.dests: list[ipaddress.IPv6Address] = []
+
+    def send(self, data: bytes, dest: ipaddress.IPv6Address) -> None:
+        from wgcast.daemon.transport import BABEL_GROUP
+        self.dests.append(dest)
+        if dest == BABEL_GROUP:
+            others = [c for c in self.mesh.transports if c != self.control]
+            if len(others) == 1:
+                dest = others[0]
+        super().send(data, dest)
+
+
+def test_multicast_hellos_for_generic_and_single_peer_links(tmp_path: Path) -> None:
+    """A `babel = "generic"` peer gets its datagrams at ff02::1:6 (added to its
+    AllowedIPs), so does the only peer of a link whose AllowedIPs cover the group;
+    peers of a multi-peer interface keep unicast. Both pairs still become neighbours."""
+    from wgcast.daemon.transport import BABEL_GROUP
+    group = ipaddress.ip_network("ff02::1:6/128")
+
+    async def main() -> None:
+        mesh, a, b = _pair(tmp_path, 'babel = "generic"\nmay_originate = ["10.0.2.0/24"]')
+        ta, tb = _Recording(mesh), _Recording(mesh)
+        a.daemon.transport, b.daemon.transport = ta, tb
+        # b's only peer (a) is at ::/0, as on babeld's WireGuard links.
+        b.device.peers[a.public] = [ipaddress.ip_network("::/0")]
+        async with running(mesh):
+            await until(lambda: a.device.holder(B_NET) == b.public, what="B_NET on b")
+            assert a.daemon.multicast == {"b"} and b.daemon.multicast == {"a"}
+            assert group in a.device.peers[b.public]
+            assert set(ta.dests) == {BABEL_GROUP} and set(tb.dests) == {BABEL_GROUP}
+
+    asyncio.run(main())
+
+    async def multi() -> None:
+        pa, pb, pc = _keys(3)
+        ka, kb, kc = (keys.public_from_private(p) for p in (pa, pb, pc))
+        mesh = Mesh()
+        a = mesh.add("a", pa, config_text("a", str(tmp_path), {"b": kb, "c": kc}))
+        mesh.add("b", pb, config_text("b", str(tmp_path), {"a": ka}))
+        mesh.add("c", pc, config_text("c", str(tmp_path), {"a": ka}))
+        ta = _Recording(mesh)
+        a.daemon.transport = ta
+        a.device.peers[kb] = [ipaddress.ip_network("::/0")]
+        async with running(mesh):
+            await until(lambda: len(ta.dests) > 4, what="a sends")
+            assert a.daemon.multicast == set()
+            assert BABEL_GROUP not in ta.dests
+
+    asyncio.run(multi())

@@ -63,6 +63,7 @@ from wgcast.babel.wire import (
     intern_prefix,
     prefix_to_wire,
     resolve,
+    with_ipv4_next_hop,
 )
 from wgcast.babel.xroute import XRouteTable
 
@@ -140,6 +141,8 @@ class Node:
         # - per neighbour, packets made only of feasible Updates that we processed, with the
         #   routes they set: a byte-identical repeat (a periodic dump) only refreshes them.
         self._rx_seen: dict[str, dict[bytes, tuple[int, int, list[Route], list[int]]]] = {}
+        #: Neighbours that get IPv4 routes as AE 1 + Next Hop (see add_neighbour).
+        self._v4_next_hop: dict[str, bytes] = {}
         #: Outgoing Updates (update.py): announcements, full and triggered updates.
         self._updates = Updates(
             self.router_id, update_interval=config.update_interval, max_body=config.max_body,
@@ -154,15 +157,30 @@ class Node:
     def seqno(self) -> int:
         return self.xroutes.seqno
 
-    def add_neighbour(self, nid: str, extra_cost: int = 0, tie: int = 0) -> None:
+    def add_neighbour(self, nid: str, extra_cost: int = 0, tie: int = 0,
+                      multicast: bool = False, ipv4_next_hop: bytes | None = None) -> None:
         """Add a neighbour; `tie` is the link's tie-break value, the same at both ends
         (`link_tiebreak` of the two public keys): without it, equal-cost paths are ordered
-        by neighbour name, which the two ends of a path need not agree on."""
+        by neighbour name, which the two ends of a path need not agree on.
+
+        `multicast`: our Hellos to it have the unicast flag clear (RFC 8966 multicast
+        Hellos), which babeld, BIRD and FRR need to keep a neighbour; the driver then
+        sends this neighbour's datagrams to ff02::1:6 on a link where only it hears them.
+        Otherwise our Hellos carry the unicast flag (a WireGuard interface with many
+        peers, where a multicast datagram reaches one of them at most).
+
+        `ipv4_next_hop` (4 bytes, our IPv4 address on the link): IPv4 routes go to this
+        neighbour as AE 1 Updates after a Next Hop TLV, for speakers that do not parse
+        v4-via-v6 (AE 4, what every other neighbour gets)."""
         if nid in self.neighbours or nid == LOCAL:
             raise LocalProtocolError(f"neighbour {nid!r} already exists or is reserved")
         if not 0 <= tie < 1 << 32:
             raise LocalProtocolError(f"link tie-break {tie} out of range")
-        self.neighbours[nid] = Neighbour(nid, extra_cost, tie)
+        if ipv4_next_hop is not None:
+            if len(ipv4_next_hop) != 4:
+                raise LocalProtocolError("an IPv4 next hop is 4 bytes")
+            self._v4_next_hop[nid] = ipv4_next_hop
+        self.neighbours[nid] = Neighbour(nid, extra_cost, tie, multicast)
         self._out[nid] = PacketWriter(self.config.max_body)
         self._next_hello[nid] = self._now
         self._cost[nid] = INFINITY
@@ -183,6 +201,7 @@ class Node:
         del self._tie[nid]
         del self._own_cost[nid]
         del self._rx_seen[nid]
+        self._v4_next_hop.pop(nid, None)
         self._nb_expiry.pop(nid, None)
         self._updates.neighbour_removed(nid)
 
@@ -223,8 +242,8 @@ class Node:
         for nb in self.neighbours.values():
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
-            w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, centiseconds(interval),
-                        (Timestamp((stamp(self._now),)),)))
+            w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
+                        centiseconds(interval), (Timestamp((stamp(self._now),)),)))
             if nb.up:
                 w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
@@ -409,7 +428,10 @@ class Node:
         out: list[tuple[str, bytes]] = []
         for nid, writer in self._out.items():
             if writer.packets or writer._body:
+                nh = self._v4_next_hop.get(nid) if self._v4_next_hop else None
                 for pkt in writer.take():
+                    if nh is not None:
+                        pkt = with_ipv4_next_hop(pkt, nh)
                     out.append((nid, pkt))
                     self.counters["packets_out"] += 1
                     self.counters["bytes_out"] += len(pkt)
@@ -449,16 +471,17 @@ class Node:
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
-        w.add(Hello(HELLO_UNICAST, nb.hello_seqno_out, centiseconds(cfg.hello_interval),
-                    (Timestamp((stamp(now),)),)))
-        if nb.last_hello is not None and nb.peer_hello_stamp is not None \
-                and nb.peer_hello_recv is not None:
+        w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
+                    centiseconds(cfg.hello_interval), (Timestamp((stamp(now),)),)))
+        if nb.last_hello is not None:
             # rxcost: our view of the link's cost; the neighbour takes the larger of its
-            # own and ours, as we do (Neighbour.cost), so both ends agree.
+            # own and ours, as we do (Neighbour.cost), so both ends agree. The echo of its
+            # Hello timestamp only when its Hellos carry one (BIRD's do not).
             own = nb.own_cost(cfg.link)
             self._own_cost[nb.id] = own
-            w.add(IHU(AE_WILDCARD, own, centiseconds(cfg.hello_interval), b"",
-                      (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)))
+            echo = () if nb.peer_hello_stamp is None or nb.peer_hello_recv is None else \
+                (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)
+            w.add(IHU(AE_WILDCARD, own, centiseconds(cfg.hello_interval), b"", echo))
         nb.last_sent_hello = now
         self._next_hello[nb.id] = now + cfg.hello_interval
 

@@ -78,6 +78,7 @@ class Neighbour:
         "last_hello",
         "last_ihu",
         "last_sent_hello",
+        "multicast",
         "peer_hello_recv",
         "peer_hello_stamp",
         "rtt_ms",
@@ -88,9 +89,14 @@ class Neighbour:
         "up",
     )
 
-    def __init__(self, nid: str, extra_cost: int = 0, tie: int = 0) -> None:
+    def __init__(self, nid: str, extra_cost: int = 0, tie: int = 0,
+                 multicast: bool = False) -> None:
         self.id = nid
         self.extra_cost = extra_cost
+        #: Our Hellos to it are multicast ones (unicast flag clear): RFC 8966 speakers
+        #: such as babeld keep a neighbour only while they hear its multicast Hellos. The
+        #: driver sends this neighbour's datagrams to ff02::1:6 (see Node.add_neighbour).
+        self.multicast = multicast
         #: This link's tie-break value (see link_tiebreak), added to a route's path tie.
         self.tie = tie
         self.up = False

@@ -563,9 +563,52 @@ def prefix_from_wire(ae: int, plen: int, data: bytes) -> Prefix:
 
 
 def prefix_to_wire(prefix: Prefix) -> tuple[int, bytes]:
-    """(AE, address bytes trimmed to the prefix length) of a prefix."""
+    """(AE, address bytes trimmed to the prefix length) of a prefix, as in requests."""
     ae = AE_IPV4 if prefix.version == 4 else AE_IPV6
     return ae, prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
+
+
+def update_to_wire(prefix: Prefix) -> tuple[int, bytes]:
+    """(AE, address bytes) of a prefix in an Update: an IPv4 prefix goes as v4-via-v6
+    (AE 4, RFC 9229), since every neighbour's next hop is its IPv6 link-local address:
+    an AE 1 Update with a finite metric would need an IPv4 Next Hop TLV (babeld, BIRD
+    and FRR refuse it without one). AE 4 needs no parser state and is the same size."""
+    ae = AE_V4V6 if prefix.version == 4 else AE_IPV6
+    return ae, prefix.network_address.packed[: (prefix.prefixlen + 7) // 8]
+
+
+def with_ipv4_next_hop(packet: bytes, next_hop: bytes) -> bytes:
+    """`packet` with its v4-via-v6 Updates (AE 4) turned into AE 1 Updates after a Next
+    Hop TLV (AE 1, `next_hop`), for a neighbour that wants IPv4 next hops (an older BIRD or
+    FRR, which do not parse AE 4). AE 4 and AE 1 Updates have the same layout and separate
+    compression state, and we send no AE 1 Update of our own, so only the AE byte changes;
+    the Next Hop TLV (8 bytes) goes first in the body. Packets without AE 4 Updates, or
+    that do not parse, are returned unchanged."""
+    if len(packet) < HEADER_LEN or len(next_hop) != 4:
+        return packet
+    out = bytearray(packet)
+    pos, n, found = HEADER_LEN, len(packet), False
+    while pos < n:
+        ttype = packet[pos]
+        if ttype == T_PAD1:
+            pos += 1
+            continue
+        if pos + 2 > n:
+            return packet
+        end = pos + 2 + packet[pos + 1]
+        if end > n:
+            return packet
+        if ttype == T_UPDATE and end - pos >= 3 and packet[pos + 2] == AE_V4V6:
+            out[pos + 2] = AE_IPV4
+            found = True
+        elif ttype == T_UPDATE and end - pos >= 3 and packet[pos + 2] == AE_IPV4:
+            return packet  # an AE 1 Update already: leave its Next Hop state alone
+        pos = end
+    if not found:
+        return packet
+    nh = bytes((T_NEXTHOP, 6, AE_IPV4, 0)) + next_hop
+    body = nh + bytes(out[HEADER_LEN:])
+    return bytes((MAGIC, VERSION)) + struct.pack("!H", len(body)) + body
 
 
 def centiseconds(seconds: float) -> int:
@@ -759,7 +802,7 @@ class PacketWriter:
             else:
                 if router_id != self._router_id:
                     encode_tlv(RouterId(router_id), buf)
-                ae, full = prefix_to_wire(prefix)
+                ae, full = update_to_wire(prefix)
                 # The receiver's default is the whole masked address of the previous prefix.
                 prev = self._default.get(ae, b"")
                 limit = min(len(prev), len(full))
@@ -886,7 +929,7 @@ class PrefixCache:
         """(AE, prefix bytes on the wire, whole address) of a prefix."""
         got = self.to_wire.get(prefix)
         if got is None:
-            ae, raw = prefix_to_wire(prefix)
+            ae, raw = update_to_wire(prefix)
             got = (ae, raw, prefix.network_address.packed)
             if len(self.to_wire) >= self.limit:
                 self.to_wire.clear()
@@ -914,7 +957,7 @@ _UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from
 def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] | None:
     """The Updates of a packet made only of Router-Ids and plain Updates, or None.
 
-    "Plain" is what Babel speakers send in bulk: AE 1 or 2, no sub-TLV but at most one
+    "Plain" is what Babel speakers send in bulk: AE 1, 2 or 4, no sub-TLV but at most one
     Tiebreak, no flag but the default-prefix one. For such a packet this gives (prefix,
     router-id, seqno, metric, interval, tie) exactly as `resolve(decode_packet(data))`
     would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
@@ -942,7 +985,8 @@ def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] 
             if pos - start < 10:
                 return None
             ae, flags, plen, omitted, interval, seqno, metric = fields(data, start)
-            if flags & 0x7F or not ((ae == 2 and plen <= 128) or (ae == 1 and plen <= 32)):
+            if flags & 0x7F or not ((ae == 2 and plen <= 128) or
+                                    ((ae == 1 or ae == 4) and plen <= 32)):
                 return None
             nbytes = (plen + 7) >> 3
             end = start + 10 + nbytes - omitted

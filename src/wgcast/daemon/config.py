@@ -335,6 +335,11 @@ class PeerConf:
     prefixes. `probe_port` is where the peer's probe responder listens on each endpoint
     host (None: this node's own `probe_port`; "endpoint": the endpoint's own port, for
     a front end that tells probes from WireGuard packets, as the lab's relay does).
+    `babel`: "wgcast" (the peer runs wgcast: its router-id is the hash of its key, it
+    speaks from the control address derived from its key) or "generic" (any RFC 8966
+    speaker, e.g. babeld, BIRD, FRR: multicast Hellos to it, its routes accepted under
+    `may_originate` whatever its router-id, heard from `babel_address`, by default the
+    control address derived from its key).
     """
 
     public_key: str
@@ -343,6 +348,11 @@ class PeerConf:
     may_originate: tuple[Prefix, ...] | None = None
     cost: int = 0
     probe_port: int | Literal["endpoint"] | None = None
+    babel: Literal["wgcast", "generic"] = "wgcast"
+    babel_address: ipaddress.IPv6Address | None = None
+    #: Our IPv4 address on the link, for a peer that wants IPv4 routes with an IPv4 next
+    #: hop (AE 1 + Next Hop TLV: BIRD 2.0, FRR) instead of v4-via-v6 (AE 4).
+    ipv4_next_hop: ipaddress.IPv4Address | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -703,6 +713,27 @@ def _group_ref(v: Any) -> str | int:
     raise _Bad(f"expected a group name or a numeric gid, got {_show(v)}")
 
 
+def _link_local(v: Any) -> ipaddress.IPv6Address:
+    try:
+        a = ipaddress.IPv6Address(v) if isinstance(v, str) else None
+    except ValueError:
+        a = None
+    if a is None or not a.is_link_local:
+        raise _Bad(f"expected an IPv6 link-local address such as \"fe80::2\", got {_show(v)}")
+    return a
+
+
+def _ipv4_address(v: Any) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(v) if isinstance(v, str) else _no_address(v)
+    except ValueError:
+        return _no_address(v)
+
+
+def _no_address(v: Any) -> ipaddress.IPv4Address:
+    raise _Bad(f"expected an IPv4 address such as \"10.99.0.1\", got {_show(v)}")
+
+
 def _peer_name(v: Any) -> str:
     if (
         not isinstance(v, str)
@@ -777,7 +808,8 @@ _TOP_KEYS: Final = (
 _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold",
                       "move_hold")
 _LINK_KEYS: Final = ("base_cost", "rtt_cost_per_ms", "max_rtt_cost")
-_PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost", "probe_port")
+_PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost", "probe_port",
+                      "babel", "babel_address", "ipv4_next_hop")
 _POLICY_KEYS: Final = ("probe_interval", "learned_max", "learned_ttl", "switch_hold",
                        "resolve_interval", "roam_poll", "restart_handshake")
 _GROUP_KEYS: Final = (
@@ -797,7 +829,8 @@ _ALL_HEALTH_KEYS: Final = _HEALTH_COMMON + tuple(
 _SECTION_OF: Final[Mapping[str, str]] = {
     **{k: "[timers]" for k in _TIMER_KEYS},
     **{k: "[link]" for k in _LINK_KEYS},
-    **{k: "[[peers]]" for k in _PEER_KEYS if k != "probe_port"},
+    **{k: "[[peers]]" for k in _PEER_KEYS
+       if k not in ("probe_port", "babel", "babel_address", "ipv4_next_hop")},
     **{k: "[endpoint_policy]" for k in _POLICY_KEYS},
     **{k: "[[groups]]" for k in _GROUP_KEYS},
 }
@@ -1032,9 +1065,13 @@ class _Reader:
         may_originate = self.unique_prefixes(may) if given else None
         cost = self.get(t, path, "cost", _integer(0, 4096), 0)
         probe_port = self.get(t, path, "probe_port", _peer_probe_port, None)
+        babel = self.get(t, path, "babel", _choice("wgcast", "generic"), "wgcast")
+        babel_address = self.get(t, path, "babel_address", _link_local, None)
+        nh = self.get(t, path, "ipv4_next_hop", _ipv4_address, None)
         if key is None:
             return None
-        return PeerConf(key, name, tuple(seen), may_originate, cost, probe_port)
+        return PeerConf(key, name, tuple(seen), may_originate, cost, probe_port,
+                        "generic" if babel == "generic" else "wgcast", babel_address, nh)
 
     def health(self, path: str, t: Mapping[str, Any]) -> HealthConf | None:
         kind = self.need(t, path, "type", _choice(*_HEALTH_KEYS),

@@ -47,6 +47,9 @@ class PeerInfo:
     router_id: bytes
     may_originate: tuple[Prefix, ...]
     endpoints: tuple[str, ...] = ()
+    #: Not a wgcast node (babeld, BIRD, FRR...): its router-id is not the hash of its
+    #: key, so what it sends is judged by address alone (see PeerPolicy.refusal).
+    generic: bool = False
 
 
 #: Why an announcement was refused (the label of the counters and metrics).
@@ -112,7 +115,16 @@ class PeerPolicy:
             return "own prefix echoed" if rid == self.own_router_id else "claims our address"
         if overlaps(prefix, NEVER):
             return "reserved space"
-        if self.roster is not None:
+        via = self.peers.get(neighbour)
+        if via is not None and via.generic:
+            # A generic Babel speaker (babeld, BIRD, FRR): its router-ids prove nothing,
+            # so the address decides: whatever the origin (the speaker or a router behind
+            # it), the prefix must lie in what the peer may originate. Anything else it
+            # redistributes (its underlay, its link's subnet) is refused.
+            if not any(prefix.version == m.version and prefix.subnet_of(m)  # type: ignore[arg-type]
+                       for m in via.may_originate):
+                return "not allowed"
+        elif self.roster is not None:
             why = self.roster.why_refused(rid, prefix)
             if why is not None:
                 return why

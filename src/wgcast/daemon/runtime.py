@@ -61,7 +61,7 @@ from wgcast.daemon.ports import (
 )
 from wgcast.daemon.reload import diff, refusals
 from wgcast.daemon.state import State, StateError, load_state, save_state
-from wgcast.daemon.transport import UdpTransport
+from wgcast.daemon.transport import BABEL_GROUP, UdpTransport
 from wgcast.dataplane.backend import open_device
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
@@ -184,6 +184,8 @@ class Daemon:
         self.peers: dict[str, PeerInfo] = self.policy.peers
         self.by_control: dict[ipaddress.IPv6Address, str] = {}
         self.by_key: dict[PeerKey, str] = {}
+        #: Neighbours whose datagrams go to ff02::1:6 (multicast Hellos), see start().
+        self.multicast: set[str] = set()
         self.routes: dict[Prefix, RouteInfo] = {}
         self.node: Node | None = None
         self.view: NodeView | None = None
@@ -258,10 +260,27 @@ class Daemon:
         ensure: list[tuple[PeerKey, Prefix]] = []
         remembered = load_remembered(cfg.state_file)
         first_seen: dict[str, list[str]] = {}
+        # Neighbours that get multicast Hellos (sent to ff02::1:6): RFC 8966 speakers
+        # (babel = "generic"), and the peer of a single-peer link whose AllowedIPs cover
+        # the group (it hears multicast anyway, as babeld's own WireGuard links are set up).
+        group = ipaddress.IPv6Network(f"{BABEL_GROUP}/128")
+        covering = [pc for pc in cfg.peers
+                    if any(p.version == 6 and group.subnet_of(p)
+                           for p in dp.allowed_ips(pc.key))]
+        self.multicast = {pc.name for pc in cfg.peers if pc.babel == "generic"}
+        if len(cfg.peers) == 1 and covering:
+            self.multicast.add(cfg.peers[0].name)
         for pc in cfg.peers:
             found = dp.allowed_ips(pc.key)
+            if pc.babel == "generic" and not covering:
+                covering.append(pc)
+                ensure.append((pc.key, group))
+            elif pc.babel == "generic" and pc not in covering:
+                log.warning("%s: peer %s is generic but ff02::1:6 is in another peer's "
+                            "AllowedIPs: it will not hear our multicast Hellos",
+                            cfg.interface, pc.name)
             first_seen[pc.public_key] = self._add_peer_info(pc, found, inherited, remembered)
-            ctrl_net = ipaddress.IPv6Network(f"{control_address(pc.key)}/128")
+            ctrl_net = ipaddress.IPv6Network(f"{pc.babel_address or control_address(pc.key)}/128")
             if ctrl_net not in found:
                 ensure.append((pc.key, ctrl_net))
         save_remembered(cfg.state_file, {**first_seen, **remembered})
@@ -288,7 +307,10 @@ class Daemon:
         for pc in cfg.peers:
             self.node.add_neighbour(pc.name, pc.cost,
                                     tie=link_tiebreak(self.public_key,
-                                                      decode_key(pc.public_key)))
+                                                      decode_key(pc.public_key)),
+                                    multicast=pc.name in self.multicast,
+                                    ipv4_next_hop=None if pc.ipv4_next_hop is None
+                                    else pc.ipv4_next_hop.packed)
         for p in cfg.addresses:
             self.node.originate(p, 0, now=self.now())
         # Groups (static ones included) are served by the membership service (run()),
@@ -307,7 +329,7 @@ class Daemon:
         """Policy and lookups of one configured peer; returns what it may originate
         besides the anycast space (remembered at the first start)."""
         key = pc.key
-        ctrl = control_address(key)
+        ctrl = pc.babel_address or control_address(key)
         anycast = tuple(self.config.anycast)
         if pc.may_originate is not None:
             may = tuple(pc.may_originate) + anycast
@@ -319,7 +341,8 @@ class Daemon:
             own = {p for p in found if p.prefixlen != 128 or p.network_address != ctrl}
             may = tuple(sorted(own - inherited, key=str)) + anycast
         self.policy.add(PeerInfo(pc.name, key, ctrl, router_id(key), may,
-                                 tuple(str(e) for e in pc.endpoints)))
+                                 tuple(str(e) for e in pc.endpoints),
+                                 generic=pc.babel == "generic"))
         self.by_control[ctrl] = pc.name
         self.by_key[key] = pc.name
         return [str(p) for p in may if p not in anycast]
@@ -400,8 +423,13 @@ class Daemon:
                     ctrl_net = ipaddress.IPv6Network(f"{control_address(pc.key)}/128")
                     if ctrl_net not in found:
                         ensure.append((pc.key, ctrl_net))
+                if pc.babel == "generic":
+                    self.multicast.add(pc.name)
                 node.add_neighbour(pc.name, pc.cost,
-                                   tie=link_tiebreak(self.public_key, pc.key))
+                                   tie=link_tiebreak(self.public_key, pc.key),
+                                   multicast=pc.name in self.multicast,
+                                   ipv4_next_hop=None if pc.ipv4_next_hop is None
+                                   else pc.ipv4_next_hop.packed)
             for _old, pc in ch.peers_changed:
                 self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(), remembered)
                 nb = node.neighbours.get(pc.name)
@@ -483,8 +511,10 @@ class Daemon:
         """Send what the engine wrote, apply its events, re-arm its timer."""
         node = self.node
         assert node is not None and self.clock is not None and self.dataplane is not None
+        multicast = self.multicast
         for name, data in node.datagrams_to_send():
-            self.transport.send(data, self.peers[name].control)
+            self.transport.send(data, BABEL_GROUP if name in multicast
+                                else self.peers[name].control)
         now = self.now()
         while (ev := node.next_event()) is not None:
             if isinstance(ev, RouteSelected):

@@ -1,8 +1,13 @@
-"""The Babel socket: UDP on the node's control link-local address, one interface.
+"""The Babel sockets: UDP on the node's control link-local address, one interface, and
+a second one bound to Babel's multicast group ff02::1:6 (joined on that interface).
 
-Bound to the WireGuard interface (SO_BINDTODEVICE where allowed, and the scope id), so
-only the tunnel's datagrams arrive; each readable burst (up to 64 datagrams) is handed
-to the runtime as one batch, so the engine's output is flushed once per burst.
+Both are bound to the WireGuard interface (SO_BINDTODEVICE where allowed, and the scope
+id), so only the tunnel's datagrams arrive; each readable burst (up to 64 datagrams) is
+handed to the runtime as one batch, so the engine's output is flushed once per burst.
+Everything is sent from the control address: unicast to a neighbour's address, or to
+ff02::1:6 for a neighbour that needs multicast Hellos (babeld, BIRD, FRR), which
+WireGuard delivers to the one peer whose AllowedIPs cover the group. The multicast
+socket is best effort: without it wgcast neighbours still work (they speak unicast).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import struct
 from collections.abc import Callable
 
 from wgcast.daemon.ports import Datagrams
@@ -20,6 +26,8 @@ log = logging.getLogger("wgcast")
 
 #: Datagrams read per readable event before the engine's output is flushed.
 BURST = 64
+#: Babel's link-local multicast group (RFC 8966 section 5).
+BABEL_GROUP = ipaddress.IPv6Address("ff02::1:6")
 
 
 class UdpTransport:
@@ -29,6 +37,7 @@ class UdpTransport:
         self.ifname = ifname
         self.port = port
         self._sock: socket.socket | None = None
+        self._msock: socket.socket | None = None
         self._ifindex = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_datagrams: Callable[[Datagrams], None] | None = None
@@ -42,18 +51,47 @@ class UdpTransport:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
         sock.bind((str(control), self.port, 0, self._ifindex))
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
         sock.setblocking(False)
         self._sock = sock
         self._on_datagrams = on_datagrams
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._loop.add_reader(sock.fileno(), lambda: self._on_readable(sock))
+        try:
+            self._msock = self._open_group()
+        except OSError as e:
+            log.warning("%s: cannot join %s (%s): only unicast Babel neighbours",
+                        self.ifname, BABEL_GROUP, e)
+        else:
+            msock = self._msock
+            self._loop.add_reader(msock.fileno(), lambda: self._on_readable(msock))
 
-    def _on_readable(self) -> None:
-        assert self._sock is not None and self._on_datagrams is not None
+    def _open_group(self) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
+                                self.ifname.encode())
+            sock.bind((str(BABEL_GROUP), self.port, 0, self._ifindex))
+            mreq = BABEL_GROUP.packed + struct.pack("@I", self._ifindex)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _on_readable(self, sock: socket.socket) -> None:
+        assert self._on_datagrams is not None
         batch: Datagrams = []
         for _ in range(BURST):
             try:
-                data, addr = self._sock.recvfrom(65535)
+                data, addr = sock.recvfrom(65535)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
@@ -73,9 +111,11 @@ class UdpTransport:
             self._sock.sendto(data, (str(dest), self.port, 0, self._ifindex))
 
     def close(self) -> None:
-        if self._sock is not None and self._loop is not None:
-            with contextlib.suppress(Exception):
-                self._loop.remove_reader(self._sock.fileno())
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in (self._sock, self._msock):
+            if sock is None:
+                continue
+            if self._loop is not None:
+                with contextlib.suppress(Exception):
+                    self._loop.remove_reader(sock.fileno())
+            sock.close()
+        self._sock = self._msock = None
