@@ -83,9 +83,10 @@ def test_a_worse_unfeasible_route_is_not_blocked() -> None:
     assert got.best is good and got.blocked is None
 
 
-def test_starvation_is_left_to_the_caller() -> None:
-    got = run([route("x", 300)], {"x": 96}, feasible=below(200))
-    assert got.best is None and got.blocked is None
+def test_starvation_gives_the_best_unfeasible_route_as_blocked() -> None:
+    r = route("x", 300)
+    got = run([r], {"x": 96}, feasible=below(200))
+    assert got.best is None and got.blocked is r
 
 
 def test_the_current_route_stays_usable_when_it_got_worse() -> None:

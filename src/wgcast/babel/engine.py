@@ -750,9 +750,12 @@ class Node:
                             self.sources.feasible, self.config.selection.mode)
             cur_m = choice.current_metric
             blocked = choice.blocked
-            if blocked is not None:
-                # A better path exists but is not feasible yet: ask its source for a new
-                # seqno (starvation, no route at all, is handled below).
+            if blocked is not None and prefix not in self._release.releasing:
+                # A better path exists but is not feasible yet, or (starvation) no path
+                # is feasible: ask its source for a new seqno. Asked at every selection
+                # while it lasts (the tracker keeps one request per source and seqno),
+                # so a starvation that began during a source release, when asking is
+                # pointless, is asked about when the release ends.
                 self._request_seqno(prefix, blocked.router_id, seqno_plus(blocked.seqno),
                                     blocked.neighbour)
             chosen = choice.best

@@ -149,8 +149,9 @@ def select(prefix: Prefix, routes: Iterable[Route], costs: Mapping[str, int],
     by both ends (Neighbour.cost) and damped there, and the tie-break sums per-link values
     (`ties`, per neighbour) that both ends share, so every pair of nodes has one shortest
     path, the same in both directions, and every node on it routes along it
-    (docs/source-filter.md). A better route that is not feasible is returned as `blocked`:
-    its source's next seqno makes it feasible.
+    (docs/source-filter.md). A better route that is not feasible is returned as `blocked`
+    (with no feasible route at all, the best unfeasible one): its source's next seqno
+    makes it feasible.
 
     `current` is the route selected now (learned from a neighbour), `current_rid` the
     router-id selected now: the current route stays usable when it got worse than our
@@ -201,6 +202,6 @@ def select(prefix: Prefix, routes: Iterable[Route], costs: Mapping[str, int],
             and best is not current:
         chosen = current
         key = (cur_m, current.tie + ties[current.neighbour], current.neighbour)
-    if blocked is not None and (blocked_k >= key or best is None):
+    if blocked is not None and best is not None and blocked_k >= key:
         blocked = None
     return Choice(chosen, key, blocked, cur_m)
