@@ -178,6 +178,9 @@ class MemoryTransport:
         if other is not None and other.on_datagrams is not None:
             asyncio.get_running_loop().call_soon(other.on_datagrams, [(self.control, data)])
 
+    def reopen(self) -> None:
+        pass
+
     def close(self) -> None:
         if self.control is not None:
             self.mesh.transports.pop(self.control, None)

@@ -168,7 +168,12 @@ def test_monitor_runs_checks_concurrently_without_blocking() -> None:
         assert changed == [p2]  # p2 passed after rise; p1 never did
         assert mon.checks[p1][0].state.results >= 3
         assert mon.checks[p1][0].last_error is not None
-        assert max(lags) < 0.1
+        # A check run on the loop would block it for its whole 0.1 s timeout, again and
+        # again: most samples would lag by tens of ms. On a loaded machine a single sample
+        # may lag that much anyway, so the median says it, not the maximum.
+        lags.sort()
+        assert lags[len(lags) // 2] < 0.03, lags
+        assert lags[-1] < 0.5, lags
 
     asyncio.run(go())
 

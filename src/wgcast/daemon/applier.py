@@ -48,6 +48,10 @@ class DataPlaneStats:
     last_apply_ms: float = 0.0
     held_moves: int = 0
     held_packets: int = 0
+    #: Owned AllowedIPs / kernel routes found changed under wgcast and put back.
+    put_back: int = 0
+    #: Full resyncs after the interface came back (deleted and recreated, restarted).
+    resyncs: int = 0
 
 
 class DataPlaneApplier:
@@ -78,6 +82,17 @@ class DataPlaneApplier:
         self._path_metric: dict[Prefix, int] = {}
         self._move_holds_off = False
         self._dirty = asyncio.Event()
+        #: The interface is gone: nothing is applied (desired state kept) until resync().
+        self._paused = False
+        #: Read the device and the kernel before the next apply: "audit" (compare, put
+        #: back, count) or "resync" (the interface came back: everything is new).
+        self._check: str | None = None
+        #: Set once the apply after a check succeeded.
+        self._checked: asyncio.Event | None = None
+        #: The peers' control /128s: kept on the peers the device has (audit, resync).
+        self.controls: Callable[[], list[tuple[PeerKey, Prefix]]] = list
+        #: Failed applies in a row (back-off, one log line per streak).
+        self._fails = 0
 
     # ------------------------------------------------------------ start
 
@@ -140,6 +155,39 @@ class DataPlaneApplier:
         """Apply now (the first apply after start)."""
         self._dirty.set()
 
+    def pause(self) -> None:
+        """The interface is gone: apply nothing, keep the desired state."""
+        self._paused = True
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def audit(self) -> asyncio.Event:
+        """Compare the device and the kernel with what wgcast installed before the next
+        apply; owned entries changed by someone else are put back (counted). The event
+        is set once that apply succeeded."""
+        return self._want_check("audit")
+
+    def resync(self) -> asyncio.Event:
+        """The interface is back (new ifindex): read everything again, put back the
+        control /128s, AllowedIPs and kernel routes; unpauses."""
+        self._paused = False
+        return self._want_check("resync")
+
+    def _want_check(self, kind: str) -> asyncio.Event:
+        order = ("reread", "audit", "resync")
+        if self._check is None or order.index(kind) > order.index(self._check):
+            self._check = kind
+        if self._checked is None:
+            self._checked = asyncio.Event()
+        self._dirty.set()
+        return self._checked
+
+    def desired_routes(self) -> list[Prefix]:
+        """Prefixes that should route to the interface (through a peer)."""
+        return [p for p, k in self._desired.items() if k is not None]
+
     def installed(self, prefix: Prefix) -> bool:
         """Whether the kernel route of `prefix` points at the WireGuard interface."""
         return prefix in self._kroutes
@@ -165,16 +213,64 @@ class DataPlaneApplier:
                 for p in self._inherited:
                     self._desired.setdefault(p, None)
                 inherited_done = True
+            if self._paused:
+                continue  # the interface is gone: resync() wakes us
             try:
+                if self._check is not None:
+                    await self._read_back(self._check)
                 await self.apply_once()
-            except Exception as e:  # keep forwarding; re-read and retry
+            except Exception as e:  # keep forwarding; re-read and retry, backing off
                 self.stats.errors += 1
-                log.warning("data plane update failed (%s); re-reading the device", e)
-                with contextlib.suppress(Exception):
-                    self._actual = (await self.device.get()).allowed_ips_by_peer()
-                    self._kroutes = await self.host.list_routes()
-                await asyncio.sleep(0.05)
+                self._fails += 1
+                if self._fails == 1:
+                    log.warning("data plane update failed (%s); re-reading the device and "
+                                "retrying (backing off)", e)
+                else:
+                    log.debug("data plane update failed again (%d): %s", self._fails, e)
+                self._check = self._check or "reread"
+                await asyncio.sleep(min(2.0, 0.05 * 2 ** (self._fails - 1)))
                 self._dirty.set()
+                continue
+            if self._fails > 1:
+                log.info("data plane updates work again after %d failures", self._fails)
+            self._fails = 0
+            if self._checked is not None:
+                self._checked.set()
+                self._checked = None
+
+    async def _read_back(self, kind: str) -> None:
+        """Read the device and the kernel; owned entries that differ from what was
+        installed are put back by the apply that follows (an audit counts and logs
+        them); missing control /128s are added to the peers the device has."""
+        dev = await self.device.get()
+        found = dev.allowed_ips_by_peer()
+        # Held prefixes route to the move-hold device, not the interface: not lost.
+        kroutes = await self.host.list_routes() | (self._kroutes & set(self._holding))
+        self._check = None
+        managed = set(self._desired)
+        was, now_ = holders(self._actual), holders(found)
+        changed = sorted((p for p in managed if was.get(p) != now_.get(p)), key=str)
+        lost_routes = sorted((p for p in self._kroutes - kroutes), key=str)
+        ctrl = [(k, p) for k, p in self.controls() if k in found and now_.get(p) != k]
+        self._actual = found
+        self._kroutes = kroutes
+        if ctrl:
+            await self.device.apply([AddAllowedIP(k, p) for k, p in ctrl])
+            for k, p in ctrl:
+                self._actual[k].add(p)
+        if kind == "resync":
+            self.stats.resyncs += 1
+            return
+        if kind != "audit":
+            return
+        n = len(changed) + len(lost_routes) + len(ctrl)
+        if n:
+            self.stats.put_back += n
+            what = [str(p) for p in changed] + [f"route {p}" for p in lost_routes] + \
+                [f"{p} (control)" for _, p in ctrl]
+            log.warning("%s: %d owned entries changed under wgcast, putting them back: %s%s",
+                        self.config.interface, n, ", ".join(what[:8]),
+                        " ..." if len(what) > 8 else "")
 
     async def final_apply(self, timeout: float) -> None:
         """On stop: the last moves, at once (no more move holds), bounded; errors ignored."""

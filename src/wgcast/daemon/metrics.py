@@ -95,6 +95,10 @@ class DaemonCollector(Collector):
                            "queue was full.", c.move_hold_dropped)
         yield _counter("wgcast_announcements_dropped", "Updates refused by the origination "
                        "policy (echoes of our own prefixes excluded).", c.announcements_dropped)
+        yield _counter("wgcast_dataplane_put_back", "Owned AllowedIPs and routes found "
+                       "changed by someone else and put back.", c.dataplane_put_back)
+        yield _counter("wgcast_interface_resyncs", "Full resyncs after the WireGuard "
+                       "interface came back.", c.interface_resyncs)
         yield _counter("wgcast_state_save_errors", "State file saves that failed (a full or "
                        "read-only disk; retried, never fatal).", c.state_save_errors)
         refused = CounterMetricFamily("wgcast_announcements_refused", "Updates refused, by "

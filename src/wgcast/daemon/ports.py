@@ -209,6 +209,10 @@ class DaemonCounters:
     endpoints: Mapping[str, Any] | None
     #: State file saves that failed (retried; never fatal).
     state_save_errors: int = 0
+    #: Owned AllowedIPs / routes put back after someone else changed them.
+    dataplane_put_back: int = 0
+    #: Resyncs after the interface came back (recreated, wireguard-go restarted).
+    interface_resyncs: int = 0
 
 
 class StatusSource(Protocol):
@@ -292,6 +296,10 @@ class Transport(Protocol):
 
     def send(self, data: bytes, dest: ipaddress.IPv6Address) -> None:
         """Best effort: a peer without a handshake drops it, the next Hello retries."""
+        ...
+
+    def reopen(self) -> None:
+        """Bind again on the interface's current ifindex (it was recreated)."""
         ...
 
     def close(self) -> None: ...

@@ -284,6 +284,7 @@ class Daemon:
             if ctrl_net not in found:
                 ensure.append((pc.key, ctrl_net))
         save_remembered(cfg.state_file, {**first_seen, **remembered})
+        dp.controls = self._controls
         with _needs_root(f"setting the peers' AllowedIPs on {cfg.interface}"):
             await dp.ensure(ensure)
         with _needs_root(f"binding the Babel socket to {cfg.interface}"):
@@ -323,6 +324,10 @@ class Daemon:
         await self.endpoints.start()
         log.info("%s: router-id %s, control %s, %d peers, seqno %d", cfg.interface, rid.hex(),
                  self.control, len(self.peers), seqno)
+
+    def _controls(self) -> list[tuple[PeerKey, Prefix]]:
+        """Each configured peer's control /128 (kept in its AllowedIPs)."""
+        return [(i.key, ipaddress.IPv6Network(f"{i.control}/128")) for i in self.peers.values()]
 
     def _add_peer_info(self, pc: PeerConf, found: set[Prefix], inherited: frozenset[Prefix],
                        remembered: Mapping[str, list[Prefix]]) -> list[str]:
@@ -653,6 +658,7 @@ class Daemon:
         # Always watching: a reload may add (or remove) the roster.
         roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
         host_watch = asyncio.create_task(self.watch_host())
+        iface_watch = asyncio.create_task(self.watch_interface())
         self.dataplane.kick()
         _sd_notify("READY=1")
         await self._stop.wait()
@@ -672,9 +678,10 @@ class Daemon:
         dp.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await dp
-        host_watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await host_watch
+        for task in (host_watch, iface_watch):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if roster_watch is not None:
             roster_watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -790,6 +797,96 @@ class Daemon:
         self.problems = found
         return found
 
+    # ------------------------------------------------------------ the interface
+
+    #: Reads the ifindex of a link name, 0 when there is none (tests replace it).
+    @staticmethod
+    def ifindex(ifname: str) -> int:
+        try:
+            return socket.if_nametoindex(ifname)
+        except OSError:
+            return 0
+
+    async def watch_interface(self, every: float = 0.5, audit_every: float = 2.0) -> None:
+        """Follow the WireGuard interface (an ifindex check every `every` seconds).
+
+        Gone (wg-quick down, wireguard-go killed): one log line, the data plane pauses,
+        the engine and every desired route are kept. Back, or a new ifindex (recreated,
+        wireguard-go restarted and reconfigured): once the device has our private key,
+        the link is set up, the control address added, the Babel socket bound again, the
+        device and the kernel re-read and every owned AllowedIP and route put back (one
+        log line with the time it took). While present, every `audit_every` seconds the
+        device is compared with what wgcast installed; owned entries someone else
+        changed are put back (`DataPlaneApplier.audit`)."""
+        dp = self.dataplane
+        assert dp is not None
+        ifname = self.config.interface
+        known = self.ifindex(ifname)
+        gone_at: float | None = None
+        back_at: float | None = None
+        waiting_said = False
+        next_audit = self.now() + audit_every
+        while True:
+            await asyncio.sleep(every)
+            index = self.ifindex(ifname)
+            now = self.now()
+            if index == known and gone_at is None:
+                if now >= next_audit:
+                    next_audit = now + audit_every
+                    dp.audit()
+                continue
+            if index == 0:
+                if gone_at is None:
+                    gone_at = now
+                    dp.pause()
+                    log.warning("%s: the interface is gone; keeping the routes and waiting "
+                                "for it to come back", ifname)
+                back_at = None
+                continue
+            if gone_at is None:  # a new ifindex without seeing it gone
+                gone_at = now
+                dp.pause()
+            if back_at is None:
+                back_at = now
+            why = await self._reattach()
+            if why is not None:
+                if not waiting_said and now - back_at > 10.0:
+                    waiting_said = True
+                    log.warning("%s: the interface is back but not usable yet: %s", ifname, why)
+                continue
+            t0 = self.now()
+            done = dp.resync()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 5.0)
+            log.info("%s: the interface is back (ifindex %d -> %d, gone %.1fs): socket "
+                     "re-bound, control address and %d routes restored in %.0f ms%s",
+                     ifname, known, index, back_at - gone_at, len(dp.desired_routes()),
+                     (self.now() - t0) * 1000, "" if done.is_set() else " (still retrying)")
+            known, gone_at, back_at, waiting_said = index, None, None, False
+            next_audit = self.now() + audit_every
+
+    async def _reattach(self) -> str | None:
+        """Re-bind to the interface that came back; what is missing, or None once done."""
+        try:
+            dev = await self.backend.get()
+        except Exception as e:
+            return f"cannot read it ({e})"
+        if dev.public_key != self.public_key:
+            return "it has no private key, or another one"
+        if self.peers and not any(dev.peer(i.key) is not None for i in self.peers.values()):
+            return "none of the configured peers is on it"
+        try:
+            await self.system.ensure_up()
+            await self.system.add_address(ipaddress.IPv6Interface(f"{self.control}/64"))
+            self.transport.reopen()
+        except Exception as e:
+            return f"cannot set it up ({e})"
+        if self.node is not None:
+            for name in self.peers:
+                self.node.hello_now(name, self.now())
+            self._pump()
+        return None
+
     async def watch_host(self, every: float = 5.0) -> None:
         """Look at the host's settings now and then (forwarding)."""
         await asyncio.sleep(min(every, 2 * self.config.timers.hello + 1.0))
@@ -836,6 +933,9 @@ class Daemon:
                           "last_apply_ms": round(dp.stats.last_apply_ms, 3),
                           "held_moves": dp.stats.held_moves,
                           "held_packets": dp.stats.held_packets,
+                          "put_back": dp.stats.put_back,
+                          "resyncs": dp.stats.resyncs,
+                          "interface_present": not dp.paused,
                           "holding": sorted(map(str, dp.holding())),
                           "hold_device": q.ifname if q is not None else None,
                           "hold": None if q is None else {
@@ -905,7 +1005,8 @@ class Daemon:
             announcements_dropped=self.policy.dropped,
             announcements_refused=dict(self.policy.dropped_by),
             endpoints=self.endpoints.status() if self.endpoints is not None else None,
-            state_save_errors=self.state_errors)
+            state_save_errors=self.state_errors, dataplane_put_back=dp.stats.put_back,
+            interface_resyncs=dp.stats.resyncs)
 
 
 _EPERM = (errno.EPERM, errno.EACCES)

@@ -39,11 +39,13 @@ class UdpTransport:
         self._sock: socket.socket | None = None
         self._msock: socket.socket | None = None
         self._ifindex = 0
+        self._control: ipaddress.IPv6Address | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_datagrams: Callable[[Datagrams], None] | None = None
 
     def open(self, control: ipaddress.IPv6Address,
              on_datagrams: Callable[[Datagrams], None]) -> None:
+        self._control = control
         self._ifindex = socket.if_nametoindex(self.ifname)
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -68,6 +70,14 @@ class UdpTransport:
         else:
             msock = self._msock
             self._loop.add_reader(msock.fileno(), lambda: self._on_readable(msock))
+
+    def reopen(self) -> None:
+        """Close and bind again on the interface's current ifindex (the interface was
+        deleted and recreated, or wireguard-go restarted): same address, same callback."""
+        assert self._on_datagrams is not None and self._control is not None
+        on_datagrams = self._on_datagrams
+        self.close()
+        self.open(self._control, on_datagrams)
 
     def _open_group(self) -> socket.socket:
         sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)

@@ -666,29 +666,70 @@ class Lab:
 
     def _configure_wireguard(self) -> None:
         for n in self.nodes.values():
-            cmd = ["wg", "set", n.iface, "listen-port", str(n.listen_port),
-                   "private-key", n.key_path]
-            for peer in self.topology.neighbours(n.name):
-                p = self.nodes[peer]
-                first = self.links_between(n.name, peer)[0]
-                cmd += ["peer", p.public_key, "endpoint", first.endpoint_of(n.name),
-                        "allowed-ips", f"{p.control}/128"]
-            # Kernel WireGuard is set through netlink, in the interface's namespace.
-            run(["ip", "netns", "exec", n.ns, *cmd] if self.wireguard == "kernel" else cmd)
-            lines = [
-                f"link set dev {n.iface} addrgenmode none",
-                f"address add {n.control}/128 dev {n.iface} nodad",
-                f"address add {n.unicast}/128 dev {n.iface} nodad",
-                f"link set dev {n.iface} up",
-                # On-link route to the peers' control addresses (the kernel would add it
-                # with an auto link-local address, which addrgenmode none suppresses).
-                f"route replace fe80::/64 dev {n.iface}",
-            ]
-            if self.preassign_anycast:
-                for g in self.groups:
-                    if n.name in g.members:
-                        lines.append(f"address add {g.address}/128 dev lo preferred_lft 0 nodad")
-            ip_batch(lines, netns=n.ns)
+            self._configure_node(n)
+
+    def _configure_node(self, n: NodeInfo, lo: bool = True) -> None:
+        """Keys, peers, addresses and link up of one node's interface (as wg-quick)."""
+        cmd = ["wg", "set", n.iface, "listen-port", str(n.listen_port),
+               "private-key", n.key_path]
+        for peer in self.topology.neighbours(n.name):
+            p = self.nodes[peer]
+            first = self.links_between(n.name, peer)[0]
+            cmd += ["peer", p.public_key, "endpoint", first.endpoint_of(n.name),
+                    "allowed-ips", f"{p.control}/128"]
+        # Kernel WireGuard is set through netlink, in the interface's namespace.
+        run(["ip", "netns", "exec", n.ns, *cmd] if self.wireguard == "kernel" else cmd)
+        lines = [
+            f"link set dev {n.iface} addrgenmode none",
+            f"address add {n.control}/128 dev {n.iface} nodad",
+            f"address add {n.unicast}/128 dev {n.iface} nodad",
+            f"link set dev {n.iface} up",
+            # On-link route to the peers' control addresses (the kernel would add it
+            # with an auto link-local address, which addrgenmode none suppresses).
+            f"route replace fe80::/64 dev {n.iface}",
+        ]
+        if self.preassign_anycast and lo:
+            for g in self.groups:
+                if n.name in g.members:
+                    lines.append(f"address add {g.address}/128 dev lo preferred_lft 0 nodad")
+        ip_batch(lines, netns=n.ns)
+
+    def recreate_wireguard(self, node: str, how: str = "delete") -> float:
+        """Take a node's WireGuard interface away and bring it back configured as
+        before (same key, peers and addresses), as `wg-quick down; wg-quick up` does.
+
+        how="delete": `ip link del` (wireguard-go exits with its TUN), then create it
+        again; how="kill": SIGKILL wireguard-go (go labs only), then start it again.
+        Returns the time.monotonic() at which the interface was back and configured."""
+        n = self.nodes[node]
+        if how not in ("delete", "kill"):
+            raise LabError(f"how must be delete or kill, got {how!r}")
+        old = self.process(node, "wireguard-go") if self.wireguard == "go" else None
+        if how == "kill":
+            if old is None:
+                raise LabError(f"{node}: no wireguard-go to kill")
+            os.kill(int(old["pid"]), signal.SIGKILL)
+        else:
+            run(["ip", "-n", n.ns, "link", "del", n.iface])
+
+        def gone() -> bool:
+            if old is not None and self.process(node, "wireguard-go") is not None:
+                return False
+            cp = run(["ip", "-n", n.ns, "link", "show", n.iface], check=False)
+            return cp.returncode != 0
+
+        wait_for(gone, 5.0, what=f"{n.iface} gone")
+        if self.wireguard == "kernel":
+            ip_batch([f"link add {n.iface} type wireguard"], netns=n.ns)
+        else:
+            sock = f"/var/run/wireguard/{n.iface}.sock"
+            if os.path.exists(sock):  # stale after a SIGKILL (the lab's own interface)
+                os.unlink(sock)
+            self._spawn(n.name, ["wireguard-go", "-f", n.iface], "wireguard-go",
+                        f"{n.name}.wireguard.log", env={"LOG_LEVEL": "error"})
+            wait_for(lambda: os.path.exists(sock), 10.0, what=f"{n.iface} UAPI socket")
+        self._configure_node(n, lo=False)
+        return time.monotonic()
 
     def warm_up(self, timeout: float | None = None) -> list[tuple[str, str]]:
         """Complete the WireGuard handshake of every neighbour pair, initiated from one
