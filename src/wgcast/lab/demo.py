@@ -114,7 +114,8 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             target = max(instances, key=lambda i: (counts[i], -nodes.index(i)))
             clients = [n for n in nodes if n != target]
             say(f"\nfailing {target} (serves {counts[target]} nodes) by '{opt.fail}', "
-                f"{opt.runs} run(s), probing from {', '.join(clients)} at 1 query/ms")
+                f"{opt.runs} run(s), probing from {', '.join(clients)} at 1 query per "
+                f"{timeout_scale():g} ms")
             runs: list[dict[str, Any]] = []
             for k in range(opt.runs):
                 runs.append(_one_run(lab, opt, target, clients, catch, k, say))
@@ -172,7 +173,11 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
              say: Callable[[str], None]) -> dict[str, Any]:
     slow = timeout_scale()  # a slow (emulated) machine: longer runs, same measurement
     duration = (_LEAD + _TAIL[opt.timers]) * slow
-    probers = [lab.start_prober(c, duration=duration) for c in clients]
+    # 1 query/ms per client; an emulated guest's echo services cannot answer 1,000 per
+    # second each, so there the rate and the reply timeout follow the slowness too.
+    probers = [lab.start_prober(c, duration=duration, interval_ms=1.0 * slow,
+                                timeout_ms=1000.0 * min(slow, 5.0), realtime=slow <= 1)
+               for c in clients]
     for p in probers:  # on a loaded machine a prober may take a while to start
         p.wait_started(5.0 * slow)
     time.sleep(_LEAD * 0.7 * slow)
