@@ -39,6 +39,17 @@ lab_id_option = click.option("--lab", "labid", default=None, metavar="ID",
                              help="lab id (default: the only / most recent lab)")
 
 
+
+#: The lab's two worlds, shared by `lab up` and `lab demo`.
+WIREGUARD_OPTION = click.option(
+    "--wireguard", type=click.Choice(["kernel", "go"]), default=None,
+    help="kernel WireGuard or wireguard-go (default: kernel where the module loads, "
+         "else go)")
+LINKS_OPTION = click.option(
+    "--links", "link_mode", type=click.Choice(["netem", "relay"]), default=None,
+    help="link emulation: tc netem in the kernel or the userspace relay (default: netem "
+         "where the kernel has it, else relay)")
+
 @click.group("lab")
 def lab() -> None:
     """A real wgcast mesh in network namespaces (kernel WireGuard or wireguard-go)."""
@@ -68,12 +79,8 @@ def lab() -> None:
               help="interval of the instances' health check (services)")
 @click.option("--health-fall", type=click.IntRange(1, 100), default=2, show_default=True)
 @click.option("--id", "labid", default=None, help="use this lab id (4 hex digits)")
-@click.option("--wireguard", type=click.Choice(["kernel", "go"]), default=None,
-              help="kernel WireGuard or wireguard-go (default: kernel where the "
-                   "module loads, else go)")
-@click.option("--links", "link_mode", type=click.Choice(["netem", "relay"]), default=None,
-              help="link emulation: tc netem in the kernel or the userspace relay "
-                   "(default: netem where the kernel has it, else relay)")
+@WIREGUARD_OPTION
+@LINKS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="print the lab description as JSON")
 def up(topology: str, instances: str, groups: tuple[str, ...], delay: str, jitter: str,
        loss: str, seed: int | None, timers: str, daemons: bool, echo: str, echo_port: int,

@@ -240,6 +240,7 @@ def _register_demo() -> None:
     lab_group = main.commands.get("lab")
     if not isinstance(lab_group, click.Group):
         return
+    from wgcast.cli.lab import LINKS_OPTION, WIREGUARD_OPTION
 
     @lab_group.command("demo")
     @click.option("--topology", "-t", default="line:5", show_default=True)
@@ -259,12 +260,8 @@ def _register_demo() -> None:
     @click.option("--health-interval", default="200ms", show_default=True,
                   help="interval of the instances' health check")
     @click.option("--health-fall", type=click.IntRange(1, 100), default=2, show_default=True)
-    @click.option("--wireguard", type=click.Choice(["kernel", "go"]), default=None,
-                  help="kernel WireGuard or wireguard-go (default: kernel where the "
-                       "module loads, else go)")
-    @click.option("--links", "link_mode", type=click.Choice(["netem", "relay"]), default=None,
-                  help="link emulation: tc netem in the kernel or the userspace relay "
-                       "(default: netem where the kernel has it, else relay)")
+    @WIREGUARD_OPTION
+    @LINKS_OPTION
     @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
     def demo(topology: str, instances: str, fail: str, runs: int, timers: str, delay: str,
              jitter: str, loss: str, seed: int, health_interval: str, health_fall: int,
