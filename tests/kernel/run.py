@@ -43,10 +43,15 @@ def find_kernel() -> str:
 def summary(text: str) -> dict[str, int]:
     """Counts from pytest's closing line(s) in the guest's output."""
     counts = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    closing = False
     for line in text.splitlines():
         if re.search(r"\d+ (passed|failed|skipped|errors?)\b.* in [\d.]+s", line):
+            closing = True
             for n, what in re.findall(r"(\d+) (passed|failed|skipped|errors?)", line):
                 counts["error" if what.startswith("error") else what] += int(n)
+    if not closing:  # killed before pytest's closing line: count its per-test verdicts
+        for what in re.findall(r"::\S+ (PASSED|FAILED|SKIPPED|ERROR)", text):
+            counts["error" if what == "ERROR" else what.lower()] += 1
     return counts
 
 

@@ -44,7 +44,9 @@ def lab() -> Iterator[Lab]:
         pytest.skip("needs root and kernel WireGuard (run `make test-kernel`)")
     topo = Topology(["n1", "n2", "n3"], [Link("n1", "n2", 2.0, id=0),
                                          Link("n2", "n3", 8.0, id=1)], spec="line:3")
-    with Lab(topo, instances="n1,n3") as the_lab:
+    # Static groups with a bare echo (no `wgcast join` processes): every Python process
+    # costs tens of seconds to start under emulation. The drain API works the same.
+    with Lab(topo, instances="n1,n3", services=False) as the_lab:
         yield the_lab
 
 

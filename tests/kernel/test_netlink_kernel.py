@@ -198,7 +198,7 @@ def test_every_operation_matches_wg_show_dump(knetns: KNetns) -> None:
 
 def test_large_multipart_dump_matches(knetns: KNetns) -> None:
     wg = knetns.add_wg("wgk2")
-    keys = pubs(60)
+    keys = pubs(30)
 
     async def go() -> None:
         dev = NetlinkDevice(wg)
@@ -207,15 +207,18 @@ def test_large_multipart_dump_matches(knetns: KNetns) -> None:
             for i, k in enumerate(keys):
                 await dev.set_peer(k, endpoint=f"192.0.2.{i + 1}:51820")
             ops = [AddAllowedIP(keys[i % len(keys)], N(f"10.{i // 256}.{i % 256}.0/24"))
-                   for i in range(3000)]
+                   for i in range(1500)]
             await dev.apply(ops)
+            # The kernel split the dump over several messages (a peer may continue in
+            # the next one): what parse_dump merges is what `wg` shows.
+            assert len(await dev._run(dev._dump_sync)) > 1
             st = await backend_state(dev)
             assert st == dump_state(knetns, wg)
-            assert sum(len(p["allowed_ips"]) for p in st["peers"].values()) == 3000  # type: ignore[attr-defined]
-            # 1000 moves in one apply, still identical to the kernel's view.
+            assert sum(len(p["allowed_ips"]) for p in st["peers"].values()) == 1500  # type: ignore[attr-defined]
+            # 500 moves in one apply, still identical to the kernel's view.
             await dev.apply([AddAllowedIP(keys[(i + 1) % len(keys)],
                                           N(f"10.{i // 256}.{i % 256}.0/24"))
-                             for i in range(1000)])
+                             for i in range(500)])
             assert await backend_state(dev) == dump_state(knetns, wg)
         finally:
             await dev.close()

@@ -827,7 +827,8 @@ class Lab:
             # protocol's 200 ms Hellos and health checks flap. Everything slower alike.
             from wgcast.daemon.config import PROFILES, parse_duration
 
-            health = parse_duration(self.health_interval) * slow
+            # A health check forks a process: its timeout needs the whole factor.
+            health = parse_duration(self.health_interval) * timeout_scale()
             cfg["timers"]["hello"] = f"{PROFILES[self.timers][0] * slow:g}s"
             cfg["timers"]["update"] = f"{PROFILES[self.timers][2] * slow:g}s"
             cfg["timers"]["move_hold"] = f"{0.2 * slow:g}s"  # the daemon's defaults x slow
