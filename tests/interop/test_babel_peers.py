@@ -270,7 +270,7 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
             for attempt in range(4):
                 try:
                     wait_until(lambda: link.wgcast_peer()["up"] and peer.adjacent(link),
-                               8 if peer.kick is not None else 20,
+                               8 if peer.kick is not None else 60,
                                f"{peer.name} and wgcast: neighbours both ways")
                     break
                 except AssertionError:
@@ -279,11 +279,11 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
                     peer.kick(link)
             # IPv6 and IPv4 both ways (A's v4 goes as v4-via-v6).
             for prefix in (A_V6, A_V4, A_ANY6, A_ANY4):
-                wait_until(lambda p=prefix: peer.has_route(link, p), 20,  # type: ignore[misc]
+                wait_until(lambda p=prefix: peer.has_route(link, p), 45,  # type: ignore[misc]
                            f"{peer.name}: a route to {prefix}")
             for prefix in (B_V6, B_V4):
                 wait_until(lambda p=prefix: "dev " + link.a_if in kernel_route(link.a.name, p),
-                           20, f"wgcast: a route to {prefix}")
+                           45, f"wgcast: a route to {prefix}")
             # Nothing outside the peer's may_originate (FRR redistributes the underlay's
             # connected subnet too): never routed into the tunnel.
             assert "dev " + link.a_if not in kernel_route(link.a.name, "192.168.77.0/24")
@@ -308,7 +308,7 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
             for prefix in (B_V6, B_V4):
                 t0 = time.monotonic()
                 peer.retract(link, prefix)
-                wait_until(lambda p=prefix: kernel_route(link.a.name, p) == "", 30,
+                wait_until(lambda p=prefix: kernel_route(link.a.name, p) == "", 60,
                            f"wgcast: {prefix} gone")
                 fam = "v6" if ":" in prefix else "v4"
                 figures[f"retract_peer_to_wgcast_{fam}_s"] = round(time.monotonic() - t0, 3)
