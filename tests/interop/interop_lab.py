@@ -129,7 +129,20 @@ prefix = "{A_ANY4}"
 """)
         self.wgcast = self.spawn(self.a, [str(ROOT / ".venv/bin/wgcast"), "run", "-v", "-c",
                                           str(conf)], "wgcast.log")
-        wait_until(lambda: os.path.exists(self.a_sock), 15, "wgcast's API socket")
+        wait_until(self._api_answers, 60, "wgcast's API socket to answer")
+
+    def _api_answers(self) -> bool:
+        """The daemon answers on its API socket (the file alone may exist before it
+        listens, or be a leftover)."""
+        from wgcast.client import Client, WgcastError
+        if not os.path.exists(self.a_sock):
+            return False
+        try:
+            with Client(self.a_sock) as c:
+                c.request({"cmd": "status"})
+        except (WgcastError, OSError):
+            return False
+        return True
 
     def api(self, req: str) -> dict[str, object]:
         from wgcast.client import Client
