@@ -17,6 +17,7 @@ import pytest
 
 from wgcast.babel.engine import NodeConfig
 from wgcast.babel.wire import (
+    OriginSig,
     PacketWriter,
     RemoteProtocolError,
     RouteUpdate,
@@ -174,7 +175,7 @@ def _random_prefix(rng: random.Random) -> ipaddress.IPv4Network | ipaddress.IPv6
 def _slow(data: bytes) -> list[tuple[object, ...]] | None:
     try:
         skipped: list[str] = []
-        out = [(m.prefix, m.router_id, m.seqno, m.metric, m.interval, m.tie)
+        out = [(m.prefix, m.router_id, m.seqno, m.metric, m.interval, m.tie, m.sig)
                for m in resolve(decode_packet(data), skipped) if isinstance(m, RouteUpdate)]
     except RemoteProtocolError:
         return None
@@ -191,15 +192,17 @@ def test_fast_update_codec_matches_wire() -> None:
         entries = [(intern_prefix(_random_prefix(rng)) if rng.random() < 0.5
                     else _random_prefix(rng), rng.choice(rids), rng.randrange(65536),
                     rng.choice([0, 0xFFFF, rng.randrange(0xFFFF)]),
-                    rng.choice([0, rng.randrange(1, 1 << 64)]))
+                    rng.choice([0, rng.randrange(1, 1 << 64)]),
+                    rng.choice([b"", rng.randbytes(68), rng.randbytes(rng.randrange(1, 40))]))
                    for _ in range(rng.randrange(1, 80))]
-        max_body = rng.choice([1232, 200, 80])
+        max_body = rng.choice([1232, 200, 120])
         w = PacketWriter(max_body)
-        for p, rid, seqno, metric, tie in entries:
-            w.add_update(p, rid, seqno, metric, 400, (Tiebreak(tie),) if tie else ())
+        for p, rid, seqno, metric, tie, sig in entries:
+            w.add_update(p, rid, seqno, metric, 400, ((Tiebreak(tie),) if tie else ())
+                         + ((OriginSig(sig),) if sig else ()))
         packets, offsets = encode_updates(entries, 400, max_body)  # type: ignore[arg-type]
         assert packets == w.take()
-        for (_, _, _, metric, _), (pi, off) in zip(entries, offsets, strict=True):
+        for (_, _, _, metric, _, _), (pi, off) in zip(entries, offsets, strict=True):
             assert int.from_bytes(packets[pi][off:off + 2], "big") == metric
         for pkt in packets:
             variants = [pkt, pkt[:rng.randrange(len(pkt))], pkt + b"\0"]

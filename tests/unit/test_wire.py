@@ -30,6 +30,7 @@ from wgcast.babel.wire import (
     AckReq,
     Hello,
     NextHop,
+    OriginSig,
     PacketWriter,
     Pad1,
     PadN,
@@ -107,9 +108,10 @@ def subtlvs(in_ihu: bool) -> st.SearchStrategy[tuple[SubTLV, ...]]:
         st.builds(SubPadN, st.integers(0, 16)),
         st.builds(Timestamp, st.tuples(*([u32] * stamps))),
         st.builds(Tiebreak, st.integers(0, (1 << 64) - 1)),
+        st.builds(OriginSig, st.binary(min_size=1, max_size=80)),
         st.builds(
             UnknownSub,
-            st.integers(0, 255).filter(lambda t: t not in (0, 1, 3, 112)),  # incl. 0x80+
+            st.integers(0, 255).filter(lambda t: t not in (0, 1, 3, 112, 113)),  # incl. 0x80+
             st.binary(max_size=16),
         ),
     )

@@ -23,6 +23,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from wgcast.babel.errors import LocalProtocolError, RemoteProtocolError
 from wgcast.babel.events import (
@@ -67,8 +68,19 @@ from wgcast.babel.wire import (
 )
 from wgcast.babel.xroute import XRouteTable
 
-#: accept(neighbour, prefix, router_id) -> bool: the driver's announcement policy.
-AcceptFilter = Callable[[str, Prefix, bytes], bool]
+#: accept(neighbour, prefix, router_id, seqno, signature) -> bool: the driver's
+#: announcement policy (the signature: the OriginSig body, b"" when absent).
+AcceptFilter = Callable[[str, Prefix, bytes, int, bytes], bool]
+
+
+class OriginSigner(Protocol):
+    """Signs what this node originates (the driver's: crypto and wall clock stay out of
+    the engine). `sign` gives the OriginSig body for (prefix, seqno); `epoch` changes
+    when signatures are renewed, so cached full updates are rebuilt with the new ones."""
+
+    def sign(self, prefix: Prefix, seqno: int) -> bytes: ...
+
+    def epoch(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +100,8 @@ class NodeConfig:
     seqno_request_tries: int = 3
     max_body: int = MAX_BODY
     accept: AcceptFilter | None = None
+    #: Signs our own announcements (None: they go unsigned).
+    signer: OriginSigner | None = None
 
     def __post_init__(self) -> None:
         if len(self.router_id) != 8 or self.router_id in (bytes(8), b"\xff" * 8):
@@ -149,7 +163,9 @@ class Node:
             retraction_tries=config.retraction_tries, retry_interval=config.hello_interval,
             out=self._out, neighbours=self.neighbours, costs=self._cost, ties=self._tie,
             selected=self.selected, routes=self.routes, xroutes=self.xroutes,
-            sources=self.sources, release=self._release, requests=self.requests)
+            sources=self.sources, release=self._release, requests=self.requests,
+            signer=config.signer)
+        self._sign_epoch = config.signer.epoch() if config.signer is not None else 0
 
     # ------------------------------------------------------------ public API
 
@@ -286,8 +302,8 @@ class Node:
         updates = fast_updates(data)
         if updates is not None:
             on_update = self._on_update
-            for prefix, rid, seqno, metric, interval, tie in updates:
-                route = on_update(nb, prefix, rid, seqno, metric, interval, tie)
+            for prefix, rid, seqno, metric, interval, tie, sig in updates:
+                route = on_update(nb, prefix, rid, seqno, metric, interval, tie, sig)
                 if routes is not None:
                     if route is None:
                         routes = None
@@ -310,7 +326,7 @@ class Node:
                 if isinstance(msg, RouteUpdate):
                     route = self._on_update(
                         nb, None if msg.prefix is None else intern_prefix(msg.prefix),
-                        msg.router_id, msg.seqno, msg.metric, msg.interval, msg.tie)
+                        msg.router_id, msg.seqno, msg.metric, msg.interval, msg.tie, msg.sig)
                     if routes is not None:
                         if route is None:
                             routes = None
@@ -388,6 +404,12 @@ class Node:
                 heapq.heappush(expiry, (route.expires, self._expiry_seq, route))
         if now >= self._next_update:
             self._next_update = now + cfg.update_interval
+            if cfg.signer is not None:
+                epoch = cfg.signer.epoch()
+                if epoch != self._sign_epoch:
+                    # Our signatures were renewed: the cached full updates carry old ones.
+                    self._sign_epoch = epoch
+                    self._updates.changed()
             for nb in self.neighbours.values():
                 if nb.up:
                     self._updates.send_full(nb.id, now)
@@ -546,7 +568,7 @@ class Node:
     # ------------------------------------------------------------ updates in
 
     def _on_update(self, nb: Neighbour, prefix: Prefix | None, rid: bytes, seqno: int,
-                   metric: int, interval_cs: int, tie: int = 0) -> Route | None:
+                   metric: int, interval_cs: int, tie: int = 0, sig: bytes = b"") -> Route | None:
         """Apply one Update. Returns the route when a byte-identical repeat of this Update
         would change nothing but the route's expiry (while our feasibility distances and
         selections stay as they are): see _receive_tlvs."""
@@ -557,7 +579,8 @@ class Node:
                 self._select(p)
             return None
         accept = self.config.accept
-        if accept is not None and metric < INFINITY and not accept(nb.id, prefix, rid):
+        if accept is not None and metric < INFINITY and not accept(nb.id, prefix, rid, seqno,
+                                                                   sig):
             self.counters["updates_filtered"] += 1
             return None
         route = self.routes.get(prefix, nb.id)
@@ -570,12 +593,12 @@ class Node:
         interval = interval_cs / 100.0 if interval_cs else self.config.update_interval
         expires = self._now + 3.5 * interval
         if route is None:
-            route = Route(prefix, nb.id, rid, seqno, metric, interval, expires, tie)
+            route = Route(prefix, nb.id, rid, seqno, metric, interval, expires, tie, sig)
             self.routes.put(route)
             self._expiry_seq += 1
             heapq.heappush(self._expiry, (expires, self._expiry_seq, route))
         elif route.seqno == seqno and route.refmetric == metric and route.router_id == rid \
-                and route.feasible == feasible and route.tie == tie:
+                and route.feasible == feasible and route.tie == tie and route.sig == sig:
             # A refresh (the periodic update): selection has nothing new to consider.
             route.interval, route.expires = interval, expires
             if feasible:
@@ -592,6 +615,10 @@ class Node:
             route.router_id, route.seqno, route.refmetric, route.tie = rid, seqno, metric, tie
             route.interval, route.expires = interval, expires
             route.gen += 1
+            if route.sig != sig:
+                # A renewed signature: what we pass on changes, the caches must follow.
+                route.sig = sig
+                self._updates.changed()
         route.feasible = feasible
         quiet = True
         if feasible:
@@ -886,6 +913,11 @@ class Node:
         """How many routes were learned from `nid` (O(1): the accept policy asks it for
         every Update)."""
         return self.routes.count_via(nid)
+
+    def route_signature(self, nid: str, prefix: Prefix) -> bytes | None:
+        """The origin signature `nid` sent with its route to `prefix` (None: no route)."""
+        r = self.routes.get(prefix, nid)
+        return None if r is None else r.sig
 
     def has_route(self, nid: str, prefix: Prefix) -> bool:
         """Has `nid` given us a route to `prefix` (is an Update of it a refresh)?"""

@@ -44,10 +44,11 @@ class Route:
     """A route learned from a neighbour."""
 
     __slots__ = ("expires", "feasible", "gen", "interval", "neighbour", "prefix", "refmetric",
-                 "router_id", "seqno", "tie")
+                 "router_id", "seqno", "sig", "tie")
 
     def __init__(self, prefix: Prefix, neighbour: str, router_id: bytes, seqno: int,
-                 refmetric: int, interval: float, expires: float, tie: int = 0) -> None:
+                 refmetric: int, interval: float, expires: float, tie: int = 0,
+                 sig: bytes = b"") -> None:
         self.prefix = prefix
         self.neighbour = neighbour
         self.router_id = router_id
@@ -57,6 +58,8 @@ class Route:
         self.expires = expires
         #: The neighbour's path tie-break (its Tiebreak sub-TLV); ours adds the link's.
         self.tie = tie
+        #: The origin's signature as received (passed on unchanged when we announce it).
+        self.sig = sig
         #: Bumped whenever the route changes; -1 once it left the table.
         self.gen = 0
         #: Was the last update of this route feasible when it arrived?

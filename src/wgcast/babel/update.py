@@ -12,6 +12,7 @@ with the AckReqs of a release after them).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wgcast.babel.events import LOCAL
 from wgcast.babel.neighbour import Neighbour
@@ -22,14 +23,20 @@ from wgcast.babel.source import SourceTable
 from wgcast.babel.wire import (
     INFINITY,
     AckReq,
+    OriginSig,
     PacketWriter,
     Prefix,
+    SubTLV,
     Tiebreak,
+    UpdateEntry,
     centiseconds,
     encode_updates,
     prefix_key,
 )
 from wgcast.babel.xroute import XRouteTable
+
+if TYPE_CHECKING:
+    from wgcast.babel.engine import OriginSigner
 
 _NEVER = float("inf")
 
@@ -56,8 +63,8 @@ class Updates:
 
     __slots__ = ("_acks_to_attach", "_costs", "_interval_cs", "_max_body", "_neighbours",
                  "_out", "_release", "_requests", "_retractions", "_retry_interval",
-                 "_retry_tries", "_routes", "_selected", "_sources", "_ties", "_triggered",
-                 "_tx_full", "_xroutes", "router_id", "version")
+                 "_retry_tries", "_routes", "_selected", "_signer", "_sources", "_ties",
+                 "_triggered", "_tx_full", "_xroutes", "router_id", "version")
 
     def __init__(self, router_id: bytes, *, update_interval: float, max_body: int,
                  retraction_tries: int, retry_interval: float,
@@ -65,8 +72,9 @@ class Updates:
                  costs: dict[str, int], ties: dict[str, int],
                  selected: dict[Prefix, Selected], routes: RouteTable,
                  xroutes: XRouteTable, sources: SourceTable, release: SourceRelease,
-                 requests: RequestTracker) -> None:
+                 requests: RequestTracker, signer: OriginSigner | None = None) -> None:
         self.router_id = router_id
+        self._signer = signer
         self._interval_cs = centiseconds(update_interval)
         self._max_body = max_body
         self._retry_tries = retraction_tries
@@ -129,15 +137,17 @@ class Updates:
 
     # ------------------------------------------------------------ what we announce
 
-    def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int, int]:
-        """(router-id, seqno, metric, tie) we tell `nid` about `prefix` (poison reverse)."""
-        rid, seqno, metric, tie, via = self._announce(prefix)
-        return rid, seqno, (INFINITY if via == nid else metric), tie
+    def _announcement(self, nid: str, prefix: Prefix) -> tuple[bytes, int, int, int, bytes]:
+        """(router-id, seqno, metric, tie, signature) we tell `nid` about `prefix` (poison
+        reverse)."""
+        rid, seqno, metric, tie, via, sig = self._announce(prefix)
+        return rid, seqno, (INFINITY if via == nid else metric), tie, sig
 
-    def _announce(self, prefix: Prefix) -> tuple[bytes, int, int, int, str | None]:
-        """(router-id, seqno, metric, tie, via): what we tell every neighbour about
-        `prefix`, except `via`, our next hop, which gets the metric INFINITY (poison
-        reverse). A retraction carries no tie."""
+    def _announce(self, prefix: Prefix) -> tuple[bytes, int, int, int, str | None, bytes]:
+        """(router-id, seqno, metric, tie, via, signature): what we tell every neighbour
+        about `prefix`, except `via`, our next hop, which gets the metric INFINITY (poison
+        reverse). A retraction carries no tie and no signature; a route we originate
+        carries our signature, a route we pass on the origin's, unchanged."""
         sel = self._selected.get(prefix)
         release = self._release
         if prefix in release.releasing:
@@ -145,14 +155,15 @@ class Updates:
             rid = owned[0] if owned is not None else \
                 (sel.router_id if sel is not None else self.router_id)
             return (rid, (sel.seqno if sel is not None else self._xroutes.seqno), INFINITY, 0,
-                    None)
+                    None, b"")
         if sel is None:
             rt = self._retractions.get(prefix)
             if rt is not None:
-                return rt.router_id, rt.seqno, INFINITY, 0, None
-            return self.router_id, self._xroutes.seqno, INFINITY, 0, None
+                return rt.router_id, rt.seqno, INFINITY, 0, None, b""
+            return self.router_id, self._xroutes.seqno, INFINITY, 0, None, b""
         if sel.via != LOCAL:
             route = self._routes.get(prefix, sel.via)
+            sig = b""
             if route is not None:
                 cost = self._costs.get(route.neighbour, INFINITY)
                 ref = route.refmetric
@@ -163,16 +174,21 @@ class Updates:
                     sel.metric = m if m < INFINITY else INFINITY - 1
                 sel.seqno = route.seqno
                 sel.tie = route.tie + self._ties[sel.via]
-            return sel.router_id, sel.seqno, sel.metric, sel.tie, sel.via
-        return sel.router_id, sel.seqno, sel.metric, sel.tie, None
+                sig = route.sig
+            return sel.router_id, sel.seqno, sel.metric, sel.tie, sel.via, sig
+        signer = self._signer
+        sig = signer.sign(prefix, sel.seqno) if signer is not None else b""
+        return sel.router_id, sel.seqno, sel.metric, sel.tie, None, sig
 
     # ------------------------------------------------------------ sending
 
     def send(self, nid: str, prefix: Prefix, now: float) -> None:
         """One Update about `prefix` to `nid`."""
-        rid, seqno, metric, tie = self._announcement(nid, prefix)
-        self._out[nid].add_update(prefix, rid, seqno, metric, self._interval_cs,
-                                  (Tiebreak(tie),) if tie and metric < INFINITY else ())
+        rid, seqno, metric, tie, sig = self._announcement(nid, prefix)
+        subs: tuple[SubTLV, ...] = ()
+        if metric < INFINITY:
+            subs = ((Tiebreak(tie),) if tie else ()) + ((OriginSig(sig),) if sig else ())
+        self._out[nid].add_update(prefix, rid, seqno, metric, self._interval_cs, subs)
         if metric < INFINITY:
             self._sources.advertised(prefix, rid, seqno, metric, now)
             self._release.announced(prefix, rid)
@@ -216,20 +232,20 @@ class Updates:
         advertised = self._sources.advertised
         announced = self._release.announced
         announce = self._announce
-        entries: list[tuple[Prefix, bytes, int, int, int]] = []
+        entries: list[UpdateEntry] = []
         for prefix, sel in self._selected.items():
             if sel.via == nid:
                 continue  # split horizon: triggered updates already poisoned it
-            rid, seqno, metric, tie, _ = announce(prefix)
+            rid, seqno, metric, tie, _, sig = announce(prefix)
             if metric >= INFINITY:
                 continue
-            entries.append((prefix, rid, seqno, metric, tie))
+            entries.append((prefix, rid, seqno, metric, tie, sig))
             advertised(prefix, rid, seqno, metric, now)
             announced(prefix, rid)
         for prefix in self._release.releasing:
             # A neighbour that (re)appears during a release must not keep an old route.
-            rid, seqno, metric, _ = self._announcement(nid, prefix)
-            entries.append((prefix, rid, seqno, metric, 0))
+            rid, seqno, metric, _, _ = self._announcement(nid, prefix)
+            entries.append((prefix, rid, seqno, metric, 0, b""))
         packets = encode_updates(entries, self._interval_cs, self._max_body)[0]
         if version == self.version:
             self._tx_full[nid] = (version, packets)
@@ -256,21 +272,21 @@ class Updates:
     def _send_triggered(self, prefixes: list[Prefix], up: list[str], now: float) -> None:
         """The same Updates to every neighbour that is up (encoded once), each prefix
         poisoned (metric INFINITY) towards the neighbour we route it through."""
-        entries: list[tuple[Prefix, bytes, int, int, int]] = []
+        entries: list[UpdateEntry] = []
         poison: dict[str, list[int]] = {}
         out = self._out
         advertised = self._sources.advertised
         announced = self._release.announced
         for prefix in prefixes:
-            rid, seqno, metric, tie, via = self._announce(prefix)
+            rid, seqno, metric, tie, via, sig = self._announce(prefix)
             if metric >= INFINITY:
-                tie = 0
+                tie, sig = 0, b""
             if metric < INFINITY and via is not None and via in out:
                 poison.setdefault(via, []).append(len(entries))
                 if len(up) == 1 and up[0] == via:
-                    entries.append((prefix, rid, seqno, metric, tie))
+                    entries.append((prefix, rid, seqno, metric, tie, sig))
                     continue  # told to nobody with a finite metric
-            entries.append((prefix, rid, seqno, metric, tie))
+            entries.append((prefix, rid, seqno, metric, tie, sig))
             if metric < INFINITY:
                 advertised(prefix, rid, seqno, metric, now)
                 announced(prefix, rid)

@@ -32,6 +32,9 @@ S_PAD1, S_PADN, S_TIMESTAMP = 0, 1, 3
 #: wgcast's path tie-break (Update): from the experimental, non-mandatory range (112-126)
 #: of RFC 8966's sub-TLV registry, so other Babel speakers ignore it.
 S_TIEBREAK = 112
+#: The origin's signature of an Update (docs/roster.md): same range, so babeld, BIRD and
+#: FRR skip it (RFC 8966 section 4.4: a non-mandatory unknown sub-TLV is ignored).
+S_ORIGIN_SIG = 113
 MANDATORY = 0x80
 # Address encodings
 AE_WILDCARD, AE_IPV4, AE_IPV6, AE_LL, AE_V4V6 = 0, 1, 2, 3, 4
@@ -45,7 +48,7 @@ _MAX_PLEN = {AE_WILDCARD: 0, AE_IPV4: 32, AE_IPV6: 128, AE_LL: 128, AE_V4V6: 32}
 _LL_PREFIX = bytes.fromhex("fe80000000000000")
 #: Router-ids that must never be used (RFC 8966 section 4.6.7).
 RESERVED_ROUTER_IDS = (bytes(8), b"\xff" * 8)
-_KNOWN_SUBTLVS = (S_PAD1, S_PADN, S_TIMESTAMP, S_TIEBREAK)
+_KNOWN_SUBTLVS = (S_PAD1, S_PADN, S_TIMESTAMP, S_TIEBREAK, S_ORIGIN_SIG)
 #: Largest tie-break value: 64 bits on the wire.
 MAX_TIEBREAK = (1 << 64) - 1
 
@@ -92,6 +95,17 @@ class Tiebreak:
 
 
 @dataclass(frozen=True, slots=True)
+class OriginSig:
+    """The origin's signature of an Update, carried unchanged hop by hop.
+
+    Opaque here (1 to 255 bytes): the codec moves it, the driver's policy (wgcast.origin)
+    gives it meaning and checks it; the engine never looks inside.
+    """
+
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownSub:
     """A sub-TLV we do not understand; if mandatory, its TLV must be ignored."""
 
@@ -103,7 +117,7 @@ class UnknownSub:
         return bool(self.type & MANDATORY)
 
 
-SubTLV = SubPad1 | SubPadN | Timestamp | Tiebreak | UnknownSub
+SubTLV = SubPad1 | SubPadN | Timestamp | Tiebreak | OriginSig | UnknownSub
 
 
 # ---------------------------------------------------------------- TLVs
@@ -258,6 +272,10 @@ def _decode_subtlvs(data: bytes, pos: int, end: int, in_ihu: bool) -> tuple[SubT
             if slen != 8:
                 raise RemoteProtocolError(f"tie-break sub-TLV of {slen} bytes, expected 8")
             out.append(Tiebreak(int.from_bytes(body, "big")))
+        elif stype == S_ORIGIN_SIG:
+            if slen == 0:
+                raise RemoteProtocolError("empty origin signature sub-TLV")
+            out.append(OriginSig(bytes(body)))
         else:
             out.append(UnknownSub(stype, bytes(body)))
     return tuple(out)
@@ -284,6 +302,10 @@ def _encode_subtlvs(subtlvs: Iterable[SubTLV], out: bytearray, in_ihu: bool) -> 
             if not 0 <= s.value <= MAX_TIEBREAK:
                 raise LocalProtocolError(f"tie-break {s.value} out of range")
             out += bytes((S_TIEBREAK, 8)) + s.value.to_bytes(8, "big")
+        elif isinstance(s, OriginSig):
+            if not 1 <= len(s.body) <= 255:
+                raise LocalProtocolError(f"origin signature of {len(s.body)} bytes")
+            out += bytes((S_ORIGIN_SIG, len(s.body))) + s.body
         else:
             _check_u(s.type, 8, "sub-TLV type")
             if s.type in _KNOWN_SUBTLVS:
@@ -631,6 +653,8 @@ class RouteUpdate:
     interval: int
     #: The sender's path tie-break (Tiebreak sub-TLV; 0 when absent).
     tie: int = 0
+    #: The origin's signature (OriginSig sub-TLV body; empty when absent).
+    sig: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -724,7 +748,8 @@ def resolve(tlvs: Sequence[TLV], skipped: list[str] | None = None) -> Iterator[M
                 continue
             rid = router_id if router_id is not None else bytes(8)
             tie = next((s.value for s in tlv.subtlvs if isinstance(s, Tiebreak)), 0)
-            yield RouteUpdate(prefix, rid, tlv.seqno, tlv.metric, tlv.interval, tie)
+            sig = next((s.body for s in tlv.subtlvs if isinstance(s, OriginSig)), b"")
+            yield RouteUpdate(prefix, rid, tlv.seqno, tlv.metric, tlv.interval, tie, sig)
             continue
         if ignored:
             skip("unknown mandatory sub-TLV")
@@ -954,13 +979,16 @@ def prefix_key(p: Prefix) -> tuple[int, int, int]:
 _UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from
 
 
-def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] | None:
+FastUpdate = tuple[Prefix, bytes, int, int, int, int, bytes]
+
+
+def fast_updates(data: bytes) -> list[FastUpdate] | None:
     """The Updates of a packet made only of Router-Ids and plain Updates, or None.
 
     "Plain" is what Babel speakers send in bulk: AE 1, 2 or 4, no sub-TLV but at most one
-    Tiebreak, no flag but the default-prefix one. For such a packet this gives (prefix,
-    router-id, seqno, metric, interval, tie) exactly as `resolve(decode_packet(data))`
-    would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
+    Tiebreak and one OriginSig, no flag but the default-prefix one. For such a packet this
+    gives (prefix, router-id, seqno, metric, interval, tie, signature) exactly as
+    `resolve(decode_packet(data))` would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
     anything malformed) it gives None and the general decoder handles it, errors included.
     """
     n = len(data)
@@ -969,7 +997,7 @@ def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] 
     pos = 4
     rid: bytes | None = None
     default: dict[int, bytes] = {}
-    out: list[tuple[Prefix, bytes, int, int, int, int]] = []
+    out: list[FastUpdate] = []
     fields = _UPDATE_FIELDS
     by_field = PREFIXES.by_field
     from_field = PREFIXES.from_field
@@ -993,10 +1021,31 @@ def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] 
             if omitted > nbytes:
                 return None
             tie = 0
+            sig = b""
             if pos != end:
-                if pos != end + 10 or data[end] != S_TIEBREAK or data[end + 1] != 8:
+                if end > pos:
                     return None
-                tie = int.from_bytes(data[end + 2:pos], "big")
+                if pos == end + 10 and data[end] == S_TIEBREAK and data[end + 1] == 8:
+                    tie = int.from_bytes(data[end + 2:pos], "big")
+                else:
+                    # A Tiebreak and an OriginSig, each at most once, in either order.
+                    sub = end
+                    seen_tie = False
+                    while sub < pos:
+                        if sub + 2 > pos:
+                            return None
+                        stype, slen = data[sub], data[sub + 1]
+                        nxt = sub + 2 + slen
+                        if nxt > pos:
+                            return None
+                        if stype == S_TIEBREAK and slen == 8 and not seen_tie:
+                            tie = int.from_bytes(data[sub + 2:nxt], "big")
+                            seen_tie = True
+                        elif stype == S_ORIGIN_SIG and slen and not sig:
+                            sig = data[sub + 2:nxt]
+                        else:
+                            return None
+                        sub = nxt
             if omitted:
                 base = default.get(ae)
                 if base is None:
@@ -1011,9 +1060,9 @@ def fast_updates(data: bytes) -> list[tuple[Prefix, bytes, int, int, int, int]] 
             if rid is None:
                 if metric != INFINITY:
                     return None
-                out.append((prefix, bytes(8), seqno, metric, interval, tie))
+                out.append((prefix, bytes(8), seqno, metric, interval, tie, sig))
             else:
-                out.append((prefix, rid, seqno, metric, interval, tie))
+                out.append((prefix, rid, seqno, metric, interval, tie, sig))
         elif ttype == 6 and pos - start == 10:
             rid = data[start + 2:pos]
             if rid in RESERVED_ROUTER_IDS:
@@ -1028,14 +1077,19 @@ _HEADER = bytes((MAGIC, VERSION))
 _TIE_HEADER = bytes((S_TIEBREAK, 8))
 
 
-def encode_updates(entries: list[tuple[Prefix, bytes, int, int, int]], interval: int,
+#: (prefix, router-id, seqno, metric, tie, origin signature) of one Update to encode.
+UpdateEntry = tuple[Prefix, bytes, int, int, int, bytes]
+
+
+def encode_updates(entries: list[UpdateEntry], interval: int,
                    max_body: int = MAX_BODY) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Packets carrying Updates (prefix, router-id, seqno, metric, tie), in order.
+    """Packets carrying Updates (prefix, router-id, seqno, metric, tie, sig), in order.
 
     Byte for byte what `PacketWriter.add_update` builds from a fresh writer (Router-Id
     only when it changes, the default-prefix flag on every Update, the bytes shared with
     the previous prefix of the same AE omitted, a Tiebreak sub-TLV when the tie is not 0,
-    state reset at each packet), only faster. Also returns, per entry, (packet index,
+    then an OriginSig when the signature is not empty, state reset at each packet), only
+    faster. Also returns, per entry, (packet index,
     offset of its metric) so one encoding can serve several neighbours with a few metrics
     patched (poison reverse).
     """
@@ -1047,10 +1101,12 @@ def encode_updates(entries: list[tuple[Prefix, bytes, int, int, int]], interval:
     pack = _UPDATE.pack
     to_wire = PREFIXES.to_wire
     wire = PREFIXES.wire
-    for prefix, rid, seqno, metric, tie in entries:
+    for prefix, rid, seqno, metric, tie, sig in entries:
         got = to_wire.get(prefix)
         ae, full, whole = got if got is not None else wire(prefix)
-        sub = 10 if tie else 0
+        sub = (10 if tie else 0) + (2 + len(sig) if sig else 0)
+        if len(sig) > 255:
+            raise LocalProtocolError(f"origin signature of {len(sig)} bytes")
         while True:
             prev = default.get(ae)
             omitted = 0
@@ -1077,6 +1133,10 @@ def encode_updates(entries: list[tuple[Prefix, bytes, int, int, int]], interval:
         if tie:
             body += _TIE_HEADER
             body += tie.to_bytes(8, "big")
+        if sig:
+            body.append(S_ORIGIN_SIG)
+            body.append(len(sig))
+            body += sig
         default[ae] = whole
     if body:
         packets.append(_HEADER + struct.pack("!H", len(body)) + bytes(body))
