@@ -988,8 +988,9 @@ def fast_updates(data: bytes) -> list[FastUpdate] | None:
     "Plain" is what Babel speakers send in bulk: AE 1, 2 or 4, no sub-TLV but at most one
     Tiebreak and one OriginSig, no flag but the default-prefix one. For such a packet this
     gives (prefix, router-id, seqno, metric, interval, tie, signature) exactly as
-    `resolve(decode_packet(data))` would (prefixes interned); for any other packet (Hellos, requests, anything unusual,
-    anything malformed) it gives None and the general decoder handles it, errors included.
+    `resolve(decode_packet(data))` would (prefixes interned); for any other packet (Hellos,
+    requests, anything unusual, anything malformed) it gives None and the general decoder
+    handles it, errors included.
     """
     n = len(data)
     if n < 4 or data[0] != MAGIC or data[1] != VERSION or 4 + (data[2] << 8 | data[3]) != n:
