@@ -20,6 +20,7 @@ a `Roster` or a `RosterError` out; reading and writing files is the caller's bus
     public_key = "KXzA8tzg...="      # WireGuard public key
     prefixes = ["fd5a:1::/48"]        # may originate these and anything inside them
     groups = ["fd5a:ffff::53/128"]    # may serve these anycast prefixes
+    sign_key = "..."                  # signs what it originates (wgcast roster sign-key)
 
     [signature]                       # written by `wgcast roster sign`
     key = "..."                       # the mesh public key (Ed25519, base64)
@@ -33,7 +34,7 @@ import binascii
 import ipaddress
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -50,7 +51,7 @@ MAX_MEMBERS = 65536
 MAX_PREFIXES_PER_MEMBER = 4096
 MAX_MESH_PREFIXES = 256
 _KEYS = ("serial", "mesh_prefixes", "not_after", "members", "signature")
-_MEMBER_KEYS = ("name", "public_key", "prefixes", "groups")
+_MEMBER_KEYS = ("name", "public_key", "prefixes", "groups", "sign_key")
 
 
 class RosterError(ValueError):
@@ -63,6 +64,9 @@ class Member:
     public_key: bytes
     prefixes: tuple[Prefix, ...]
     groups: tuple[Prefix, ...]
+    #: Ed25519 key that signs what it originates (wgcast.origin); None: its routes are
+    #: checked against the roster only, unsigned (a member not yet upgraded).
+    sign_key: bytes | None = None
 
     @property
     def router_id(self) -> bytes:
@@ -78,14 +82,22 @@ class Roster:
     #: The mesh public key that signed it (None: unsigned, as written by hand).
     signed_by: bytes | None = None
     signature: bytes | None = None
+    #: Members by router-id and by key (built once: every Update looks one up).
+    _by_rid: dict[bytes, Member] = field(default_factory=dict, compare=False, repr=False)
+    _by_key: dict[bytes, Member] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for m in self.members:
+            self._by_rid[m.router_id] = m
+            self._by_key[m.public_key] = m
 
     # ------------------------------------------------------------ queries
 
     def member(self, public_key: bytes) -> Member | None:
-        return next((m for m in self.members if m.public_key == public_key), None)
+        return self._by_key.get(public_key)
 
     def member_by_router_id(self, rid: bytes) -> Member | None:
-        return next((m for m in self.members if m.router_id == rid), None)
+        return self._by_rid.get(rid)
 
     def in_mesh(self, prefix: Prefix) -> bool:
         """Is `prefix` inside the mesh's address space?"""
@@ -125,7 +137,9 @@ class Roster:
             "members": [
                 {"name": m.name, "public_key": b64(m.public_key),
                  "prefixes": sorted(str(p) for p in m.prefixes),
-                 "groups": sorted(str(p) for p in m.groups)}
+                 "groups": sorted(str(p) for p in m.groups),
+                 # Only when set: rosters signed before sign_key existed stay valid.
+                 **({} if m.sign_key is None else {"sign_key": b64(m.sign_key)})}
                 for m in sorted(self.members, key=lambda m: m.public_key)
             ],
         }
@@ -162,6 +176,8 @@ class Roster:
             lines += ["", "[[members]]", f"name = {json.dumps(m.name)}",
                       f'public_key = "{b64(m.public_key)}"',
                       f"prefixes = {_list(m.prefixes)}", f"groups = {_list(m.groups)}"]
+            if m.sign_key is not None:
+                lines.append(f'sign_key = "{b64(m.sign_key)}"')
         if self.signature is not None and self.signed_by is not None:
             lines += ["", "[signature]", f'key = "{b64(self.signed_by)}"',
                       f'value = "{base64.b64encode(self.signature).decode()}"']
@@ -209,6 +225,7 @@ def parse(text: str, where: str = "roster") -> Roster:
         raise RosterError(f"{where}: members: expected at most {MAX_MEMBERS} [[members]]")
     members: list[Member] = []
     seen_keys: dict[bytes, str] = {}
+    seen_sign: dict[bytes, str] = {}
     seen_names: set[str] = set()
     owner: list[tuple[Prefix, str]] = []
     for i, raw_m in enumerate(members_raw):
@@ -242,7 +259,19 @@ def parse(text: str, where: str = "roster") -> Roster:
                     raise RosterError(f"{at}.prefixes: {p} overlaps {q} of {other!r} "
                                       "(unicast space has one owner; anycast goes in groups)")
             owner.append((p, name))
-        members.append(Member(name, key, prefixes, groups))
+        sign_key = None
+        if "sign_key" in raw_m:
+            try:
+                sign_key = base64.b64decode(str(raw_m["sign_key"]), validate=True)
+            except (ValueError, binascii.Error):
+                sign_key = b""
+            if len(sign_key) != 32:
+                raise RosterError(f"{at}.sign_key: expected 32 bytes of base64 (wgcast roster "
+                                  "sign-key prints a node's)")
+            if sign_key in seen_sign:
+                raise RosterError(f"{at}.sign_key: also the sign_key of {seen_sign[sign_key]!r}")
+            seen_sign[sign_key] = name
+        members.append(Member(name, key, prefixes, groups, sign_key))
     signed_by = signature = None
     if "signature" in data:
         sig = data["signature"]

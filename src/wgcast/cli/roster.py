@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -110,8 +111,10 @@ def verify(path: str, mesh_key: str) -> None:
 def show(path: str, as_json: bool) -> None:
     """Print who may originate what (does not check the signature: see verify)."""
     r = _read(path)
-    rows = [{"name": m.name, "public_key": b64(m.public_key), "router_id": m.router_id.hex(),
-             "prefixes": [str(p) for p in m.prefixes], "groups": [str(p) for p in m.groups]}
+    rows: list[dict[str, Any]] = [
+        {"name": m.name, "public_key": b64(m.public_key), "router_id": m.router_id.hex(),
+             "prefixes": [str(p) for p in m.prefixes], "groups": [str(p) for p in m.groups],
+             "sign_key": None if m.sign_key is None else b64(m.sign_key)}
             for m in r.members]
     if as_json:
         click.echo(json.dumps({"serial": r.serial,
@@ -122,4 +125,24 @@ def show(path: str, as_json: bool) -> None:
                f"{'signed' if r.signature else 'NOT signed'}")
     for row in rows:
         click.echo(f"{row['name']:<16} {row['router_id']}  prefixes "
-                   f"{', '.join(row['prefixes']) or '-'}  groups {', '.join(row['groups']) or '-'}")
+                   f"{', '.join(row['prefixes']) or '-'}  groups {', '.join(row['groups']) or '-'}"
+                   f"{'' if row['sign_key'] else '  UNSIGNED (no sign_key)'}")
+
+
+@roster.command("sign-key")
+@click.argument("private_key", type=click.Path(dir_okay=False, allow_dash=True))
+def sign_key(private_key: str) -> None:
+    """Print the origin signing key of a node (the `sign_key` of its roster entry), from
+    its WireGuard private key: a file, or - for stdin (`wg show wg0 private-key |
+    wgcast roster sign-key -`). The key is derived, nothing is stored."""
+    from wgcast.keys import InvalidKey, decode_key
+    from wgcast.origin import signing_public
+
+    try:
+        text = click.open_file(private_key, encoding="utf-8").read()
+        raw = decode_key(text)
+    except OSError as e:
+        raise click.ClickException(f"{private_key}: {e.strerror}") from None
+    except InvalidKey as e:
+        raise click.ClickException(f"{private_key}: {e}") from None
+    click.echo(b64(signing_public(raw)))
