@@ -76,7 +76,8 @@ class Signer:
     signed once per epoch (a memo, cleared when the epoch moves).
     """
 
-    __slots__ = ("_clock", "_epoch", "_half", "_key", "_memo", "public", "router_id", "signed")
+    __slots__ = ("_clock", "_epoch", "_half", "_key", "_memo", "enabled", "public", "router_id",
+                 "signed")
 
     def __init__(self, wg_private: bytes, router_id: bytes, clock: Callable[[], float],
                  validity: float = VALIDITY) -> None:
@@ -89,11 +90,16 @@ class Signer:
         self._memo: dict[tuple[Prefix, int], bytes] = {}
         #: Signatures made (all time).
         self.signed = 0
+        #: Off: announcements go unsigned (no roster to list our key); switched by the
+        #: driver when a roster comes or goes.
+        self.enabled = True
 
     def epoch(self) -> int:
-        return int(self._clock() // self._half)
+        return int(self._clock() // self._half) if self.enabled else -1
 
     def sign(self, prefix: Prefix, seqno: int) -> bytes:
+        if not self.enabled:
+            return b""
         epoch = self.epoch()
         if epoch != self._epoch:
             self._epoch = epoch

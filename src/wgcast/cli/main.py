@@ -109,6 +109,14 @@ def status(config: str | None, socket_path: str | None, as_json: bool) -> None:
     dp = st["dataplane"]
     click.echo(f"data plane: {dp['applies']} applies, {dp['ops']} ops, {dp['errors']} errors,"
                f" last {dp['last_apply_ms']} ms")
+    sg = st.get("signing") or {}
+    if sg.get("on"):
+        click.echo(f"signing: {sg['signed']} signed, {sg['verified']} verified, "
+                   f"{sg['verified_from_memory']} from memory")
+    if sg.get("problem"):
+        click.echo(f"ERROR {sg['problem']}")
+    for why, by in sorted((st.get("announcements_refused") or {}).items()):
+        click.echo(f"refused ({why}): " + ", ".join(f"{nb} {n}" for nb, n in sorted(by.items())))
     for problem in st.get("problems") or []:
         click.echo(f"ERROR {problem}")
     state = st.get("state") or {}
@@ -126,10 +134,10 @@ def routes(config: str | None, socket_path: str | None, as_json: bool) -> None:
         click.echo(json.dumps(rs, indent=2))
         return
     rows = [[r["prefix"], r["via"], str(r["metric"]), r.get("origin", r["router_id"]),
-             str(r["seqno"]),
+             str(r["seqno"]), r.get("verified", "?"),
              "yes" if r["installed"] else "no", str(len(r["routes"]))] for r in rs]
-    click.echo(_table(rows, ["PREFIX", "VIA", "METRIC", "ORIGIN", "SEQNO", "INSTALLED",
-                             "ROUTES"]))
+    click.echo(_table(rows, ["PREFIX", "VIA", "METRIC", "ORIGIN", "SEQNO", "VERIFIED",
+                             "INSTALLED", "ROUTES"]))
 
 
 @main.command()

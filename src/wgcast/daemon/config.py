@@ -432,6 +432,9 @@ class Config:
     mesh_key: bytes | None = None
     #: Routes accepted from one neighbour at most (a flood is counted and dropped).
     max_routes_per_peer: int = 10000
+    #: New Updates per second accepted from one neighbour (new routes, or signatures not
+    #: yet verified; bursts up to max_routes_per_peer): a flood costs bounded work.
+    max_update_rate: int = 1000
 
     def __post_init__(self) -> None:
         if not self.api_socket:
@@ -803,7 +806,7 @@ _TOP_KEYS: Final = (
     "interface", "backend", "addresses", "anycast", "api_socket", "api_socket_mode",
     "api_socket_group", "state_file", "port", "metrics", "route_selection", "timers",
     "link", "peers", "groups", "probe_port", "endpoint_policy", "roster", "mesh_key",
-    "max_routes_per_peer",
+    "max_routes_per_peer", "max_update_rate",
 )
 _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold",
                       "move_hold")
@@ -1182,6 +1185,7 @@ class _Reader:
         roster = self.get(data, "", "roster", _path, "")
         mesh_key = self.get(data, "", "mesh_key", _mesh_key, None)
         max_routes = self.get(data, "", "max_routes_per_peer", _integer(1, 1_000_000), 10000)
+        max_rate = self.get(data, "", "max_update_rate", _integer(1, 1_000_000), 1000)
         if roster and mesh_key is None:
             self.err("mesh_key", "missing; a roster needs the mesh public key that signs it "
                                  "(wgcast roster keygen prints it)")
@@ -1243,7 +1247,7 @@ class _Reader:
             route_selection=cast(RouteSelection, selection), timers=timers, link=link,
             peers=tuple(peers), groups=tuple(groups), path=self.file,
             probe_port=probe_port, endpoint_policy=policy, roster=roster, mesh_key=mesh_key,
-            max_routes_per_peer=max_routes,
+            max_routes_per_peer=max_routes, max_update_rate=max_rate,
         )
 
 

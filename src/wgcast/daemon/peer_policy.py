@@ -17,10 +17,12 @@ import ipaddress
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from wgcast.dataplane.types import PeerKey
+from wgcast.origin import BAD, EXPIRED, UNSIGNED, Verifier
 from wgcast.prefix import Prefix
 from wgcast.roster import Roster
 
@@ -62,7 +64,27 @@ REASONS: tuple[str, ...] = (
     "not allowed",          # the origin may not originate this prefix
     "claims a peer's space",  # no roster: a transit route inside a direct peer's space
     "over limit",           # the neighbour already gave us max_routes_per_peer routes
+    UNSIGNED,               # the origin has a sign_key in the roster, the route no signature
+    BAD,                    # "bad signature": not the origin's (forged router-id or seqno)
+    EXPIRED,                # "signature expired": a replay of an old announcement
+    "over rate",            # the neighbour sent more new Updates than max_update_rate
 )
+
+#: How each accepted route was checked (`wgcast routes`: "verified").
+SIGNED = "signed"             # the origin's signature checked (roster member with sign_key)
+ROSTER = "roster"             # the roster allows it; the origin has no sign_key: unsigned
+ADDRESS = "address"           # a generic Babel speaker: judged by address alone
+PEER_POLICY = "peer policy"   # no roster: the per-peer policy
+
+
+class _Bucket:
+    """Tokens of one neighbour: `capacity`, refilled at `rate` per second."""
+
+    __slots__ = ("at", "tokens")
+
+    def __init__(self, tokens: float, at: float) -> None:
+        self.tokens = tokens
+        self.at = at
 
 
 class PeerPolicy:
@@ -70,20 +92,25 @@ class PeerPolicy:
 
     With a roster (wgcast.roster), the roster decides for every route, transit ones
     included: the origin (the router-id in the Update) must be a member allowed to
-    originate the prefix, and the prefix must lie in the mesh's space. Without one, a
-    direct peer may originate its `may_originate`, and a transit route must not claim a
-    direct peer's space. Either way nobody may announce our own addresses or reserved
-    space, and a neighbour may give us at most `max_routes` routes (`routes_from` tells
-    how many it has; `has_route` whether this one is a refresh).
+    originate the prefix, and the prefix must lie in the mesh's space; if that member has
+    a `sign_key`, the route must carry its valid signature (wgcast.origin), which a
+    transit member cannot forge. Without one, a direct peer may originate its
+    `may_originate`, and a transit route must not claim a direct peer's space. Either way
+    nobody may announce our own addresses or reserved space, a neighbour may give us at
+    most `max_routes` routes (`routes_from` tells how many it has; `has_route` whether
+    this one is a refresh), and new Updates (new routes, or signatures not yet verified)
+    at most `max_rate` per second (bursts up to `max_routes`), so a flood costs bounded
+    work.
     """
 
     def __init__(self, own: Sequence[Prefix], anycast: Sequence[Prefix],
                  own_router_id: bytes = b"", max_routes: int = 10000,
-                 roster: Roster | None = None) -> None:
+                 roster: Roster | None = None, max_rate: float = 1000.0) -> None:
         self.own = tuple(own)
         self.anycast = tuple(anycast)
         self.own_router_id = own_router_id
         self.max_routes = max_routes
+        self.max_rate = max_rate
         self.roster = roster
         self.peers: dict[str, PeerInfo] = {}
         #: Refusals that may be attacks or mistakes (echoes of our own prefixes excluded).
@@ -91,13 +118,24 @@ class PeerPolicy:
         self.dropped_by: dict[tuple[str, str], int] = {}
         self.routes_from: Callable[[str], int] = lambda _nid: 0
         self.has_route: Callable[[str, Prefix], bool] = lambda _nid, _p: False
+        #: Checks origin signatures (set when signing is on: a roster and our key).
+        self.verifier: Verifier | None = None
+        #: Our own signing key: an echo of our prefix must carry our signature.
+        self.own_sign_key: bytes | None = None
+        #: Wall clock (signature validity) and a monotonic one (rate), Unix seconds.
+        self.wall: Callable[[], float] = time.time
+        self.clock: Callable[[], float] = time.monotonic
+        #: How each accepted route (neighbour, prefix) was checked (SIGNED, ROSTER...).
+        self.trust: dict[tuple[str, Prefix], str] = {}
+        self._buckets: dict[str, _Bucket] = {}
 
     def add(self, peer: PeerInfo) -> None:
         self.peers[peer.name] = peer
 
-    def accept(self, neighbour: str, prefix: Prefix, rid: bytes) -> bool:
+    def accept(self, neighbour: str, prefix: Prefix, rid: bytes, seqno: int = 0,
+               sig: bytes = b"") -> bool:
         """May `neighbour`'s announcement of `prefix` from origin `rid` be used?"""
-        why = self.refusal(neighbour, prefix, rid)
+        why = self.refusal(neighbour, prefix, rid, seqno, sig)
         if why is None:
             return True
         key = (neighbour, why)
@@ -110,12 +148,24 @@ class PeerPolicy:
                             neighbour, self.origin_name(rid), why, n)
         return False
 
-    def refusal(self, neighbour: str, prefix: Prefix, rid: bytes) -> str | None:
+    def refusal(self, neighbour: str, prefix: Prefix, rid: bytes, seqno: int = 0,
+                sig: bytes = b"") -> str | None:
         if overlaps(prefix, self.own):
-            return "own prefix echoed" if rid == self.own_router_id else "claims our address"
+            if rid != self.own_router_id:
+                return "claims our address"
+            # Our router-id: an echo, or someone forging it? Only we can sign.
+            v, key = self.verifier, self.own_sign_key
+            if v is not None and key is not None and prefix in self.own and (
+                    (not v.known(key, prefix, rid, seqno, sig)
+                     and not self._take_token(neighbour))
+                    or v.check(key, prefix, rid, seqno, sig, self.wall()) is not None):
+                return "claims our address"
+            return "own prefix echoed"
         if overlaps(prefix, NEVER):
             return "reserved space"
         via = self.peers.get(neighbour)
+        trust = PEER_POLICY
+        sign_key: bytes | None = None
         if via is not None and via.generic:
             # A generic Babel speaker (babeld, BIRD, FRR): its router-ids prove nothing,
             # so the address decides: whatever the origin (the speaker or a router behind
@@ -124,10 +174,14 @@ class PeerPolicy:
             if not any(prefix.version == m.version and prefix.subnet_of(m)  # type: ignore[arg-type]
                        for m in via.may_originate):
                 return "not allowed"
+            trust = ADDRESS
         elif self.roster is not None:
             why = self.roster.why_refused(rid, prefix)
             if why is not None:
                 return why
+            member = self.roster.member_by_router_id(rid)
+            sign_key = member.sign_key if member is not None else None
+            trust = ROSTER if sign_key is None or self.verifier is None else SIGNED
         else:
             origin = next((p for p in self.peers.values() if p.router_id == rid), None)
             if origin is not None:
@@ -140,10 +194,36 @@ class PeerPolicy:
                     own = tuple(m for m in p.may_originate if m not in self.anycast)
                     if overlaps(prefix, own):
                         return "claims a peer's space"
-        if self.routes_from(neighbour) >= self.max_routes and \
-                not self.has_route(neighbour, prefix):
+        known = self.has_route(neighbour, prefix)
+        if not known and self.routes_from(neighbour) >= self.max_routes:
             return "over limit"
+        verifier = self.verifier if trust == SIGNED else None
+        costly = not known or (verifier is not None and sign_key is not None and
+                               not verifier.known(sign_key, prefix, rid, seqno, sig))
+        if costly and not self._take_token(neighbour):
+            return "over rate"
+        if verifier is not None and sign_key is not None:
+            why = verifier.check(sign_key, prefix, rid, seqno, sig, self.wall())
+            if why is not None:
+                return why
+        if len(self.trust) >= 4 * self.max_routes * max(1, len(self.peers)):
+            self.trust.clear()  # bounded: refilled by the next periodic updates
+        self.trust[(neighbour, prefix)] = trust
         return None
+
+    def _take_token(self, neighbour: str) -> bool:
+        """One unit of work for `neighbour`, if its bucket has one (see the class)."""
+        now = self.clock()
+        cap = float(self.max_routes)
+        b = self._buckets.get(neighbour)
+        if b is None:
+            b = self._buckets[neighbour] = _Bucket(cap, now)
+        b.tokens = min(cap, b.tokens + (now - b.at) * self.max_rate)
+        b.at = now
+        if b.tokens < 1.0:
+            return False
+        b.tokens -= 1.0
+        return True
 
     def origin_name(self, rid: bytes) -> str:
         """A router-id as a name: the roster member's, a peer's, or hex."""
@@ -190,3 +270,59 @@ def save_remembered(state_file: str, policy: Mapping[str, Sequence[object]]) -> 
         os.replace(tmp, path)
     except OSError as e:
         log.warning("cannot save %s: %s", path, e)
+
+
+def roster_serial_path(state_file: str) -> str:
+    return state_file + ".roster"
+
+
+def load_roster_serial(state_file: str) -> int | None:
+    """The highest roster serial this node accepted before (None: none recorded), so
+    that a restart cannot roll the node back to an older roster."""
+    try:
+        with open(roster_serial_path(state_file)) as f:
+            raw = json.load(f)
+        serial = raw["serial"]
+        if isinstance(serial, int) and not isinstance(serial, bool) and serial >= 0:
+            return serial
+        raise ValueError("serial: expected an integer >= 0")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("ignoring %s: %s", roster_serial_path(state_file), e)
+        return None
+
+
+def save_roster_serial(state_file: str, serial: int) -> None:
+    """Write atomically; an error is logged, not raised."""
+    path = roster_serial_path(state_file)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"serial": serial}, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot save %s: %s", path, e)
+
+
+def own_sign_key_problem(roster: Roster, public_key: bytes, sign_public: bytes) -> str | None:
+    """What is wrong with our own roster entry for signing, or None.
+
+    Our signing key is derived from our WireGuard private key (wgcast.origin); the
+    roster must list its public half as our `sign_key`, or the others cannot check what
+    we originate (and refuse it, if the entry names another key)."""
+    from wgcast.keys import b64
+
+    me = roster.member(public_key)
+    if me is None:
+        return (f"roster: this node (public key {b64(public_key)}) is not a member: every "
+                "route it originates will be refused")
+    if me.sign_key is None:
+        return (f"roster: member {me.name!r} has no sign_key: its routes go unsigned "
+                f"(add sign_key = \"{b64(sign_public)}\")")
+    if me.sign_key != sign_public:
+        return (f"roster: member {me.name!r} has sign_key {b64(me.sign_key)}, but this "
+                f"node's signing key is {b64(sign_public)} (from its WireGuard private "
+                "key; wgcast roster sign-key): every route it originates will be refused")
+    return None

@@ -85,7 +85,7 @@ _GROUP_FIELDS = ("static", "metric", "address_interface", "allow_uids", "allow_g
                  "health")
 #: Top-level keys applied live (besides peers and groups).
 LIVE_KEYS = ("addresses", "anycast", "route_selection", "timers", "link", "roster",
-             "mesh_key", "max_routes_per_peer")
+             "mesh_key", "max_routes_per_peer", "max_update_rate")
 
 
 def _peer_fields(a: PeerConf, b: PeerConf) -> list[str]:

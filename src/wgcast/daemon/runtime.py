@@ -47,7 +47,16 @@ from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
-from wgcast.daemon.peer_policy import PeerInfo, PeerPolicy, load_remembered, save_remembered
+from wgcast.daemon.peer_policy import (
+    PeerInfo,
+    PeerPolicy,
+    load_remembered,
+    load_roster_serial,
+    own_sign_key_problem,
+    roster_serial_path,
+    save_remembered,
+    save_roster_serial,
+)
 from wgcast.daemon.ports import (
     Cancellable,
     DaemonCounters,
@@ -67,7 +76,9 @@ from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
 from wgcast.dataplane.types import PeerKey, PermissionDenied, WireGuardBackend
 from wgcast.keys import control_address, decode_key, router_id
+from wgcast.origin import Signer, Verifier
 from wgcast.prefix import Prefix
+from wgcast.roster import Roster
 
 log = logging.getLogger("wgcast")
 
@@ -178,7 +189,11 @@ class Daemon:
             UdpTransport(config.interface, config.port or PORT)
         self.stats = DaemonStats()
         self.policy = PeerPolicy(config.addresses, config.anycast,
-                                 max_routes=config.max_routes_per_peer)
+                                 max_routes=config.max_routes_per_peer,
+                                 max_rate=config.max_update_rate)
+        #: Signs what we originate (wgcast.origin); on while a roster is configured.
+        self.signer: Signer | None = None
+        self._sign_problem: str | None = None
         #: (mtime_ns, size, inode) of the roster file last read (reloaded when it moves).
         self._roster_stamp: tuple[int, int, int] | None = None
         self.peers: dict[str, PeerInfo] = self.policy.peers
@@ -239,7 +254,14 @@ class Daemon:
         self.public_key = dev.public_key
         rid = router_id(self.public_key)
         self.policy.own_router_id = rid
+        if dev.private_key is not None and any(dev.private_key):
+            self.signer = Signer(dev.private_key, rid, time.time)
+            self.signer.enabled = False
         if cfg.roster:
+            if self.signer is None:
+                raise RuntimeError(f"{cfg.interface}: a roster needs this node to sign what "
+                                   "it originates, but the device gave no private key to "
+                                   "derive the signing key from")
             err = self._load_roster()
             if err is not None:
                 raise RuntimeError(f"{cfg.interface}: {err}")
@@ -300,6 +322,7 @@ class Daemon:
             selection=SelectionParams(mode=cfg.route_selection),
             seqno=seqno,
             accept=self.policy.accept,
+            signer=self.signer,
         )
         self.node = Node(ncfg, self.now())
         self.policy.routes_from = self.node.route_count_via
@@ -399,6 +422,7 @@ class Daemon:
                 return self._reloaded(False, err)
         elif not new.roster:
             self.policy.roster = None
+            self._signing(None)
         self.config = new
         dp.config = new
         now = self.now()
@@ -446,6 +470,7 @@ class Daemon:
             self.policy.own = tuple(new.addresses)
             self.policy.anycast = tuple(new.anycast)
             self.policy.max_routes = new.max_routes_per_peer
+            self.policy.max_rate = new.max_update_rate
             if "anycast" in ch.keys:
                 for pc in new.peers:
                     self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(),
@@ -730,16 +755,52 @@ class Daemon:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
             new = accept_newer(self.policy.roster, parse(text, path), key, datetime.now(UTC))
+            # The serial survives restarts: an older roster file cannot roll us back.
+            kept = load_roster_serial(self.config.state_file)
+            if kept is not None and new.serial < kept:
+                raise RosterError(f"roster: serial {new.serial} is older than the serial "
+                                  f"{kept} accepted before (kept in "
+                                  f"{roster_serial_path(self.config.state_file)})")
         except OSError as e:
             return f"roster: cannot read {path}: {e.strerror}"
         except RosterError as e:
             return str(e)
         old = self.policy.roster
         self.policy.roster = new
+        if kept is None or new.serial > kept:
+            save_roster_serial(self.config.state_file, new.serial)
+        self._signing(new)
         if old is None or old.serial != new.serial:
             log.info("roster: serial %d in use (%d members)%s", new.serial, len(new.members),
                      "" if old is None else f", was serial {old.serial}")
         return None
+
+    def _signing(self, roster: Roster | None) -> None:
+        """Signing and verification on with a roster, off without; says once what is
+        wrong with our own roster entry (the others would refuse or not check us)."""
+        signer, policy = self.signer, self.policy
+        if roster is None or signer is None:
+            policy.verifier = None
+            if signer is not None:
+                signer.enabled = False
+            return
+        signer.enabled = True
+        if policy.verifier is None:
+            policy.verifier = Verifier()
+        policy.own_sign_key = signer.public
+        problem = own_sign_key_problem(roster, self.public_key, signer.public)
+        if problem != self._sign_problem:
+            self._sign_problem = problem
+            if problem is not None:
+                log.error("%s", problem)
+
+    def _signing_status(self) -> dict[str, Any]:
+        signer, v = self.signer, self.policy.verifier
+        return {"on": signer is not None and signer.enabled,
+                "signed": 0 if signer is None else signer.signed,
+                "verified": 0 if v is None else v.verified,
+                "verified_from_memory": 0 if v is None else v.hits,
+                "problem": self._sign_problem}
 
     async def watch_roster(self, every: float = 2.0) -> None:
         """Pick up a new roster file without a restart (a changed file is re-read; an
@@ -946,6 +1007,7 @@ class Daemon:
             "roster": None if self.policy.roster is None else {
                 "serial": self.policy.roster.serial,
                 "members": len(self.policy.roster.members)},
+            "signing": self._signing_status(),
             "endpoints": self.endpoints.status() if self.endpoints is not None else None,
             "problems": list(self.problems),
             "state": {"file": self.config.state_file, "save_errors": self.state_errors,
@@ -960,14 +1022,18 @@ class Daemon:
         out = []
         for sel in sorted(view.selected(), key=lambda s: str(s.prefix)):
             name = self.policy.origin_name
+            trust = self.policy.trust
             alts = [{"neighbour": r.neighbour, "metric": r.metric,
                      "router_id": r.router_id.hex(), "origin": name(r.router_id),
-                     "seqno": r.seqno}
+                     "seqno": r.seqno, "verified": trust.get((r.neighbour, sel.prefix), "?")}
                     for r in view.routes_to(sel.prefix)]
             origin = "local" if sel.via == LOCAL else name(sel.router_id)
             out.append({
                 "prefix": str(sel.prefix), "via": sel.via, "metric": sel.metric,
                 "router_id": sel.router_id.hex(), "origin": origin, "seqno": sel.seqno,
+                # How the route was checked: signed, roster, address, peer policy, local.
+                "verified": "local" if sel.via == LOCAL else
+                trust.get((sel.via, sel.prefix), "?"),
                 "installed": dp.installed(sel.prefix) or sel.via == LOCAL,
                 "routes": alts,
             })
