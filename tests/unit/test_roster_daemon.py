@@ -150,3 +150,84 @@ def test_generic_peer_routes_are_judged_by_address() -> None:
         # one, outside every peer's space, passes); a generic peer's must lie in its space.
         assert got == ([False, False, False, True] if not generic
                        else [True, True, False, False])
+
+
+def signed_roster(serial: int, members: dict[str, tuple[bytes, list[str], bytes | None]]) -> str:
+    out = [f"serial = {serial}", 'mesh_prefixes = ["10.0.0.0/8"]']
+    for name, (pub, prefixes, sk) in members.items():
+        out += ["[[members]]", f'name = "{name}"', f'public_key = "{keys.b64(pub)}"',
+                "prefixes = [" + ", ".join(f'"{p}"' for p in prefixes) + "]"]
+        if sk is not None:
+            out.append(f'sign_key = "{keys.b64(sk)}"')
+    return parse("\n".join(out) + "\n").signed(MESH_PRIV).to_toml()
+
+
+def signed_pair(tmp: Path, b_sign: bytes | None = None, serial: int = 1
+                ) -> tuple[Mesh, object, object, Path]:
+    """a and b, both with the roster; b's entry lists `b_sign` (default: b's real key)."""
+    from wgcast.origin import signing_public
+
+    pa, pb = keys.generate_private(), keys.generate_private()
+    ka, kb = keys.public_from_private(pa), keys.public_from_private(pb)
+    path = tmp / "roster.toml"
+    path.write_text(signed_roster(serial, {
+        "a": (ka, ["10.0.1.0/24"], signing_public(pa)),
+        "b": (kb, ["10.0.2.0/24"], b_sign or signing_public(pb))}))
+    extra = f'roster = "{path}"\nmesh_key = "{keys.b64(MESH_PUB)}"'
+    mesh = Mesh()
+    a = mesh.add("a", pa, config_text("a", str(tmp), {"b": kb}, extra))
+    b = mesh.add("b", pb, config_text("b", str(tmp), {"a": ka},
+                                      f'addresses = ["10.0.2.0/24"]\n{extra}'))
+    return mesh, a, b, path
+
+
+def test_signed_routes_are_verified_and_shown_so(tmp_path: Path) -> None:
+    async def main() -> None:
+        mesh, a, b, _ = signed_pair(tmp_path)
+        async with running(mesh):
+            await until(lambda: a.device.holder(B_NET) == b.public, what="B_NET on b")
+            route = next(r for r in a.daemon.route_table() if r["prefix"] == str(B_NET))
+            assert route["verified"] == "signed" and route["origin"] == "b"
+            sg = b.daemon.status()["signing"]
+            assert sg["on"] and sg["signed"] >= 1 and sg["problem"] is None
+            assert a.daemon.status()["signing"]["verified"] >= 1
+            assert a.daemon.status()["announcements_refused"] == {}
+
+    asyncio.run(main())
+
+
+def test_a_member_signing_with_another_key_is_refused(tmp_path: Path) -> None:
+    from wgcast.origin import signing_public
+
+    async def main() -> None:
+        mesh, a, b, _ = signed_pair(tmp_path, b_sign=signing_public(keys.generate_private()))
+        async with running(mesh):
+            await until(lambda: a.daemon.status()["announcements_refused"]
+                        .get("bad signature"), what="b's route refused")
+            assert a.device.holder(B_NET) is None and B_NET not in a.host.routes
+            problem = b.daemon.status()["signing"]["problem"]
+            assert problem is not None and "every route it originates will be refused" in problem
+
+    asyncio.run(main())
+
+
+def test_a_restart_cannot_roll_the_roster_back(tmp_path: Path) -> None:
+    async def main() -> None:
+        mesh, a, _b, path = signed_pair(tmp_path, serial=5)
+        async with running(mesh):
+            assert a.daemon.status()["roster"]["serial"] == 5
+        # The file is replaced by an older (validly signed) roster while a is down.
+        text = path.read_text().replace("serial = 5", "serial = 4")
+        path.write_text(parse(text).signed(MESH_PRIV).to_toml())
+        mesh2 = Mesh()
+        a2 = mesh2.add("a", a.private, a.daemon.config)
+        try:
+            await a2.daemon.start()
+        except RuntimeError as e:
+            assert "serial 4 is older than the serial 5 accepted before" in str(e)
+        else:
+            raise AssertionError("an older roster was taken after a restart")
+        finally:
+            mesh2.close()
+
+    asyncio.run(main())
