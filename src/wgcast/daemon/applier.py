@@ -36,6 +36,10 @@ log = logging.getLogger("wgcast")
 
 #: Added to 3 round trips to the old peer when holding a move (service time, scheduling).
 MOVE_HOLD_MARGIN = 0.01
+#: Prefixes changed in one apply at most: a flood of routes (thousands at once) is
+#: applied in rounds, the event loop (Hellos, the API) running between them, and the
+#: routes already installed go first, so that a flood of new ones cannot delay a move.
+MAX_PREFIXES_PER_APPLY = 256
 
 
 @dataclass(slots=True)
@@ -52,6 +56,8 @@ class DataPlaneStats:
     put_back: int = 0
     #: Full resyncs after the interface came back (deleted and recreated, restarted).
     resyncs: int = 0
+    #: Applies that left work for the next round (more than MAX_PREFIXES_PER_APPLY).
+    split: int = 0
 
 
 class DataPlaneApplier:
@@ -93,6 +99,8 @@ class DataPlaneApplier:
         self.controls: Callable[[], list[tuple[PeerKey, Prefix]]] = list
         #: Failed applies in a row (back-off, one log line per streak).
         self._fails = 0
+        #: Bound of one apply (see MAX_PREFIXES_PER_APPLY; tests lower it).
+        self.max_prefixes = MAX_PREFIXES_PER_APPLY
 
     # ------------------------------------------------------------ start
 
@@ -231,6 +239,8 @@ class DataPlaneApplier:
                 await asyncio.sleep(min(2.0, 0.05 * 2 ** (self._fails - 1)))
                 self._dirty.set()
                 continue
+            if self._dirty.is_set():
+                await asyncio.sleep(0)  # a split apply: let the loop run between rounds
             if self._fails > 1:
                 log.info("data plane updates work again after %d failures", self._fails)
             self._fails = 0
@@ -292,8 +302,24 @@ class DataPlaneApplier:
             if done:
                 await self._end_move_holds(done, desired)
 
+    def _bounded(self, desired: dict[Prefix, PeerKey], managed: set[Prefix],
+                 owner: dict[Prefix, PeerKey]) -> tuple[dict[Prefix, PeerKey], set[Prefix]]:
+        """At most `max_prefixes` prefixes to change in this apply (the rest next round,
+        `_dirty` set): first those installed now (moves, removals), then new ones."""
+        kroutes = self._kroutes
+        pending = [p for p in managed
+                   if desired.get(p) != owner.get(p) or (p in desired) != (p in kroutes)]
+        if len(pending) <= self.max_prefixes:
+            return desired, managed
+        pending.sort(key=lambda p: p not in owner and p not in kroutes)
+        chunk = set(pending[:self.max_prefixes])
+        self.stats.split += 1
+        self._dirty.set()
+        return {p: k for p, k in desired.items() if p in chunk}, chunk
+
     async def _apply_plan(self, desired: dict[Prefix, PeerKey], managed: set[Prefix],
                           t0: float, owner: dict[Prefix, PeerKey]) -> None:
+        desired, managed = self._bounded(desired, managed, owner)
         ops = plan(desired, self._actual, managed, owner)
         if ops:
             await self.device.apply(ops)

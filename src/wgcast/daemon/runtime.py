@@ -995,6 +995,7 @@ class Daemon:
                           "held_moves": dp.stats.held_moves,
                           "held_packets": dp.stats.held_packets,
                           "put_back": dp.stats.put_back,
+                          "split_applies": dp.stats.split,
                           "resyncs": dp.stats.resyncs,
                           "interface_present": not dp.paused,
                           "holding": sorted(map(str, dp.holding())),
