@@ -145,9 +145,9 @@ def signed_policy(max_routes: int = 100, max_rate: float = 1000.0) -> tuple[
     p.own_sign_key = sk0
     p.wall = clock
     p.clock = clock
-    have: set[tuple[str, Prefix]] = set()
-    p.routes_from = lambda nb: sum(1 for n, _ in have if n == nb)
-    p.has_route = lambda nb, prefix: (nb, prefix) in have
+    # The routes a neighbour gave us: those the policy accepted (as the engine keeps them).
+    p.routes_from = lambda nb: sum(1 for n, _ in p.trust if n == nb)
+    p.has_route = lambda nb, prefix: (nb, prefix) in p.trust
     own = Signer(w0, rid0, clock)
     return p, Signer(w1, rid1, clock), Signer(w2, rid1, clock), own, clock
 
@@ -183,13 +183,21 @@ def test_policy_rate_limits_new_work_per_neighbour() -> None:
     rid1 = n1.router_id
     nets = [ipaddress.ip_network(f"fd5a:1::{i}/128") for i in range(1, 9)]
     got = [p.accept("n2", q, rid1, 1, n1.sign(q, 1)) for q in nets]
-    assert got == [True] * 4 + [False] * 4  # a burst of max_routes, then the rate
-    assert p.dropped_table() == {"over rate": {"n2": 4}}
+    # max_routes new routes, then the cap on routes (before any work on the signature).
+    assert got == [True] * 4 + [False] * 4
+    assert p.dropped_table() == {"over limit": {"n2": 4}}
+    # New signatures of known routes cost a verification each: one token left, then
+    # the rate (one a second).
+    p.has_route = lambda _nb, _prefix: True
+    got = [p.accept("n2", q, rid1, 2, n1.sign(q, 2)) for q in nets[:4]]
+    assert got == [True, False, False, False]
     clock.t += 2.0  # two tokens back
-    assert [p.accept("n2", q, rid1, 1, n1.sign(q, 1)) for q in nets[4:]] == \
-        [True, True, False, False]
-    # Another neighbour has its own bucket; a repeat verified before costs nothing.
-    assert p.accept("n3", nets[0], rid1, 1, n1.sign(nets[0], 1))
+    assert [p.accept("n2", q, rid1, 2, n1.sign(q, 2)) for q in nets[1:4]] == \
+        [True, True, False]
+    assert p.dropped_table()["over rate"] == {"n2": 4}
+    # A signature verified before costs nothing; another neighbour has its own bucket.
+    assert p.accept("n2", nets[0], rid1, 2, n1.sign(nets[0], 2))
+    assert p.accept("n3", nets[5], rid1, 3, n1.sign(nets[5], 3))
 
 
 def test_roster_serial_is_kept(tmp_path: object) -> None:

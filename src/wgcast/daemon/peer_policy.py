@@ -78,7 +78,7 @@ PEER_POLICY = "peer policy"   # no roster: the per-peer policy
 
 
 class _Bucket:
-    """Tokens of one neighbour: `capacity`, refilled at `rate` per second."""
+    """Tokens of one neighbour (see PeerPolicy._take_token)."""
 
     __slots__ = ("at", "tokens")
 
@@ -99,8 +99,8 @@ class PeerPolicy:
     nobody may announce our own addresses or reserved space, a neighbour may give us at
     most `max_routes` routes (`routes_from` tells how many it has; `has_route` whether
     this one is a refresh), and new Updates (new routes, or signatures not yet verified)
-    at most `max_rate` per second (bursts up to `max_routes`), so a flood costs bounded
-    work.
+    at most `max_rate` per second (bursts up to `max_routes + max_rate`: a whole table),
+    so a flood costs bounded work.
     """
 
     def __init__(self, own: Sequence[Prefix], anycast: Sequence[Prefix],
@@ -214,7 +214,8 @@ class PeerPolicy:
     def _take_token(self, neighbour: str) -> bool:
         """One unit of work for `neighbour`, if its bucket has one (see the class)."""
         now = self.clock()
-        cap = float(self.max_routes)
+        # A whole table at once (a neighbour coming up) plus a second's worth.
+        cap = float(self.max_routes) + self.max_rate
         b = self._buckets.get(neighbour)
         if b is None:
             b = self._buckets[neighbour] = _Bucket(cap, now)
