@@ -230,6 +230,9 @@ def test_every_row_of_the_attack_table_is_refused(ring4: Lab) -> None:
     # The real origin was not pushed to the forged seqno.
     seq = lab.api("n4", {"cmd": "status"})["status"]["seqno"]
     assert (seq - seqno_n4) & 0xFFFF < 1000, (seqno_n4, seq)
+    with open(os.path.join(lab.dir, "n1.daemon.log")) as f:
+        flaps = sum("down" in line and "neighbour" in line for line in f)
     print(f"\nprober n1 -> n4 during the attack: sent {res['sent']}, answered "
-          f"{res['answered']}, lost {res['lost']}; refused at n1 from n2: "
-          f"{refused(lab, 'n1', 'n2')}")
+          f"{res['answered']}, lost {res['lost']}, outages {res['outages'][:5]}; "
+          f"neighbour-down lines at n1: {flaps}; refused at n1 from n2: "
+          f"{refused(lab, 'n1', 'n2')}; load {os.getloadavg()[0]:.1f}")
