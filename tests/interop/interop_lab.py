@@ -87,6 +87,8 @@ class Link:
     #: Run at close, after the processes are gone.
     cleanup: list[Callable[[], object]] = field(default_factory=list)
     frr_dir: Path | None = None
+    #: A's WireGuard private key (base64): derives the key that signs A's routes.
+    a_priv: str = ""
 
     @property
     def a_sock(self) -> str:
@@ -102,10 +104,35 @@ class Link:
         self.procs.append(p)
         return p
 
-    def start_wgcast(self, ipv4_next_hop: str | None = None) -> None:
+    def roster(self) -> str:
+        """Config lines of a signed roster listing A with its signing key: A signs what
+        it originates, so B gets Updates with the OriginSig sub-TLV (113), which an RFC
+        8966 speaker must ignore. B, a generic peer, is judged by address (not listed)."""
+        from wgcast.keys import decode_key
+        from wgcast.origin import signing_public
+        from wgcast.roster import generate_mesh_key, parse
+
+        mesh_priv, mesh_pub = generate_mesh_key()
+        sk = base64.b64encode(signing_public(decode_key(self.a_priv))).decode()
+        text = f"""serial = 1
+mesh_prefixes = ["fd00::/8", "10.0.0.0/8"]
+[[members]]
+name = "a"
+public_key = "{self.a_pub}"
+prefixes = ["{A_V6}", "{A_V4}"]
+groups = ["{A_ANY6}", "{A_ANY4}"]
+sign_key = "{sk}"
+"""
+        path = self.tmp / "roster.toml"
+        path.write_text(parse(text).signed(mesh_priv).to_toml())
+        return f'roster = "{path}"\nmesh_key = "{base64.b64encode(mesh_pub).decode()}"'
+
+    def start_wgcast(self, ipv4_next_hop: str | None = None, sign: bool = True) -> None:
         conf = self.tmp / "a.toml"
         nh = f'ipv4_next_hop = "{ipv4_next_hop}"' if ipv4_next_hop else ""
+        roster = self.roster() if sign and self.a_priv else ""
         conf.write_text(f"""
+{roster}
 interface = "{self.a_if}"
 api_socket = "{self.a_sock}"
 state_file = "{self.tmp}/a.state"
@@ -215,7 +242,7 @@ def make_link(tmp: Path) -> Link:
         a.close()
         b.close()
         raise
-    return Link(tmp, a, b, a_if, b_if, a_pub, b_pub)
+    return Link(tmp, a, b, a_if, b_if, a_pub, b_pub, a_priv=a_priv)
 
 
 @pytest.fixture

@@ -284,6 +284,9 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
             for prefix in (B_V6, B_V4):
                 wait_until(lambda p=prefix: "dev " + link.a_if in kernel_route(link.a.name, p),
                            45, f"wgcast: a route to {prefix}")
+            # A signed what it originates (OriginSig sub-TLVs, which the peer ignored).
+            sg = link.api("status")["status"]["signing"]  # type: ignore[index]
+            assert sg["on"] and sg["signed"] > 0 and sg["problem"] is None, sg
             # Nothing outside the peer's may_originate (FRR redistributes the underlay's
             # connected subnet too): never routed into the tunnel.
             assert "dev " + link.a_if not in kernel_route(link.a.name, "192.168.77.0/24")
