@@ -90,16 +90,20 @@ def _summary(r: dict[str, object]) -> str:
                    "the run.")
 @click.option("--filter-period", type=float, default=5.0, show_default=True,
               help="Grid step (virtual ms) of the blackholed-pair count during faults.")
+@click.option("--sign", is_flag=True,
+              help="Origin signatures on: every node signs what it originates and checks "
+                   "every route (as with a roster, docs/roster.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sim(topology: str, anycast: str, fail: str, seed: int, delay: str, jitter: str,
         loss: str, timers: str, restart_seqno: str, quiet: float | None, max_phase: float,
-        filter_strict: bool, filter_period: float, as_json: bool) -> None:
+        filter_strict: bool, filter_period: float, sign: bool, as_json: bool) -> None:
     """Simulate a mesh in virtual time: convergence, a fault, invariants."""
     try:
         scenario = Scenario(topology=topology, anycast=parse_anycast(anycast), fail=fail,
                             seed=seed, delay=delay, jitter=jitter, loss=loss, timers=timers,
                             restart_seqno=restart_seqno, quiet=quiet, max_phase=max_phase,
-                            filter_strict=filter_strict, filter_period=filter_period / 1000.0)
+                            filter_strict=filter_strict, filter_period=filter_period / 1000.0,
+                            sign=sign)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     result = scenario.run()

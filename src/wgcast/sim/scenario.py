@@ -27,6 +27,7 @@ route changes that happen with nothing failing (`steady_route_changes`, e.g. jit
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import itertools
 import random
@@ -42,6 +43,7 @@ from wgcast.babel.neighbour import LinkCostParams
 from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import Prefix
 from wgcast.keys import router_id
+from wgcast.origin import Signer, Verifier, signing_public
 from wgcast.sim.checker import (
     LoopChecker,
     RepairWatch,
@@ -75,6 +77,47 @@ def node_config(name: str, timers: str = "default", link: LinkCostParams | None 
     return NodeConfig(router_id(name.encode()), hello_interval=t["hello_interval"],
                       dead=int(t["dead"]), update_interval=t["update_interval"],
                       link=link or LinkCostParams(), selection=selection or SelectionParams())
+
+
+#: The sim's wall clock at virtual time 0 (origin signatures carry Unix times).
+SIM_EPOCH = 1_800_000_000.0
+
+
+class SimSigning:
+    """Origin signing in the simulator, as the daemon does it with a roster: every node
+    signs what it originates (a key per node, from the seed), every node checks every
+    route against the signing key of the origin's router-id, with its own memo. The
+    wall clock is virtual time (`net` set once the network exists)."""
+
+    def __init__(self, nodes: list[str], seed: int) -> None:
+        self.net: SimNetwork | None = None
+        self.private = {n: hashlib.blake2s(f"wgcast sim {seed} {n}".encode()).digest()
+                        for n in nodes}
+        self.keys = {router_id(n.encode()): signing_public(k) for n, k in self.private.items()}
+        self.verifiers: list[Verifier] = []
+        self.signers: list[Signer] = []
+
+    def clock(self) -> float:
+        return SIM_EPOCH + (self.net.now if self.net is not None else 0.0)
+
+    def config(self, name: str, base: NodeConfig) -> NodeConfig:
+        verifier = Verifier()
+        keys, clock = self.keys, self.clock
+
+        def accept(_nb: str, prefix: Prefix, rid: bytes, seqno: int, sig: bytes) -> bool:
+            key = keys.get(rid)
+            return key is not None and verifier.check(key, prefix, rid, seqno, sig,
+                                                      clock()) is None
+
+        signer = Signer(self.private[name], base.router_id, clock)
+        self.verifiers.append(verifier)
+        self.signers.append(signer)
+        return replace(base, accept=accept, signer=signer)
+
+    def figures(self) -> dict[str, int]:
+        return {"signed": sum(s.signed for s in self.signers),
+                "verified": sum(v.verified for v in self.verifiers),
+                "verified_from_memory": sum(v.hits for v in self.verifiers)}
 
 
 def parse_anycast(text: str) -> tuple[int, int]:
@@ -179,6 +222,8 @@ class Scenario:
     filter_period: float = 0.005
     #: Virtual seconds to run after boot with nothing failing (route changes counted).
     hold: float = 0.0
+    #: Origin signatures on (every node signs and verifies, see SimSigning).
+    sign: bool = False
     net: SimNetwork = field(init=False)
     prefixes: list[Prefix] = field(init=False, default_factory=list)
     anycast_prefixes: list[Prefix] = field(init=False, default_factory=list)
@@ -198,8 +243,16 @@ class Scenario:
             self.topo = build_topology(self.topology, self.delay, self.jitter, self.loss,
                                        self.seed)
         timers, lp, sp = self.timers, self.link_params, self.selection
-        self.net = SimNetwork(self.topo, lambda n: node_config(n, timers, lp, sp),
-                              seed=self.seed, processing=self.processing)
+        signing = self.signing = SimSigning(list(self.topo.nodes), self.seed) \
+            if self.sign else None
+
+        def make(n: str) -> NodeConfig:
+            cfg = node_config(n, timers, lp, sp)
+            return cfg if signing is None else signing.config(n, cfg)
+
+        self.net = SimNetwork(self.topo, make, seed=self.seed, processing=self.processing)
+        if signing is not None:
+            signing.net = self.net
         self.loops = LoopChecker(self.net)
         if self.quiet is None:
             self.quiet = TIMERS[self.timers]["update_interval"] + 1.0
@@ -489,6 +542,7 @@ class Scenario:
             res["blackholed_sample"] = [b.to_dict() for b in first_bad.sample]
             res["blackhole_pair_s"] = {p.name: round(p.event.pair_s, 6)
                                        for p in self.phases if p.event is not None}
+        res["signing"] = None if self.signing is None else self.signing.figures()
         if self.steady_changes is not None:
             res["hold_s"] = self.hold
             res["steady_route_changes"] = self.steady_changes
