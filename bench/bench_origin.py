@@ -157,7 +157,7 @@ prefixes = ["fd5a:1::/32"]
             for pkt in packets:
                 node.receive(0.1, "n1", pkt)
             node.datagrams_to_send()
-            assert len(node.selected) == n, (mode, len(node.selected))
+            assert len(node.selected) == n, len(node.selected)
             return n
 
         out[mode] = timed(run, repeats)

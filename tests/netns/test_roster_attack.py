@@ -181,8 +181,9 @@ def test_every_row_of_the_attack_table_is_refused(ring4: Lab) -> None:
             for _ in range(3):  # as a refresh would come
                 att.send("n1", updates)
                 time.sleep(0.2)
-            wait_for(lambda why=why, start=start: refused(lab, "n1", "n2").get(why, 0)
-                     >= start + len(updates), 10, f"{what}: refused as {why!r}")
+            goal = start + len(updates)
+            wait_for(lambda why=why, goal=goal: refused(lab, "n1", "n2").get(why, 0) >= goal,
+                     10, f"{what}: refused as {why!r}")
             now = routes(lab, "n1")
             for prefix, *_ in updates:
                 if str(prefix) in real:
