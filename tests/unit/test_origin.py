@@ -173,9 +173,12 @@ def test_policy_tells_echoes_of_our_prefix_from_forgeries() -> None:
     # Our router-id without our signature: someone forges us.
     assert not p.accept("n1", ours, p.own_router_id, 3, forger.sign(ours, 3))
     assert not p.accept("n1", ours, p.own_router_id, 3, b"")
+    # A more-specific of ours with our router-id: we never originate it.
+    more = ipaddress.ip_network("fd5a:0:0:1::/64")
+    assert not p.accept("n1", more, p.own_router_id, 3, own.sign(more, 3))
     assert p.dropped_table() == {"own prefix echoed": {"n1": 1},
-                                 "claims our address": {"n1": 2}}
-    assert p.dropped == 2
+                                 "claims our address": {"n1": 3}}
+    assert p.dropped == 3
 
 
 def test_policy_rate_limits_new_work_per_neighbour() -> None:

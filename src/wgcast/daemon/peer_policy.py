@@ -155,9 +155,10 @@ class PeerPolicy:
                 return "claims our address"
             # Our router-id: an echo, or someone forging it? Only we can sign.
             v, key = self.verifier, self.own_sign_key
-            if v is not None and key is not None and prefix in self.own and (
-                    (not v.known(key, prefix, rid, seqno, sig)
-                     and not self._take_token(neighbour))
+            if v is not None and key is not None and (
+                    prefix not in self.own  # we originate exactly these
+                    or (not v.known(key, prefix, rid, seqno, sig)
+                        and not self._take_token(neighbour))
                     or v.check(key, prefix, rid, seqno, sig, self.wall()) is not None):
                 return "claims our address"
             return "own prefix echoed"
