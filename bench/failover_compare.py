@@ -26,9 +26,11 @@ Writes bench/results/failover_compare.json.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +48,8 @@ class Config:
     router: str  # "wgcast" | "babeld"
     timers: str = "default"  # wgcast
     hello: float | None = None  # babeld (None: its default, 4 s)
+    #: wgcast with a signed roster: origin signatures on (docs/roster.md).
+    sign: bool = False
 
     @property
     def hello_s(self) -> float:
@@ -68,21 +72,59 @@ class Config:
         d: dict[str, Any] = {"name": self.name, "router": self.router}
         if self.router == "wgcast":
             d["timers"] = self.timers
+            d["signing"] = self.sign
         d["hello_s"] = self.hello_s
         return d
 
 
 def make_configs(fast_hello: float) -> list[Config]:
     return [Config("wgcast-default", "wgcast", timers="default"),
+            Config("wgcast-signed", "wgcast", timers="default", sign=True),
             Config("wgcast-fast", "wgcast", timers="fast"),
             Config("babeld-default", "babeld", hello=None),
             Config("babeld-fast", "babeld", hello=fast_hello)]
+
+
+def roster_hook() -> Callable[[str, dict[str, Any]], None]:
+    """A config hook giving every node a signed roster (written at the first call, when
+    the lab knows its keys): each node may originate its /48, serve its groups, and
+    signs what it originates. `hook.lab` must be set before the lab comes up."""
+    from wgcast.keys import b64, decode_key
+    from wgcast.origin import signing_public
+    from wgcast.roster import generate_mesh_key, parse
+
+    mesh_priv, mesh_pub = generate_mesh_key()
+    holder: dict[str, Lab] = {}
+
+    def hook(node: str, cfg: dict[str, Any]) -> None:
+        lab = holder["lab"]
+        path = os.path.join(lab.dir, "roster.toml")
+        if not os.path.exists(path):
+            lines = ["serial = 1", f'mesh_prefixes = ["fd5a:{lab.id}::/32"]']
+            for n in lab.nodes.values():
+                space = ipaddress.ip_network(f"{n.unicast}/48", strict=False)
+                lines += ["[[members]]", f'name = "{n.name}"',
+                          f'public_key = "{n.public_key}"', f'prefixes = ["{space}"]',
+                          "groups = [" + ", ".join(f'"{g}"' for g in n.serves) + "]",
+                          f'sign_key = "{b64(signing_public(decode_key(n.private_key)))}"']
+            with open(path, "w") as f:
+                f.write(parse("\n".join(lines) + "\n").signed(mesh_priv).to_toml())
+        cfg["roster"] = path
+        cfg["mesh_key"] = b64(mesh_pub)
+
+    hook.holder = holder  # type: ignore[attr-defined]
+    return hook
 
 
 def build(cfg: Config, args: argparse.Namespace) -> Lab:
     common = {"instances": args.instances, "delay": args.delay, "seed": args.seed}
     if cfg.router == "babeld":
         return BabeldLab(args.topology, babeld_hello=cfg.hello, **common)
+    if cfg.sign:
+        hook = roster_hook()
+        lab = Lab(args.topology, timers=cfg.timers, config_hook=hook, **common)
+        hook.holder["lab"] = lab  # type: ignore[attr-defined]
+        return lab
     return Lab(args.topology, timers=cfg.timers, **common)
 
 
@@ -242,6 +284,13 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
                 wv, bv = w["outage_ms"][k], b["outage_ms"][k]
                 row[k] = round(wv / bv, 3) if wv is not None and bv else None
             out.setdefault(case, {})[pair] = row
+        w = results.get("wgcast-signed", {}).get("cases", {}).get(case)
+        b = results.get("wgcast-default", {}).get("cases", {}).get(case)
+        if w and b:  # the cost of origin signatures: signed / unsigned
+            out.setdefault(case, {})["signed_over_unsigned"] = {
+                k: (round(w["outage_ms"][k] / b["outage_ms"][k], 3)
+                    if w["outage_ms"][k] is not None and b["outage_ms"][k] else None)
+                for k in ("p50", "max")}
     return out
 
 
