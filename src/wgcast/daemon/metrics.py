@@ -106,6 +106,12 @@ class DaemonCollector(Collector):
         for (peer, reason), n in sorted(c.announcements_refused.items()):
             refused.add_metric([peer, reason], float(n))
         yield refused
+        sig = CounterMetricFamily("wgcast_origin_signatures", "Origin signatures: made "
+                                  "(signed), checked with Ed25519 (verified), answered "
+                                  "from memory (verified_from_memory).", labels=["op"])
+        for op, n in sorted(c.signatures.items()):
+            sig.add_metric([op], float(n))
+        yield sig
 
         if c.endpoints is not None:
             ep = CounterMetricFamily("wgcast_endpoint_events", "Endpoint manager counters "

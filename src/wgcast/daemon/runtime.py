@@ -1073,7 +1073,9 @@ class Daemon:
             announcements_refused=dict(self.policy.dropped_by),
             endpoints=self.endpoints.status() if self.endpoints is not None else None,
             state_save_errors=self.state_errors, dataplane_put_back=dp.stats.put_back,
-            interface_resyncs=dp.stats.resyncs)
+            interface_resyncs=dp.stats.resyncs,
+            signatures={k: v for k, v in self._signing_status().items()
+                        if k in ("signed", "verified", "verified_from_memory")})
 
 
 _EPERM = (errno.EPERM, errno.EACCES)
