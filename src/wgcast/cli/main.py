@@ -13,6 +13,7 @@ import click
 from wgcast.cli.check import check
 from wgcast.cli.membership import _socket_path, _with_socket, drain, join, leave
 from wgcast.cli.roster import roster
+from wgcast.cli.service import install_systemd
 
 
 def _load(config: str) -> Any:
@@ -34,16 +35,21 @@ def main() -> None:
 @main.command()
 @click.option("-c", "--config", "config", required=True, type=click.Path(dir_okay=False),
               help="TOML file of the interface to manage.")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv: every route change).")
-def run(config: str, verbose: int) -> None:
-    """Run the daemon for one WireGuard interface (SIGTERM stops it cleanly)."""
+@click.option("-v", "--verbose", count=True,
+              help="-v: debug logging, every route change; -vv: also the traceback of a "
+                   "fatal error. Default: info (neighbours, groups, reloads, problems).")
+@click.option("--log-format", "log_format", type=click.Choice(["text", "json"]),
+              default="text", show_default=True,
+              help="json: one object per line. Under journald no own timestamp is written.")
+def run(config: str, verbose: int, log_format: str) -> None:
+    """Run the daemon for one WireGuard interface (SIGTERM stops it cleanly).
+
+    Under systemd (Type=notify) it sends READY=1 once it serves its API and routes."""
     from wgcast.daemon.runtime import Daemon
+    from wgcast.logsetup import configure
 
     cfg = _load(config)
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    configure(logging.DEBUG if verbose else logging.INFO, log_format)
     try:
         code = asyncio.run(Daemon(cfg).run())
     except KeyboardInterrupt:
@@ -220,6 +226,7 @@ main.add_command(join)
 main.add_command(leave)
 main.add_command(drain)
 main.add_command(roster)
+main.add_command(install_systemd)
 
 
 def _optional(module: str, name: str) -> None:

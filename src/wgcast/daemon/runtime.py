@@ -47,6 +47,7 @@ from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
+from wgcast.daemon.notify import sd_notify
 from wgcast.daemon.peer_policy import PeerInfo, PeerPolicy, load_remembered, save_remembered
 from wgcast.daemon.ports import (
     Cancellable,
@@ -660,9 +661,11 @@ class Daemon:
         host_watch = asyncio.create_task(self.watch_host())
         iface_watch = asyncio.create_task(self.watch_interface())
         self.dataplane.kick()
-        _sd_notify("READY=1")
+        # Serving: the API answers, groups and routes are being announced.
+        sd_notify("READY=1", f"STATUS={self.status_line()}")
         await self._stop.wait()
-        _sd_notify("STOPPING=1")
+        sd_notify("STOPPING=1", f"STATUS=stopping: draining {len(self._served)} served "
+                  "groups")
         await membership.stop()
         log.info("stopping: draining %d served groups", len(self._served))
         await asyncio.gather(*(self._drain_out(p, membership) for p in list(self._served)),
@@ -892,7 +895,20 @@ class Daemon:
         await asyncio.sleep(min(every, 2 * self.config.timers.hello + 1.0))
         while True:
             self.check_forwarding()
+            sd_notify(f"STATUS={self.status_line()}")
             await asyncio.sleep(every)
+
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=)."""
+        view = self.view
+        if view is None:
+            return "starting"
+        nbs = view.neighbours()
+        line = (f"{sum(1 for n in nbs if n.up)}/{len(nbs)} neighbours up, "
+                f"{view.selected_count()} routes, serving {len(self._served)} groups")
+        if self.problems:
+            line += f"; {len(self.problems)} problems (wgcast status)"
+        return line
 
     def close(self) -> None:
         if self.endpoints is not None:
@@ -1046,13 +1062,3 @@ def _host_interface(prefix: Prefix) -> ipaddress.IPv4Interface | ipaddress.IPv6I
 def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
-
-def _sd_notify(state: str) -> None:
-    """systemd readiness: a datagram to $NOTIFY_SOCKET, when there is one."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(state.encode(), path)
