@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from wgcast.cli.catchments import catchments
 from wgcast.cli.check import check
 from wgcast.cli.membership import _socket_path, _with_socket, drain, join, leave
 from wgcast.cli.roster import roster
@@ -227,6 +228,7 @@ main.add_command(leave)
 main.add_command(drain)
 main.add_command(roster)
 main.add_command(install_systemd)
+main.add_command(catchments)
 
 
 def _optional(module: str, name: str) -> None:

@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,7 @@ from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import PORT
 from wgcast.daemon.api import ApiError, ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
+from wgcast.daemon.catchments import CatchmentCollector, catchment_table
 from wgcast.daemon.config import Config, ConfigError, PeerConf, load
 from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.lock import InterfaceLock
@@ -63,6 +64,7 @@ from wgcast.daemon.ports import (
 from wgcast.daemon.reload import diff, refusals
 from wgcast.daemon.state import State, StateError, load_state, save_state
 from wgcast.daemon.transport import BABEL_GROUP, UdpTransport
+from wgcast.daemon.web import WebServer
 from wgcast.dataplane.backend import open_device
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
@@ -201,6 +203,7 @@ class Daemon:
         self._served: dict[Prefix, str] = {}
         self.endpoints: EndpointManager | None = None
         self.metrics: MetricsServer | None = None
+        self.web: WebServer | None = None
         #: Failed state file saves (all time), the last error while failing, the retry.
         self.state_errors = 0
         self.state_error: str | None = None
@@ -651,10 +654,12 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         api = ApiServer(self.config, self)
         api.handlers["reload"] = self._api_reload
+        api.handlers["catchments"] = self._api_catchments
         membership = self.membership = MembershipService(self.config, api, self, self.view)
         await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
         metrics = await self._start_metrics(membership)
+        web = await self._start_web()
         dp = asyncio.create_task(self.dataplane.run(self._stop))
         # Always watching: a reload may add (or remove) the roster.
         roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
@@ -692,6 +697,8 @@ class Daemon:
         await api.stop()
         if metrics is not None:
             await metrics.stop()
+        if web is not None:
+            await web.stop()
         self._save_state()
         self.close()
         with contextlib.suppress(Exception):
@@ -710,7 +717,25 @@ class Daemon:
         except OSError as e:
             log.error("metrics: cannot listen on %s: %s; running without metrics", ep, e)
             return None
+        server.registry.register(CatchmentCollector(
+            lambda: None if self.view is None else self.catchment_table()))
         self.metrics = server
+        return server
+
+    async def _start_web(self) -> WebServer | None:
+        """The catchment page, if configured (a listen error is logged, not fatal)."""
+        ep = self.config.web
+        if ep is None:
+            return None
+        server = WebServer(lambda only, everything: self.catchment_table(only, everything),
+                           ep.host, ep.port)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error("web: cannot listen on %s: %s; running without the catchment page",
+                      ep, e)
+            return None
+        self.web = server
         return server
 
     def stop(self) -> None:
@@ -988,6 +1013,35 @@ class Daemon:
                 "routes": alts,
             })
         return out
+
+    def node_name(self) -> str:
+        """This node's name: `name` in the config, the roster's, or the host's."""
+        if self.config.name:
+            return self.config.name
+        if self.node is not None and self.policy.roster is not None:
+            m = self.policy.roster.member_by_router_id(self.node.router_id)
+            if m is not None:
+                return m.name
+        return socket.gethostname()
+
+    def catchment_table(self, only: Sequence[Prefix] = (),
+                        everything: bool = False) -> dict[str, Any]:
+        """Own and neighbours' selected origin per anycast prefix (`catchments.py`)."""
+        assert self.view is not None
+        out = catchment_table(self.view, self.policy.origin_name, self.node_name(),
+                              self.config.anycast, only, everything)
+        out["interface"] = self.config.interface
+        return out
+
+    async def _api_catchments(self, req: dict[str, Any]) -> dict[str, Any]:
+        raw = req.get("prefixes", [])
+        if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+            raise ApiError("bad_request", "prefixes: expected a list of IP prefixes")
+        try:
+            only = [ipaddress.ip_network(p, strict=False) for p in raw]
+        except ValueError as e:
+            raise ApiError("bad_prefix", f"prefixes: {e}") from None
+        return {"catchments": self.catchment_table(only, bool(req.get("all")))}
 
     def peer_table(self) -> list[dict[str, Any]]:
         view = self.view
