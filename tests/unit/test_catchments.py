@@ -206,3 +206,34 @@ def test_the_page_in_a_headless_browser(tmp_path: Path) -> None:
         assert shot.stat().st_size > 10_000
 
     asyncio.run(main())
+
+
+def test_change_log_records_moves_once_and_stays_bounded() -> None:
+    from wgcast.daemon.catchments import ChangeLog
+
+    def table(t: float, own: str, nb: str | None) -> dict[str, Any]:
+        return {"node": "b", "time": t, "prefixes": [
+            {"prefix": "p", "origin": own, "neighbours": [{"name": "a", "origin": nb}]}]}
+
+    log = ChangeLog(keep=3)
+    log.observe(table(1.0, "a", "a"))
+    log.observe(table(2.0, "a", "a"))
+    assert log.changes == []
+    log.observe(table(3.0, "c", None))
+    assert log.changes == [{"time": 3.0, "prefix": "p", "node": "b", "from": "a", "to": "c"},
+                           {"time": 3.0, "prefix": "p", "node": "a", "from": "a", "to": None}]
+    for t in (4.0, 5.0):
+        log.observe(table(t, "a" if t == 4.0 else "c", None))
+    assert len(log.changes) == 3 and log.changes[-1]["time"] == 5.0
+
+
+def test_dashboard_queries_name_exported_metrics() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    dash = json.loads((root / "docs" / "grafana-catchments.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\bwgcast_[a-z_]+", e)}
+    src = "".join((root / "src" / "wgcast" / "daemon" / f).read_text()
+                  for f in ("catchments.py", "metrics.py"))
+    assert used and all(f'"{m}"' in src for m in used), used

@@ -26,8 +26,16 @@ from wgcast.daemon.ports import EngineView
 from wgcast.prefix import Prefix
 
 
-def _covered(p: Prefix, space: Sequence[Prefix]) -> bool:
-    return any(p.version == a.version and p.subnet_of(a) for a in space)  # type: ignore[arg-type]
+def _coverage(space: Sequence[Prefix]) -> Callable[[Prefix], bool]:
+    """A fast "is p inside one of `space`" (integers, not ipaddress comparisons)."""
+    nets = [(a.version, a.max_prefixlen - a.prefixlen, int(a.network_address)) for a in space]
+
+    def covered(p: Prefix) -> bool:
+        addr, plen, ver = int(p.network_address), p.prefixlen, p.version
+        return any(v == ver and p.max_prefixlen - host <= plen and addr >> host == net >> host
+                   for v, host, net in nets)
+
+    return covered
 
 
 def catchment_table(view: EngineView, name_of: Callable[[bytes], str], node: str,
@@ -38,16 +46,21 @@ def catchment_table(view: EngineView, name_of: Callable[[bytes], str], node: str
     Prefixes: `only` if given (also those without a route), else every selected prefix
     inside `anycast` (every selected prefix at all with `everything`)."""
     own = view.router_id
+    names: dict[bytes, str] = {own: node}  # a few origins, asked for many times
 
     def name(rid: bytes) -> str:
-        return node if rid == own else name_of(rid)
+        n = names.get(rid)
+        if n is None:
+            n = names[rid] = name_of(rid)
+        return n
 
     neighbours = view.neighbours()
     selected = {s.prefix: s for s in view.selected()}
     wanted = list(dict.fromkeys(only))
     if not wanted:
-        wanted = sorted((p for p in selected if everything or _covered(p, anycast)),
-                        key=lambda p: (p.version, p.network_address, p.prefixlen))
+        covered = _coverage(anycast)
+        wanted = sorted((p for p in selected if everything or covered(p)),
+                        key=lambda p: (p.version, int(p.network_address), p.prefixlen))
     rows = []
     for prefix in wanted:
         sel = selected.get(prefix)
@@ -119,3 +132,43 @@ class CatchmentCollector(Collector):
                 if nb["origin"] is not None:
                     theirs.add_metric([node, nb["name"], row["prefix"], nb["origin"]], 1.0)
         yield from (own, metric, theirs)
+
+
+class ChangeLog:
+    """Recent catchment changes, found by comparing successive tables: (time, prefix,
+    node, from, to). Bounded; the page shows it, so a failover that happened before the
+    page was opened is still there to read."""
+
+    def __init__(self, keep: int = 5000) -> None:
+        self.keep = keep
+        self.changes: list[dict[str, Any]] = []
+        self._last: dict[tuple[str, str], str | None] = {}
+
+    def observe(self, table: dict[str, Any]) -> None:
+        now: dict[tuple[str, str], str | None] = {}
+        for row in table["prefixes"]:
+            now[(row["prefix"], table["node"])] = row["origin"]
+            for nb in row["neighbours"]:
+                now[(row["prefix"], nb["name"])] = nb["origin"]
+        if self._last:
+            for key, origin in now.items():
+                if key in self._last and self._last[key] != origin:
+                    self.changes.append({"time": table["time"], "prefix": key[0],
+                                         "node": key[1], "from": self._last[key],
+                                         "to": origin})
+            if len(self.changes) > self.keep:
+                del self.changes[:-self.keep]
+        # Prefixes not asked for this time keep their last known origin.
+        self._last.update(now)
+
+    def recent(self, prefix: str = "", n: int = 50) -> list[dict[str, Any]]:
+        """The last `n` changes (of `prefix` only, if given), oldest first."""
+        if not prefix:
+            return self.changes[-n:]
+        out: list[dict[str, Any]] = []
+        for c in reversed(self.changes):
+            if c["prefix"] == prefix:
+                out.append(c)
+                if len(out) == n:
+                    break
+        return out[::-1]

@@ -728,7 +728,7 @@ class Daemon:
         if ep is None:
             return None
         server = WebServer(lambda only, everything: self.catchment_table(only, everything),
-                           ep.host, ep.port)
+                           ep.host, ep.port, stamp=self._catchment_stamp)
         try:
             await server.start()
         except OSError as e:
@@ -1032,6 +1032,16 @@ class Daemon:
                               self.config.anycast, only, everything)
         out["interface"] = self.config.interface
         return out
+
+    def _catchment_stamp(self) -> object:
+        """What changes when a catchment may have: Updates heard, own route changes,
+        neighbours up or down (the web page's change log samples only then)."""
+        node = self.node
+        if node is None:
+            return None
+        c = node.counters
+        return (c["updates_in"], c["route_changes"],
+                tuple(n.up for n in node.neighbours.values()))
 
     async def _api_catchments(self, req: dict[str, Any]) -> dict[str, Any]:
         raw = req.get("prefixes", [])
