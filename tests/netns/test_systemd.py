@@ -5,6 +5,7 @@ clean exit on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -76,6 +77,14 @@ def test_unit_start_sends_ready_once_serving(netns: Netns, tmp_path: Path) -> No
         # Serving when READY=1 arrives: the API answers at once, no retry.
         reply = request(api, {"cmd": "status"})
         assert reply["ok"] and reply["status"]["interface"] == ifname
+        # status --json is complete: groups (and their health), back end, roster, names.
+        out = subprocess.run([exe, "status", "--socket", api, "--json"], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        st = json.loads(out)
+        for key in ("groups", "backend", "roster", "name", "version", "problems",
+                    "dataplane", "endpoints", "state", "reload", "api_socket"):
+            assert key in st, key
+        assert st["backend"] in ("uapi", "netlink") and st["api_socket"] == api
         status = [line for m in ready for line in m.splitlines()
                   if line.startswith("STATUS=")]
         assert status and "neighbours up" in status[-1], ready

@@ -956,6 +956,12 @@ class Daemon:
         neighbours = self.view.neighbours()
         return {
             "interface": self.config.interface,
+            "name": self.node_name(),
+            "version": _version(),
+            "config": self.config.path,
+            "api_socket": self.config.api_socket,
+            "metrics": None if self.config.metrics is None else str(self.config.metrics),
+            "web": None if self.config.web is None else str(self.config.web),
             "backend": self.backend.kind,
             "router_id": node.router_id.hex(),
             "control_address": str(self.control),
@@ -1121,6 +1127,15 @@ def _open_move_hold(wg_ifname: str) -> MoveHoldDevice:
 
 def _host_interface(prefix: Prefix) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     return ipaddress.ip_interface(f"{prefix.network_address}/{prefix.max_prefixlen}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wgcast")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _b64(key: bytes) -> str:
