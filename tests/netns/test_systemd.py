@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -47,7 +46,8 @@ def _messages(sock: socket.socket, until: str, deadline: float) -> list[str]:
 
 
 def test_unit_start_sends_ready_once_serving(netns: Netns, tmp_path: Path) -> None:
-    exe = shutil.which("wgcast") or str(Path(sys.executable).with_name("wgcast"))
+    # This checkout's console script (not another wgcast on PATH, e.g. a .deb's).
+    exe = str(Path(sys.executable).with_name("wgcast"))
     ifname = netns.start_wireguard_go()
     keyfile = tmp_path / "key"
     keyfile.write_text(keys.b64(keys.generate_private()) + "\n")

@@ -131,7 +131,7 @@ def test_unit_is_a_hardened_notify_service() -> None:
 
 
 def test_install_systemd_writes_the_unit_and_says_what_next(tmp_path: Path) -> None:
-    exe = shutil.which("wgcast") or sys.executable
+    exe = str(Path(sys.executable).with_name("wgcast"))
     r = CliRunner().invoke(main, ["install-systemd", "--dest", str(tmp_path), "--bin", exe])
     assert r.exit_code == 0, r.output
     unit = tmp_path / "wgcast@.service"
@@ -145,7 +145,8 @@ def test_install_systemd_writes_the_unit_and_says_what_next(tmp_path: Path) -> N
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                     reason="needs systemd-analyze (apt-get install systemd)")
 def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
-    exe = shutil.which("wgcast") or str(Path(sys.executable).with_name("wgcast"))
+    # This checkout's console script (not another wgcast on PATH, e.g. a .deb's).
+    exe = str(Path(sys.executable).with_name("wgcast"))
     # An instance of the template, as `systemctl start wgcast@wg0` loads it.
     unit = tmp_path / "wgcast@wg0.service"
     unit.write_text(unit_text(exe))
