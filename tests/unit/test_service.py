@@ -155,7 +155,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
     assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r.stdout + r.stderr
 
 
-def test_wheel_ships_the_unit(tmp_path: Path) -> None:
+def test_wheel_ships_the_unit_and_the_page(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                         "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
                        capture_output=True, text=True, timeout=240)
@@ -167,3 +167,4 @@ def test_wheel_ships_the_unit(tmp_path: Path) -> None:
         names = z.namelist()
         assert "wgcast/data/wgcast@.service" in names
         assert b"Type=notify" in z.read("wgcast/data/wgcast@.service")
+        assert b"catchments.json" in z.read("wgcast/data/catchments.html")
