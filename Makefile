@@ -4,12 +4,12 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PKGS := wireguard-go wireguard-tools iproute2 nftables babeld bird2 frr
+APT_PKGS := wireguard-go wireguard-tools iproute2 nftables babeld bird2 frr systemd chromium
 STAMP := $(VENV)/.installed
 
 KERNEL_APT_PKGS := qemu-system-x86 linux-image-amd64 busybox-static nftables iproute2 wireguard-tools
 
-.PHONY: setup sysdeps babeld14 test lint typecheck unit lab bench fuzz clean test-kernel test-kernel-netlink kernel-deps
+.PHONY: wheel deb setup sysdeps babeld14 test lint typecheck unit lab bench fuzz clean test-kernel test-kernel-netlink kernel-deps
 
 sysdeps:
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -63,6 +63,24 @@ test-kernel: kernel-deps
 
 test-kernel-netlink: kernel-deps
 	$(BIN)/python tests/kernel/run.py tests/kernel/test_netlink_kernel.py
+
+# Packages (not part of `make test`): a wheel in dist/, a .deb in build/deb/.
+DEB_APT_PKGS := debhelper dh-virtualenv python3-venv python3-dev build-essential
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+
+wheel: setup
+	$(BIN)/python -m build --wheel --outdir dist .
+
+deb:
+	@missing=""; for p in $(DEB_APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	rm -rf build/deb && mkdir -p build/deb/wgcast-$(VERSION)
+	git ls-files -z | xargs -0 cp --parents -t build/deb/wgcast-$(VERSION)
+	cd build/deb/wgcast-$(VERSION) && dpkg-buildpackage -us -uc -b
+	@ls -l build/deb/*.deb
 
 lab: setup
 	$(BIN)/wgcast lab demo

@@ -10,9 +10,11 @@ from typing import Any
 
 import click
 
+from wgcast.cli.catchments import catchments
 from wgcast.cli.check import check
 from wgcast.cli.membership import _socket_path, _with_socket, drain, join, leave
 from wgcast.cli.roster import roster
+from wgcast.cli.service import install_systemd
 
 
 def _load(config: str) -> Any:
@@ -34,16 +36,21 @@ def main() -> None:
 @main.command()
 @click.option("-c", "--config", "config", required=True, type=click.Path(dir_okay=False),
               help="TOML file of the interface to manage.")
-@click.option("-v", "--verbose", count=True, help="More logging (-vv: every route change).")
-def run(config: str, verbose: int) -> None:
-    """Run the daemon for one WireGuard interface (SIGTERM stops it cleanly)."""
+@click.option("-v", "--verbose", count=True,
+              help="-v: debug logging, every route change; -vv: also the traceback of a "
+                   "fatal error. Default: info (neighbours, groups, reloads, problems).")
+@click.option("--log-format", "log_format", type=click.Choice(["text", "json"]),
+              default="text", show_default=True,
+              help="json: one object per line. Under journald no own timestamp is written.")
+def run(config: str, verbose: int, log_format: str) -> None:
+    """Run the daemon for one WireGuard interface (SIGTERM stops it cleanly).
+
+    Under systemd (Type=notify) it sends READY=1 once it serves its API and routes."""
     from wgcast.daemon.runtime import Daemon
+    from wgcast.logsetup import configure
 
     cfg = _load(config)
-    level = logging.WARNING - 10 * min(verbose + 1, 2)
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    configure(logging.DEBUG if verbose else logging.INFO, log_format)
     try:
         code = asyncio.run(Daemon(cfg).run())
     except KeyboardInterrupt:
@@ -56,11 +63,13 @@ def run(config: str, verbose: int) -> None:
 
 
 def _api(config: str | None, socket_path: str | None, cmd: str) -> dict[str, Any]:
+    """One request; the socket from --socket, -c, -i, $WGCAST_SOCKET or the only one in
+    /run/wgcast (the same order on every command: `_socket_path`)."""
     from wgcast.client import request
 
-    path = socket_path or (_load(config).api_socket if config else None)
-    if path is None:
-        raise click.UsageError("give -c CONFIG or --socket PATH")
+    ctx = click.get_current_context(silent=True)
+    interface = ctx.meta.get("wgcast_interface") if ctx is not None else None
+    path = _socket_path(config, socket_path, interface)
     try:
         reply = request(path, {"cmd": cmd})
     except (OSError, ValueError) as e:
@@ -72,9 +81,21 @@ def _api(config: str | None, socket_path: str | None, cmd: str) -> dict[str, Any
     return reply
 
 
+def _remember_interface(ctx: click.Context, param: click.Parameter,
+                        value: str | None) -> str | None:
+    ctx.meta["wgcast_interface"] = value
+    return value
+
+
 _api_opts = [
-    click.option("-c", "--config", "config", type=click.Path(dir_okay=False)),
-    click.option("--socket", "socket_path", type=click.Path()),
+    click.option("-c", "--config", "config", type=click.Path(dir_okay=False),
+                 help="the daemon's config file (for its api_socket)"),
+    click.option("--socket", "socket_path", type=click.Path(),
+                 help="API socket path (else -c, -i, $WGCAST_SOCKET, the only socket in "
+                      "/run/wgcast)"),
+    # Read by _api (not a parameter of each command).
+    click.option("-i", "--interface", expose_value=False, callback=_remember_interface,
+                 help="use /run/wgcast/IFACE.sock"),
     click.option("--json", "as_json", is_flag=True, help="JSON for scripts."),
 ]
 
@@ -97,18 +118,34 @@ def _table(rows: list[list[str]], headers: list[str]) -> str:
 @_with_api_opts
 def status(config: str | None, socket_path: str | None, as_json: bool) -> None:
     """The daemon's state: identity, neighbours, routes, counters."""
-    st = _api(config, socket_path, "status")["status"]
+    reply = _api(config, socket_path, "status")
+    # The membership service answers groups (with their health checks) next to the
+    # daemon's status: one object for the operator.
+    st = {**reply["status"], **{k: reply[k] for k in ("groups", "memberships", "connections")
+                                if k in reply}}
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
     click.echo(f"interface {st['interface']}  backend {st.get('backend', '?')}  "
-               f"router-id {st['router_id']}  seqno {st['seqno']}")
+               f"router-id {st['router_id']}  seqno {st['seqno']}"
+               f"{'  name ' + st['name'] if st.get('name') else ''}")
     click.echo(f"control {st['control_address']}  up {st['uptime_s']}s")
     click.echo(f"neighbours {st['neighbours_up']}/{st['neighbours']} up, {st['routes']} routes,"
                f" serving {', '.join(st['served']) or 'nothing'}")
     dp = st["dataplane"]
     click.echo(f"data plane: {dp['applies']} applies, {dp['ops']} ops, {dp['errors']} errors,"
                f" last {dp['last_apply_ms']} ms")
+    for g in st.get("groups") or []:
+        checks = ", ".join(f"{c.get('check', c.get('type', '?'))} "
+                           f"{'up' if c.get('up') else 'DOWN'}"
+                           for c in g.get("checks") or []) or "no checks"
+        served = "served" if g["served"] else "not served"
+        click.echo(f"group {g['prefix']}: {g['state']}, {served}, {g['members']} members"
+                   f"{' (static)' if g.get('static') else ''}, "
+                   f"{'healthy' if g['healthy'] else 'UNHEALTHY'} ({checks})"
+                   f"{', draining' if g.get('draining') else ''}")
+    if st.get("roster"):
+        click.echo(f"roster serial {st['roster']['serial']}, {st['roster']['members']} members")
     sg = st.get("signing") or {}
     if sg.get("on"):
         click.echo(f"signing: {sg['signed']} signed, {sg['verified']} verified, "
@@ -228,6 +265,8 @@ main.add_command(join)
 main.add_command(leave)
 main.add_command(drain)
 main.add_command(roster)
+main.add_command(install_systemd)
+main.add_command(catchments)
 
 
 def _optional(module: str, name: str) -> None:

@@ -69,8 +69,11 @@ def _err(prog: str, e: WgcastError) -> None:
 _socket_opts = [
     click.option("-c", "--config", "config", type=click.Path(dir_okay=False),
                  help="the daemon's config file (for its api_socket)"),
-    click.option("--socket", "socket_path", type=click.Path(), envvar="WGCAST_SOCKET",
-                 help="API socket path [env WGCAST_SOCKET]"),
+    # Not envvar=: $WGCAST_SOCKET must not override an explicit -c or -i
+    # (default_socket reads it, after them, as the Python client does).
+    click.option("--socket", "socket_path", type=click.Path(),
+                 help="API socket path (else -c, -i, $WGCAST_SOCKET, the only socket in "
+                      "/run/wgcast)"),
     click.option("-i", "--interface", default=None,
                  help="use /run/wgcast/IFACE.sock"),
 ]
@@ -297,29 +300,33 @@ def _die_with(parent: int) -> Callable[[], None]:
 @click.option("--pid", type=int, default=None,
               help="only the memberships held by this process")
 @click.option("--json", "as_json", is_flag=True)
-@click.argument("prefix")
+@click.argument("prefixes", metavar="PREFIX...", nargs=-1, required=True)
 def leave(config: str | None, socket_path: str | None, interface: str | None,
-          pid: int | None, as_json: bool, prefix: str) -> None:
-    """Release the memberships of PREFIX held by your processes (root: by anyone).
+          pid: int | None, as_json: bool, prefixes: tuple[str, ...]) -> None:
+    """Release the memberships of each PREFIX held by your processes (root: by anyone).
 
     The member processes keep running; when no member is left the daemon withdraws the
     group (retract, wait for the neighbours' acks, address down) before this returns.
     """
     path = _socket_path(config, socket_path, interface)
+    replies = []
     try:
         with Client(path) as c:
-            r = c.leave(prefix, pid=pid, all=pid is None)
+            for prefix in prefixes:
+                replies.append(c.leave(prefix, pid=pid, all=pid is None))
     except WgcastError as e:
         _err("leave", e)
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps(r, indent=2))
+        click.echo(json.dumps(replies[0] if len(replies) == 1 else replies, indent=2))
         return
-    extra = ""
-    if "withdrawn" in r:
-        extra = f"; withdrawn{'' if r.get('acked', True) else ' (not every neighbour acked)'}"
-    click.echo(f"{prefix}: released {r['released']} membership(s), {r['members']} left, "
-               f"state {r['state']}{extra}")
+    for prefix, r in zip(prefixes, replies, strict=True):
+        extra = ""
+        if "withdrawn" in r:
+            extra = "; withdrawn" + ("" if r.get("acked", True)
+                                     else " (not every neighbour acked)")
+        click.echo(f"{prefix}: released {r['released']} membership(s), {r['members']} "
+                   f"left, state {r['state']}{extra}")
 
 
 @click.command("drain")
@@ -332,36 +339,46 @@ def leave(config: str | None, socket_path: str | None, interface: str | None,
 @click.option("--settle", type=float, default=None,
               help="pause before the address goes down (s)")
 @click.option("--json", "as_json", is_flag=True)
-@click.argument("prefix")
+@click.argument("prefixes", metavar="PREFIX...", nargs=-1, required=True)
 def drain(config: str | None, socket_path: str | None, interface: str | None, cancel: bool,
           move_timeout: float | None, ack_timeout: float | None, settle: float | None,
-          as_json: bool, prefix: str) -> None:
-    """Move the mesh away from this node's instance of PREFIX, losing nothing.
+          as_json: bool, prefixes: tuple[str, ...]) -> None:
+    """Move the mesh away from this node's instance of each PREFIX, losing nothing.
 
-    Returns once drained: the service may then stop. The group stays drained until its
-    last member leaves (or `--cancel`).
+    Returns once drained (several prefixes: all drained at once): the service may then
+    stop. A group stays drained until its last member leaves (or `--cancel`).
     """
+    import concurrent.futures
+
     path = _socket_path(config, socket_path, interface)
-    try:
-        with Client(path) as c:
-            r = c.undrain(prefix) if cancel else c.drain(
+
+    def one(prefix: str) -> dict[str, Any]:
+        with Client(path) as c:  # one connection each: the drains run side by side
+            return c.undrain(prefix) if cancel else c.drain(
                 prefix, move_timeout=move_timeout, ack_timeout=ack_timeout, settle=settle)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(prefixes))) as ex:
+            replies = list(ex.map(one, prefixes))
     except WgcastError as e:
         _err("drain", e)
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps(r, indent=2))
+        click.echo(json.dumps(replies[0] if len(replies) == 1 else replies, indent=2))
         return
-    if cancel:
-        click.echo(f"{prefix}: undrained, state {r['state']}")
-        return
-    if not r.get("was_served"):
-        click.echo(f"{prefix}: drained (it was not served), state {r['state']}")
-        return
-    moved = r.get("moved")
-    click.echo(f"{prefix}: {'drained' if r.get('drained') else 'NOT drained'} in "
-               f"{r['elapsed_ms']:.0f} ms (neighbours moved: "
-               f"{'yes' if moved else 'no, timed out'}, acked: "
-               f"{'yes' if r.get('acked') else 'no'})")
-    if not r.get("drained"):
+    failed = False
+    for prefix, r in zip(prefixes, replies, strict=True):
+        if cancel:
+            click.echo(f"{prefix}: undrained, state {r['state']}")
+            continue
+        if not r.get("was_served"):
+            click.echo(f"{prefix}: drained (it was not served), state {r['state']}")
+            continue
+        moved = r.get("moved")
+        click.echo(f"{prefix}: {'drained' if r.get('drained') else 'NOT drained'} in "
+                   f"{r['elapsed_ms']:.0f} ms (neighbours moved: "
+                   f"{'yes' if moved else 'no, timed out'}, acked: "
+                   f"{'yes' if r.get('acked') else 'no'})")
+        failed = failed or not r.get("drained")
+    if failed:
         sys.exit(1)

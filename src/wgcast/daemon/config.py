@@ -59,6 +59,8 @@ HealthType = Literal["exec", "tcp", "udp", "http", "dns"]
 #: Babel's UDP port (RFC 8966, section 5).
 DEFAULT_PORT: Final = 6696
 DEFAULT_METRICS_PORT: Final = 9586
+#: The catchment page (`web = true`: on localhost, this port).
+DEFAULT_WEB_PORT: Final = 9587
 #: UDP port of the endpoint probe responder (on the underlay, beside WireGuard's 51820).
 DEFAULT_PROBE_PORT: Final = 51821
 #: sun_path is 108 bytes including the terminating NUL.
@@ -435,6 +437,10 @@ class Config:
     #: New Updates per second accepted from one neighbour (new routes, or signatures not
     #: yet verified; bursts up to max_routes_per_peer): a flood costs bounded work.
     max_update_rate: int = 1000
+    #: This node's name in catchment views and metrics ("": the roster's, or the host's).
+    name: str = ""
+    #: The catchment page and its JSON (`daemon/web.py`); None: off.
+    web: Endpoint | None = None
 
     def __post_init__(self) -> None:
         if not self.api_socket:
@@ -625,6 +631,18 @@ def _endpoint(default_port: int | None = None) -> Conv[Endpoint]:
     return conv
 
 
+def _web(v: Any) -> Endpoint | None:
+    """`web = true` (localhost), `false`, or "host:port" / a host alone."""
+    if v is True:
+        return Endpoint("127.0.0.1", DEFAULT_WEB_PORT)
+    if v is False:
+        return None
+    if not isinstance(v, str):
+        raise _Bad(f'expected true, false or "host:port" such as "127.0.0.1:{DEFAULT_WEB_PORT}"'
+                   f", got {_show(v)}")
+    return _endpoint(DEFAULT_WEB_PORT)(v)
+
+
 def _peer_probe_port(v: Any) -> int | Literal["endpoint"]:
     if v == "endpoint":
         return "endpoint"
@@ -806,7 +824,7 @@ _TOP_KEYS: Final = (
     "interface", "backend", "addresses", "anycast", "api_socket", "api_socket_mode",
     "api_socket_group", "state_file", "port", "metrics", "route_selection", "timers",
     "link", "peers", "groups", "probe_port", "endpoint_policy", "roster", "mesh_key",
-    "max_routes_per_peer", "max_update_rate",
+    "max_routes_per_peer", "max_update_rate", "name", "web",
 )
 _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold",
                       "move_hold")
@@ -1186,6 +1204,8 @@ class _Reader:
         mesh_key = self.get(data, "", "mesh_key", _mesh_key, None)
         max_routes = self.get(data, "", "max_routes_per_peer", _integer(1, 1_000_000), 10000)
         max_rate = self.get(data, "", "max_update_rate", _integer(1, 1_000_000), 1000)
+        node_name = self.get(data, "", "name", _peer_name, "")
+        web = self.get(data, "", "web", _web, None)
         if roster and mesh_key is None:
             self.err("mesh_key", "missing; a roster needs the mesh public key that signs it "
                                  "(wgcast roster keygen prints it)")
@@ -1247,7 +1267,8 @@ class _Reader:
             route_selection=cast(RouteSelection, selection), timers=timers, link=link,
             peers=tuple(peers), groups=tuple(groups), path=self.file,
             probe_port=probe_port, endpoint_policy=policy, roster=roster, mesh_key=mesh_key,
-            max_routes_per_peer=max_routes, max_update_rate=max_rate,
+            max_routes_per_peer=max_routes, max_update_rate=max_rate, name=node_name,
+            web=web,
         )
 
 

@@ -16,7 +16,7 @@ from wgcast.daemon.config import Config, GroupConf, PeerConf, format_duration
 #: metrics listener) or the engine's fixed update interval.
 RESTART_ONLY: tuple[str, ...] = (
     "interface", "backend", "state_file", "api_socket", "api_socket_mode",
-    "api_socket_group", "port", "probe_port", "metrics", "endpoint_policy",
+    "api_socket_group", "port", "probe_port", "metrics", "endpoint_policy", "web",
 )
 
 
@@ -85,7 +85,7 @@ _GROUP_FIELDS = ("static", "metric", "address_interface", "allow_uids", "allow_g
                  "health")
 #: Top-level keys applied live (besides peers and groups).
 LIVE_KEYS = ("addresses", "anycast", "route_selection", "timers", "link", "roster",
-             "mesh_key", "max_routes_per_peer", "max_update_rate")
+             "mesh_key", "max_routes_per_peer", "max_update_rate", "name")
 
 
 def _peer_fields(a: PeerConf, b: PeerConf) -> list[str]:

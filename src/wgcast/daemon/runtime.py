@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,11 +42,13 @@ from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import PORT
 from wgcast.daemon.api import ApiError, ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
+from wgcast.daemon.catchments import CatchmentCollector, catchment_table
 from wgcast.daemon.config import Config, ConfigError, PeerConf, load
 from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
+from wgcast.daemon.notify import sd_notify
 from wgcast.daemon.peer_policy import (
     PeerInfo,
     PeerPolicy,
@@ -71,6 +73,7 @@ from wgcast.daemon.ports import (
 from wgcast.daemon.reload import diff, refusals
 from wgcast.daemon.state import State, StateError, load_state, save_state
 from wgcast.daemon.transport import BABEL_GROUP, UdpTransport
+from wgcast.daemon.web import WebServer
 from wgcast.dataplane.backend import open_device
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
@@ -215,6 +218,7 @@ class Daemon:
         self._served: dict[Prefix, str] = {}
         self.endpoints: EndpointManager | None = None
         self.metrics: MetricsServer | None = None
+        self.web: WebServer | None = None
         #: Failed state file saves (all time), the last error while failing, the retry.
         self.state_errors = 0
         self.state_error: str | None = None
@@ -675,19 +679,23 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         api = ApiServer(self.config, self)
         api.handlers["reload"] = self._api_reload
+        api.handlers["catchments"] = self._api_catchments
         membership = self.membership = MembershipService(self.config, api, self, self.view)
         await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
         metrics = await self._start_metrics(membership)
+        web = await self._start_web()
         dp = asyncio.create_task(self.dataplane.run(self._stop))
         # Always watching: a reload may add (or remove) the roster.
         roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
         host_watch = asyncio.create_task(self.watch_host())
         iface_watch = asyncio.create_task(self.watch_interface())
         self.dataplane.kick()
-        _sd_notify("READY=1")
+        # Serving: the API answers, groups and routes are being announced.
+        sd_notify("READY=1", f"STATUS={self.status_line()}")
         await self._stop.wait()
-        _sd_notify("STOPPING=1")
+        sd_notify("STOPPING=1", f"STATUS=stopping: draining {len(self._served)} served "
+                  "groups")
         await membership.stop()
         log.info("stopping: draining %d served groups", len(self._served))
         await asyncio.gather(*(self._drain_out(p, membership) for p in list(self._served)),
@@ -714,6 +722,8 @@ class Daemon:
         await api.stop()
         if metrics is not None:
             await metrics.stop()
+        if web is not None:
+            await web.stop()
         self._save_state()
         self.close()
         with contextlib.suppress(Exception):
@@ -732,7 +742,25 @@ class Daemon:
         except OSError as e:
             log.error("metrics: cannot listen on %s: %s; running without metrics", ep, e)
             return None
+        server.registry.register(CatchmentCollector(
+            lambda: None if self.view is None else self.catchment_table()))
         self.metrics = server
+        return server
+
+    async def _start_web(self) -> WebServer | None:
+        """The catchment page, if configured (a listen error is logged, not fatal)."""
+        ep = self.config.web
+        if ep is None:
+            return None
+        server = WebServer(lambda only, everything: self.catchment_table(only, everything),
+                           ep.host, ep.port, stamp=self._catchment_stamp)
+        try:
+            await server.start()
+        except OSError as e:
+            log.error("web: cannot listen on %s: %s; running without the catchment page",
+                      ep, e)
+            return None
+        self.web = server
         return server
 
     def stop(self) -> None:
@@ -953,7 +981,20 @@ class Daemon:
         await asyncio.sleep(min(every, 2 * self.config.timers.hello + 1.0))
         while True:
             self.check_forwarding()
+            sd_notify(f"STATUS={self.status_line()}")
             await asyncio.sleep(every)
+
+    def status_line(self) -> str:
+        """One line for `systemctl status` (sd_notify STATUS=)."""
+        view = self.view
+        if view is None:
+            return "starting"
+        nbs = view.neighbours()
+        line = (f"{sum(1 for n in nbs if n.up)}/{len(nbs)} neighbours up, "
+                f"{view.selected_count()} routes, serving {len(self._served)} groups")
+        if self.problems:
+            line += f"; {len(self.problems)} problems (wgcast status)"
+        return line
 
     def close(self) -> None:
         if self.endpoints is not None:
@@ -976,6 +1017,12 @@ class Daemon:
         neighbours = self.view.neighbours()
         return {
             "interface": self.config.interface,
+            "name": self.node_name(),
+            "version": _version(),
+            "config": self.config.path,
+            "api_socket": self.config.api_socket,
+            "metrics": None if self.config.metrics is None else str(self.config.metrics),
+            "web": None if self.config.web is None else str(self.config.web),
             "backend": self.backend.kind,
             "router_id": node.router_id.hex(),
             "control_address": str(self.control),
@@ -1039,6 +1086,45 @@ class Daemon:
                 "routes": alts,
             })
         return out
+
+    def node_name(self) -> str:
+        """This node's name: `name` in the config, the roster's, or the host's."""
+        if self.config.name:
+            return self.config.name
+        if self.node is not None and self.policy.roster is not None:
+            m = self.policy.roster.member_by_router_id(self.node.router_id)
+            if m is not None:
+                return m.name
+        return socket.gethostname()
+
+    def catchment_table(self, only: Sequence[Prefix] = (),
+                        everything: bool = False) -> dict[str, Any]:
+        """Own and neighbours' selected origin per anycast prefix (`catchments.py`)."""
+        assert self.view is not None
+        out = catchment_table(self.view, self.policy.origin_name, self.node_name(),
+                              self.config.anycast, only, everything)
+        out["interface"] = self.config.interface
+        return out
+
+    def _catchment_stamp(self) -> object:
+        """What changes when a catchment may have: Updates heard, own route changes,
+        neighbours up or down (the web page's change log samples only then)."""
+        node = self.node
+        if node is None:
+            return None
+        c = node.counters
+        return (c["updates_in"], c["route_changes"],
+                tuple(n.up for n in node.neighbours.values()))
+
+    async def _api_catchments(self, req: dict[str, Any]) -> dict[str, Any]:
+        raw = req.get("prefixes", [])
+        if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+            raise ApiError("bad_request", "prefixes: expected a list of IP prefixes")
+        try:
+            only = [ipaddress.ip_network(p, strict=False) for p in raw]
+        except ValueError as e:
+            raise ApiError("bad_prefix", f"prefixes: {e}") from None
+        return {"catchments": self.catchment_table(only, bool(req.get("all")))}
 
     def peer_table(self) -> list[dict[str, Any]]:
         view = self.view
@@ -1112,16 +1198,15 @@ def _host_interface(prefix: Prefix) -> ipaddress.IPv4Interface | ipaddress.IPv6I
     return ipaddress.ip_interface(f"{prefix.network_address}/{prefix.max_prefixlen}")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wgcast")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
-
-def _sd_notify(state: str) -> None:
-    """systemd readiness: a datagram to $NOTIFY_SOCKET, when there is one."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(state.encode(), path)

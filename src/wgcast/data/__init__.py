@@ -1,0 +1,1 @@
+"""Files shipped with wgcast: the systemd unit and the catchment web page."""
