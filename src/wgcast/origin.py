@@ -70,14 +70,15 @@ def message(prefix: Prefix, router_id: bytes, seqno: int, valid_until: int) -> b
 class Signer:
     """Signs this node's announcements (the engine's `NodeConfig.signer`).
 
-    Signatures are issued per epoch of VALIDITY/2 seconds and valid until the end of the
-    next epoch, so one signed announcement is always valid for at least VALIDITY/2; the
+    Signatures are issued per epoch of VALIDITY/2 seconds (shifted per node) and valid
+    until the end of the next epoch, so one signed announcement is always valid for at
+    least VALIDITY/2; the
     engine rebuilds its cached updates when `epoch()` moves. Each (prefix, seqno) is
     signed once per epoch (a memo, cleared when the epoch moves).
     """
 
-    __slots__ = ("_clock", "_epoch", "_half", "_key", "_memo", "enabled", "public", "router_id",
-                 "signed")
+    __slots__ = ("_clock", "_epoch", "_half", "_key", "_memo", "_offset", "enabled", "public",
+                 "router_id", "signed")
 
     def __init__(self, wg_private: bytes, router_id: bytes, clock: Callable[[], float],
                  validity: float = VALIDITY) -> None:
@@ -86,6 +87,9 @@ class Signer:
         self.router_id = router_id
         self._clock = clock
         self._half = validity / 2
+        # Epochs shifted by the router-id: the nodes of a mesh renew at different times,
+        # so their neighbours' verifications do not all come in the same second.
+        self._offset = int.from_bytes(router_id[:2], "big") / 65536 * self._half
         self._epoch = -1
         self._memo: dict[tuple[Prefix, int], bytes] = {}
         #: Signatures made (all time).
@@ -95,7 +99,7 @@ class Signer:
         self.enabled = True
 
     def epoch(self) -> int:
-        return int(self._clock() // self._half) if self.enabled else -1
+        return int((self._clock() + self._offset) // self._half) if self.enabled else -1
 
     def sign(self, prefix: Prefix, seqno: int) -> bytes:
         if not self.enabled:
@@ -106,7 +110,7 @@ class Signer:
             self._memo.clear()
         got = self._memo.get((prefix, seqno))
         if got is None:
-            until = int((epoch + 2) * self._half)
+            until = int((epoch + 2) * self._half - self._offset)
             sig = self._key.sign(message(prefix, self.router_id, seqno, until))
             got = until.to_bytes(4, "big") + sig
             self._memo[(prefix, seqno)] = got

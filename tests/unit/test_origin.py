@@ -84,6 +84,11 @@ def test_signatures_are_renewed_every_half_validity() -> None:
     assert v.check(sk, P, rid, 1, first, clock.t) is None
     assert v.check(sk, P, rid, 1, second, clock.t) is None
     assert v.check(sk, P, rid, 1, first, clock.t + VALIDITY) == EXPIRED
+    # Whenever it is signed, a signature is valid for at least half the validity.
+    for k in range(50):
+        clock.t = NOW + k * 37.3
+        until = int.from_bytes(s.sign(P, 1)[:4], "big")
+        assert VALIDITY / 2 - 1 <= until - clock.t <= VALIDITY
     s.enabled = False
     assert s.sign(P, 1) == b"" and s.epoch() == -1
 
