@@ -249,7 +249,11 @@ class DataPlaneApplier:
         self._check = None
         managed = set(self._desired)
         was, now_ = holders(self._actual), holders(found)
-        changed = sorted((p for p in managed if was.get(p) != now_.get(p)), key=str)
+        # A prefix whose peer left the device (`wg set ... remove`, syncconf) cannot be
+        # put back: not counted (the peer is reported as not on the interface).
+        changed = sorted((p for p in managed if was.get(p) != now_.get(p) and
+                          (self._desired.get(p) is None or self._desired[p] in found)),
+                         key=str)
         lost_routes = sorted((p for p in self._kroutes - kroutes), key=str)
         ctrl = [(k, p) for k, p in self.controls() if k in found and now_.get(p) != k]
         self._actual = found
@@ -280,7 +284,10 @@ class DataPlaneApplier:
 
     async def apply_once(self) -> None:
         t0 = time.perf_counter()
-        desired = {p: k for p, k in self._desired.items() if k is not None}
+        # Never through a peer the device does not have (removed by the operator: an
+        # update-only add would be a silent no-op, and the audit would count it forever).
+        desired = {p: k for p, k in self._desired.items()
+                   if k is not None and k in self._actual}
         managed = set(self._desired)
         done: list[Prefix] = []
         owner = holders(self._actual)  # computed once: the holds and plan() both need it

@@ -47,6 +47,7 @@ from wgcast.daemon.endpoint_manager import EndpointManager
 from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
+from wgcast.daemon.peer_health import NOT_ON_DEVICE, PeerDoctor
 from wgcast.daemon.peer_policy import PeerInfo, PeerPolicy, load_remembered, save_remembered
 from wgcast.daemon.ports import (
     Cancellable,
@@ -217,6 +218,8 @@ class Daemon:
         self.reload_errors = 0
         self.last_reload: dict[str, Any] | None = None
         self._background: set[asyncio.Task[tuple[bool, str]]] = set()
+        #: Why peers are down (`wgcast peers`), device peers not in the config.
+        self.doctor: PeerDoctor | None = None
 
     # ------------------------------------------------------------ clock
 
@@ -322,6 +325,9 @@ class Daemon:
         self.endpoints = EndpointManager(cfg, self.backend, self.public_key, clock,
                                          self.view, self)
         await self.endpoints.start()
+        self.doctor = PeerDoctor(cfg.interface, self.peers, self.view, self.now,
+                                 our_key=self.public_key, our_control=str(self.control),
+                                 roster=lambda: self.policy.roster)
         log.info("%s: router-id %s, control %s, %d peers, seqno %d", cfg.interface, rid.hex(),
                  self.control, len(self.peers), seqno)
 
@@ -650,6 +656,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         api = ApiServer(self.config, self)
         api.handlers["reload"] = self._api_reload
+        api.handlers["peers"] = self._api_peers
         membership = self.membership = MembershipService(self.config, api, self, self.view)
         await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
@@ -659,6 +666,7 @@ class Daemon:
         roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
         host_watch = asyncio.create_task(self.watch_host())
         iface_watch = asyncio.create_task(self.watch_interface())
+        peer_watch = asyncio.create_task(self.watch_peers())
         self.dataplane.kick()
         _sd_notify("READY=1")
         await self._stop.wait()
@@ -678,7 +686,7 @@ class Daemon:
         dp.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await dp
-        for task in (host_watch, iface_watch):
+        for task in (host_watch, iface_watch, peer_watch):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -887,6 +895,38 @@ class Daemon:
             self._pump()
         return None
 
+    async def watch_peers(self, every: float = 2.0) -> None:
+        """Why peers are down, and the operator's peers (`wg set`, wg-quick, syncconf):
+        a configured peer removed from the device is reported, and picked up when it
+        comes back (its control address and routes put back at once); a device peer
+        not in the config is reported once."""
+        while True:
+            await asyncio.sleep(every)
+            await self.check_peers()
+
+    async def check_peers(self) -> None:
+        """One look at the peers (see `watch_peers`)."""
+        doctor, dp = self.doctor, self.dataplane
+        if doctor is None or dp is None or dp.paused:
+            return  # the interface is gone: said once by watch_interface
+        try:
+            dev = await self.backend.get()
+        except Exception as e:
+            log.debug("peers: cannot read the device: %s", e)
+            return
+        absent = {n for n, p in doctor.problems.items() if p.kind == NOT_ON_DEVICE}
+        doctor.observe(dev)
+        now_absent = {n for n, p in doctor.problems.items() if p.kind == NOT_ON_DEVICE}
+        back = [n for n in absent if n in self.peers and n not in now_absent]
+        if back:
+            log.info("%s: peers back on the interface: %s; putting back their control "
+                     "addresses and routes", self.config.interface, ", ".join(sorted(back)))
+            dp.audit()
+            if self.node is not None:
+                for name in back:
+                    self.node.hello_now(name, self.now())
+                self._pump()
+
     async def watch_host(self, every: float = 5.0) -> None:
         """Look at the host's settings now and then (forwarding)."""
         await asyncio.sleep(min(every, 2 * self.config.timers.hello + 1.0))
@@ -897,6 +937,8 @@ class Daemon:
     def close(self) -> None:
         if self.endpoints is not None:
             self.endpoints.close()
+        if self.doctor is not None:
+            self.doctor.close()
         if self.dataplane is not None:
             self.dataplane.close()
         if self._timer is not None:
@@ -948,6 +990,10 @@ class Daemon:
                 "members": len(self.policy.roster.members)},
             "endpoints": self.endpoints.status() if self.endpoints is not None else None,
             "problems": list(self.problems),
+            "peer_problems": [] if self.doctor is None else [
+                {"peer": n, "reason": p.kind, "detail": p.detail}
+                for n, p in sorted(self.doctor.problems.items())],
+            "unconfigured_peers": self.unconfigured_peers(),
             "state": {"file": self.config.state_file, "save_errors": self.state_errors,
                       "error": self.state_error},
             "reload": {"reloads": self.reloads, "refused": self.reload_errors,
@@ -985,9 +1031,21 @@ class Daemon:
                 "up": nb.up, "rtt_ms": None if nb.rtt_ms is None else round(nb.rtt_ms, 3),
                 "cost": view.neighbour_cost(name), "endpoints": list(info.endpoints),
                 "routes_via": view.routes_via(name),
+                **(self.doctor.view(name) if self.doctor is not None else
+                   {"reason": None, "reason_detail": None}),
                 **(self.endpoints.peer_view(name) if self.endpoints is not None else {}),
             })
         return out
+
+    def unconfigured_peers(self) -> list[dict[str, Any]]:
+        """WireGuard peers of the interface that are not in the config (ignored)."""
+        if self.doctor is None:
+            return []
+        return [{"public_key": k, "endpoint": e}
+                for k, e in sorted(self.doctor.unconfigured.items())]
+
+    async def _api_peers(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"peers": self.peer_table(), "unconfigured": self.unconfigured_peers()}
 
     def counters(self) -> DaemonCounters | None:
         node, dp = self.node, self.dataplane
