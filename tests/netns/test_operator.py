@@ -366,3 +366,105 @@ def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(single: Single) -> Non
     assert st["status"]["reload"]["refused"] == 2  # type: ignore[index]
     assert stop(p) == 0, single.log()
     assert "Traceback" not in single.log()
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def _peers(s: Single) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    r = s.api("peers")
+    assert r is not None and r.get("ok"), r
+    return {p["name"]: p for p in r["peers"]}, r["unconfigured"]  # type: ignore[union-attr, index]
+
+
+def test_peers_that_never_come_up_get_a_reason(single: Single) -> None:
+    """Four peers that never come up, each for its own reason, next to a second
+    wireguard-go (B) in the namespace: a wrong key for B (B drops our initiations
+    silently), B's right key (a session, but nobody speaks Babel there), a closed port,
+    no endpoint. Then the operator's hands: a peer added outside the config is reported;
+    B removed with `wg set` and added again is picked up (its control /128 put back)."""
+    ns, a = single.ns, single.ifname
+    b = ns.start_wireguard_go()
+    bpriv = keys.generate_private()
+    bpub = keys.b64(keys.public_from_private(bpriv))
+    (single.dir / "bkey").write_text(keys.b64(bpriv) + "\n")
+    apub = keys.b64(keys.public_from_private(keys.decode_key(
+        (single.dir / "key").read_text().strip())))
+    ns.run("wg", "set", b, "listen-port", "0", "private-key", str(single.dir / "bkey"),
+           "peer", apub, "allowed-ips", f"{keys.control_address(keys.decode_key(apub))}/128")
+    ns.run("ip", "link", "set", b, "up")
+    bport = ns.run("wg", "show", b, "listen-port").stdout.strip()
+    import socket as sk
+
+    with sk.socket(sk.AF_INET, sk.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    wrong, nobody, stray = (keys.b64(keys.public_from_private(keys.generate_private()))
+                            for _ in range(3))
+    ns.run("wg", "set", a, "listen-port", "0",
+           "peer", wrong, "endpoint", f"127.0.0.1:{bport}",
+           "peer", bpub, "endpoint", f"127.0.0.1:{bport}",
+           "peer", nobody, "endpoint", f"127.0.0.1:{closed}")
+    extra = "".join(f'[[peers]]\nname = "{n}"\npublic_key = "{k}"\n'
+                    for n, k in (("wrongkey", wrong), ("b", bpub), ("closed", nobody)))
+    single.config.write_text(single.config.read_text() + extra)
+    t0 = time.monotonic()
+    p = single.start()
+    single.wait_api()
+    want = {"wrongkey": "wrong key suspected", "b": "no Babel", "closed": "no handshake",
+            "p": "no handshake"}
+
+    def reasons() -> dict[str, str | None]:
+        return {n: x["reason"] for n, x in _peers(single)[0].items()}
+
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and reasons() != want:
+        time.sleep(0.2)
+    took = time.monotonic() - t0
+    peers, _ = _peers(single)
+    assert reasons() == want, peers
+    assert "nothing listens" in peers["closed"]["reason_detail"]
+    assert "no endpoint" in peers["p"]["reason_detail"]
+    assert wrong in peers["wrongkey"]["reason_detail"]
+    print(f"\nreasons after {took:.1f}s: " +
+          "; ".join(f"{n}: {x['reason_detail']}" for n, x in sorted(peers.items())))
+    out = subprocess.run([*WGCAST, "peers", "--socket", single.socket], capture_output=True,
+                         text=True, timeout=30).stdout
+    assert "down (wrong key suspected)" in out and "down (no Babel)" in out, out
+    st = wait_status(single, lambda st: len(st["peer_problems"]) == 4, 5, "peer problems")
+    assert {x["peer"]: x["reason"] for x in st["peer_problems"]} == want
+    text = single.log()
+    assert sum("is down:" in ln for ln in text.splitlines()) == 4, text  # one line each
+    # The operator adds a peer outside the config: reported, once.
+    ns.run("wg", "set", a, "peer", stray, "allowed-ips", "10.77.0.0/24")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not _peers(single)[1]:
+        time.sleep(0.1)
+    assert [u["public_key"] for u in _peers(single)[1]] == [stray]
+    assert "not in the config (ignored)" in subprocess.run(
+        [*WGCAST, "peers", "--socket", single.socket], capture_output=True, text=True,
+        timeout=30).stdout
+    # B removed by the operator: "not on the interface" at once; added again: picked up.
+    ctrl = f"{keys.control_address(keys.decode_key(bpub))}/128"
+    ns.run("wg", "set", a, "peer", bpub, "remove")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and reasons()["b"] != "not on the interface":
+        time.sleep(0.1)
+    assert reasons()["b"] == "not on the interface"
+    ns.run("wg", "set", a, "peer", bpub, "endpoint", f"127.0.0.1:{bport}")
+    t1 = time.monotonic()
+
+    def b_ips() -> str:
+        return ns.run("wg", "show", a, "allowed-ips").stdout
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(
+            ln.startswith(bpub) and ctrl in ln for ln in b_ips().splitlines()):
+        time.sleep(0.05)
+    assert any(ln.startswith(bpub) and ctrl in ln for ln in b_ips().splitlines()), b_ips()
+    print(f"peer removed and added again with wg set: control /128 back in "
+          f"{time.monotonic() - t1:.2f}s")
+    assert reasons()["b"] is None  # its time starts again
+    assert "peers back on the interface: b" in single.log()
+    assert stop(p) == 0, single.log()
+    assert "Traceback" not in single.log()
