@@ -538,6 +538,10 @@ class Daemon:
                          "up" if isinstance(ev, NeighbourUp) else "down")
                 if self.endpoints is not None:
                     self.endpoints.on_neighbour(ev)
+                if isinstance(ev, NeighbourDown):
+                    # Its control /128 may have gone (wg syncconf, wg set): look now,
+                    # not at the next periodic audit.
+                    self.dataplane.audit()
             elif isinstance(ev, SeqnoChanged):
                 self._save_state()
             elif isinstance(ev, RetractionAcked):
