@@ -468,3 +468,113 @@ def test_peers_that_never_come_up_get_a_reason(single: Single) -> None:
     assert "peers back on the interface: b" in single.log()
     assert stop(p) == 0, single.log()
     assert "Traceback" not in single.log()
+
+
+# --------------------------------------------------------------------------- members
+
+GROUP = "10.66.9.9/32"
+
+
+def _group_config(s: Single) -> None:
+    s.write_config(f'anycast = ["10.66.9.0/24"]\n[[groups]]\nprefix = "{GROUP}"\n')
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _served(s: Single) -> list[str]:
+    r = s.api("status")
+    return [] if r is None else list(r["status"]["served"])  # type: ignore[index]
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_killed_join_takes_its_service_with_it(single: Single) -> None:
+    """`wgcast join ... -- SERVICE` SIGKILLed: the service (which holds a port) is gone
+    within 1 s, the daemon withdraws the group, and joining again with the same service
+    works (no "Address already in use")."""
+    _group_config(single)
+    p = single.start()
+    single.wait_api()
+    port = 40000 + os.getpid() % 20000
+    service = [sys.executable, "-c",
+               "import socket,sys,time; s=socket.socket(); "
+               f"s.bind(('127.0.0.1',{port})); s.listen(); time.sleep(300)"]
+
+    def join(log: str) -> subprocess.Popen[bytes]:
+        with open(single.dir / log, "ab") as out:
+            j = subprocess.Popen([*single.enter, *WGCAST, "join", "--socket", single.socket,
+                                  GROUP, "--", *service], stdout=out, stderr=out,
+                                 stdin=subprocess.DEVNULL)
+        single.procs.append(j)
+        return j
+
+    j = join("join1.log")
+    _wait(lambda: GROUP in _served(single) and bool(_children(j.pid)), 20, "served")
+    child = _children(j.pid)[0]
+    t0 = time.monotonic()
+    j.kill()
+    j.wait(5)
+    _wait(lambda: not _alive(child), 1.0, "the service outlived join by 1 s")
+    gone_ms = 1000 * (time.monotonic() - t0)
+    _wait(lambda: GROUP not in _served(single), 10, "the group withdrawn")
+    withdrawn = time.monotonic() - t0
+    j2 = join("join2.log")
+    _wait(lambda: GROUP in _served(single) and bool(_children(j2.pid)), 20, "served again")
+    time.sleep(0.3)  # the service would die at once if its port were still taken
+    assert j2.poll() is None, single.log("join2.log")
+    assert "Address already in use" not in single.log("join2.log")
+    stop(j2)  # SIGTERM: join passes it on and exits
+    print(f"\njoin SIGKILLed: service gone in {gone_ms:.1f} ms, group withdrawn in "
+          f"{withdrawn:.2f}s, joined again")
+    assert stop(p) == 0, single.log()
+
+
+def test_a_drain_of_an_idle_group_does_not_stick(single: Single) -> None:
+    _group_config(single)
+    p = single.start()
+    single.wait_api()
+    r = subprocess.run([*WGCAST, "drain", "--socket", single.socket, GROUP],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to drain" in r.stdout, r.stdout
+    with open(single.dir / "join.log", "ab") as out:
+        j = subprocess.Popen([*single.enter, *WGCAST, "join", "--socket", single.socket,
+                              GROUP], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    single.procs.append(j)
+    _wait(lambda: GROUP in _served(single), 20, "the join after the idle drain is served")
+    stop(j)
+    _wait(lambda: GROUP not in _served(single), 10, "left")
+    assert stop(p) == 0, single.log()
+
+
+def test_zero_holds_are_off(single: Single) -> None:
+    """`move_hold = "0s"` and `restart_hold = "0s"` (documented as off): accepted by
+    check and by run; no hold device."""
+    single.config.write_text(single.config.read_text().replace(
+        'profile = "fast"\n', 'profile = "fast"\nmove_hold = "0s"\nrestart_hold = "0s"\n'))
+    r = subprocess.run([*WGCAST, "check", "-c", str(single.config)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    p = single.start()
+    st = single.wait_api()["status"]
+    assert st["dataplane"]["hold_device"] is None  # type: ignore[index]
+    assert stop(p) == 0, single.log()
