@@ -578,3 +578,87 @@ def test_zero_holds_are_off(single: Single) -> None:
     st = single.wait_api()["status"]
     assert st["dataplane"]["hold_device"] is None  # type: ignore[index]
     assert stop(p) == 0, single.log()
+
+
+# --------------------------------------------------------------------------- disks at run time
+
+_SEND = """
+import socket, sys
+from wgcast.babel import wire
+src, dst, ifname, rid, seqno = sys.argv[1:6]
+pkt = wire.encode_packet([wire.SeqnoRequest(1, 32, int(seqno), 2, bytes.fromhex(rid),
+                                            bytes([10, 66, 0, 1]))])
+idx = socket.if_nametoindex(ifname)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((src, 6696, 0, idx))
+s.sendto(pkt, (dst, 6696, 0, idx))
+"""
+
+
+def test_a_full_disk_at_run_time_does_not_stop_the_event_pump(single: Single) -> None:
+    """The state file's disk fills while the daemon runs; a neighbour's seqno request
+    then changes the seqno (SeqnoChanged: a save). The save fails (one warning,
+    counted), the event pump goes on: the next request is served too; once the disk
+    has room the seqno in the file is the current one."""
+    ns, a = single.ns, single.ifname
+    b = ns.start_wireguard_go()
+    bpriv = keys.generate_private()
+    bkey = keys.public_from_private(bpriv)
+    (single.dir / "bkey").write_text(keys.b64(bpriv) + "\n")
+    akey = keys.public_from_private(keys.decode_key((single.dir / "key").read_text().strip()))
+    actl, bctl = keys.control_address(akey), keys.control_address(bkey)
+    ns.run("wg", "set", a, "listen-port", "0")
+    ns.run("wg", "set", b, "listen-port", "0", "private-key", str(single.dir / "bkey"))
+    aport = ns.run("wg", "show", a, "listen-port").stdout.strip()
+    bport = ns.run("wg", "show", b, "listen-port").stdout.strip()
+    ns.run("wg", "set", a, "peer", keys.b64(bkey), "endpoint", f"127.0.0.1:{bport}")
+    ns.run("wg", "set", b, "peer", keys.b64(akey), "endpoint", f"127.0.0.1:{aport}",
+           "allowed-ips", f"{actl}/128")
+    ns.run("ip", "link", "set", b, "addrgenmode", "none")
+    ns.run("ip", "-6", "address", "add", f"{bctl}/64", "dev", b, "nodad")
+    ns.run("ip", "link", "set", b, "up")
+    where = single.dir / "state"
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=755", "wgcast-small",
+                    str(where)], check=True, timeout=10)
+    try:
+        single.write_config(state_file=str(where / "wg.state"))
+        single.config.write_text(single.config.read_text() +
+                                 f'[[peers]]\nname = "b"\npublic_key = "{keys.b64(bkey)}"\n')
+        p = single.start()
+        st = single.wait_api()["status"]
+        assert st["state"]["save_errors"] == 0  # type: ignore[index]
+        rid, seqno = str(st["router_id"]), int(st["seqno"])  # type: ignore[index]
+        with contextlib.suppress(OSError), open(where / "filler", "wb", buffering=0) as f:
+            for _ in range(64):  # bounded: 64 x 4 KiB > the 64 KiB there are
+                f.write(b"x" * 4096)
+
+        def ask(want: int) -> dict[str, Any]:
+            deadline = time.monotonic() + 15
+            st: dict[str, Any] = {}
+            while time.monotonic() < deadline:  # resent: the first may wait for a handshake
+                subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-c", _SEND,
+                                str(bctl), str(actl), b, rid, str(want)],
+                               check=True, timeout=30, capture_output=True)
+                st = wait_status(single, lambda st: True, 5, "status")
+                if st["seqno"] == want:
+                    return st
+                time.sleep(0.2)
+            raise AssertionError(f"seqno {want} never requested: {st}; {single.log()}")
+
+        st = ask((seqno + 5) & 0xFFFF)
+        st = wait_status(single, lambda st: st["state"]["save_errors"] >= 1, 10, "a failed save")
+        assert "No space left on device" in st["state"]["error"]
+        st = ask((seqno + 10) & 0xFFFF)  # the pump and its timer still run after the failed save
+        assert p.poll() is None
+        assert len(_state_lines(single.log())) == 1, single.log()
+        (where / "filler").unlink()
+        st = wait_status(single, lambda st: st["state"]["error"] is None, 15, "a save again")
+        assert json.loads((where / "wg.state").read_text())["seqno"] == (seqno + 10) & 0xFFFF
+        assert stop(p) == 0, single.log()
+        assert "Traceback" not in single.log()
+        print(f"\nseqno {seqno} -> {(seqno + 10) & 0xFFFF} on a full disk: "
+              f"{st['state']['save_errors']} failed saves, 1 warning, saved again")
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
