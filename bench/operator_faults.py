@@ -130,7 +130,7 @@ def one_run(lab: Lab, kind: str, cap: float) -> dict[str, Any]:
     row["log_lines_per_s"] = round(len(logged) / max(0.001, time.monotonic() - t0), 1)
     if not ok:
         # The manual step: restart n2's daemon (what an operator had to do).
-        row["sample"] = logged[:3] + logged[-2:]
+        row["sample"] = logged if len(logged) <= 5 else logged[:3] + logged[-2:]
         lab.stop_daemon("n2")
         lab.start_daemon("n2")
         t1 = time.monotonic()
