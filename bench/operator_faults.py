@@ -18,7 +18,8 @@ command returned (the others) until n2 has both neighbours up, its owned Allowed
 back and n1 and n3 reach each other through it (echo queries both ways). Outage: from
 the fault's start to the same point. Log lines: what n2's daemon wrote from the fault's
 start to one second after the recovery (a flood shows here). Manual steps: the runs
-that did not recover within --cap seconds and needed a daemon restart.
+that did not recover within --cap seconds and needed a daemon restart. Runs are spaced by
+a random 0.5-2.5 s pause (not in phase with the daemon's periodic checks).
 
 --daemon-src DIR runs the daemons from another source tree (e.g. `git archive` of an
 older commit: the "before" column). Writes bench/results/operator_faults[_LABEL].json.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import sys
 import time
@@ -161,6 +163,7 @@ def main() -> int:
     ap.add_argument("--faults", default=",".join(FAULTS))
     ap.add_argument("--daemon-src", help="run the daemons from this source tree")
     ap.add_argument("--label", default="", help="suffix of the result file")
+    ap.add_argument("--seed", type=int, default=1, help="of the pauses between runs")
     args = ap.parse_args()
     topo = Topology(["n1", "n2", "n3"],
                     [Link("n1", "n2", 2.0, id=0), Link("n2", "n3", 2.0, id=1)], spec="line:3")
@@ -172,6 +175,7 @@ def main() -> int:
                               "daemon_src": args.daemon_src or "this tree",
                               "topology": "line:3 (n2 transit), wireguard-go, 2 ms links",
                               "faults": {}}
+    rng = random.Random(args.seed)
     with Lab(topo, instances="n1,n3", wireguard="go", daemon_cmd=daemon_cmd) as lab:
         result["timers"] = lab.timers
         t = time.monotonic()
@@ -185,7 +189,9 @@ def main() -> int:
                 row = one_run(lab, kind, args.cap)
                 rows.append(row)
                 print(f"{kind} run {i}: {row}", flush=True)
-                time.sleep(0.5)
+                # A random pause: a fixed one would lock the runs' phase to the daemon's
+                # periodic checks (0.5 s interface, 2 s audit) and bias the figures.
+                time.sleep(rng.uniform(0.5, 2.5))
             result["faults"][kind] = {**summary(rows), "rows": rows}
     result["loadavg_at_end"] = os.getloadavg()
     name = "operator_faults" + (f"_{args.label}" if args.label else "")
