@@ -132,3 +132,48 @@ def test_doctor_reasons_logs_and_unconfigured_peers(caplog: pytest.LogCaptureFix
     assert any("peer c: resolved" in m for m in lines)
     assert doc.view("b")["reason"] == NO_HANDSHAKE and doc.view("c")["reason"] is None
     doc.close()
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+def test_a_peer_the_operator_removes_and_adds_again(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """`wg set wg0 peer B remove` under a running daemon: reported (not on the
+    interface), no put-back into a peer that is not there (audits stay quiet, nothing
+    counted); added again: picked up, its control /128 and routes put back."""
+    import asyncio
+
+    from daemon_fakes import Mesh, config_text, running, until
+
+    pa, pb = keys.generate_private(), keys.generate_private()
+    ka, kb = keys.public_from_private(pa), keys.public_from_private(pb)
+    net = ipaddress.ip_network("10.0.2.0/24")
+    ctrl = ipaddress.ip_network(f"{keys.control_address(kb)}/128")
+
+    async def main() -> None:
+        mesh = Mesh()
+        a = mesh.add("a", pa, config_text("a", str(tmp_path), {"b": kb}, "",
+                                          {"b": 'may_originate = ["10.0.0.0/16"]'}))
+        mesh.add("b", pb, config_text("b", str(tmp_path), {"a": ka},
+                                      'addresses = ["10.0.2.0/24"]'))
+        async with running(mesh):
+            d, dp = a.daemon, a.daemon.dataplane
+            assert dp is not None
+            await until(lambda: a.device.holder(net) == kb, what="10.0.2.0/24 on b")
+            del a.device.peers[kb]  # the operator's `wg set ... remove`
+            await d.check_peers()
+            assert d.peer_table()[0]["reason"] == NOT_ON_DEVICE
+            for _ in range(3):  # audits: nothing to put back into a missing peer
+                await asyncio.wait_for(dp.audit().wait(), 5)
+            assert kb not in a.device.peers and dp.stats.put_back == 0
+            assert not any("putting them back" in r.getMessage() for r in caplog.records)
+            a.device.peers[kb] = []  # `wg set ... peer B endpoint ...`: back, empty
+            await d.check_peers()
+            await until(lambda: a.device.holder(net) == kb and ctrl in a.device.peers[kb],
+                        what="b's control /128 and route put back")
+            assert d.peer_table()[0]["reason"] is None
+            assert any("peers back on the interface: b" in r.getMessage()
+                       for r in caplog.records)
+
+    caplog.set_level(logging.INFO, logger="wgcast")
+    asyncio.run(main())

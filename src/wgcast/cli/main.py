@@ -146,8 +146,8 @@ def peers(config: str | None, socket_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(ps, indent=2))
         return
-    rows = [[p["name"], "up" if p["up"] else
-             f"down ({p['reason']})" if p.get("reason") else "down",
+    rows = [[p["name"], ("up" if p["up"] else "down") +
+             (f" ({p['reason']})" if p.get("reason") else ""),
              "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.2f}", str(p["cost"]),
              str(p["routes_via"]), p.get("endpoint") or ",".join(p["endpoints"]) or "-"]
             for p in ps]

@@ -101,11 +101,11 @@ def _age(s: float | None) -> str:
 
 def diagnose(f: PeerFacts, after: float = DIAGNOSE_AFTER) -> PeerProblem | None:
     """The reason a peer is down, or None (up, or not down long enough to tell)."""
-    if f.up:
-        return None
-    if not f.on_device:
+    if not f.on_device:  # said even while Babel still counts it up (it will not be long)
         return PeerProblem(NOT_ON_DEVICE, "no WireGuard peer with its key on the interface: "
                                           "add it (wg set / wg-quick), wgcast picks it up")
+    if f.up:
+        return None
     if f.down_for < after:
         return None
     if f.in_roster is False:
