@@ -75,6 +75,11 @@ log = logging.getLogger("wgcast")
 #: Seconds between retries of a state file save that failed.
 STATE_RETRY = 5.0
 
+#: A recreated interface that is still down gets this long to be set up by whoever
+#: recreated it (wg-quick adds its addresses, then sets the link up) before wgcast
+#: adds its control address and sets it up itself: no race with `ip address add`.
+UP_GRACE = 2.0
+
 #: On a planned stop, pause between the retraction's acks and the address going down.
 _STOP_SETTLE = 0.1
 
@@ -819,6 +824,20 @@ class Daemon:
         except OSError:
             return 0
 
+    @staticmethod
+    def link_up(ifname: str) -> bool:
+        """Is the link administratively up (IFF_UP)? In our own network namespace."""
+        import fcntl
+        import struct
+
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                req = struct.pack("16sH", ifname.encode()[:15], 0)
+                flags = struct.unpack("16sH", fcntl.ioctl(s.fileno(), 0x8913, req)[:18])[1]
+        except OSError:
+            return False
+        return bool(flags & 0x1)
+
     async def watch_interface(self, every: float = 0.5, audit_every: float = 2.0) -> None:
         """Follow the WireGuard interface (an ifindex check every `every` seconds).
 
@@ -860,6 +879,8 @@ class Daemon:
                 dp.pause()
             if back_at is None:
                 back_at = now
+            if now - back_at < UP_GRACE and not self.link_up(ifname):
+                continue  # being configured (wg-quick: addresses first, then up)
             why = await self._reattach()
             if why is not None:
                 if not waiting_said and now - back_at > 10.0:
