@@ -17,11 +17,13 @@ import base64
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import ipaddress
 import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +81,8 @@ STATE_RETRY = 5.0
 #: recreated it (wg-quick adds its addresses, then sets the link up) before wgcast
 #: adds its control address and sets it up itself: no race with `ip address add`.
 UP_GRACE = 2.0
+
+_SIOCGIFFLAGS = 0x8913
 
 #: On a planned stop, pause between the retraction's acks and the address going down.
 _STOP_SETTLE = 0.1
@@ -827,13 +831,10 @@ class Daemon:
     @staticmethod
     def link_up(ifname: str) -> bool:
         """Is the link administratively up (IFF_UP)? In our own network namespace."""
-        import fcntl
-        import struct
-
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 req = struct.pack("16sH", ifname.encode()[:15], 0)
-                flags = struct.unpack("16sH", fcntl.ioctl(s.fileno(), 0x8913, req)[:18])[1]
+                flags = struct.unpack("16sH", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req)[:18])[1]
         except OSError:
             return False
         return bool(flags & 0x1)
