@@ -34,6 +34,9 @@ from wgcast.prefix import Prefix
 
 log = logging.getLogger("wgcast")
 
+#: After a put-back warning, further ones for this long are at debug level.
+PUT_BACK_QUIET = 30.0
+
 #: Added to 3 round trips to the old peer when holding a move (service time, scheduling).
 MOVE_HOLD_MARGIN = 0.01
 
@@ -93,6 +96,9 @@ class DataPlaneApplier:
         self.controls: Callable[[], list[tuple[PeerKey, Prefix]]] = list
         #: Failed applies in a row (back-off, one log line per streak).
         self._fails = 0
+        #: Seconds the last read back (device + kernel routes) took: paces the audits.
+        self.check_cost = 0.0
+        self._put_back_quiet = float("-inf")
 
     # ------------------------------------------------------------ start
 
@@ -242,10 +248,12 @@ class DataPlaneApplier:
         """Read the device and the kernel; owned entries that differ from what was
         installed are put back by the apply that follows (an audit counts and logs
         them); missing control /128s are added to the peers the device has."""
+        t0 = time.perf_counter()
         dev = await self.device.get()
         found = dev.allowed_ips_by_peer()
         # Held prefixes route to the move-hold device, not the interface: not lost.
         kroutes = await self.host.list_routes() | (self._kroutes & set(self._holding))
+        self.check_cost = time.perf_counter() - t0
         self._check = None
         managed = set(self._desired)
         was, now_ = holders(self._actual), holders(found)
@@ -272,9 +280,15 @@ class DataPlaneApplier:
             self.stats.put_back += n
             what = [str(p) for p in changed] + [f"route {p}" for p in lost_routes] + \
                 [f"{p} (control)" for _, p in ctrl]
-            log.warning("%s: %d owned entries changed under wgcast, putting them back: %s%s",
-                        self.config.interface, n, ", ".join(what[:8]),
-                        " ..." if len(what) > 8 else "")
+            # Someone fighting us (a tool re-applying its own AllowedIPs in a loop): one
+            # warning per PUT_BACK_QUIET seconds, the rest at debug level (all counted).
+            now = self.clock.now()
+            level = logging.WARNING if now >= self._put_back_quiet else logging.DEBUG
+            if level == logging.WARNING:
+                self._put_back_quiet = now + PUT_BACK_QUIET
+            log.log(level, "%s: %d owned entries changed under wgcast, putting them back: "
+                    "%s%s", self.config.interface, n, ", ".join(what[:8]),
+                    " ..." if len(what) > 8 else "")
 
     async def final_apply(self, timeout: float) -> None:
         """On stop: the last moves, at once (no more move holds), bounded; errors ignored."""
