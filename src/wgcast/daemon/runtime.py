@@ -87,6 +87,9 @@ _SIOCGIFFLAGS = 0x8913
 #: Largest share of the time spent reading the device and the kernel routes back
 #: (audits): a slow read (many AllowedIPs) makes the audits rarer.
 AUDIT_SHARE = 0.02
+#: ... but at least this often (the read is timed on the wall clock: a loaded machine
+#: slows it without the audit costing more).
+AUDIT_MAX = 2.0
 
 #: On a planned stop, pause between the retraction's acks and the address going down.
 _STOP_SETTLE = 0.1
@@ -853,7 +856,7 @@ class Daemon:
         device and the kernel re-read and every owned AllowedIP and route put back (one
         log line with the time it took). While present, every `audit_every` seconds (less
         often when reading the device and the routes is slow: at most AUDIT_SHARE of the
-        time, e.g. every 2 s for a 40 ms read of 10,000 AllowedIPs) the
+        time, at least every AUDIT_MAX seconds) the
         device is compared with what wgcast installed; owned entries someone else
         changed are put back (`DataPlaneApplier.audit`)."""
         dp = self.dataplane
@@ -870,7 +873,8 @@ class Daemon:
             now = self.now()
             if index == known and gone_at is None:
                 if now >= next_audit:
-                    next_audit = now + max(audit_every, dp.check_cost / AUDIT_SHARE)
+                    next_audit = now + min(AUDIT_MAX, max(audit_every,
+                                                          dp.check_cost / AUDIT_SHARE))
                     dp.audit()
                 continue
             if index == 0:
