@@ -87,8 +87,7 @@ _SIOCGIFFLAGS = 0x8913
 #: Largest share of the time spent reading the device and the kernel routes back
 #: (audits): a slow read (many AllowedIPs) makes the audits rarer.
 AUDIT_SHARE = 0.02
-#: ... but at least this often (the read is timed on the wall clock: a loaded machine
-#: slows it without the audit costing more).
+#: ... but at least this often.
 AUDIT_MAX = 2.0
 
 #: On a planned stop, pause between the retraction's acks and the address going down.
