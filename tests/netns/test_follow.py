@@ -173,6 +173,7 @@ def test_syncconf_with_a_stripped_wg_quick_file(line3: Lab) -> None:
         peers = lab.wg_show("n2")["peers"]
         return all(w <= set(map(str, peers[n]["allowed_ips"])) for n, w in want.items())
 
+    warned = 0
     for controls in (False, True):
         before = _status(lab, "n2")["dataplane"]
         assert isinstance(before, dict)
@@ -189,8 +190,10 @@ def test_syncconf_with_a_stripped_wg_quick_file(line3: Lab) -> None:
         assert isinstance(after, dict)
         assert after["put_back"] >= before["put_back"] + 2, (before, after)
         logged = _log_since(lab, "n2", offset)
-        assert 1 <= len(logged) <= MAX_LINES, "\n".join(logged)
-        assert any("putting them back" in ln for ln in logged), "\n".join(logged)
+        assert len(logged) <= MAX_LINES, "\n".join(logged)
+        # One warning: the second put-back within 30 s is at debug level (counted).
+        warned += sum("putting them back" in ln for ln in logged)
+        assert warned == 1, "\n".join(logged)
         print(f"\nFOLLOW syncconf (controls in the file: {controls}): AllowedIPs back in "
               f"{took:.2f}s, traffic through n2 after {through:.2f}s, "
               f"{after['put_back'] - before['put_back']} put back, log lines {len(logged)}")
