@@ -223,6 +223,7 @@ class PeerDoctor:
         """Look at every peer again; returns the current problems by peer name."""
         now, wall = self.clock(), self.wall()
         roster = self.roster()
+        on_device = {p.public_key: p for p in dev.peers}  # one pass, not one per peer
         found: dict[str, PeerProblem] = {}
         for name, info in self.peers.items():
             nb = self.engine.neighbour(name)
@@ -230,7 +231,7 @@ class PeerDoctor:
             since = self._last_up.setdefault(name, now)
             if up:
                 self._last_up[name] = now
-            wg = dev.peer(info.key)
+            wg = on_device.get(info.key)
             if wg is None or self._absent.get(name):
                 # Not on the device, or just back (wg set): its time starts again.
                 since = self._last_up[name] = now
