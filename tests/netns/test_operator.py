@@ -72,7 +72,7 @@ class Single:
             return None
         return reply
 
-    def wait_api(self, timeout: float = 15.0) -> dict[str, object]:
+    def wait_api(self, timeout: float = 60.0) -> dict[str, object]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = self.api("status")
