@@ -538,7 +538,7 @@ def test_a_killed_join_takes_its_service_with_it(single: Single) -> None:
         return j
 
     j = join("join1.log")
-    _wait(lambda: GROUP in _served(single) and bool(_children(j.pid)), 20, "served")
+    _wait(lambda: GROUP in _served(single) and bool(_children(j.pid)), 60, "served")
     child = _children(j.pid)[0]
     t0 = time.monotonic()
     j.kill()
@@ -548,7 +548,7 @@ def test_a_killed_join_takes_its_service_with_it(single: Single) -> None:
     _wait(lambda: GROUP not in _served(single), 10, "the group withdrawn")
     withdrawn = time.monotonic() - t0
     j2 = join("join2.log")
-    _wait(lambda: GROUP in _served(single) and bool(_children(j2.pid)), 20, "served again")
+    _wait(lambda: GROUP in _served(single) and bool(_children(j2.pid)), 60, "served again")
     time.sleep(0.3)  # the service would die at once if its port were still taken
     assert j2.poll() is None, single.log("join2.log")
     assert "Address already in use" not in single.log("join2.log")
@@ -570,7 +570,7 @@ def test_a_drain_of_an_idle_group_does_not_stick(single: Single) -> None:
         j = subprocess.Popen([*single.enter, *WGCAST, "join", "--socket", single.socket,
                               GROUP], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     single.procs.append(j)
-    _wait(lambda: GROUP in _served(single), 20, "the join after the idle drain is served")
+    _wait(lambda: GROUP in _served(single), 60, "the join after the idle drain is served")
     stop(j)
     _wait(lambda: GROUP not in _served(single), 10, "left")
     assert stop(p) == 0, single.log()
