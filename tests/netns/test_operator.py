@@ -89,7 +89,7 @@ class Single:
         return p.read_text() if p.exists() else ""
 
 
-def stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+def stop(p: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
     if p.poll() is None:
         p.send_signal(sig)
         try:
@@ -246,7 +246,7 @@ def test_an_unwritable_state_file_is_a_warning_retried(single: Single, how: str)
     with disk:
         single.write_config(state_file=str(where / "wg.state"))
         p = single.start()
-        st = wait_status(single, lambda st: st["state"]["save_errors"] >= 1, 15,
+        st = wait_status(single, lambda st: st["state"]["save_errors"] >= 1, 60,
                          "a failed save")
         expected = "No space left on device" if how == "ENOSPC" else "Read-only file system"
         assert expected in st["state"]["error"]
@@ -273,14 +273,14 @@ def test_a_corrupt_state_file_is_replaced(single: Single) -> None:
     state = single.dir / "wg.state"
     state.write_text('{"version": 1, "router_id": "zz", "seq')
     p = single.start()
-    st = wait_status(single, lambda st: True, 15, "the daemon")
+    st = wait_status(single, lambda st: True, 60, "the daemon")
     saved = json.loads(state.read_text())
     assert saved["router_id"] == st["router_id"] and saved["seqno"] == st["seqno"]
     assert "ignoring it and starting with a fresh state" in single.log()
     assert stop(p) == 0
     # The next start continues the sequence numbers (ahead of anything the mesh saw).
     p = single.start("run2.log")
-    st2 = wait_status(single, lambda st: True, 15, "the restarted daemon")
+    st2 = wait_status(single, lambda st: True, 60, "the restarted daemon")
     assert st2["seqno"] == (saved["seqno"] + 16) & 0xFFFF
     assert stop(p) == 0
 
