@@ -127,3 +127,74 @@ def test_allowed_ips_changed_under_the_daemon_are_put_back(line3: Lab) -> None:
     assert 1 <= sum("putting them back" in ln for ln in logged) <= 2, "\n".join(logged)
     print(f"\nFOLLOW wg set: put back in {took:.2f}s, counted {after['put_back']}, "
           f"log lines {len(logged)}")
+
+
+def _wg_quick_file(lab: Lab, node: str, path: str, controls: bool) -> None:
+    """n2's wg-quick file as an operator writes it (Address, Table, SaveConfig: keys
+    `wg-quick strip` removes). AllowedIPs: the peers' control /128s (the documented
+    recipe) or nothing at all (the file of a naive operator)."""
+    n = lab.node(node)
+    with open(n.key_path) as f:
+        private = f.read().strip()
+    lines = ["[Interface]", f"PrivateKey = {private}", f"ListenPort = {n.listen_port}",
+             f"Address = {n.control}/128", "Table = off", "SaveConfig = false", ""]
+    for peer in lab.topology.neighbours(node):
+        p = lab.node(peer)
+        lines += ["[Peer]", f"PublicKey = {p.public_key}",
+                  f"Endpoint = {lab.links_between(node, peer)[0].endpoint_of(node)}"]
+        if controls:
+            lines.append(f"AllowedIPs = {p.control}/128")
+        lines.append("")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    os.chmod(path, 0o600)
+
+
+def syncconf(lab: Lab, node: str, controls: bool) -> float:
+    """`wg syncconf IFACE <(wg-quick strip FILE)` on a node; returns when it was done."""
+    n = lab.node(node)
+    path = os.path.join(lab.dir, f"{n.iface}.conf")  # wg-quick: the name is the interface
+    _wg_quick_file(lab, node, path, controls)
+    lab.exec(node, ["bash", "-c", f"wg syncconf {n.iface} <(wg-quick strip {path})"])
+    return time.monotonic()
+
+
+def test_syncconf_with_a_stripped_wg_quick_file(line3: Lab) -> None:
+    """The operator re-applies n2's wg-quick file: every peer's AllowedIPs become the
+    file's. Without the control /128s in it (a naive file) wgcast puts back the control
+    addresses and its routes; with them (the documented recipe) only its routes."""
+    lab = line3
+    wait_for(lambda: _through(lab), 20, "n1 <-> n3 through n2")
+    n1, n3 = lab.node("n1"), lab.node("n3")
+    want = {"n1": {f"{n1.control}/128", f"{lab.unicast('n1')}/128"},
+            "n3": {f"{n3.control}/128", f"{lab.unicast('n3')}/128"}}
+
+    def complete() -> bool:
+        peers = lab.wg_show("n2")["peers"]
+        return all(w <= set(map(str, peers[n]["allowed_ips"])) for n, w in want.items())
+
+    warned = 0
+    for controls in (False, True):
+        before = _status(lab, "n2")["dataplane"]
+        assert isinstance(before, dict)
+        offset = _log_size(lab, "n2")
+        done = syncconf(lab, "n2", controls)
+        peers = lab.wg_show("n2")["peers"]
+        if controls:  # the file's own entries: the controls never left
+            assert f"{n1.control}/128" in set(map(str, peers["n1"]["allowed_ips"]))
+        wait_for(complete, RECOVERY_DEADLINE, f"n2's AllowedIPs put back (controls {controls})")
+        took = time.monotonic() - done
+        wait_for(lambda: _recovered(lab), RECOVERY_DEADLINE, "traffic through n2 again")
+        through = time.monotonic() - done
+        after = _status(lab, "n2")["dataplane"]
+        assert isinstance(after, dict)
+        assert after["put_back"] >= before["put_back"] + 2, (before, after)
+        logged = _log_since(lab, "n2", offset)
+        assert len(logged) <= MAX_LINES, "\n".join(logged)
+        # One warning: the second put-back within 30 s is at debug level (counted).
+        warned += sum("putting them back" in ln for ln in logged)
+        assert warned == 1, "\n".join(logged)
+        print(f"\nFOLLOW syncconf (controls in the file: {controls}): AllowedIPs back in "
+              f"{took:.2f}s, traffic through n2 after {through:.2f}s, "
+              f"{after['put_back'] - before['put_back']} put back, log lines {len(logged)}")
+        time.sleep(0.5)

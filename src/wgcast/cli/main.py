@@ -156,6 +156,11 @@ def status(config: str | None, socket_path: str | None, as_json: bool) -> None:
         click.echo(f"refused ({why}): " + ", ".join(f"{nb} {n}" for nb, n in sorted(by.items())))
     for problem in st.get("problems") or []:
         click.echo(f"ERROR {problem}")
+    for pp in st.get("peer_problems") or []:
+        click.echo(f"WARNING peer {pp['peer']}: {pp['reason']}: {pp['detail']}")
+    for u in st.get("unconfigured_peers") or []:
+        click.echo(f"WARNING peer {u['public_key']} is on the interface but not in the "
+                   "config (ignored)")
     state = st.get("state") or {}
     if state.get("error"):
         click.echo(f"WARNING state: {state['error']} ({state['save_errors']} failed saves, "
@@ -181,15 +186,23 @@ def routes(config: str | None, socket_path: str | None, as_json: bool) -> None:
 @_with_api_opts
 def peers(config: str | None, socket_path: str | None, as_json: bool) -> None:
     """Neighbours: liveness, RTT, link cost, endpoint candidates (* = in use)."""
-    ps = _api(config, socket_path, "peers")["peers"]
+    reply = _api(config, socket_path, "peers")
+    ps, others = reply["peers"], reply.get("unconfigured") or []
     if as_json:
         click.echo(json.dumps(ps, indent=2))
         return
-    rows = [[p["name"], "up" if p["up"] else "down",
+    rows = [[p["name"], ("up" if p["up"] else "down") +
+             (f" ({p['reason']})" if p.get("reason") else ""),
              "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.2f}", str(p["cost"]),
              str(p["routes_via"]), p.get("endpoint") or ",".join(p["endpoints"]) or "-"]
             for p in ps]
     click.echo(_table(rows, ["PEER", "STATE", "RTT_MS", "COST", "ROUTES", "ENDPOINT"]))
+    for p in ps:
+        if p.get("reason"):
+            click.echo(f"  {p['name']}: {p['reason']}: {p['reason_detail']}")
+    for u in others:
+        click.echo(f"  not in the config (ignored): {u['public_key']} endpoint "
+                   f"{u['endpoint'] or '-'}: add a [[peers]] entry and `wgcast reload`")
     cands = [[p["name"], "*" if c["in_use"] else "", c["addr"], c["kind"], c["state"],
               _num(c["rtt_ms"]), _num(None if c["loss"] is None else 100 * c["loss"], "%"),
               _num(c["score"]), str(c["failures"]),

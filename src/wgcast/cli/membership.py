@@ -372,7 +372,8 @@ def drain(config: str | None, socket_path: str | None, interface: str | None, ca
             click.echo(f"{prefix}: undrained, state {r['state']}")
             continue
         if not r.get("was_served"):
-            click.echo(f"{prefix}: drained (it was not served), state {r['state']}")
+            click.echo(f"{prefix}: {r['note']}" if r.get("note") else
+                       f"{prefix}: drained (it was not served), state {r['state']}")
             continue
         moved = r.get("moved")
         click.echo(f"{prefix}: {'drained' if r.get('drained') else 'NOT drained'} in "

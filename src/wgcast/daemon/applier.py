@@ -34,6 +34,9 @@ from wgcast.prefix import Prefix
 
 log = logging.getLogger("wgcast")
 
+#: After a put-back warning, further ones for this long are at debug level.
+PUT_BACK_QUIET = 30.0
+
 #: Added to 3 round trips to the old peer when holding a move (service time, scheduling).
 MOVE_HOLD_MARGIN = 0.01
 #: Prefixes changed in one apply at most: a flood of routes (thousands at once) is
@@ -101,6 +104,9 @@ class DataPlaneApplier:
         self._fails = 0
         #: Bound of one apply (see MAX_PREFIXES_PER_APPLY; tests lower it).
         self.max_prefixes = MAX_PREFIXES_PER_APPLY
+        #: CPU seconds of the last read back (device + kernel routes): paces the audits.
+        self.check_cost = 0.0
+        self._put_back_quiet = float("-inf")
 
     # ------------------------------------------------------------ start
 
@@ -252,14 +258,20 @@ class DataPlaneApplier:
         """Read the device and the kernel; owned entries that differ from what was
         installed are put back by the apply that follows (an audit counts and logs
         them); missing control /128s are added to the peers the device has."""
+        c0 = time.process_time()  # CPU, not wall: a loaded machine does not make it costlier
         dev = await self.device.get()
         found = dev.allowed_ips_by_peer()
         # Held prefixes route to the move-hold device, not the interface: not lost.
         kroutes = await self.host.list_routes() | (self._kroutes & set(self._holding))
+        self.check_cost = time.process_time() - c0
         self._check = None
         managed = set(self._desired)
         was, now_ = holders(self._actual), holders(found)
-        changed = sorted((p for p in managed if was.get(p) != now_.get(p)), key=str)
+        # A prefix whose peer left the device (`wg set ... remove`, syncconf) cannot be
+        # put back: not counted (the peer is reported as not on the interface).
+        changed = sorted((p for p in managed if was.get(p) != now_.get(p) and
+                          (self._desired.get(p) is None or self._desired[p] in found)),
+                         key=str)
         lost_routes = sorted((p for p in self._kroutes - kroutes), key=str)
         ctrl = [(k, p) for k, p in self.controls() if k in found and now_.get(p) != k]
         self._actual = found
@@ -278,9 +290,15 @@ class DataPlaneApplier:
             self.stats.put_back += n
             what = [str(p) for p in changed] + [f"route {p}" for p in lost_routes] + \
                 [f"{p} (control)" for _, p in ctrl]
-            log.warning("%s: %d owned entries changed under wgcast, putting them back: %s%s",
-                        self.config.interface, n, ", ".join(what[:8]),
-                        " ..." if len(what) > 8 else "")
+            # Someone fighting us (a tool re-applying its own AllowedIPs in a loop): one
+            # warning per PUT_BACK_QUIET seconds, the rest at debug level (all counted).
+            now = self.clock.now()
+            level = logging.WARNING if now >= self._put_back_quiet else logging.DEBUG
+            if level == logging.WARNING:
+                self._put_back_quiet = now + PUT_BACK_QUIET
+            log.log(level, "%s: %d owned entries changed under wgcast, putting them back: "
+                    "%s%s", self.config.interface, n, ", ".join(what[:8]),
+                    " ..." if len(what) > 8 else "")
 
     async def final_apply(self, timeout: float) -> None:
         """On stop: the last moves, at once (no more move holds), bounded; errors ignored."""
@@ -290,7 +308,10 @@ class DataPlaneApplier:
 
     async def apply_once(self) -> None:
         t0 = time.perf_counter()
-        desired = {p: k for p, k in self._desired.items() if k is not None}
+        # Never through a peer the device does not have (removed by the operator: an
+        # update-only add would be a silent no-op, and the audit would count it forever).
+        desired = {p: k for p, k in self._desired.items()
+                   if k is not None and k in self._actual}
         managed = set(self._desired)
         done: list[Prefix] = []
         owner = holders(self._actual)  # computed once: the holds and plan() both need it

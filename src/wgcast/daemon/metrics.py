@@ -69,7 +69,12 @@ class DaemonCollector(Collector):
                 rtt.add_metric([p["name"]], p["rtt_ms"] / 1000.0)
             cost.add_metric([p["name"]], float(p["cost"]))
             via.add_metric([p["name"]], float(p["routes_via"]))
-        yield from (up, rtt, cost, via)
+        why = GaugeMetricFamily("wgcast_peer_down_reason", "1 for a peer that stays down, "
+                                "labelled with why (wgcast peers).", labels=["peer", "reason"])
+        for p in peers:
+            if p.get("reason"):
+                why.add_metric([p["name"], p["reason"]], 1.0)
+        yield from (up, rtt, cost, via, why)
 
         babel = CounterMetricFamily("wgcast_babel_events", "Babel engine counters "
                                     "(packets, bytes, updates, requests, route changes).",

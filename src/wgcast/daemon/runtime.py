@@ -17,11 +17,13 @@ import base64
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import ipaddress
 import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +51,7 @@ from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
 from wgcast.daemon.notify import sd_notify
+from wgcast.daemon.peer_health import NOT_ON_DEVICE, PeerDoctor
 from wgcast.daemon.peer_policy import (
     PeerInfo,
     PeerPolicy,
@@ -87,6 +90,19 @@ log = logging.getLogger("wgcast")
 
 #: Seconds between retries of a state file save that failed.
 STATE_RETRY = 5.0
+
+#: A recreated interface that is still down gets this long to be set up by whoever
+#: recreated it (wg-quick adds its addresses, then sets the link up) before wgcast
+#: adds its control address and sets it up itself: no race with `ip address add`.
+UP_GRACE = 2.0
+
+_SIOCGIFFLAGS = 0x8913
+
+#: Largest share of the time spent reading the device and the kernel routes back
+#: (audits): a slow read (many AllowedIPs) makes the audits rarer.
+AUDIT_SHARE = 0.02
+#: ... but at least this often.
+AUDIT_MAX = 2.0
 
 #: On a planned stop, pause between the retraction's acks and the address going down.
 _STOP_SETTLE = 0.1
@@ -236,6 +252,8 @@ class Daemon:
         self.reload_errors = 0
         self.last_reload: dict[str, Any] | None = None
         self._background: set[asyncio.Task[tuple[bool, str]]] = set()
+        #: Why peers are down (`wgcast peers`), device peers not in the config.
+        self.doctor: PeerDoctor | None = None
 
     # ------------------------------------------------------------ clock
 
@@ -349,6 +367,9 @@ class Daemon:
         self.endpoints = EndpointManager(cfg, self.backend, self.public_key, clock,
                                          self.view, self)
         await self.endpoints.start()
+        self.doctor = PeerDoctor(cfg.interface, self.peers, self.view, self.now,
+                                 our_key=self.public_key, our_control=str(self.control),
+                                 roster=lambda: self.policy.roster)
         log.info("%s: router-id %s, control %s, %d peers, seqno %d", cfg.interface, rid.hex(),
                  self.control, len(self.peers), seqno)
 
@@ -561,6 +582,10 @@ class Daemon:
                          "up" if isinstance(ev, NeighbourUp) else "down")
                 if self.endpoints is not None:
                     self.endpoints.on_neighbour(ev)
+                if isinstance(ev, NeighbourDown):
+                    # Its control /128 may have gone (wg syncconf, wg set): look now,
+                    # not at the next periodic audit.
+                    self.dataplane.audit()
             elif isinstance(ev, SeqnoChanged):
                 self._save_state()
             elif isinstance(ev, RetractionAcked):
@@ -680,6 +705,7 @@ class Daemon:
         api = ApiServer(self.config, self)
         api.handlers["reload"] = self._api_reload
         api.handlers["catchments"] = self._api_catchments
+        api.handlers["peers"] = self._api_peers
         membership = self.membership = MembershipService(self.config, api, self, self.view)
         await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
@@ -690,6 +716,7 @@ class Daemon:
         roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
         host_watch = asyncio.create_task(self.watch_host())
         iface_watch = asyncio.create_task(self.watch_interface())
+        peer_watch = asyncio.create_task(self.watch_peers())
         self.dataplane.kick()
         # Serving: the API answers, groups and routes are being announced.
         sd_notify("READY=1", f"STATUS={self.status_line()}")
@@ -711,7 +738,7 @@ class Daemon:
         dp.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await dp
-        for task in (host_watch, iface_watch):
+        for task in (host_watch, iface_watch, peer_watch):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -896,7 +923,18 @@ class Daemon:
         except OSError:
             return 0
 
-    async def watch_interface(self, every: float = 0.5, audit_every: float = 2.0) -> None:
+    @staticmethod
+    def link_up(ifname: str) -> bool:
+        """Is the link administratively up (IFF_UP)? In our own network namespace."""
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                req = struct.pack("16sH", ifname.encode()[:15], 0)
+                flags = struct.unpack("16sH", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req)[:18])[1]
+        except OSError:
+            return False
+        return bool(flags & 0x1)
+
+    async def watch_interface(self, every: float = 0.5, audit_every: float = 0.5) -> None:
         """Follow the WireGuard interface (an ifindex check every `every` seconds).
 
         Gone (wg-quick down, wireguard-go killed): one log line, the data plane pauses,
@@ -904,7 +942,9 @@ class Daemon:
         wireguard-go restarted and reconfigured): once the device has our private key,
         the link is set up, the control address added, the Babel socket bound again, the
         device and the kernel re-read and every owned AllowedIP and route put back (one
-        log line with the time it took). While present, every `audit_every` seconds the
+        log line with the time it took). While present, every `audit_every` seconds (less
+        often when reading the device and the routes is slow: at most AUDIT_SHARE of the
+        time, at least every AUDIT_MAX seconds) the
         device is compared with what wgcast installed; owned entries someone else
         changed are put back (`DataPlaneApplier.audit`)."""
         dp = self.dataplane
@@ -921,7 +961,8 @@ class Daemon:
             now = self.now()
             if index == known and gone_at is None:
                 if now >= next_audit:
-                    next_audit = now + audit_every
+                    next_audit = now + min(AUDIT_MAX, max(audit_every,
+                                                          dp.check_cost / AUDIT_SHARE))
                     dp.audit()
                 continue
             if index == 0:
@@ -937,6 +978,8 @@ class Daemon:
                 dp.pause()
             if back_at is None:
                 back_at = now
+            if now - back_at < UP_GRACE and not self.link_up(ifname):
+                continue  # being configured (wg-quick: addresses first, then up)
             why = await self._reattach()
             if why is not None:
                 if not waiting_said and now - back_at > 10.0:
@@ -976,6 +1019,38 @@ class Daemon:
             self._pump()
         return None
 
+    async def watch_peers(self, every: float = 2.0) -> None:
+        """Why peers are down, and the operator's peers (`wg set`, wg-quick, syncconf):
+        a configured peer removed from the device is reported, and picked up when it
+        comes back (its control address and routes put back at once); a device peer
+        not in the config is reported once."""
+        while True:
+            await asyncio.sleep(every)
+            await self.check_peers()
+
+    async def check_peers(self) -> None:
+        """One look at the peers (see `watch_peers`)."""
+        doctor, dp = self.doctor, self.dataplane
+        if doctor is None or dp is None or dp.paused:
+            return  # the interface is gone: said once by watch_interface
+        try:
+            dev = await self.backend.get()
+        except Exception as e:
+            log.debug("peers: cannot read the device: %s", e)
+            return
+        absent = {n for n, p in doctor.problems.items() if p.kind == NOT_ON_DEVICE}
+        doctor.observe(dev)
+        now_absent = {n for n, p in doctor.problems.items() if p.kind == NOT_ON_DEVICE}
+        back = [n for n in absent if n in self.peers and n not in now_absent]
+        if back:
+            log.info("%s: peers back on the interface: %s; putting back their control "
+                     "addresses and routes", self.config.interface, ", ".join(sorted(back)))
+            dp.audit()
+            if self.node is not None:
+                for name in back:
+                    self.node.hello_now(name, self.now())
+                self._pump()
+
     async def watch_host(self, every: float = 5.0) -> None:
         """Look at the host's settings now and then (forwarding)."""
         await asyncio.sleep(min(every, 2 * self.config.timers.hello + 1.0))
@@ -999,6 +1074,8 @@ class Daemon:
     def close(self) -> None:
         if self.endpoints is not None:
             self.endpoints.close()
+        if self.doctor is not None:
+            self.doctor.close()
         if self.dataplane is not None:
             self.dataplane.close()
         if self._timer is not None:
@@ -1058,6 +1135,10 @@ class Daemon:
             "signing": self._signing_status(),
             "endpoints": self.endpoints.status() if self.endpoints is not None else None,
             "problems": list(self.problems),
+            "peer_problems": [] if self.doctor is None else [
+                {"peer": n, "reason": p.kind, "detail": p.detail}
+                for n, p in sorted(self.doctor.problems.items())],
+            "unconfigured_peers": self.unconfigured_peers(),
             "state": {"file": self.config.state_file, "save_errors": self.state_errors,
                       "error": self.state_error},
             "reload": {"reloads": self.reloads, "refused": self.reload_errors,
@@ -1138,9 +1219,21 @@ class Daemon:
                 "up": nb.up, "rtt_ms": None if nb.rtt_ms is None else round(nb.rtt_ms, 3),
                 "cost": view.neighbour_cost(name), "endpoints": list(info.endpoints),
                 "routes_via": view.routes_via(name),
+                **(self.doctor.view(name) if self.doctor is not None else
+                   {"reason": None, "reason_detail": None}),
                 **(self.endpoints.peer_view(name) if self.endpoints is not None else {}),
             })
         return out
+
+    def unconfigured_peers(self) -> list[dict[str, Any]]:
+        """WireGuard peers of the interface that are not in the config (ignored)."""
+        if self.doctor is None:
+            return []
+        return [{"public_key": k, "endpoint": e}
+                for k, e in sorted(self.doctor.unconfigured.items())]
+
+    async def _api_peers(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"peers": self.peer_table(), "unconfigured": self.unconfigured_peers()}
 
     def counters(self) -> DaemonCounters | None:
         node, dp = self.node, self.dataplane
