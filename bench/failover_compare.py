@@ -34,7 +34,7 @@ from typing import Any
 
 from common import machine, p50_max, write
 
-from wgcast.lab.babeld import BABELD_DEFAULT_HELLO, BabeldLab
+from wgcast.lab.babeld import BABELD_DEFAULT_HELLO, BabeldRouter
 from wgcast.lab.core import Lab, LabError
 
 CASES = ("service", "node", "drain")
@@ -82,7 +82,7 @@ def make_configs(fast_hello: float) -> list[Config]:
 def build(cfg: Config, args: argparse.Namespace) -> Lab:
     common = {"instances": args.instances, "delay": args.delay, "seed": args.seed}
     if cfg.router == "babeld":
-        return BabeldLab(args.topology, babeld_hello=cfg.hello, **common)
+        return Lab(args.topology, router=BabeldRouter(hello=cfg.hello), **common)
     return Lab(args.topology, timers=cfg.timers, **common)
 
 
