@@ -25,7 +25,8 @@ from wgcast.babel.events import (
     SeqnoChanged,
 )
 from wgcast.babel.neighbour import link_tiebreak
-from wgcast.babel.wire import INFINITY, Ack, AckReq, Prefix, decode_packet
+from wgcast.babel.wire import INFINITY, Ack, AckReq, decode_packet
+from wgcast.prefix import Prefix
 
 
 def rid(name: str) -> bytes:

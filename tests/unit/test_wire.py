@@ -33,7 +33,6 @@ from wgcast.babel.wire import (
     PacketWriter,
     Pad1,
     PadN,
-    Prefix,
     ResolvedRouteRequest,
     ResolvedSeqnoRequest,
     RouteRequest,
@@ -53,6 +52,7 @@ from wgcast.babel.wire import (
     encode_tlv,
     resolve,
 )
+from wgcast.prefix import Prefix
 
 RID_A = bytes.fromhex("0200000000000001")
 RID_B = bytes.fromhex("0200000000000002")

@@ -50,7 +50,6 @@ from wgcast.babel.wire import (
     AckReq,
     Hello,
     PacketWriter,
-    Prefix,
     ResolvedRouteRequest,
     ResolvedSeqnoRequest,
     RouteRequest,
@@ -66,6 +65,7 @@ from wgcast.babel.wire import (
     with_ipv4_next_hop,
 )
 from wgcast.babel.xroute import XRouteTable
+from wgcast.prefix import Prefix
 
 #: accept(neighbour, prefix, router_id) -> bool: the driver's announcement policy.
 AcceptFilter = Callable[[str, Prefix, bytes], bool]

@@ -23,13 +23,12 @@ from wgcast.babel.wire import (
     INFINITY,
     AckReq,
     PacketWriter,
-    Prefix,
     Tiebreak,
     centiseconds,
     encode_updates,
-    prefix_key,
 )
 from wgcast.babel.xroute import XRouteTable
+from wgcast.prefix import Prefix, prefix_key
 
 _NEVER = float("inf")
 

@@ -41,6 +41,7 @@ from typing import Any
 from wgcast.lab import build, faults, probing, processes
 from wgcast.lab import netem as netem_mod
 from wgcast.lab.babeld import BabeldRouter
+from wgcast.lab.cleanup import signals_blocked, teardown, teardown_all
 from wgcast.lab.naming import (
     DEFAULT_BASE,
     HOWS,
@@ -85,7 +86,6 @@ from wgcast.lab.system import (
     run,
     timeout_scale,
 )
-from wgcast.lab.cleanup import signals_blocked, teardown, teardown_all
 from wgcast.topology import Topology, parse_node_list, parse_topology
 
 __all__ = [

@@ -40,8 +40,8 @@ import networkx as nx
 from wgcast.babel.engine import NodeConfig
 from wgcast.babel.neighbour import LinkCostParams
 from wgcast.babel.route import SelectionParams
-from wgcast.babel.wire import Prefix
 from wgcast.keys import router_id
+from wgcast.prefix import Prefix
 from wgcast.sim.checker import (
     LoopChecker,
     RepairWatch,
