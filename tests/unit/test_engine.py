@@ -407,7 +407,7 @@ def test_hold_is_not_cancelled_by_a_regular_hello() -> None:
     its neighbours keep it up for the held time even while its timers still run."""
     p = Pump(["a", "b"], {("a", "b"): 0.005})
     p.run(2.0)
-    p.nodes["a"].hold(6.0, now=p.now)
+    p.nodes["a"].restart_hold(6.0, now=p.now)
     t_hold = p.now
     p.run(1.5)  # a's timers keep firing (the daemon is still waiting on its last apply)
     hellos_after = [d for (t, src, _, d) in p.sent if src == "a" and t > t_hold + 1e-9
@@ -458,7 +458,7 @@ def test_multicast_neighbour_gets_multicast_hellos_hold_included() -> None:
     assert b_hellos and all(isinstance(h, Hello) and h.flags & HELLO_UNICAST
                             for h in b_hellos)
     t = p.now
-    p.nodes["a"].hold(6.0, now=t)
+    p.nodes["a"].restart_hold(6.0, now=t)
     p.run(0.1)
     held = _hellos(p, "a", after=t)
     assert len(held) == 1 and isinstance(held[0], Hello)
