@@ -472,6 +472,7 @@ def test_ipv4_updates_go_as_v4_via_v6_and_all_three_forms_are_accepted() -> None
         AE_IPV4,
         AE_V4V6,
         IHU,
+        TLV,
         Hello,
         NextHop,
         RouterId,
@@ -490,12 +491,12 @@ def test_ipv4_updates_go_as_v4_via_v6_and_all_three_forms_are_accepted() -> None
     # A generic speaker "x" (babeld-like) sends the three forms to a fresh node.
     n = Node(NodeConfig(rid("n")), 0.0)
     n.add_neighbour("x", multicast=True)
-    hello = [Hello(0, 1, 400, (Timestamp((1,)),)), IHU(0, 96, 1200, b"")]
+    hello: list[TLV] = [Hello(0, 1, 400, (Timestamp((1,)),)), IHU(0, 96, 1200, b"")]
     n.receive(0.0, "x", encode_packet(hello))
     n.handle_timer(0.01)
     n.datagrams_to_send()
     xr = b"\x02\x00\x00\x00\x00\x00\x00\x01"
-    forms = {
+    forms: dict[Prefix, list[TLV]] = {
         ipaddress.ip_network("10.1.0.0/16"): [Update(AE_IPV4, 0, 16, 0, 400, 5, 96,
                                                       bytes((10, 1)))],
         ipaddress.ip_network("10.2.0.0/16"): [NextHop(AE_IPV4, bytes((10, 0, 0, 2))),
