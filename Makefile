@@ -38,6 +38,7 @@ lint: setup
 
 typecheck: setup
 	$(BIN)/mypy --strict
+	MYPYPATH=src:tests/unit $(BIN)/mypy --strict --explicit-package-bases tests/unit tests/sim
 
 unit: setup
 	$(BIN)/pytest -q tests/unit tests/sim

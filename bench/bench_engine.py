@@ -41,10 +41,10 @@ from wgcast.babel.wire import (
     IHU,
     Hello,
     PacketWriter,
-    Prefix,
     Timestamp,
 )
 from wgcast.keys import router_id
+from wgcast.prefix import Prefix
 
 PEERS = ("peer", "other1", "other2", "other3", "other4", "other5")
 

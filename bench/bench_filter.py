@@ -6,7 +6,7 @@ each quiescence (boot / after the fault / after the recovery), `blackhole_pair_s
 fault event (pair-seconds without two-way delivery, event -> quiescence, nothing
 subtracted; the count before the event is in the table so the reader can tell), loops,
 failover / repair / recovery times, and, for the jitter topologies, the route changes in
-`--hold` virtual seconds after boot with nothing failing.
+`--steady` virtual seconds after boot with nothing failing.
 
     .venv/bin/python bench/bench_filter.py --label before [--only ring] [--jobs 1]
 
@@ -40,14 +40,14 @@ PLAIN = {"delay": "2-20ms", "jitter": "0", "anycast": (5, 3)}
 FAULTS = ("origin", "node", "link")
 
 
-def cases(hold: float) -> list[dict[str, Any]]:
+def cases(steady: float) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for topo in ("ring:4", "ring:6", "grid:4x4", "full:6"):
         out += [{"topology": topo, "fail": f, **EQUAL} for f in FAULTS]
     for topo in ("ring:4", "ring:6", "grid:4x4", "full:6"):
         out += [{"topology": topo, "fail": f, **NOISY} for f in FAULTS]
     for topo in ("random:100:6", "random:300:6"):
-        out.append({"topology": topo, "fail": "none", "hold": hold, **JITTER})
+        out.append({"topology": topo, "fail": "none", "steady": steady, **JITTER})
         out += [{"topology": topo, "fail": f, **JITTER} for f in FAULTS]
     for topo in ("random:50:4", "random:100:6"):
         out.append({"topology": topo, "fail": "none", **PLAIN})
@@ -83,7 +83,7 @@ def one(case: dict[str, Any], seed: int) -> dict[str, Any]:
     }
     for k in ("loops", "wrong_routes", "converged", "convergence_ms", "failover_ms",
               "repair_ms", "recovery_ms", "recovery_repair_ms", "route_changes",
-              "steady_route_changes", "hold_s", "fail_target", "wall_s", "virtual_s"):
+              "steady_route_changes", "steady_s", "fail_target", "wall_s", "virtual_s"):
         row[k] = res.get(k)
     row["total_wall_s"] = round(time.perf_counter() - t0, 3)
     row["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)  # other jobs inflate wall_s
@@ -106,13 +106,13 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("| topology | delays | anycast | fault | pairs checked | blackholed after "
             "quiescence (boot/fault/recovery) | before event | blackhole_pair_s (fault; "
             "recovery) | peak | loops | failover ms | repair ms | recovery ms | route "
-            "changes in hold | wall s |")
+            "changes when steady | wall s |")
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in rows:
         by = r.get("blackholed_by_phase") or {}
         ev = r.get("events") or []
         delays = r["delay"] + ("" if r["jitter"] in ("0", 0) else f" +-{r['jitter']}")
-        hold = r.get("steady_route_changes")
+        steady = r.get("steady_route_changes")
         lines.append("| " + " | ".join([
             r["topology"], delays, r["anycast"], r["fail"], _fmt(r.get("pairs_checked")),
             "/".join(_fmt(v) for v in by.values()),
@@ -121,7 +121,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             "; ".join(_fmt(e["blackholed_peak"]) for e in ev) or "-",
             _fmt(r.get("loops")), _fmt(r.get("failover_ms")), _fmt(r.get("repair_ms")),
             _fmt(r.get("recovery_ms")),
-            "-" if hold is None else f"{hold} in {_fmt(r.get('hold_s'))} s",
+            "-" if steady is None else f"{steady} in {_fmt(r.get('steady_s'))} s",
             _fmt(r.get("total_wall_s")),
         ]) + " |")
     return "\n".join(lines)
@@ -135,7 +135,7 @@ def main() -> None:
                          "('<topology> <delay> j<jitter> <fault>')")
     ap.add_argument("--skip", default=None, help="like --only, scenarios to leave out")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--hold", type=float, default=30.0,
+    ap.add_argument("--steady", type=float, default=30.0,
                     help="virtual seconds after boot counting route changes (jitter rows)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--out", default=None)
@@ -153,7 +153,7 @@ def main() -> None:
     if args.table:
         print(table(old))
         return
-    todo = cases(args.hold)
+    todo = cases(args.steady)
     if args.only:
         want = args.only.split(",")
         todo = [c for c in todo if any(w in key(c) for w in want)]
@@ -168,7 +168,7 @@ def main() -> None:
             print(json.dumps({k: row[k] for k in ("key", "pairs_checked", "blackholed_by_phase",
                                                   "loops", "total_wall_s")}), flush=True)
     done = {r["key"] for r in rows}
-    order = [key(c) for c in cases(args.hold)]
+    order = [key(c) for c in cases(args.steady)]
     merged = rows + [r for r in old if isinstance(r, dict) and r.get("key") not in done]
     merged.sort(key=lambda r: order.index(r["key"]) if r["key"] in order else len(order))
     doc = {"machine": machine(), "label": args.label, "timers": "default",

@@ -36,7 +36,7 @@ from typing import Any
 
 from common import machine, p50_max, write
 
-from wgcast.lab.babeld import BABELD_DEFAULT_HELLO, BabeldLab
+from wgcast.lab.babeld import BABELD_DEFAULT_HELLO, BabeldRouter
 from wgcast.lab.core import Lab, LabError
 
 CASES = ("service", "node", "drain")
@@ -119,7 +119,7 @@ def roster_hook() -> Callable[[str, dict[str, Any]], None]:
 def build(cfg: Config, args: argparse.Namespace) -> Lab:
     common = {"instances": args.instances, "delay": args.delay, "seed": args.seed}
     if cfg.router == "babeld":
-        return BabeldLab(args.topology, babeld_hello=cfg.hello, **common)
+        return Lab(args.topology, router=BabeldRouter(hello=cfg.hello), **common)
     if cfg.sign:
         hook = roster_hook()
         lab = Lab(args.topology, timers=cfg.timers, config_hook=hook, **common)

@@ -29,7 +29,7 @@ from typing import Any
 from common import cpu_seconds, machine, rss_kib, write
 from failover_compare import Config, make_configs
 
-from wgcast.lab.babeld import BabeldLab
+from wgcast.lab.babeld import BabeldRouter
 from wgcast.lab.core import Lab, LabError
 from wgcast.lab.system import run, uapi_get
 
@@ -43,8 +43,8 @@ def update_interval(cfg: Config) -> float:
 
 
 def ifaces_of(lab: Lab, node: str) -> list[str]:
-    if isinstance(lab, BabeldLab):
-        return [i.name for i in lab.ifaces[node]]
+    if isinstance(lab.router, BabeldRouter):
+        return [i.name for i in lab.router.ifaces[node]]
     return [lab.nodes[node].iface]
 
 
@@ -80,8 +80,8 @@ def measure(cfg: Config, nodes: int, settle_s: float, window_s: float | None) ->
     topo = TOPOLOGIES[nodes]
     kw = {"instances": "n1", "delay": "1ms", "seed": 1}
     t0 = time.monotonic()
-    lab: Lab = (BabeldLab(topo, babeld_hello=cfg.hello, **kw) if cfg.router == "babeld"
-                else Lab(topo, timers=cfg.timers, **kw))
+    lab = (Lab(topo, router=BabeldRouter(hello=cfg.hello), **kw) if cfg.router == "babeld"
+           else Lab(topo, timers=cfg.timers, **kw))
     with lab:
         up_s = time.monotonic() - t0
         window = window_s or max(12.0, 2 * update_interval(cfg))

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from wgcast.babel.wire import Prefix
+from wgcast.prefix import Prefix
 
 #: Domain separation: an origin signature cannot be taken for any other signature.
 _DOMAIN = b"wgcast origin v1\n"

@@ -41,8 +41,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from wgcast.babel.wire import Prefix
 from wgcast.keys import InvalidKey, b64, decode_key, router_id
+from wgcast.prefix import Prefix
 
 #: Domain separation: a roster signature can never be mistaken for another signature.
 _DOMAIN = b"wgcast roster v1\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from wgcast.babel.events import LOCAL
-from wgcast.babel.wire import Prefix
+from wgcast.prefix import Prefix
 from wgcast.sim.filter import BlackholeMeter, check_filter
 from wgcast.sim.network import SimNetwork
 from wgcast.sim.scenario import Scenario, anycast_prefix, node_config, unicast_prefix

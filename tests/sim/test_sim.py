@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import random
+from collections.abc import Sequence
 
 import networkx as nx
 import pytest
 
 from wgcast.babel.engine import NodeConfig
+from wgcast.babel.errors import RemoteProtocolError
 from wgcast.babel.wire import (
     OriginSig,
     PacketWriter,
-    RemoteProtocolError,
     RouteUpdate,
     Tiebreak,
     decode_packet,
@@ -172,7 +173,7 @@ def _random_prefix(rng: random.Random) -> ipaddress.IPv4Network | ipaddress.IPv6
                                  strict=False)
 
 
-def _slow(data: bytes) -> list[tuple[object, ...]] | None:
+def _slow(data: bytes) -> Sequence[tuple[object, ...]] | None:
     try:
         skipped: list[str] = []
         out = [(m.prefix, m.router_id, m.seqno, m.metric, m.interval, m.tie, m.sig)
@@ -200,7 +201,7 @@ def test_fast_update_codec_matches_wire() -> None:
         for p, rid, seqno, metric, tie, sig in entries:
             w.add_update(p, rid, seqno, metric, 400, ((Tiebreak(tie),) if tie else ())
                          + ((OriginSig(sig),) if sig else ()))
-        packets, offsets = encode_updates(entries, 400, max_body)  # type: ignore[arg-type]
+        packets, offsets = encode_updates(entries, 400, max_body)
         assert packets == w.take()
         for (_, _, _, metric, _, _), (pi, off) in zip(entries, offsets, strict=True):
             assert int.from_bytes(packets[pi][off:off + 2], "big") == metric

@@ -71,7 +71,7 @@ class FakeDevice(WireGuardBackend):
                         other.remove(p)
                 mine.append(p)
 
-    async def _probe_removal(self) -> bool | None:
+    async def _test_removal(self) -> bool | None:
         return True
 
     def holder(self, prefix: Prefix) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_open_device_on_a_missing_interface_is_a_clear_error(tmp_path: object) -
         open_device("wgcastnone0", "auto", socket_dir=str(tmp_path))
 
 
-def _peers_of(msg: WgMsg) -> list[object]:
+def _peers_of(msg: WgMsg) -> list[Any]:
     msg.encode()
     back = WgMsg(bytes(msg.data))
     back.decode()
@@ -67,14 +68,14 @@ def test_restart_messages_remove_then_recreate_with_every_setting() -> None:
     peer = Peer(key, endpoint="[2001:db8::1]:51820", allowed_ips=ips, persistent_keepalive=25)
     (msg,) = restart_messages("wg0", peer, psk)
     gone, again = _peers_of(msg)
-    assert bytes(gone.get_attr("WGPEER_A_PUBLIC_KEY")) == key  # type: ignore[attr-defined]
-    assert gone.get_attr("WGPEER_A_FLAGS") == WGPEER_F_REMOVE_ME  # type: ignore[attr-defined]
-    assert bytes(again.get_attr("WGPEER_A_PUBLIC_KEY")) == key  # type: ignore[attr-defined]
-    assert again.get_attr("WGPEER_A_FLAGS") == 0  # created, not update-only  # type: ignore[attr-defined]
-    assert bytes(again.get_attr("WGPEER_A_PRESHARED_KEY")) == psk  # type: ignore[attr-defined]
-    assert sockaddr_to_endpoint(bytes(again.get_attr("WGPEER_A_ENDPOINT"))) == peer.endpoint  # type: ignore[attr-defined]
-    assert again.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") == 25  # type: ignore[attr-defined]
-    assert len(again.get_attr("WGPEER_A_ALLOWEDIPS")) == 2  # type: ignore[attr-defined]
+    assert bytes(gone.get_attr("WGPEER_A_PUBLIC_KEY")) == key
+    assert gone.get_attr("WGPEER_A_FLAGS") == WGPEER_F_REMOVE_ME
+    assert bytes(again.get_attr("WGPEER_A_PUBLIC_KEY")) == key
+    assert again.get_attr("WGPEER_A_FLAGS") == 0  # created, not update-only
+    assert bytes(again.get_attr("WGPEER_A_PRESHARED_KEY")) == psk
+    assert sockaddr_to_endpoint(bytes(again.get_attr("WGPEER_A_ENDPOINT"))) == peer.endpoint
+    assert again.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") == 25
+    assert len(again.get_attr("WGPEER_A_ALLOWEDIPS")) == 2
 
 
 def test_restart_messages_split_a_long_list_and_keep_the_key_in_the_first_part() -> None:
@@ -84,12 +85,12 @@ def test_restart_messages_split_a_long_list_and_keep_the_key_in_the_first_part()
     msgs = restart_messages("wg0", Peer(key, allowed_ips=ips), psk, max_bytes=8 * 1024)
     assert len(msgs) > 2
     entries = [e for m in msgs for e in _peers_of(m)]
-    assert entries[0].get_attr("WGPEER_A_FLAGS") == WGPEER_F_REMOVE_ME  # type: ignore[attr-defined]
-    assert bytes(entries[1].get_attr("WGPEER_A_PRESHARED_KEY")) == psk  # type: ignore[attr-defined]
-    assert all(e.get_attr("WGPEER_A_PRESHARED_KEY") is None for e in entries[2:])  # type: ignore[attr-defined]
-    total = sum(len(e.get_attr("WGPEER_A_ALLOWEDIPS") or []) for e in entries[1:])  # type: ignore[attr-defined]
+    assert entries[0].get_attr("WGPEER_A_FLAGS") == WGPEER_F_REMOVE_ME
+    assert bytes(entries[1].get_attr("WGPEER_A_PRESHARED_KEY")) == psk
+    assert all(e.get_attr("WGPEER_A_PRESHARED_KEY") is None for e in entries[2:])
+    total = sum(len(e.get_attr("WGPEER_A_ALLOWEDIPS") or []) for e in entries[1:])
     assert total == 2000
     # Without a preshared key nothing is added (the kernel keeps a zero key).
     (plain,) = restart_messages("wg0", Peer(key), None)
-    assert all(e.get_attr("WGPEER_A_PRESHARED_KEY") is None for e in _peers_of(plain))  # type: ignore[attr-defined]
+    assert all(e.get_attr("WGPEER_A_PRESHARED_KEY") is None for e in _peers_of(plain))
     assert len(build_set_messages("wg0", [])) == 1

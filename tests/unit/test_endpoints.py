@@ -384,7 +384,7 @@ def test_memory_is_bounded_whatever_the_peer_does(seed: int, n: int, k: int,
     es = EndpointSet(configured, 0.0, p)
     bound = len(configured) + k
     t = 0.0
-    seen = set()
+    seen: set[str] = set()
     while len(seen) < n:
         t += rnd.uniform(0.0, 2.0)
         addr = _random_addr(rnd) if rnd.random() < 0.9 or not seen else rnd.choice(sorted(seen))
@@ -412,7 +412,8 @@ def test_memory_is_bounded_whatever_the_peer_does(seed: int, n: int, k: int,
 def test_probe_answer_matching() -> None:
     es = EndpointSet([A, B], 0.0)
     es.probe_sent(A, 1.0, b"t1")
-    assert es.probe_answered(1.02, b"t1") == (A, pytest.approx(20.0))
+    got = es.probe_answered(1.02, b"t1")
+    assert got is not None and got[0] == A and got[1] == pytest.approx(20.0)
     assert es.probe_answered(1.03, b"t1") is None  # replayed
     assert es.probe_answered(1.03, b"zz") is None  # unknown
     es.probe_sent(B, 2.0, b"t2")

@@ -25,7 +25,8 @@ from wgcast.babel.events import (
     SeqnoChanged,
 )
 from wgcast.babel.neighbour import link_tiebreak
-from wgcast.babel.wire import INFINITY, Ack, AckReq, Prefix, decode_packet
+from wgcast.babel.wire import INFINITY, Ack, AckReq, decode_packet
+from wgcast.prefix import Prefix
 
 
 def rid(name: str) -> bytes:
@@ -406,7 +407,7 @@ def test_hold_is_not_cancelled_by_a_regular_hello() -> None:
     its neighbours keep it up for the held time even while its timers still run."""
     p = Pump(["a", "b"], {("a", "b"): 0.005})
     p.run(2.0)
-    p.nodes["a"].hold(6.0, now=p.now)
+    p.nodes["a"].restart_hold(6.0, now=p.now)
     t_hold = p.now
     p.run(1.5)  # a's timers keep firing (the daemon is still waiting on its last apply)
     hellos_after = [d for (t, src, _, d) in p.sent if src == "a" and t > t_hold + 1e-9
@@ -457,7 +458,7 @@ def test_multicast_neighbour_gets_multicast_hellos_hold_included() -> None:
     assert b_hellos and all(isinstance(h, Hello) and h.flags & HELLO_UNICAST
                             for h in b_hellos)
     t = p.now
-    p.nodes["a"].hold(6.0, now=t)
+    p.nodes["a"].restart_hold(6.0, now=t)
     p.run(0.1)
     held = _hellos(p, "a", after=t)
     assert len(held) == 1 and isinstance(held[0], Hello)
@@ -471,6 +472,7 @@ def test_ipv4_updates_go_as_v4_via_v6_and_all_three_forms_are_accepted() -> None
         AE_IPV4,
         AE_V4V6,
         IHU,
+        TLV,
         Hello,
         NextHop,
         RouterId,
@@ -489,12 +491,12 @@ def test_ipv4_updates_go_as_v4_via_v6_and_all_three_forms_are_accepted() -> None
     # A generic speaker "x" (babeld-like) sends the three forms to a fresh node.
     n = Node(NodeConfig(rid("n")), 0.0)
     n.add_neighbour("x", multicast=True)
-    hello = [Hello(0, 1, 400, (Timestamp((1,)),)), IHU(0, 96, 1200, b"")]
+    hello: list[TLV] = [Hello(0, 1, 400, (Timestamp((1,)),)), IHU(0, 96, 1200, b"")]
     n.receive(0.0, "x", encode_packet(hello))
     n.handle_timer(0.01)
     n.datagrams_to_send()
     xr = b"\x02\x00\x00\x00\x00\x00\x00\x01"
-    forms = {
+    forms: dict[Prefix, list[TLV]] = {
         ipaddress.ip_network("10.1.0.0/16"): [Update(AE_IPV4, 0, 16, 0, 400, 5, 96,
                                                       bytes((10, 1)))],
         ipaddress.ip_network("10.2.0.0/16"): [NextHop(AE_IPV4, bytes((10, 0, 0, 2))),

@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 #: The daemon's services: each gets ports (daemon/ports.py), only the runtime wires them.
@@ -103,8 +101,6 @@ def test_no_import_cycle_in_the_daemon() -> None:
     assert cycles(import_graph(), "wgcast.daemon") == []
 
 
-@pytest.mark.xfail(strict=True, reason="lab/core.py picks lab/babeld.py's subclass by "
-                   "name (issue 12, item 4: the lab split removes it)")
 def test_no_import_cycle_in_the_lab() -> None:
     assert cycles(import_graph(), "wgcast.lab") == []
 

@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from daemon_fakes import until
 
+from wgcast.anycast.group import DRAIN_METRIC
 from wgcast.daemon import api as api_mod
 from wgcast.daemon.api import ApiServer, PeerCred
 from wgcast.daemon.config import Config, loads
-from wgcast.daemon.membership import DRAIN_METRIC, MembershipService
+from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.ports import NeighbourSnapshot, RouteSnapshot
 
 G1, G2, G3 = "fd00:a::53/128", "fd00:a::54/128", "fd00:a::55/128"
@@ -186,9 +187,10 @@ def test_join_refcount_and_close(tmp_path: Any) -> None:
             r = await a.req({"cmd": "join", "prefix": G1})
             assert r == {"ok": False, "error": "already_member",
                          "message": r["message"]}
-            st = await a.req({"cmd": "status"})
-            assert st["ok"] and st["memberships"] == [G1] and st["status"]["interface"] == "wgt0"
-            g = {x["prefix"]: x for x in st["groups"]}
+            status = await a.req({"cmd": "status"})
+            assert status["ok"] and status["memberships"] == [G1]
+            assert status["status"]["interface"] == "wgt0"
+            g = {x["prefix"]: x for x in status["groups"]}
             assert g[G1]["members"] == 2 and g[G2]["state"] == "idle"
             await a.close()  # a crash: the connection closes
             await until(lambda: ms.groups[ms.config.groups[0].prefix].members == 1)
@@ -463,7 +465,7 @@ def test_python_client_and_context_manager(tmp_path: Any) -> None:
     from wgcast.client import Client, WgcastError, membership
 
     ready = threading.Event()
-    stop: list[Callable[[], None]] = []
+    stop: list[Callable[[], object]] = []
     box: dict[str, Any] = {}
 
     def serve() -> None:

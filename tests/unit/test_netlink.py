@@ -36,6 +36,7 @@ from wgcast.dataplane.types import (
     DeviceNotFound,
     InvalidValue,
     NotSupported,
+    Op,
     Peer,
     PeerUpdate,
     RemoveAllowedIP,
@@ -298,7 +299,7 @@ def test_apply_with_and_without_kernel_removal(removal: bool) -> None:
             P1, endpoint="192.0.2.1:1", allowed_ips=[N("10.0.0.0/24"), N("10.0.1.0/24")]
         )
         await k.set_peer(P2, allowed_ips=[N("fe80::2/128")])
-        ops = [
+        ops: list[Op] = [
             AddAllowedIP(P2, N("10.0.0.0/24")),
             AddAllowedIP(P2, N("10.0.2.0/24")),
             RemoveAllowedIP(P1, N("10.0.1.0/24")),

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from wgcast.babel.engine import Node, NodeConfig
-from wgcast.babel.wire import Prefix
+from wgcast.prefix import Prefix
 from wgcast.cli.main import main
 from wgcast.daemon.peer_policy import (
     SIGNED,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wgcast.dataplane.reconcile import holders, plan, prefix_key, simulate
+from wgcast.dataplane.reconcile import holders, plan, simulate
 from wgcast.dataplane.types import (
     AddAllowedIP,
     PeerKey,
@@ -16,6 +16,7 @@ from wgcast.dataplane.types import (
     RemoveAllowedIP,
     ReplaceAllowedIPs,
 )
+from wgcast.prefix import prefix_key
 
 N = ipaddress.ip_network
 A, B, C = b"A" * 32, b"B" * 32, b"C" * 32

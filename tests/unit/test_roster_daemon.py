@@ -9,7 +9,7 @@ import contextlib
 import ipaddress
 from pathlib import Path
 
-from daemon_fakes import Mesh, config_text, running, until
+from daemon_fakes import Mesh, Node, config_text, running, until
 
 from wgcast import keys
 from wgcast.daemon.peer_policy import PeerPolicy
@@ -30,7 +30,7 @@ def roster_text(serial: int, members: dict[str, tuple[bytes, list[str]]],
 
 
 def pair(tmp: Path, b_space: list[str] | None, b_addr: str = "10.0.2.0/24",
-         serial: int = 1) -> tuple[Mesh, object, object, Path]:
+         serial: int = 1) -> tuple[Mesh, Node, Node, Path]:
     pa, pb = keys.generate_private(), keys.generate_private()
     ka, kb = keys.public_from_private(pa), keys.public_from_private(pb)
     members = {"a": (ka, ["10.0.1.0/24"])}
@@ -114,8 +114,10 @@ def test_policy_caps_routes_per_neighbour() -> None:
     p.has_route = lambda _nb, prefix: prefix in have
     nets = [ipaddress.ip_network(f"10.9.{i}.0/24") for i in range(4)]
     rid = router_id(b"\x02" * 32)
-    assert p.accept("x", nets[0], rid) and have.add(nets[0]) is None
-    assert p.accept("x", nets[1], rid) and have.add(nets[1]) is None
+    assert p.accept("x", nets[0], rid)
+    have.add(nets[0])
+    assert p.accept("x", nets[1], rid)
+    have.add(nets[1])
     assert not p.accept("x", nets[2], rid)
     assert p.accept("x", nets[0], rid)  # a refresh of a route it has is no new route
     assert p.dropped_table() == {"over limit": {"x": 1}}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import ipaddress
 
 from wgcast.babel.route import Choice, Feasible, Route, select
-from wgcast.babel.wire import INFINITY, Prefix
+from wgcast.babel.wire import INFINITY
+from wgcast.prefix import Prefix
 
 P: Prefix = ipaddress.ip_network("fd00::1/128")
 A, B = b"AAAAAAAA", b"BBBBBBBB"

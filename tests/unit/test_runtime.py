@@ -8,11 +8,13 @@ from its fake WireGuard device (AllowedIPs) and its fake kernel (routes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from daemon_fakes import MemoryTransport, Mesh, Node, config_text, running, until
@@ -288,6 +290,84 @@ def test_the_dead_interval_sets_how_long_silence_is_tolerated(tmp_path: Path) ->
     short = down_after("dead = 3")
     long = down_after("dead = 20")
     assert short < 0.5 and long > 0.7, (short, long)
+
+
+def test_a_planned_stop_with_restart_hold_keeps_the_neighbours_waiting(
+        tmp_path: Path) -> None:
+    """`timers.restart_hold`: a daemon stopped by `run()`'s stop path sends a last Hello
+    asking its neighbours to keep it that long; with 0 it just goes silent and the
+    neighbours drop it after their dead interval (fast profile: 3 x 50 ms)."""
+    def neighbour_kept_for(hold: str) -> float:
+        async def main() -> float:
+            pa, pb = _keys(2)
+            mesh = Mesh()
+            a = mesh.add("a", pa, config_text("a", str(tmp_path),
+                                              {"b": keys.public_from_private(pb)},
+                                              timers=f'restart_hold = "{hold}"'))
+            b = mesh.add("b", pb, config_text("b", str(tmp_path),
+                                              {"a": keys.public_from_private(pa)}))
+            await b.daemon.start()
+            run = asyncio.create_task(a.daemon.run())
+            try:
+                await until(lambda: b.daemon.status()["neighbours_up"] == 1, what="a up")
+                loop = asyncio.get_running_loop()
+                a.daemon.stop()
+                await asyncio.wait_for(run, 10)
+                t0 = loop.time()
+                await until(lambda: b.daemon.status()["neighbours_up"] == 0, timeout=10,
+                            what="a dropped by b")
+                return loop.time() - t0
+            finally:
+                run.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await run
+                mesh.close()
+
+        return asyncio.run(main())
+
+    assert neighbour_kept_for("0s") < 1.0
+    assert neighbour_kept_for("2s") >= 1.5  # the hold asked for 2 s: b may not cut it short
+
+
+def _metric_of_b_net(tmp: Path, link: str) -> int:
+    """The metric a selects for b's prefix, with a's `[link]` section."""
+    async def main() -> int:
+        mesh, a, b = _pair(tmp, 'may_originate = ["10.0.0.0/16"]', f"[link]\n{link}")
+        async with running(mesh):
+            await until(lambda: a.device.holder(B_NET) == b.public, what="B_NET on b")
+            route = next(r for r in a.daemon.route_table() if r["prefix"] == str(B_NET))
+            return int(route["metric"])
+
+    return asyncio.run(main())
+
+
+def test_the_link_base_cost_is_the_cost_of_each_hop(tmp_path: Path) -> None:
+    cheap = _metric_of_b_net(tmp_path, "base_cost = 100\nrtt_cost_per_ms = 0")
+    dear = _metric_of_b_net(tmp_path, "base_cost = 500\nrtt_cost_per_ms = 0")
+    assert dear - cheap == 400, (cheap, dear)
+
+
+def test_max_routes_per_peer_caps_what_a_neighbour_may_give(tmp_path: Path) -> None:
+    nets = [ipaddress.ip_network(f"10.0.{i}.0/24") for i in range(2, 6)]
+    b_addresses = "addresses = [" + ", ".join(f'"{n}"' for n in nets) + "]"
+
+    def held(a_extra: str) -> tuple[int, dict[str, Any]]:
+        async def main() -> tuple[int, dict[str, Any]]:
+            mesh, a, b = _pair(tmp_path, 'may_originate = ["10.0.0.0/16"]', a_extra,
+                               b_extra=b_addresses)
+            async with running(mesh):
+                await until(lambda: sum(a.device.holder(n) == b.public for n in nets) >= 2,
+                            what="b's prefixes on b")
+                await asyncio.sleep(0.3)  # several updates: nothing more is taken
+                return (sum(a.device.holder(n) == b.public for n in nets),
+                        a.daemon.status()["announcements_refused"])
+
+        return asyncio.run(main())
+
+    count, refused = held("max_routes_per_peer = 2")
+    assert count == 2 and refused.get("over limit", {}).get("b", 0) > 0, refused
+    count, refused = held("")
+    assert count == len(nets) and "over limit" not in refused, refused
 
 
 # --------------------------------------------------------------------------- RFC 8966 peers

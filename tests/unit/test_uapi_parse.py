@@ -19,6 +19,7 @@ from wgcast.dataplane.types import (
     InvalidValue,
     MalformedReply,
     MalformedRequest,
+    Op,
     PeerUpdate,
     PortInUse,
     RemoveAllowedIP,
@@ -186,7 +187,7 @@ def test_format_set_orders_lines_per_peer() -> None:
 
 def test_ops_become_peer_sections() -> None:
     a, b = PUB_B, PUB_C
-    ops = [
+    ops: list[Op] = [
         AddAllowedIP(a, N("10.0.0.0/24")),
         AddAllowedIP(a, N("10.0.1.0/24")),
         AddAllowedIP(b, N("10.0.2.0/24")),

@@ -34,7 +34,6 @@ from wgcast.babel.wire import (
     PacketWriter,
     Pad1,
     PadN,
-    Prefix,
     ResolvedRouteRequest,
     ResolvedSeqnoRequest,
     RouteRequest,
@@ -54,6 +53,7 @@ from wgcast.babel.wire import (
     encode_tlv,
     resolve,
 )
+from wgcast.prefix import Prefix
 
 RID_A = bytes.fromhex("0200000000000001")
 RID_B = bytes.fromhex("0200000000000002")
@@ -417,7 +417,7 @@ def test_writer_rejects_misuse() -> None:
 
 
 def test_compressed_prefix_without_default_is_skipped() -> None:
-    tlvs = [
+    tlvs: list[TLV] = [
         RouterId(RID_A),
         Update(AE_IPV4, 0, 24, 2, 1, 1, 1, b"\x05"),
         Update(AE_IPV4, 0, 24, 0, 1, 1, 1, b"\x0a\x00\x05"),
@@ -430,7 +430,7 @@ def test_compressed_prefix_without_default_is_skipped() -> None:
 
 
 def test_unresolvable_router_id_flag_forgets_the_router_id() -> None:
-    tlvs = [
+    tlvs: list[TLV] = [
         RouterId(RID_A),
         Update(AE_IPV6, UPDATE_DEFAULT_ROUTER_ID, 128, 8, 1, 1, 1, bytes(8)),
         Update(AE_IPV4, 0, 32, 0, 1, 1, 1, bytes((10, 0, 0, 1))),  # not RID_A's any more
@@ -441,7 +441,7 @@ def test_unresolvable_router_id_flag_forgets_the_router_id() -> None:
 
 
 def test_default_prefix_is_per_address_encoding() -> None:
-    tlvs = [
+    tlvs: list[TLV] = [
         RouterId(RID_A),
         Update(AE_IPV4, UPDATE_DEFAULT_PREFIX, 32, 0, 1, 1, 1, bytes((10, 1, 2, 3))),
         Update(AE_V4V6, 0, 32, 3, 1, 1, 1, b"\x09"),  # no AE 4 default yet
@@ -457,7 +457,7 @@ def test_default_prefix_is_per_address_encoding() -> None:
 
 
 def test_compression_may_omit_zero_octets_past_the_default_prefix() -> None:
-    tlvs = [
+    tlvs: list[TLV] = [
         RouterId(RID_A),
         Update(AE_IPV4, UPDATE_DEFAULT_PREFIX, 8, 0, 1, 1, 1, b"\x0a"),
         Update(AE_IPV4, 0, 32, 3, 1, 1, 1, b"\x05"),
@@ -487,7 +487,7 @@ def test_unknown_mandatory_subtlv_skips_the_tlv_only() -> None:
 def test_ignored_tlvs_still_set_the_parser_state() -> None:
     """RFC 8966 4.6.7/4.6.9: state is set even if the TLV is ignored for a mandatory sub-TLV."""
     mandatory = (UnknownSub(0xFE, b""),)
-    tlvs = [
+    tlvs: list[TLV] = [
         RouterId(RID_A, mandatory),
         Update(AE_IPV4, 0, 32, 0, 1, 1, 1, bytes((10, 0, 0, 1))),
         Update(
@@ -506,7 +506,7 @@ def test_ignored_tlvs_still_set_the_parser_state() -> None:
 
 
 def test_router_id_flag_derives_router_id_from_the_prefix() -> None:
-    tlvs = [
+    tlvs: list[TLV] = [
         Update(AE_IPV4, UPDATE_DEFAULT_ROUTER_ID, 32, 0, 1, 1, 1, bytes((192, 0, 2, 7))),
         Update(AE_IPV4, 0, 24, 0, 1, 1, 1, bytes((192, 0, 3))),
         Update(
@@ -526,7 +526,7 @@ def test_router_id_flag_derives_router_id_from_the_prefix() -> None:
 
 
 def test_wildcard_retraction() -> None:
-    tlvs = [
+    tlvs: list[TLV] = [
         Update(AE_WILDCARD, 0, 0, 0, 400, 5, INFINITY, b""),
         Update(AE_WILDCARD, 0, 0, 0, 400, 5, 100, b""),
         RouterId(RID_A),
@@ -543,7 +543,7 @@ def test_wildcard_retraction() -> None:
 @pytest.mark.parametrize("reserved", [bytes(8), b"\xff" * 8])
 def test_reserved_router_ids_are_skipped(reserved: bytes) -> None:
     v4 = bytes((10, 0, 0, 1))
-    tlvs = [
+    tlvs: list[TLV] = [
         RouterId(RID_A),
         RouterId(reserved),
         Update(AE_IPV4, 0, 32, 0, 1, 1, 1, v4),  # must not inherit RID_A

@@ -1,12 +1,12 @@
 """The state of one health check: rise/fall debouncing and flap damping, pure.
 
-Feed each probe result with `record(ok, now)`; read `passing`. A failing check passes
+Feed each check result with `record(ok, now)`; read `passing`. A failing check passes
 after `rise` consecutive successes, a passing one fails after `fall` consecutive failures.
 A check starts failing (a group is not announced before its checks have passed).
 
 Damping (after BGP route flap damping, RFC 2439): every pass -> fail transition adds a
 penalty that decays exponentially (`half_life`). While the penalty is at or above
-`suppress` the check counts as failing whatever the probes say, until the penalty has
+`suppress` the check counts as failing whatever the checks say, until the penalty has
 decayed below `reuse`. So a check that keeps flapping stops moving traffic around the mesh,
 and a single failure is never damped.
 """
@@ -65,7 +65,7 @@ class CheckState:
 
     def __init__(self, params: CheckParams, now: float, up: bool = False) -> None:
         self.params = params
-        #: Debounced probe state (rise/fall applied, damping not).
+        #: Debounced check state (rise/fall applied, damping not).
         self.up = up
         #: Consecutive results that disagree with `up`.
         self.streak = 0
@@ -91,7 +91,7 @@ class CheckState:
         return self._penalty * math.exp2(-dt / d.half_life)
 
     def record(self, ok: bool, now: float) -> bool:
-        """One probe result; True if `passing` changed."""
+        """One check result; True if `passing` changed."""
         before = self.passing
         self.results += 1
         self.last_ok = ok

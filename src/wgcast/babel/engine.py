@@ -51,7 +51,6 @@ from wgcast.babel.wire import (
     AckReq,
     Hello,
     PacketWriter,
-    Prefix,
     ResolvedRouteRequest,
     ResolvedSeqnoRequest,
     RouteRequest,
@@ -67,6 +66,7 @@ from wgcast.babel.wire import (
     with_ipv4_next_hop,
 )
 from wgcast.babel.xroute import XRouteTable
+from wgcast.prefix import Prefix
 
 #: accept(neighbour, prefix, router_id, seqno, signature) -> bool: the driver's
 #: announcement policy (the signature: the OriginSig body, b"" when absent).
@@ -143,8 +143,8 @@ class Node:
         self._next_gc = now + 60.0
         #: The anycast source-change rule (release.py).
         self._release = SourceRelease(self.requests)
-        #: Set by hold(): the node is stopping; no regular Hello may cancel the hold Hello.
-        self._holding = False
+        #: Set by restart_hold(): the node is stopping; no regular Hello may cancel the hold Hello.
+        self._restart_holding = False
         # Hot-path caches (pure speed-ups, same behaviour):
         # - the current cost of each neighbour (what nb.cost() says; kept up to date);
         self._cost: dict[str, int] = {}
@@ -243,7 +243,7 @@ class Node:
         self._start_release(prefix, notify=True)
         self._updates.flush(self._now)
 
-    def hold(self, seconds: float, now: float | None = None) -> None:
+    def restart_hold(self, seconds: float, now: float | None = None) -> None:
         """Planned restart: a last Hello promising the next one within `seconds / dead`.
 
         Neighbours keep us (and the routes through us) for `seconds`, so a daemon that
@@ -252,7 +252,7 @@ class Node:
         the hold): the node sends no more Hellos until it is gone.
         """
         self._tick(now)
-        self._holding = True
+        self._restart_holding = True
         interval = seconds / self.config.dead
         link = self.config.link
         for nb in self.neighbours.values():
@@ -488,8 +488,8 @@ class Node:
             self._now = now
 
     def _send_hello(self, nb: Neighbour) -> None:
-        if self._holding:
-            return  # the hold Hello was our last (see hold)
+        if self._restart_holding:
+            return  # the hold Hello was our last (see restart_hold)
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wgcast.babel.wire import Prefix
+from wgcast.prefix import Prefix
 
 #: `RouteSelected.via` for a prefix this node originates itself.
 LOCAL = "<local>"

@@ -17,7 +17,7 @@ under way; the engine decides when to start one (`Node._select`) and sends.
 from __future__ import annotations
 
 from wgcast.babel.request import PendingAck, RequestTracker
-from wgcast.babel.wire import Prefix
+from wgcast.prefix import Prefix
 
 
 class SourceRelease:

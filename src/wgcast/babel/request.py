@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from wgcast.babel.source import seqno_less
-from wgcast.babel.wire import Prefix
+from wgcast.prefix import Prefix
 
 #: A forwarded request suppresses duplicates of itself for this long (seconds).
 DUPLICATE_WINDOW = 2.0

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from wgcast.babel.wire import INFINITY, Prefix
+from wgcast.babel.wire import INFINITY
+from wgcast.prefix import Prefix
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wgcast.babel.wire import INFINITY, Prefix
+from wgcast.babel.wire import INFINITY
+from wgcast.prefix import Prefix
 
 #: Sources unused for this long are forgotten (RFC 8966 appendix B: 3 minutes).
 SOURCE_GC_TIME = 180.0

@@ -25,15 +25,14 @@ from wgcast.babel.wire import (
     AckReq,
     OriginSig,
     PacketWriter,
-    Prefix,
     SubTLV,
     Tiebreak,
     UpdateEntry,
     centiseconds,
     encode_updates,
-    prefix_key,
 )
 from wgcast.babel.xroute import XRouteTable
+from wgcast.prefix import Prefix, prefix_key
 
 if TYPE_CHECKING:
     from wgcast.babel.engine import OriginSigner

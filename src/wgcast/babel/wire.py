@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from wgcast.babel.errors import LocalProtocolError, RemoteProtocolError
+from wgcast.prefix import Prefix
 
 MAGIC = 42
 VERSION = 2
@@ -52,7 +53,6 @@ _KNOWN_SUBTLVS = (S_PAD1, S_PADN, S_TIMESTAMP, S_TIEBREAK, S_ORIGIN_SIG)
 #: Largest tie-break value: 64 bits on the wire.
 MAX_TIEBREAK = (1 << 64) - 1
 
-Prefix = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # ---------------------------------------------------------------- sub-TLVs
@@ -969,11 +969,6 @@ PREFIXES = PrefixCache()
 def intern_prefix(prefix: Prefix) -> Prefix:
     """The one shared object equal to `prefix`, with a cached hash (see PrefixCache)."""
     return PREFIXES.intern(prefix)
-
-
-def prefix_key(p: Prefix) -> tuple[int, int, int]:
-    """A sort key: IPv4 before IPv6, then by address, then by length."""
-    return (p.version, int(p.network_address), p.prefixlen)
 
 
 _UPDATE_FIELDS = struct.Struct("!BBBBHHH").unpack_from

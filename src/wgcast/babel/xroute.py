@@ -8,7 +8,7 @@ of a node's xroutes, as in babeld; it is persisted by the driver across restarts
 from __future__ import annotations
 
 from wgcast.babel.source import seqno_less, seqno_plus
-from wgcast.babel.wire import Prefix
+from wgcast.prefix import Prefix
 
 
 class XRouteTable:

@@ -730,7 +730,7 @@ class Daemon:
         restart_hold = self.config.timers.restart_hold
         if self.node is not None and restart_hold > 0:
             # Own unicast routes stay: neighbours keep us for the restart hold time.
-            self.node.hold(restart_hold, now=self.now())
+            self.node.restart_hold(restart_hold, now=self.now())
             self._pump()
         # Let the data plane flush the last moves (no more move holds), then stop without
         # any flush.

@@ -14,7 +14,7 @@ Wire facts this follows (drivers/net/wireguard/netlink.c):
 - Peer and AllowedIP list entries are nested attributes of type 0 (NLA_F_NESTED set).
 - A SET is applied in order and stops at the first error; earlier changes stay.
 - Older kernels parse allowed-IP entries strictly, so an unknown WGALLOWEDIP_A_FLAGS
-  is EINVAL: that is how removal support is probed.
+  is EINVAL: that is how removal support is tested.
 
 All socket work runs on one worker thread (pyroute2's sync sockets are per-thread).
 """
@@ -408,7 +408,7 @@ def restart_messages(ifname: str, peer: Peer, preshared_key: bytes | None = None
 
 # --------------------------------------------------------------------------- backend
 
-_PROBE_PREFIXES = tuple(
+_REMOVAL_TEST_PREFIXES = tuple(
     ipaddress.ip_network(p)
     for p in ("192.0.2.255/32", "198.51.100.255/32", "203.0.113.255/32", "2001:db8::ffff/128")
 )
@@ -538,7 +538,7 @@ class NetlinkDevice(WireGuardBackend):
         async with self._lock:
             return await self._run(self._restart_sync, public_key)
 
-    async def _probe_removal(self) -> bool | None:
+    async def _test_removal(self) -> bool | None:
         """WGALLOWEDIP_F_REMOVE_ME on a prefix an existing peer does not hold.
 
         Linux >= 6.16 removes nothing and answers 0; older kernels reject the unknown
@@ -548,10 +548,10 @@ class NetlinkDevice(WireGuardBackend):
         if not dev.peers:
             return None
         peer = dev.peers[0]
-        probe = next(p for p in _PROBE_PREFIXES if p not in peer.allowed_ips)
-        up = PeerUpdate(peer.public_key, update_only=True, allowed_ips=[(probe, True)])
+        test_prefix = next(p for p in _REMOVAL_TEST_PREFIXES if p not in peer.allowed_ips)
+        up = PeerUpdate(peer.public_key, update_only=True, allowed_ips=[(test_prefix, True)])
         try:
-            await self._send([up], request="probe allowed-ip removal")
+            await self._send([up], request="test allowed-ip removal")
         except InvalidValue:
             return False
         return True

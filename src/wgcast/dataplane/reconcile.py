@@ -27,7 +27,7 @@ from wgcast.dataplane.types import (
     RemoveAllowedIP,
     ReplaceAllowedIPs,
 )
-from wgcast.prefix import prefix_key as prefix_key  # re-exported: the one order
+from wgcast.prefix import prefix_key
 
 
 def holders(actual: Mapping[PeerKey, AbstractSet[Prefix]]) -> dict[Prefix, PeerKey]:

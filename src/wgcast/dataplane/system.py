@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from wgcast.dataplane.reconcile import prefix_key
 from wgcast.dataplane.types import Prefix
+from wgcast.prefix import prefix_key
 
 RTPROT_WGCAST = 152
 """Route protocol of wgcast's routes: unused by the kernel, iproute2's rt_protos, bird

@@ -214,7 +214,7 @@ def error_for(errno: int, request: str, detail: str = "") -> WireGuardError:
 class WireGuardBackend(ABC):
     """What the daemon needs from a WireGuard implementation; UAPI and netlink agree.
 
-    Subclasses implement `_get`, `_send`, `_probe_removal` and `_mutex`; the AllowedIPs
+    Subclasses implement `_get`, `_send`, `_test_removal` and `_mutex`; the AllowedIPs
     logic (removal support and its fallback) lives here once. Every public method holds
     the backend's mutex: the removal fallback is a read followed by a replace, and a
     change slipped in between would be wiped by the replace.
@@ -252,7 +252,7 @@ class WireGuardBackend(ABC):
         """Send one set request (the backend may split it on the wire)."""
 
     @abstractmethod
-    async def _probe_removal(self) -> bool | None:
+    async def _test_removal(self) -> bool | None:
         """True/False if single-prefix removal works; None if it cannot tell now."""
 
     async def get(self) -> Device:
@@ -261,13 +261,13 @@ class WireGuardBackend(ABC):
             return await self._get()
 
     async def supports_removal(self) -> bool:
-        """Whether `RemoveAllowedIP` maps to a native removal; probed once, cached."""
+        """Whether `RemoveAllowedIP` maps to a native removal; tested once, cached."""
         async with self._mutex():
             return await self._supports_removal()
 
     async def _supports_removal(self) -> bool:
         if self._removal is None:
-            found = await self._probe_removal()
+            found = await self._test_removal()
             if found is None:
                 return False
             self._removal = found

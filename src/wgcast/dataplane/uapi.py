@@ -42,8 +42,8 @@ UapiError = WireGuardError
 """Base of every error this module raises (the UAPI errno classes live in types.py)."""
 
 # Prefixes from the documentation ranges: removing one a peer does not hold is a no-op
-# in every implementation that supports removal, so it makes a harmless probe.
-_PROBE_PREFIXES = tuple(
+# in every implementation that supports removal, so it makes a harmless test.
+_REMOVAL_TEST_PREFIXES = tuple(
     ipaddress.ip_network(p)
     for p in ("192.0.2.255/32", "198.51.100.255/32", "203.0.113.255/32", "2001:db8::ffff/128")
 )
@@ -137,7 +137,7 @@ class UapiDevice(WireGuardBackend):
             await self.request(text, "restart handshake")
         return True
 
-    async def _probe_removal(self) -> bool | None:
+    async def _test_removal(self) -> bool | None:
         """Remove, for an existing peer with update_only, a prefix it does not hold.
 
         wireguard-go >= 0.0.20250522 accepts `allowed_ip=-P` (and removes nothing here);
@@ -148,11 +148,11 @@ class UapiDevice(WireGuardBackend):
         if not dev.peers:
             return None
         peer = dev.peers[0]
-        probe = next(p for p in _PROBE_PREFIXES if p not in peer.allowed_ips)
-        up = PeerUpdate(peer.public_key, update_only=True, allowed_ips=[(probe, True)])
+        test_prefix = next(p for p in _REMOVAL_TEST_PREFIXES if p not in peer.allowed_ips)
+        up = PeerUpdate(peer.public_key, update_only=True, allowed_ips=[(test_prefix, True)])
         text = format_set([up])
         try:
-            await self.request(text, "probe allowed_ip removal")
+            await self.request(text, "test allowed_ip removal")
         except InvalidValue:
             return False
         return True

@@ -7,9 +7,10 @@ that WireGuard accepts and sends anything (Babel's multicast hellos included) an
 kernel routing table, which babeld fills, picks the interface. Anycast is a local address
 on ``lo`` that babeld redistributes from the serving nodes.
 
-:class:`BabeldLab` is a :class:`~wgcast.lab.core.Lab` (same namespaces, same relay with
-the same per-link delay/jitter/loss, same echo services, probers, ``fail``/``restore``,
-``catchment``) that differs only in what runs on each node::
+:class:`BabeldRouter` is the router strategy a :class:`~wgcast.lab.core.Lab` is given
+(same namespaces, same relay with the same per-link delay/jitter/loss, same echo
+services, probers, ``fail``/``restore``, ``catchment``): it differs only in what runs on
+each node::
 
     namespace wgl-XXXX-n<i>   veth "ul" (underlay, as in the wgcast lab)
                               per link L to a peer: wireguard-go interface wgXXXXl<L>a
@@ -38,16 +39,18 @@ Failures (``fail(node, how)``), side by side with the wgcast lab:
 
 Use::
 
-    with BabeldLab("line:5", instances="n1,n5", delay="2-20ms", babeld_hello=0.05) as lab:
+    with Lab("line:5", instances="n1,n5", delay="2-20ms",
+             router=BabeldRouter(hello=0.05)) as lab:
         run = lab.start_prober("n3")
         lab.fail("n5", "drain")
         print(run.wait()["outage_ms"])
+
+babeld's own tables: ``lab.router.dump(node)``, ``lab.router.routes(node)``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import ipaddress
 import logging
 import os
@@ -60,7 +63,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from wgcast.lab.core import WG_PORT_BASE, Lab, LinkInfo
+from wgcast.lab import processes
+from wgcast.lab.naming import WG_PORT_BASE
+from wgcast.lab.router import BoundRouter, ConfigHook, RouterNeeds
+from wgcast.lab.state import LinkInfo, failure_added, failure_removed
 from wgcast.lab.system import (
     LabError,
     in_netns,
@@ -172,70 +178,68 @@ class PeerIface:
     peer_address: str  # the peer's link-local address
 
 
-class BabeldLab(Lab):
-    """A :class:`Lab` whose nodes run babeld over one WireGuard interface per peer.
+class BabeldRouter(BoundRouter):
+    """babeld over one WireGuard interface per peer, as the router of a :class:`Lab`.
 
-    Same options as :class:`Lab` (``timers``, ``daemon_cmd`` and ``config_hook`` do not
-    apply), plus ``babeld_hello``: the hello interval in seconds (None: babeld's default,
-    4 s), ``babeld_type``: "tunnel" (default: RTT in the metric, as for WireGuard) or
-    "wired".
+    ``hello``: the hello interval in seconds (None: babeld's default, 4 s); ``kind``:
+    "tunnel" (default: RTT in the metric, as for WireGuard) or "wired". The lab's
+    ``timers``, ``daemon_cmd`` and ``config_hook`` do not apply; its instances are the
+    echo service plus its address on lo (babeld has no notion of a service holding a
+    group), on wireguard-go and the relay.
     """
 
-    router = "babeld"
+    name = "babeld"
+    needs = RouterNeeds(services=False, wireguard="go", links="relay")
 
-    def __init__(self, topology: Any = "line:3", *, babeld_hello: float | None = None,
-                 babeld_type: str = "tunnel", babeld_bin: str | None = None,
-                 **kw: Any) -> None:
-        # Instances are the echo service plus its address on lo (babeld has no notion of
-        # a service holding a group).
-        kw["services"] = False
-        kw["wireguard"], kw["links"] = "go", "relay"  # one wireguard-go per link, the relay
-        super().__init__(topology, **kw)
-        if babeld_hello is not None and not MIN_HELLO <= babeld_hello <= 655.35:
-            raise LabError(f"babeld_hello must be in [0.01, 655.35] s, got {babeld_hello}")
-        if babeld_type not in ("tunnel", "wired"):
-            raise LabError(f"babeld_type must be 'tunnel' or 'wired', got {babeld_type!r}")
-        self.babeld_hello = babeld_hello
-        self.babeld_type = babeld_type
-        self.babeld_bin = babeld_bin or babeld_binary()
+    def __init__(self, hello: float | None = None, kind: str = "tunnel",
+                 binary: str | None = None) -> None:
+        if hello is not None and not MIN_HELLO <= hello <= 655.35:
+            raise LabError(f"babeld_hello must be in [0.01, 655.35] s, got {hello}")
+        if kind not in ("tunnel", "wired"):
+            raise LabError(f"babeld_type must be 'tunnel' or 'wired', got {kind!r}")
+        self.hello = hello
+        self.kind = kind
+        self.binary = binary or babeld_binary()
         self.ifaces: dict[str, list[PeerIface]] = {}
 
+    # ------------------------------------------------------------------ state
+    def options_json(self) -> dict[str, Any]:
+        return {"babeld_hello": self.hello, "babeld_type": self.kind}
+
+    def state_json(self) -> dict[str, Any] | None:
+        return {"binary": self.binary, "hello": self.hello, "type": self.kind,
+                "ifaces": {n: [asdict(i) for i in v] for n, v in self.ifaces.items()}}
+
+    @classmethod
+    def from_json(cls, section: dict[str, Any] | None) -> BabeldRouter:
+        """The router of a lab that is up, from its section of the state."""
+        b = section or {}
+        r = cls(hello=b.get("hello"), kind=b.get("type", "tunnel"), binary=b.get("binary"))
+        r.ifaces = {n: [PeerIface(**i) for i in v] for n, v in b.get("ifaces", {}).items()}
+        return r
+
     # ------------------------------------------------------------------ plan
-    def _plan(self) -> None:
-        super()._plan()
-        self.ifaces = {n: [] for n in self.nodes}
-        for lk in self.links:
+    def plan(self) -> None:
+        lab = self.lab
+        self.ifaces = {n: [] for n in lab.nodes}
+        for lk in lab.links:
             for end, me, other in (("a", lk.a, lk.b), ("b", lk.b, lk.a)):
                 self.ifaces[me].append(PeerIface(
-                    name=iface_name(self.id, lk.id, end), link=lk.id, peer=other,
+                    name=iface_name(lab.id, lk.id, end), link=lk.id, peer=other,
                     listen_port=WG_PORT_BASE + 2 * lk.id + (end == "b"),
                     endpoint=lk.endpoint_of(me),
-                    address=link_local(self.nodes[me].index),
-                    peer_address=link_local(self.nodes[other].index)))
-        for name, n in self.nodes.items():
+                    address=link_local(lab.nodes[me].index),
+                    peer_address=link_local(lab.nodes[other].index)))
+        for name, n in lab.nodes.items():
             mine = self.ifaces[name]
             if mine:  # the node's "interface" in status(): its first one
                 n.iface, n.listen_port = mine[0].name, mine[0].listen_port
             n.control = link_local(n.index)
-            n.config_path = os.path.join(self.dir, f"{name}.babeld.conf")
-            n.api_socket = os.path.join(self.dir, f"{name}.babeld.ctl")
-            n.state_file = os.path.join(self.dir, f"{name}.babeld.state")
-        self.state["options"].update(router="babeld", babeld_hello=self.babeld_hello,
-                                     babeld_type=self.babeld_type)
-        self.state["nodes"] = {n: asdict(v) for n, v in self.nodes.items()}
-        self.state["babeld"] = {
-            "binary": self.babeld_bin, "hello": self.babeld_hello, "type": self.babeld_type,
-            "ifaces": {n: [asdict(i) for i in v] for n, v in self.ifaces.items()}}
+            n.config_path = os.path.join(lab.dir, f"{name}.babeld.conf")
+            n.api_socket = os.path.join(lab.dir, f"{name}.babeld.ctl")
+            n.state_file = os.path.join(lab.dir, f"{name}.babeld.state")
 
-    def _load_state(self, st: dict[str, Any]) -> None:
-        super()._load_state(st)
-        b = st.get("babeld", {})
-        self.babeld_hello = b.get("hello")
-        self.babeld_type = b.get("type", "tunnel")
-        self.babeld_bin = b.get("binary", self.babeld_bin)
-        self.ifaces = {n: [PeerIface(**i) for i in v] for n, v in b.get("ifaces", {}).items()}
-
-    def _listen_port(self, node: str, link: LinkInfo) -> int:
+    def listen_port(self, node: str, link: LinkInfo) -> int:
         for i in self.ifaces[node]:
             if i.link == link.id:
                 return i.listen_port
@@ -245,11 +249,12 @@ class BabeldLab(Lab):
         return [i.name for v in self.ifaces.values() for i in v]
 
     # ------------------------------------------------------------------ WireGuard
-    def _start_wireguard(self) -> None:
+    def start_wireguard(self) -> None:
+        lab = self.lab
         for node, ifs in self.ifaces.items():
             for i in ifs:
-                self._spawn(node, ["wireguard-go", "-f", i.name], "wireguard-go",
-                            f"{node}.{i.name}.wireguard.log", env={"LOG_LEVEL": "error"})
+                lab.launch(node, ["wireguard-go", "-f", i.name], "wireguard-go",
+                           f"{node}.{i.name}.wireguard.log", env={"LOG_LEVEL": "error"})
         pending = set(self.all_ifaces())
 
         def ready() -> bool:
@@ -260,11 +265,12 @@ class BabeldLab(Lab):
 
         wait_for(ready, 10.0 + 0.05 * len(pending), what="wireguard-go interfaces")
 
-    def _configure_wireguard(self) -> None:
+    def configure_wireguard(self) -> None:
+        lab = self.lab
         # Interfaces up (with multicast: Babel's hellos) before they get their peer: the
         # kernel's packets at link-up (MLD reports, router solicitations) would otherwise
         # start handshakes from both ends at once, which cross and stall for 5 s.
-        for node, n in self.nodes.items():
+        for node, n in lab.nodes.items():
             # MLD reports and router solicitations sent at random times after link-up
             # would start handshakes from the b ends too (see warm_up): drop them.
             run(["ip", "netns", "exec", n.ns, "nft", "-f", "-"], input=_NFT_QUIET)
@@ -276,20 +282,22 @@ class BabeldLab(Lab):
                     f"address add {i.address}/64 dev {i.name} nodad",
                     f"link set dev {i.name} up",
                 ]
-            for g in self.groups:
+            for g in lab.groups:
                 if node in g.members:
                     lines.append(f"address add {g.address}/128 dev lo preferred_lft 0 nodad")
             ip_batch(lines, netns=n.ns)
-        for node, n in self.nodes.items():
+        for node, n in lab.nodes.items():
             for i in self.ifaces[node]:
-                p = self.nodes[i.peer]
+                p = lab.nodes[i.peer]
                 run(["wg", "set", i.name, "listen-port", str(i.listen_port), "private-key",
                      n.key_path, "peer", p.public_key, "endpoint", i.endpoint,
                      "allowed-ips", "::/0,0.0.0.0/0"])
 
     def warm_up(self, timeout: float | None = None) -> list[tuple[str, str]]:
         """Complete every link's handshake, initiated from its a end only (see
-        Lab.warm_up). Returns the (a, b) pairs still without one at the deadline."""
+        lab/build.py's warm_up). Returns the (a, b) pairs still without one at the
+        deadline."""
+        lab = self.lab
         todo: dict[str, tuple[str, PeerIface]] = {}  # iface -> (node, iface)
         for node, ifs in self.ifaces.items():
             for i in ifs:
@@ -297,13 +305,13 @@ class BabeldLab(Lab):
                     todo[i.name] = (node, i)
         if not todo:
             return []
-        max_delay = max((lk.delay_ms + lk.jitter_ms for lk in self.links), default=0.0)
+        max_delay = max((lk.delay_ms + lk.jitter_ms for lk in lab.links), default=0.0)
         if timeout is None:
             timeout = 3.0 + 4 * max_delay / 1000 + 0.01 * len(todo)
         socks: dict[str, socket.socket] = {}
         try:
             for node in {node for node, _ in todo.values()}:
-                with in_netns(self.ns(node)):
+                with in_netns(lab.ns(node)):
                     socks[node] = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
             deadline = time.monotonic() + timeout
             next_kick = 0.0
@@ -311,7 +319,7 @@ class BabeldLab(Lab):
                 if time.monotonic() >= next_kick:
                     for node, i in todo.values():
                         with contextlib.suppress(OSError):
-                            ifindex = _ifindex(self.ns(node), i.name)
+                            ifindex = _ifindex(lab.ns(node), i.name)
                             socks[node].sendto(b"wgcast-lab warm-up",
                                                (i.peer_address, 9, 0, ifindex))
                     next_kick = time.monotonic() + 1.0 + 2 * max_delay / 1000
@@ -329,8 +337,9 @@ class BabeldLab(Lab):
     def wg_show(self, node: str) -> dict[str, Any]:
         """WireGuard state of every interface of a node: {interface: [names], peers:
         {peer name: {..., interface}}} (two links to one peer: the last one wins)."""
-        n = self.node(node)
-        by_key = {v.public_key: k for k, v in self.nodes.items()}
+        lab = self.lab
+        n = lab.node(node)
+        by_key = {v.public_key: k for k, v in lab.nodes.items()}
         peers: dict[str, Any] = {}
         for i in self.ifaces[node]:
             st = uapi_get(i.name)
@@ -341,48 +350,67 @@ class BabeldLab(Lab):
 
     # ------------------------------------------------------------------ babeld
     def node_config(self, node: str) -> dict[str, Any]:
-        n = self.node(node)
-        announce = [f"{n.unicast}/128"] + [g.prefix for g in self.groups if node in g.members]
-        return {"router_id": router_id(self.id, n.index),
+        lab = self.lab
+        n = lab.node(node)
+        announce = [f"{n.unicast}/128"] + [g.prefix for g in lab.groups if node in g.members]
+        return {"router_id": router_id(lab.id, n.index),
                 "interfaces": [i.name for i in self.ifaces[node]],
-                "announce": announce, "hello": self.babeld_hello, "kind": self.babeld_type}
+                "announce": announce, "hello": self.hello, "kind": self.kind}
 
-    def _write_configs(self) -> None:
-        for name, n in self.nodes.items():
+    def write_configs(self, hook: ConfigHook | None) -> None:
+        lab = self.lab
+        for name, n in lab.nodes.items():
             text = babeld_config(**self.node_config(name),
-                                 comment=f"wgcast lab {self.id}: node {name}, babeld mesh "
+                                 comment=f"wgcast lab {lab.id}: node {name}, babeld mesh "
                                          "(generated)")
             with open(n.config_path, "w") as f:
                 f.write(text)
 
     def pid_file(self, node: str) -> str:
-        return os.path.join(self.dir, f"{node}.babeld.pid")
+        return os.path.join(self.lab.dir, f"{node}.babeld.pid")
 
     def daemon_command(self, node: str) -> list[str]:
-        n = self.node(node)
-        return [self.babeld_bin, "-c", n.config_path, "-I", self.pid_file(node),
+        n = self.lab.node(node)
+        return [self.binary, "-c", n.config_path, "-I", self.pid_file(node),
                 "-S", n.state_file, "-G", n.api_socket]
 
-    def start_daemons(self, nodes: Sequence[str] | None = None, wait: bool = True) -> None:
-        names = list(nodes) if nodes is not None else list(self.nodes)
-        for name in names:
+    def start_daemons(self, nodes: Sequence[str], wait: bool) -> None:
+        lab = self.lab
+        for name in nodes:
             # A babeld killed by a signal leaves its pid file and socket: it refuses to
             # start (O_EXCL) while they exist.
-            for path in (self.pid_file(name), self.nodes[name].api_socket):
+            for path in (self.pid_file(name), lab.nodes[name].api_socket):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-        super().start_daemons(names, wait)
+        processes.start_daemons(lab, nodes, wait)
         if wait:
             missing = self.wait_adjacencies()
             if missing:
-                log.warning("lab %s: babeld without a neighbour on %s", self.id,
+                log.warning("lab %s: babeld without a neighbour on %s", lab.id,
                             ", ".join(missing))
+
+    def wait_daemons(self, nodes: Sequence[str], timeout: float) -> None:
+        """Wait until each babeld has its local socket (a babeld that exits is an error)."""
+        lab = self.lab
+        pending = set(nodes)
+
+        def ready() -> bool:
+            for name in sorted(pending):
+                if lab.process(name, "daemon") is None:
+                    raise LabError(f"babeld of {name} exited; log "
+                                   f"{lab.dir}/{name}.daemon.log:\n"
+                                   f"{tail(os.path.join(lab.dir, name + '.daemon.log'))}")
+                if os.path.exists(lab.nodes[name].api_socket):
+                    pending.discard(name)
+            return not pending
+
+        wait_for(ready, timeout, what="babeld local sockets")
 
     def adjacencies(self) -> dict[str, str | None]:
         """{interface: reach of babeld's neighbour on it (hex) or None} over the lab."""
         out: dict[str, str | None] = dict.fromkeys(self.all_ifaces())
-        for n in self.nodes:
-            if self.process(n, "daemon") is None:
+        for n in self.lab.nodes:
+            if self.lab.process(n, "daemon") is None:
                 continue
             with contextlib.suppress(OSError, LabError):
                 for line in self.dump(n).get("neighbour", []):
@@ -395,7 +423,7 @@ class BabeldLab(Lab):
         """Wait until babeld has a neighbour with a full recent hello history on every
         interface of the lab (a neighbour whose last 4 hellos all arrived). Returns the
         interfaces still without one at the deadline."""
-        hello = self.babeld_hello or BABELD_DEFAULT_HELLO
+        hello = self.hello or BABELD_DEFAULT_HELLO
         if timeout is None:
             timeout = 15.0 + 6 * hello
         deadline = time.monotonic() + timeout
@@ -410,7 +438,7 @@ class BabeldLab(Lab):
         """Send one line to the node's babeld local interface; the reply up to ok/no/bad."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(timeout)
-            s.connect(self.nodes[node].api_socket)
+            s.connect(self.lab.nodes[node].api_socket)
             buf = b""
             while b"\nok\n" not in buf and not buf.endswith(b"ok\n"):
                 chunk = s.recv(65536)
@@ -443,73 +471,56 @@ class BabeldLab(Lab):
 
     def routes(self, node: str) -> list[str]:
         """The kernel's IPv6 routes installed by babeld on a node."""
-        cp = run(["ip", "-n", self.ns(node), "-6", "route", "show", "proto", "babel"],
+        cp = run(["ip", "-n", self.lab.ns(node), "-6", "route", "show", "proto", "babel"],
                  check=False)
         return [x for x in cp.stdout.splitlines() if x.strip()]
 
     # ------------------------------------------------------------------ faults
     def _serving_groups(self, node: str) -> list[str]:
-        return [g.address for g in self.groups if node in g.members]
+        return [g.address for g in self.lab.groups if node in g.members]
 
     def withdraw(self, node: str) -> None:
         """Take the node's anycast addresses off lo (babeld retracts them)."""
         lines = [f"address del {a}/128 dev lo" for a in self._serving_groups(node)]
         if lines:
-            ip_batch(lines, netns=self.ns(node))
+            ip_batch(lines, netns=self.lab.ns(node))
 
     def announce(self, node: str) -> None:
         lines = [f"address replace {a}/128 dev lo preferred_lft 0 nodad"
                  for a in self._serving_groups(node)]
         if lines:
-            ip_batch(lines, netns=self.ns(node))
+            ip_batch(lines, netns=self.lab.ns(node))
 
-    def fail(self, node: str, how: str = "daemon", peer: str | None = None, *,
-             link_id: int | None = None, sig: int = signal.SIGTERM) -> None:
-        """Like Lab.fail, plus how="service" (the echo service is killed and its address
-        leaves lo at once: the best health script a babeld user can write) and
-        how="drain" (the address leaves lo; the service keeps running)."""
-        self.node(node)
+    def fail(self, node: str, how: str) -> bool:
+        """how="service": the echo service is killed and its address leaves lo at once
+        (the best health script a babeld user can write); how="drain": the address
+        leaves lo, the service keeps running. Other faults: the lab's."""
+        lab = self.lab
         if how == "service":
-            for p in self.processes(node, "echo"):
+            for p in lab.processes(node, "echo"):
                 signal_pid(p["pid"], signal.SIGKILL, p["starttime"])
             self.withdraw(node)
-            self._mutate(functools.partial(_add_failure, "services", node))
+            lab.mutate(failure_added("services", node))
         elif how == "drain":
             self.withdraw(node)
-            self._mutate(functools.partial(_add_failure, "drains", node))
+            lab.mutate(failure_added("drains", node))
         else:
-            super().fail(node, how, peer, link_id=link_id, sig=sig)
+            return False
+        return True
 
-    def restore(self, node: str, how: str = "daemon", peer: str | None = None, *,
-                link_id: int | None = None, wait: bool = True) -> None:
-        self.node(node)
+    def restore(self, node: str, how: str) -> bool:
+        lab = self.lab
         if how == "service":
-            if not self.processes(node, "echo"):
-                self.start_echo(node)
+            if not lab.processes(node, "echo"):
+                lab.start_echo(node)
             self.announce(node)
-            self._mutate(functools.partial(_discard_failure, "services", node))
+            lab.mutate(failure_removed("services", node))
         elif how == "drain":
             self.announce(node)
-            self._mutate(functools.partial(_discard_failure, "drains", node))
+            lab.mutate(failure_removed("drains", node))
         else:
-            super().restore(node, how, peer, link_id=link_id, wait=wait)
-
-    def wait_daemons(self, nodes: Sequence[str] | None = None, timeout: float = 10.0) -> None:
-        """Wait until each babeld has its local socket (a babeld that exits is an error)."""
-        names = list(nodes) if nodes is not None else list(self.nodes)
-        pending = set(names)
-
-        def ready() -> bool:
-            for name in sorted(pending):
-                if self.process(name, "daemon") is None:
-                    raise LabError(f"babeld of {name} exited; log "
-                                   f"{self.dir}/{name}.daemon.log:\n"
-                                   f"{tail(os.path.join(self.dir, name + '.daemon.log'))}")
-                if os.path.exists(self.nodes[name].api_socket):
-                    pending.discard(name)
-            return not pending
-
-        wait_for(ready, timeout, what="babeld local sockets")
+            return False
+        return True
 
 
 _NFT_QUIET = """table inet wgcast_lab_quiet {
@@ -525,26 +536,3 @@ _NFT_QUIET = """table inet wgcast_lab_quiet {
 def _ifindex(ns: str, name: str) -> int:
     with in_netns(ns):
         return socket.if_nametoindex(name)
-
-
-def _add_failure(kind: str, item: str, st: dict[str, Any]) -> None:
-    lst = st["failures"].setdefault(kind, [])
-    if item not in lst:
-        lst.append(item)
-
-
-def _discard_failure(kind: str, item: str, st: dict[str, Any]) -> None:
-    lst = st["failures"].setdefault(kind, [])
-    if item in lst:
-        lst.remove(item)
-
-
-def make_lab(topology: Any = "line:3", *, router: str = "wgcast",
-             babeld_hello: float | None = None, **kw: Any) -> Lab:
-    """A Lab (router="wgcast") or a BabeldLab (router="babeld") with the same options."""
-    if router == "wgcast":
-        return Lab(topology, **kw)
-    if router == "babeld":
-        kw.pop("timers", None)
-        return BabeldLab(topology, babeld_hello=babeld_hello, **kw)
-    raise LabError(f"router must be 'wgcast' or 'babeld', got {router!r}")

@@ -22,7 +22,8 @@ import networkx as nx
 from wgcast.babel.events import LOCAL
 from wgcast.babel.neighbour import LinkCostParams
 from wgcast.babel.route import SelectionParams
-from wgcast.babel.wire import INFINITY, Prefix
+from wgcast.babel.wire import INFINITY
+from wgcast.prefix import Prefix
 from wgcast.sim.network import SimNetwork
 
 

@@ -37,7 +37,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from wgcast.babel.events import LOCAL
-from wgcast.babel.wire import Prefix, intern_prefix
+from wgcast.babel.wire import intern_prefix
+from wgcast.prefix import Prefix
 from wgcast.sim.network import LinkState, SimNetwork, Ticker
 
 #: Pairs listed in a result (the count is always complete).

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from wgcast.babel.engine import Node, NodeConfig
 from wgcast.babel.events import LOCAL, RouteSelected, SeqnoChanged
 from wgcast.babel.neighbour import link_tiebreak
-from wgcast.babel.wire import Prefix
+from wgcast.prefix import Prefix
 from wgcast.topology import Topology
 
 #: observer(now, node, prefix, via): called after every route change.

@@ -21,7 +21,7 @@ exchange a request and its reply over the phase checks (0 iff every quiescence i
 clean), `pairs_checked` is the last check's pair count. During each fault event a
 `BlackholeMeter` integrates the blackholed count over virtual time (`blackhole_pair_s`,
 sampled on a `filter_period` grid). `filter_strict` makes blackholed pairs fail the run
-(`converged` false), like wrong routes. `hold`: seconds run after boot, counting the
+(`converged` false), like wrong routes. `steady`: seconds run after boot, counting the
 route changes that happen with nothing failing (`steady_route_changes`, e.g. jitter).
 """
 
@@ -41,9 +41,9 @@ import networkx as nx
 from wgcast.babel.engine import NodeConfig
 from wgcast.babel.neighbour import LinkCostParams
 from wgcast.babel.route import SelectionParams
-from wgcast.babel.wire import Prefix
 from wgcast.keys import router_id
 from wgcast.origin import Signer, Verifier, signing_public
+from wgcast.prefix import Prefix
 from wgcast.sim.checker import (
     LoopChecker,
     RepairWatch,
@@ -221,7 +221,7 @@ class Scenario:
     #: Grid step (virtual seconds) of the blackholed-pair count during fault events.
     filter_period: float = 0.005
     #: Virtual seconds to run after boot with nothing failing (route changes counted).
-    hold: float = 0.0
+    steady: float = 0.0
     #: Origin signatures on (every node signs and verifies, see SimSigning).
     sign: bool = False
     net: SimNetwork = field(init=False)
@@ -317,10 +317,10 @@ class Scenario:
             return None
         return BlackholeMeter(self.net, self.sources, list(self.prefixes), self.filter_period)
 
-    def run_hold(self) -> int:
-        """Run `hold` seconds with nothing failing; the route changes seen."""
+    def run_steady(self) -> int:
+        """Run `steady` seconds with nothing failing; the route changes seen."""
         before = self.net.stats.route_changes
-        self.net.run_until(self.net.now + self.hold)
+        self.net.run_until(self.net.now + self.steady)
         return self.net.stats.route_changes - before
 
     def affected(self, crosses: Callable[[list[str]], bool], k: int = 4,
@@ -455,7 +455,7 @@ class Scenario:
         c0 = time.process_time()
         self.originate_all()
         boot = self.run_phase("boot")
-        self.steady_changes = self.run_hold() if self.hold > 0 else None
+        self.steady_changes = self.run_steady() if self.steady > 0 else None
         failover: Phase | None = None
         recovery: Phase | None = None
         if self.fail != "none":
@@ -544,7 +544,7 @@ class Scenario:
                                        for p in self.phases if p.event is not None}
         res["signing"] = None if self.signing is None else self.signing.figures()
         if self.steady_changes is not None:
-            res["hold_s"] = self.hold
+            res["steady_s"] = self.steady
             res["steady_route_changes"] = self.steady_changes
         if self.loops.records:
             res["loop_sample"] = [

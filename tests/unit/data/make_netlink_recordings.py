@@ -77,7 +77,7 @@ def sockaddr6(ip: str, port: int, scope: int = 0) -> bytes:
 
 
 def allowed(*prefixes: str) -> list[dict[str, object]]:
-    out = []
+    out: list[dict[str, object]] = []
     for text in prefixes:
         p = ipaddress.ip_network(text)
         fam = socket.AF_INET if p.version == 4 else socket.AF_INET6
@@ -161,7 +161,8 @@ def main() -> None:
 
     many = [f"10.3.{i}.0/24" for i in range(40)]
     p2a = peer(PEER2, endpoint=sockaddr6("2001:db8::2", 4242), ips=allowed(*many[:25]))
-    p2b = {"attrs": [["WGPEER_A_PUBLIC_KEY", PEER2], ["WGPEER_A_ALLOWEDIPS", allowed(*many[25:])]]}
+    p2b: dict[str, object] = {
+        "attrs": [["WGPEER_A_PUBLIC_KEY", PEER2], ["WGPEER_A_ALLOWEDIPS", allowed(*many[25:])]]}
     split = [message(True, [p1, p2a]), message(False, [p2b, p3]), done()]
 
     for name, msgs in (("netlink_get_single.hex", single), ("netlink_get_split.hex", split)):
