@@ -30,11 +30,11 @@ if os.geteuid() != 0 or shutil.which("wireguard-go") is None:
     pytest.skip("needs root and wireguard-go", allow_module_level=True)
 
 from wgcast.babel.wire import OriginSig, PacketWriter, centiseconds  # noqa: E402
-from wgcast.prefix import Prefix  # noqa: E402
 from wgcast.keys import b64, decode_key, router_id  # noqa: E402
 from wgcast.lab.core import Lab  # noqa: E402
 from wgcast.lab.system import in_netns, wait_for  # noqa: E402
 from wgcast.origin import Signer, signing_public  # noqa: E402
+from wgcast.prefix import Prefix  # noqa: E402
 from wgcast.roster import generate_mesh_key, parse  # noqa: E402
 
 MESH_PRIV, MESH_PUB = generate_mesh_key()

@@ -19,6 +19,7 @@ from wgcast import keys
 from wgcast.cli.catchments import render
 from wgcast.daemon.catchments import CatchmentCollector
 from wgcast.daemon.config import ConfigError, loads
+from wgcast.daemon.runtime import Daemon
 from wgcast.daemon.web import WebServer, parse_query
 
 ANY = ipaddress.ip_network("10.9.0.1/32")
@@ -70,6 +71,7 @@ def test_each_node_sees_its_own_and_its_neighbours_selections(tmp_path: Path) ->
             assert _neighbour(tb, "c")["origin"] == "c"
             assert {_neighbour(tb, n)["seen"] for n in "ac"} == {"announced"}
             chosen = _origin_at(tb)
+            assert chosen is not None
             row = tb["prefixes"][0]
             assert row["via"] == chosen  # the origin is its own next hop here
             # a and c say what b selected: announced to the one it does not use, via us
@@ -77,9 +79,12 @@ def test_each_node_sees_its_own_and_its_neighbours_selections(tmp_path: Path) ->
             for d, name in ((a, "a"), (c, "c")):
                 t = d.catchment_table()
                 assert _origin_at(t) == name and t["prefixes"][0]["via"] == "local"
-                await until(lambda d=d: _neighbour(d.catchment_table(), "b")["origin"]
-                            in (chosen, keys.router_id(mesh.nodes[chosen].public).hex()),
-                            what=f"{name} learns b's choice")
+                wanted = (chosen, keys.router_id(mesh.nodes[chosen].public).hex())
+
+                def learnt(d: Daemon = d, wanted: tuple[str, str] = wanted) -> bool:
+                    return _neighbour(d.catchment_table(), "b")["origin"] in wanted
+
+                await until(learnt, what=f"{name} learns b's choice")
                 seen = _neighbour(d.catchment_table(), "b")["seen"]
                 assert seen == ("via_us" if chosen == name else "announced")
             # The instance b uses goes: b, and what a/c know of b, move to the other.

@@ -10,7 +10,6 @@ import pytest
 from click.testing import CliRunner
 
 from wgcast.babel.engine import Node, NodeConfig
-from wgcast.prefix import Prefix
 from wgcast.cli.main import main
 from wgcast.daemon.peer_policy import (
     SIGNED,
@@ -21,6 +20,7 @@ from wgcast.daemon.peer_policy import (
 )
 from wgcast.keys import b64, generate_private, public_from_private, router_id
 from wgcast.origin import BAD, EXPIRED, UNSIGNED, VALIDITY, Signer, Verifier, signing_public
+from wgcast.prefix import Prefix
 from wgcast.roster import RosterError, parse
 
 NOW = 1_800_000_000.0

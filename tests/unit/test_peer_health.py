@@ -19,8 +19,7 @@ from wgcast.daemon.peer_health import (
     PeerFacts,
     diagnose,
 )
-from wgcast.daemon.peer_policy import PeerInfo
-from wgcast.daemon.ports import NeighbourSnapshot
+from wgcast.daemon.ports import NeighbourSnapshot, PeerInfo
 from wgcast.dataplane.types import Device, Peer
 
 

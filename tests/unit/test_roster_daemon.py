@@ -135,7 +135,7 @@ def test_own_prefix_echo_is_not_an_attack() -> None:
 def test_generic_peer_routes_are_judged_by_address() -> None:
     """A babeld/BIRD/FRR neighbour's router-id is not the hash of its key: its routes
     inside its may_originate are accepted whatever their origin, the rest refused."""
-    from wgcast.daemon.peer_policy import PeerInfo
+    from wgcast.daemon.ports import PeerInfo
     space = ipaddress.ip_network("fd00:b::/48")
     v4 = ipaddress.ip_network("10.0.2.0/24")
     p = PeerPolicy([], [], own_router_id=b"\x01" * 8)
@@ -165,7 +165,7 @@ def signed_roster(serial: int, members: dict[str, tuple[bytes, list[str], bytes 
 
 
 def signed_pair(tmp: Path, b_sign: bytes | None = None, serial: int = 1
-                ) -> tuple[Mesh, object, object, Path]:
+                ) -> tuple[Mesh, Node, Node, Path]:
     """a and b, both with the roster; b's entry lists `b_sign` (default: b's real key)."""
     from wgcast.origin import signing_public
 

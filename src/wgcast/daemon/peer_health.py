@@ -34,9 +34,9 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from wgcast.daemon.peer_policy import PeerInfo
-from wgcast.daemon.ports import EngineView
+from wgcast.daemon.ports import NeighbourSnapshot, PeerInfo
 from wgcast.dataplane.types import Device, endpoint_parts
 from wgcast.roster import Roster
 
@@ -194,12 +194,18 @@ def _b64(key: bytes) -> str:
     return base64.b64encode(key).decode()
 
 
+class NeighbourView(Protocol):
+    """What the doctor reads of the engine: is a neighbour up (the narrowest view)."""
+
+    def neighbour(self, name: str) -> NeighbourSnapshot | None: ...
+
+
 class PeerDoctor:
     """Gathers the facts of every configured peer (`observe`, with a fresh device read)
     and keeps the current reasons; logs one line when a peer's reason kind appears or
     changes, and one per device peer that is not in the config."""
 
-    def __init__(self, ifname: str, peers: Mapping[str, PeerInfo], engine: EngineView,
+    def __init__(self, ifname: str, peers: Mapping[str, PeerInfo], engine: NeighbourView,
                  clock: Callable[[], float], *, our_key: bytes, our_control: str,
                  roster: Callable[[], Roster | None] = lambda: None,
                  after: float = DIAGNOSE_AFTER, wall: Callable[[], float] = time.time) -> None:

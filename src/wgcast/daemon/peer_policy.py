@@ -19,9 +19,8 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
-from wgcast.dataplane.types import PeerKey
+from wgcast.daemon.ports import PeerInfo
 from wgcast.origin import BAD, EXPIRED, UNSIGNED, Verifier
 from wgcast.prefix import Prefix
 from wgcast.roster import Roster
@@ -37,21 +36,6 @@ NEVER: tuple[Prefix, ...] = tuple(
 def overlaps(p: Prefix, nets: Iterable[Prefix]) -> bool:
     """`p` overlaps one of `nets` (of its own IP version)."""
     return any(p.version == n.version and p.overlaps(n) for n in nets)
-
-
-@dataclass(frozen=True, slots=True)
-class PeerInfo:
-    """One configured peer as the daemon uses it."""
-
-    name: str
-    key: PeerKey
-    control: ipaddress.IPv6Address
-    router_id: bytes
-    may_originate: tuple[Prefix, ...]
-    endpoints: tuple[str, ...] = ()
-    #: Not a wgcast node (babeld, BIRD, FRR...): its router-id is not the hash of its
-    #: key, so what it sends is judged by address alone (see PeerPolicy.refusal).
-    generic: bool = False
 
 
 #: Why an announcement was refused (the label of the counters and metrics).

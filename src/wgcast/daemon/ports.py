@@ -19,9 +19,28 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from wgcast.dataplane.move_hold import MoveHoldStats
+from wgcast.dataplane.types import PeerKey
 from wgcast.prefix import Prefix
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+# --------------------------------------------------------------------------- peers
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """One configured peer as the daemon uses it."""
+
+    name: str
+    key: PeerKey
+    control: ipaddress.IPv6Address
+    router_id: bytes
+    may_originate: tuple[Prefix, ...]
+    endpoints: tuple[str, ...] = ()
+    #: Not a wgcast node (babeld, BIRD, FRR...): its router-id is not the hash of its
+    #: key, so what it sends is judged by address alone (see PeerPolicy.refusal).
+    generic: bool = False
 
 # --------------------------------------------------------------------------- time
 

@@ -53,7 +53,6 @@ from wgcast.daemon.metrics import MetricsServer
 from wgcast.daemon.notify import sd_notify
 from wgcast.daemon.peer_health import NOT_ON_DEVICE, PeerDoctor
 from wgcast.daemon.peer_policy import (
-    PeerInfo,
     PeerPolicy,
     load_remembered,
     load_roster_serial,
@@ -69,6 +68,7 @@ from wgcast.daemon.ports import (
     HostNetwork,
     MoveHoldDevice,
     NeighbourSnapshot,
+    PeerInfo,
     RouteSnapshot,
     SelectedSnapshot,
     Transport,
