@@ -27,6 +27,7 @@ def test_a_flood_is_applied_in_bounded_rounds_moves_first(tmp_path: object) -> N
         dp = DataPlaneApplier(cfg, dev, host, LoopScheduler(asyncio.get_running_loop()),
                               lambda: None, {}, lambda _n: FakeMoveHold("h"))
         dp.max_prefixes = 8
+        await dp.load(await dev.get())  # as the daemon starts: the device's peers known
         batches: list[set[object]] = []
         apply = dev.apply
 
