@@ -8,6 +8,8 @@ implementation on its WireGuard interface, which has the link-local address fe80
     A: wgcast, fd00:a::1/128 and 10.0.1.1/32 (own), anycast groups fd00:aa::1/128 and
        10.0.11.1/32 joined through the API (so they can be retracted)
     B: the peer, fd00:b::1/128 and 10.0.2.1/32, retracted the peer's own way
+    both: the anycast prefixes fd00:cc::1/128 and 10.0.12.1/32 (A a group joined through
+       the API, B the peer's own way), each side preferring its own instance
 
 Every wait has a deadline; namespaces and processes (only ours, by pid) are removed in
 a finalizer, also when a test fails. Traffic stays inside the two namespaces.
@@ -39,6 +41,8 @@ A_V6, A_V4 = "fd00:a::1/128", "10.0.1.1/32"
 A_ANY6, A_ANY4 = "fd00:aa::1/128", "10.0.11.1/32"
 B_V6, B_V4 = "fd00:b::1/128", "10.0.2.1/32"
 B_LL = "fe80::b"
+#: Anycast prefixes served on both sides.
+C_V6, C_V4 = "fd00:cc::1/128", "10.0.12.1/32"
 #: Where the figures of each run are appended (one JSON object a line).
 RESULTS = Path(os.environ.get("WGCAST_INTEROP_RESULTS", "/tmp/wgcast-interop.jsonl"))
 
@@ -111,7 +115,7 @@ api_socket = "{self.a_sock}"
 state_file = "{self.tmp}/a.state"
 probe_port = 0
 addresses = ["{A_V6}", "{A_V4}"]
-anycast = ["{A_ANY6}", "{A_ANY4}"]
+anycast = ["{A_ANY6}", "{A_ANY4}", "{C_V6}", "{C_V4}"]
 
 [[peers]]
 name = "b"
@@ -126,6 +130,12 @@ prefix = "{A_ANY6}"
 
 [[groups]]
 prefix = "{A_ANY4}"
+
+[[groups]]
+prefix = "{C_V6}"
+
+[[groups]]
+prefix = "{C_V4}"
 """)
         self.wgcast = self.spawn(self.a, [str(ROOT / ".venv/bin/wgcast"), "run", "-v", "-c",
                                           str(conf)], "wgcast.log")
@@ -208,6 +218,8 @@ def make_link(tmp: Path) -> Link:
         b.run("ip", "link", "set", b_if, "multicast", "on", "up")
         b.run("ip", "addr", "add", B_V6, "dev", "lo")
         b.run("ip", "addr", "add", B_V4, "dev", "lo")
+        for c in (C_V6, C_V4):  # B's anycast instances (babeld, FRR: redistributed)
+            b.run("ip", "addr", "add", c, "dev", "lo")
         for ns in (a, b):
             ns.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
             ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")
