@@ -47,6 +47,22 @@ C_V6, C_V4 = "fd00:cc::1/128", "10.0.12.1/32"
 RESULTS = Path(os.environ.get("WGCAST_INTEROP_RESULTS", "/tmp/wgcast-interop.jsonl"))
 
 
+BABELD_114 = ROOT / "build" / "babeld-1.14" / "babeld"
+
+
+def babeld_114() -> str | None:
+    """babeld 1.14 built from ../shared/anchors into build/ (not committed)."""
+    if not BABELD_114.exists():
+        script = Path("/work/shared/anchors/build-babeld.sh")
+        if not script.exists():
+            return None
+        r = subprocess.run([str(script), str(BABELD_114.parent)], capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode != 0:
+            return None
+    return str(BABELD_114)
+
+
 def wait_until(cond: Callable[[], object], timeout: float, what: str,
                every: float = 0.01) -> float:
     """Poll `cond` until true; the time it took. Fails the test at the deadline."""
@@ -106,7 +122,8 @@ class Link:
         self.procs.append(p)
         return p
 
-    def start_wgcast(self, ipv4_next_hop: str | None = None) -> None:
+    def start_wgcast(self, ipv4_next_hop: str | None = None, extra: str = "") -> None:
+        """wgcast in A; `extra`: more TOML at the end (e.g. [[lan]] sections)."""
         conf = self.tmp / "a.toml"
         nh = f'ipv4_next_hop = "{ipv4_next_hop}"' if ipv4_next_hop else ""
         conf.write_text(f"""
@@ -136,6 +153,7 @@ prefix = "{C_V6}"
 
 [[groups]]
 prefix = "{C_V4}"
+{extra}
 """)
         self.wgcast = self.spawn(self.a, [str(ROOT / ".venv/bin/wgcast"), "run", "-v", "-c",
                                           str(conf)], "wgcast.log")
@@ -179,6 +197,8 @@ prefix = "{C_V4}"
                     p.wait(timeout=5)
         self.a.close()
         self.b.close()
+        for fn in self.cleanup:
+            fn()
 
 
 #: IPv4 addresses on the WireGuard link, for peers that need IPv4 next hops.

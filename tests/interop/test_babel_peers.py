@@ -37,10 +37,10 @@ from interop_lab import (
     B_V6,
     C_V4,
     C_V6,
-    ROOT,
     Link,
     a_control,
     add_ipv4_link,
+    babeld_114,
     kernel_route,
     local_query,
     record,
@@ -49,22 +49,7 @@ from interop_lab import (
 
 pytestmark = pytest.mark.netns
 
-BUILD = ROOT / "build"
-BABELD_114 = BUILD / "babeld-1.14" / "babeld"
 BABELD_PORT = 33123
-
-
-def babeld_114() -> str | None:
-    """babeld 1.14 built from ../shared/anchors into build/ (not committed)."""
-    if not BABELD_114.exists():
-        script = Path("/work/shared/anchors/build-babeld.sh")
-        if not script.exists():
-            return None
-        r = subprocess.run([str(script), str(BABELD_114.parent)], capture_output=True,
-                           text=True, timeout=300)
-        if r.returncode != 0:
-            return None
-    return str(BABELD_114)
 
 
 @dataclass
