@@ -86,6 +86,8 @@ class PeerPolicy:
         self.max_routes = max_routes
         self.roster = roster
         self.peers: dict[str, PeerInfo] = {}
+        #: Neighbours heard on a plain LAN ([[lan]], daemon/lan.py): generic speakers.
+        self.lan: dict[str, PeerInfo] = {}
         #: Refusals that may be attacks or mistakes (echoes of our own prefixes excluded).
         self.dropped = 0
         self.dropped_by: dict[tuple[str, str], int] = {}
@@ -115,7 +117,7 @@ class PeerPolicy:
             return "own prefix echoed" if rid == self.own_router_id else "claims our address"
         if overlaps(prefix, NEVER):
             return "reserved space"
-        via = self.peers.get(neighbour)
+        via = self.peers.get(neighbour) or self.lan.get(neighbour)
         if via is not None and via.generic:
             # A generic Babel speaker (babeld, BIRD, FRR): its router-ids prove nothing,
             # so the address decides: whatever the origin (the speaker or a router behind
