@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,11 @@ from interop_lab import (
     B_V4,
     B_V6,
     Link,
+    Netns,
     babeld_114,
     kernel_route,
     local_query,
-        make_netns,
+    make_netns,
     unique_ifname,
     wait_until,
 )
@@ -72,10 +74,18 @@ def _echo(ns: str, src: str, dst: str) -> bool:
     return r.returncode == 0
 
 
-def test_lan_edge_meets_babeld(link: Link, tmp_path: Path) -> None:
-    binary = babeld_114()
-    if binary is None:
-        pytest.skip("babeld 1.14 cannot be built (/work/shared/anchors/build-babeld.sh)")
+@dataclass
+class Lan:
+    """Namespace L on a veth with A: the interfaces and their link-local addresses."""
+
+    ns: Netns
+    a_if: str
+    l_if: str
+    a_ll: str
+    l_ll: str
+
+
+def make_lan(link: Link) -> Lan:
     lan = make_netns()
     link.cleanup.append(lan.close)
     la, ll = unique_ifname("lA"), unique_ifname("lL")
@@ -87,8 +97,15 @@ def test_lan_edge_meets_babeld(link: Link, tmp_path: Path) -> None:
         lan.run("ip", "addr", "add", p, "dev", "lo")
     wait_until(lambda: _link_local(link.a.name, la), 10, "A's LAN link-local address")
     wait_until(lambda: _link_local(lan.name, ll), 10, "L's LAN link-local address")
-    a_ll_addr, l_ll_addr = _link_local(link.a.name, la), _link_local(lan.name, ll)
+    return Lan(lan, la, ll, _link_local(link.a.name, la), _link_local(lan.name, ll))
 
+
+def test_lan_edge_meets_babeld(link: Link, tmp_path: Path) -> None:
+    binary = babeld_114()
+    if binary is None:
+        pytest.skip("babeld 1.14 cannot be built (/work/shared/anchors/build-babeld.sh)")
+    lan_ = make_lan(link)
+    lan, la, ll, a_ll_addr, l_ll_addr = lan_.ns, lan_.a_if, lan_.l_if, lan_.a_ll, lan_.l_ll
     _babeld(link, link.b, "babeld-b", binary, link.b_if, "tunnel", PORT_B,
             ("fd00:b::/48", "10.0.2.0/24"))
     _babeld(link, lan, "babeld-l", binary, ll, "wired", PORT_L,
@@ -147,4 +164,73 @@ may_originate = ["fd00:1a::/48", "10.0.20.0/24"]
         print("---- wgcast routes\n" + str(link.api("routes")))
         for log in ("wgcast.log", "babeld-l.log", "babeld-b.log"):
             print(f"---- {log}\n" + link.log(log))
+        raise
+
+
+BIRD_L = """
+router id 10.88.0.2;
+protocol device {{ scan time 1; }}
+protocol static s6 {{ ipv6; route {l6} blackhole; route {bad} blackhole; }}
+protocol static s4 {{ ipv4; route {l4} blackhole; }}
+protocol babel b1 {{
+  interface "{ifname}" {{ type wired; hello interval 500 ms; }};
+  ipv4 {{ import all; export where source = RTS_STATIC; }};
+  ipv6 {{ import all; export where source = RTS_STATIC; }};
+}}
+"""
+
+
+def test_lan_edge_meets_bird(link: Link, tmp_path: Path) -> None:
+    """The same edge with BIRD 2.0 on the LAN: it keeps A as a neighbour on our unicast
+    multicast-flagged Hellos, takes IPv4 as AE 1 + Next Hop (`ipv4_next_hop`), and
+    learns A's own and B's prefixes; A installs L's through L's link-local address."""
+    import shutil
+
+    if shutil.which("bird") is None or shutil.which("birdc") is None:
+        pytest.skip("BIRD 2 is not installed (apt-get install bird2)")
+    binary = babeld_114()
+    if binary is None:
+        pytest.skip("babeld 1.14 cannot be built (/work/shared/anchors/build-babeld.sh)")
+    lan = make_lan(link)
+    link.a.run("ip", "addr", "add", "10.88.0.1/24", "dev", lan.a_if)
+    lan.ns.run("ip", "addr", "add", "10.88.0.2/24", "dev", lan.l_if)
+    _babeld(link, link.b, "babeld-b", binary, link.b_if, "tunnel", PORT_B,
+            ("fd00:b::/48", "10.0.2.0/24"))
+    conf, ctl = link.tmp / "bird-l.conf", link.tmp / "bird-l.ctl"
+    conf.write_text(BIRD_L.format(l6=L_V6, l4=L_V4, bad=L_BAD, ifname=lan.l_if))
+    link.spawn(lan.ns, ["bird", "-f", "-c", str(conf), "-s", str(ctl),
+                        "-P", str(link.tmp / "bird-l.pid")], "bird-l.log")
+    link.start_wgcast(extra=f"""
+[[lan]]
+interface = "{lan.a_if}"
+may_originate = ["fd00:1a::/48", "10.0.20.0/24"]
+ipv4_next_hop = "10.88.0.1"
+""")
+
+    def bird_has(prefix: str) -> bool:
+        out = subprocess.run(["birdc", "-s", str(ctl), "show", "route", prefix, "primary"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return any(line.split()[:1] == [prefix] and "[b1 " in line
+                   for line in out.splitlines())
+
+    try:
+        for p in (L_V6, L_V4):
+            wait_until(lambda p=p: f"via {'inet6 ' if '.' in p else ''}{lan.l_ll} dev "  # type: ignore[misc]
+                       f"{lan.a_if}" in kernel_route(link.a.name, p), 45,
+                       f"A: a route to {p} via L")
+        for p in (A_V6, A_V4, B_V6, B_V4):
+            wait_until(lambda p=p: bird_has(p), 45, f"L's BIRD: a route to {p}")  # type: ignore[misc]
+        for p in (L_V6, L_V4):
+            wait_until(lambda p=p: f"dev {link.b_if}" in kernel_route(link.b.name, p),  # type: ignore[misc]
+                       45, f"B: a route to {p} through A")
+        assert kernel_route(link.a.name, L_BAD) == ""
+        subprocess.run(["birdc", "-s", str(ctl), "disable", "s6"], capture_output=True,
+                       timeout=10)
+        wait_until(lambda: kernel_route(link.a.name, L_V6) == "", 30, f"A: {L_V6} gone")
+        assert f"dev {lan.a_if}" in kernel_route(link.a.name, L_V4)
+    except BaseException:
+        for log in ("wgcast.log", "bird-l.log"):
+            print(f"---- {log}\n" + link.log(log))
+        print(subprocess.run(["birdc", "-s", str(ctl), "show", "babel", "neighbors"],
+                             capture_output=True, text=True).stdout)
         raise

@@ -457,6 +457,11 @@ class Daemon:
                 for pc in new.peers:
                     self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(),
                                         load_remembered(new.state_file))
+                if self.lan is not None:
+                    for name, info in self.policy.lan.items():
+                        lan = self.lan.neighbours[name].lan
+                        self.policy.lan[name] = dataclasses.replace(
+                            info, may_originate=tuple(lan.may_originate) + tuple(new.anycast))
         old_addr = set(self._addresses)
         for p in old_addr - set(new.addresses):
             node.retract(p, now=now)
