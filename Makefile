@@ -67,7 +67,7 @@ test-kernel-netlink: kernel-deps
 lab: setup
 	$(BIN)/wgcast lab demo
 
-bench: setup
+bench: setup babeld14
 	$(BIN)/python bench/run_all.py
 
 fuzz: setup

@@ -524,6 +524,13 @@ def findings(fc: dict[str, Any] | None, ic: dict[str, Any] | None, out: list[str
     slower: list[str] = []
     faster: list[str] = []
     if fc:
+        loads = [float(r[k][0]) for r in fc["results"].values()
+                 for k in ("loadavg_before", "loadavg_after") if r.get(k)]
+        if loads and max(loads) > 3:
+            out.append(f"**The failover figures were measured at load average "
+                       f"{min(loads):.1f}-{max(loads):.1f} on {fc['machine'].get('cpus')} "
+                       "CPUs: noisy** (see the bystanders' loss in section 1); the "
+                       "slower/faster lines below inherit that noise.\n")
         res = fc["results"]
         for case in fc["setup"]["cases"]:
             for pair in ("default", "fast"):
