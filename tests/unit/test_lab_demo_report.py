@@ -3,6 +3,7 @@ bystander (noise floor), the physical floor from link delays, timelines on one c
 
 from __future__ import annotations
 
+import itertools
 from array import array
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,9 @@ def test_graceful_failures_have_a_zero_floor_and_no_instance_no_floor() -> None:
 
 def _recorded_run(bystander_loses: bool) -> dict[str, Any]:
     fail = 300.0
-    n4 = ["n5"] * 300 + [None] * 25 + ["n1"] * 175
-    n3 = ["n5"] * 290 + [None] * 60 + ["n1"] * 150
-    n2 = ["n1"] * 500
+    n4: list[str | None] = ["n5"] * 300 + [None] * 25 + ["n1"] * 175
+    n3: list[str | None] = ["n5"] * 290 + [None] * 60 + ["n1"] * 150
+    n2: list[str | None] = ["n1"] * 500
     if bystander_loses:
         n2[100:102] = [None, None]  # an isolated loss: the lab's own noise
     return {"per_client": {"n2": _client(n2, "n1", fail), "n3": _client(n3, "n5", fail),
@@ -98,7 +99,7 @@ def test_timeline_on_the_failure_clock_without_gaps() -> None:
     for v in run["per_client"].values():
         tl = v["timeline"]
         assert tl[0]["from_ms"] == -300.0 and tl[-1]["to_ms"] == 200.0
-        for a, b in zip(tl, tl[1:], strict=False):
+        for a, b in itertools.pairwise(tl):
             assert a["to_ms"] == b["from_ms"]  # contiguous: every query in one segment
         assert sum(s["lost"] for s in tl) == v["lost"]
     by = run["per_client"]["n2"]["timeline"]

@@ -273,7 +273,7 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
             + (f"; floor {v['floor']['floor_ms']:.1f} ms, x{v['outage_over_floor']}"
                if v.get("floor") and v.get("outage_over_floor") else "") + ")"
             for c, v in moved_c.items()) or "none")
-        + (f"; bystanders: " + ", ".join(f"{c} lost {per_client[c]['lost']}" for c in by)
+        + ("; bystanders: " + ", ".join(f"{c} lost {per_client[c]['lost']}" for c in by)
            if by else ""))
     if k == 0:
         say("  timeline (ms since the failure: answering instance; short losses between "

@@ -97,7 +97,9 @@ def physical_floor(topo: Topology, target: str, client: str, new_instance: str |
     if how == "link" and peer is not None and peer in old:
         in_flight += _dist(g, target, peer)  # the answer must cross the link back
     floor = 0.0 if how in GRACEFUL else max(0.0, in_flight + signal - c_turn)
-    r = lambda x: round(x, 3)  # noqa: E731
+    def r(x: float) -> float:
+        return round(x, 3)
+
     return Floor(det, turn, r(one_way), r(in_flight), r(signal), r(c_turn), r(floor))
 
 
