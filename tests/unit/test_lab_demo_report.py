@@ -79,8 +79,13 @@ def _recorded_run(bystander_loses: bool) -> dict[str, Any]:
     n2: list[str | None] = ["n1"] * 500
     if bystander_loses:
         n2[100:102] = [None, None]  # an isolated loss: the lab's own noise
-    return {"per_client": {"n2": _client(n2, "n1", fail), "n3": _client(n3, "n5", fail),
-                           "n4": _client(n4, "n5", fail)}}
+    run = {"per_client": {"n2": _client(n2, "n1", fail), "n3": _client(n3, "n5", fail),
+                          "n4": _client(n4, "n5", fail)}}
+    for c in ("n3", "n4"):  # n3 loses 10 ms before the failure: its queries in flight
+        f = report.physical_floor(LINE, "n5", c, "n1", "service")
+        assert f is not None
+        run["per_client"][c]["floor"] = f.as_dict()
+    return run
 
 
 def test_bystanders_and_noise_floor() -> None:
@@ -120,3 +125,14 @@ def test_plot_svg_and_png(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     png = report.write_plot(str(tmp_path / "who.png"), [run], "recorded")
     assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_before_the_failure_could_reach_a_moved_client_is_noise() -> None:
+    run = _recorded_run(bystander_loses=False)
+    # n5 stalled 100 ms before the cut
+    n4: list[str | None] = ["n5"] * 200 + [None] * 125 + ["n1"] * 175
+    run["per_client"]["n4"] = _client(n4, "n5", 300.0)
+    run["per_client"]["n4"]["floor"] = {"in_flight_ms": 9.0}
+    nf = report.noise_floor([run], "n5")
+    assert nf["lost"] == 0  # the bystander is clean
+    assert nf["noisy"] and nf["moved_lost_before_failure"] == {"n4": 90}  # -100 .. -10

@@ -194,10 +194,13 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
         f"nearest_ok={result.get('nearest_ok')}; cleaned_up={result['cleaned_up']}")
     if noise:
         by = ", ".join(noise["bystanders"]) or "none"
+        early = noise.get("moved_lost_before_failure") or {}
         say(f"noise floor: bystanders ({by}) lost {noise['lost']} queries"
-            + (f", longest gap {noise['max_outage_ms']} ms: NOISY RUN (the lab itself lost "
-               f"packets; load average {_loadavg()}), treat the figures with care"
-               if noise["noisy"] else ": 0, a clean run"))
+            + (f" (longest gap {noise['max_outage_ms']} ms)" if noise["lost"] else "")
+            + ("; moved clients lost before the failure could reach them: " + ", ".join(
+                f"{c} {n}" for c, n in early.items()) if early else "")
+            + (f": NOISY RUN (the lab itself lost packets; load average {_loadavg()}), "
+               "read the outages with care" if noise["noisy"] else ": 0, a clean run"))
     if result.get("plot"):
         say(f"plot: {result['plot']}")
     return result

@@ -109,18 +109,35 @@ def moved_clients(per_client: dict[str, dict[str, Any]], target: str) -> list[st
             if v.get("before") == target or v.get("after") != v.get("before")]
 
 
+def lost_before(tl: list[dict[str, Any]], before_ms: float) -> int:
+    """Queries of a timeline (on the failure's clock) lost when sent before `before_ms`."""
+    n = 0
+    for s in tl:
+        if s["node"] is None and s["from_ms"] < before_ms and s["to_ms"] > s["from_ms"]:
+            part = (min(s["to_ms"], before_ms) - s["from_ms"]) / (s["to_ms"] - s["from_ms"])
+            n += round(s["lost"] * part)
+    return n
+
+
 def noise_floor(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
     """The bystanders (instance never changed) and what they lost: with the failure
-    elsewhere, their loss is the lab's own noise (CPU load, emulation); not 0 = noisy."""
+    elsewhere, their loss is the lab's own noise (CPU load, emulation). So is what a
+    moved client lost before the failure could reach it (sent earlier than its queries
+    in flight to the failed instance): a stalled process on the old path. Not 0 = noisy."""
     lost = 0
     worst = 0.0
     who: set[str] = set()
     by_client: dict[str, int] = {}
+    early: dict[str, int] = {}
     for r in runs:
         pc = r["per_client"]
         moved = set(moved_clients(pc, target))
         for c, v in pc.items():
             if c in moved:
+                margin = float((v.get("floor") or {}).get("in_flight_ms") or 0.0) + 1.0
+                n = lost_before(v.get("timeline") or [], -margin)
+                if n:
+                    early[c] = early.get(c, 0) + n
                 continue
             who.add(c)
             n = int(v.get("lost") or 0)
@@ -128,7 +145,8 @@ def noise_floor(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
             by_client[c] = by_client.get(c, 0) + n
             worst = max(worst, float(v.get("outage_ms") or 0.0))
     return {"bystanders": sorted(who), "lost": lost, "lost_by_client": by_client,
-            "max_outage_ms": round(worst, 3), "noisy": lost > 0}
+            "max_outage_ms": round(worst, 3), "moved_lost_before_failure": early,
+            "noisy": lost > 0 or bool(early)}
 
 
 def timeline(segments: list[dict[str, Any]], fail_at_ms: float,
@@ -223,8 +241,8 @@ def write_plot(path: str, runs: list[dict[str, Any]], title: str) -> str:
             ax.set_xlabel("ms since the failure (dashed); tick: the client's physical floor")
             ax.set_title(title, fontsize=9)
             ax.legend(handles=[Patch(color=colour[n], label=n) for n in names]
-                      + [Patch(color=_NONE, label="no answer")], loc="lower right",
-                      fontsize=8)
+                      + [Patch(color=_NONE, label="no answer")], loc="upper left",
+                      bbox_to_anchor=(1.0, 1.0), fontsize=8)
             fig.tight_layout()
             fig.savefig(path, dpi=110)
             plt.close(fig)
