@@ -323,9 +323,13 @@ def _register_demo() -> None:
     @WIREGUARD_OPTION
     @LINKS_OPTION
     @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+    @click.option("--plot", "plot", default=None, metavar="PATH",
+                  help="Plot who answered each client over time to PATH (PNG; SVG when "
+                       "PATH ends in .svg or matplotlib is missing).")
     def demo(topology: str, instances: str, fail: str, runs: int, timers: str, delay: str,
              jitter: str, loss: str, seed: int, health_interval: str, health_fall: int,
-             wireguard: str | None, link_mode: str | None, as_json: bool) -> None:
+             wireguard: str | None, link_mode: str | None, as_json: bool,
+             plot: str | None) -> None:
         """Up a mesh, fail the busiest anycast instance, measure each client's outage."""
         from wgcast.lab.demo import DemoOptions, run_demo
         from wgcast.lab.system import LabError
@@ -333,7 +337,7 @@ def _register_demo() -> None:
         opt = DemoOptions(topology, instances, fail, runs, timers, delay, jitter, loss, seed,
                           health_interval, health_fall,
                           out=lambda s: click.echo(s, err=as_json), quiet=False,
-                          wireguard=wireguard, links=link_mode)
+                          wireguard=wireguard, links=link_mode, plot=plot)
         try:
             res = run_demo(opt)
         except (LabError, ValueError) as e:

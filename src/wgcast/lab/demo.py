@@ -2,7 +2,9 @@
 
 Up a mesh, print which instance every node reaches (and check it is the nearest by the
 emulated link delays), fail the instance that serves most nodes while every other node
-probes the anycast address once per millisecond, and report the outage each client saw.
+probes the anycast address once per millisecond, and report the outage each client saw:
+counted for the clients that had to move, beside their physical floor from the link
+delays; the others are bystanders whose loss is the run's noise floor (demo_report.py).
 Everything is torn down at the end, also on errors and Ctrl-C.
 """
 
@@ -16,6 +18,7 @@ from typing import Any
 
 import networkx as nx
 
+from wgcast.lab import demo_report as report
 from wgcast.lab.core import Lab
 from wgcast.lab.system import LabError, timeout_scale
 
@@ -44,6 +47,8 @@ class DemoOptions:
     #: "kernel" / "go" (None: kernel where the module loads); "netem" / "relay" links.
     wireguard: str | None = None
     links: str | None = None
+    #: Write a plot of who answered each client over time here (PNG, or SVG by suffix).
+    plot: str | None = None
 
 
 def nearest_instances(lab: Lab, instances: list[str]) -> dict[str, set[str]]:
@@ -122,18 +127,29 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             per_client: dict[str, Any] = {}
             all_outages: list[float] = []
             all_moved: list[float] = []
+            ratios: list[float] = []
             lost = 0
             for c in clients:
-                outs = [r["per_client"][c]["outage_ms"] for r in runs]
-                if catch.get(c) == target:
-                    all_outages += outs  # the summary covers the clients that had to move
-                    all_moved += [r["per_client"][c]["moved_ms"] for r in runs
-                                  if r["per_client"][c]["moved_ms"] is not None]
-                lost += sum(r["per_client"][c]["lost"] for r in runs)
-                per_client[c] = {**_pct(outs), "lost": sum(r["per_client"][c]["lost"]
-                                                            for r in runs),
-                                 "moved_to": runs[-1]["per_client"][c]["after"]}
-            worst = [max(r["per_client"][c]["outage_ms"] for c in clients) for r in runs]
+                rs = [r["per_client"][c] for r in runs]
+                mv = [v for v in rs if v["moved"]]
+                all_outages += [v["outage_ms"] for v in mv]  # bystanders: noise, not outage
+                all_moved += [v["moved_ms"] for v in mv if v["moved_ms"] is not None]
+                ratios += [v["outage_over_floor"] for v in mv
+                           if v.get("outage_over_floor") is not None]
+                lost += sum(v["lost"] for v in rs)
+                floors = [v["floor"] for v in mv if v.get("floor")]
+                per_client[c] = {
+                    "role": "moved" if mv else "bystander",
+                    **_pct([v["outage_ms"] for v in rs]),
+                    "lost": sum(v["lost"] for v in rs),
+                    "before": catch.get(c), "moved_to": rs[-1]["after"],
+                    "floor": floors[-1] if floors else None,
+                    "outage_over_floor": _pct([v["outage_over_floor"] for v in mv
+                                               if v.get("outage_over_floor") is not None]),
+                }
+            noise = report.noise_floor(runs, target)
+            worst = [max((v["outage_ms"] for v in r["per_client"].values() if v["moved"]),
+                         default=0.0) for r in runs]
             wd = [r["withdrawal"] for r in runs if r.get("withdrawal")]
             result.update({
                 "lab": lab.id, "topology": opt.topology, "timers": opt.timers,
@@ -141,25 +157,61 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
                 "rtt_ms": {n: (None if (q := rtts.get(n)) is None else q[1]) for n in nodes},
                 "nearest_ok": nearest_ok,
                 "failure": {"node": target, "how": opt.fail, "runs": opt.runs},
+                "clock": "ms since the failure was injected (CLOCK_MONOTONIC, all probers)",
                 "outage_ms": _pct(all_outages),
+                "outage_over_floor": _pct(ratios),
                 "moved_ms": _pct(all_moved),
                 "withdrawal_start_ms": _pct([w["start_ms"] for w in wd]),
                 "withdrawal_done_ms": _pct([w["done_ms"] for w in wd]),
                 "worst_client_outage_ms": _pct(worst),
-                "per_client": per_client, "lost": lost, "runs": runs,
+                "moved_clients": [c for c in clients if per_client[c]["role"] == "moved"],
+                "noise_floor": noise, "noisy": noise["noisy"],
+                "per_client": per_client, "lost": lost,
+                "lost_moved": lost - noise["lost"], "runs": runs,
             })
+            if opt.plot:
+                try:
+                    result["plot"] = report.write_plot(
+                        opt.plot, runs, f"lab {lab.id}: {opt.topology}, {target} failed "
+                        f"by '{opt.fail}', timers {opt.timers}")
+                except OSError as e:
+                    result["plot_error"] = f"cannot write the plot {opt.plot}: {e}"
+                    say(result["plot_error"])
         down = lab.down()
         result["cleaned_up"] = _clean(lab, down)
     finally:
         if not result["cleaned_up"]:
             result["cleaned_up"] = _clean(lab, lab.down())
     moved = result.get("moved_ms") or {}
+    ratio = result.get("outage_over_floor") or {}
+    noise = result.get("noise_floor") or {}
     say(f"\nsummary: outage p50 {result.get('outage_ms', {}).get('p50')} ms, max "
-        f"{result.get('outage_ms', {}).get('max')} ms over clients and runs; "
-        f"failure to traffic moved p50 {moved.get('p50')} ms, max {moved.get('max')} ms; "
-        f"{result.get('lost')} queries lost; nearest_ok={result.get('nearest_ok')}; "
-        f"cleaned_up={result['cleaned_up']}")
+        f"{result.get('outage_ms', {}).get('max')} ms over the moved clients "
+        f"({', '.join(result.get('moved_clients', [])) or 'none'}) and runs; outage/floor "
+        f"p50 {ratio.get('p50')}, max {ratio.get('max')}; failure to traffic moved p50 "
+        f"{moved.get('p50')} ms, max {moved.get('max')} ms; "
+        f"{result.get('lost_moved')} queries lost by moved clients; "
+        f"nearest_ok={result.get('nearest_ok')}; cleaned_up={result['cleaned_up']}")
+    if noise:
+        by = ", ".join(noise["bystanders"]) or "none"
+        early = noise.get("moved_lost_before_failure") or {}
+        say(f"noise floor: bystanders ({by}) lost {noise['lost']} queries"
+            + (f" (longest gap {noise['max_outage_ms']} ms)" if noise["lost"] else "")
+            + ("; moved clients lost before the failure could reach them: " + ", ".join(
+                f"{c} {n}" for c, n in early.items()) if early else "")
+            + (f": NOISY RUN (the lab itself lost packets; load average {_loadavg()}), "
+               "read the outages with care" if noise["noisy"] else ": 0, a clean run"))
+    if result.get("plot"):
+        say(f"plot: {result['plot']}")
     return result
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def _clean(lab: Lab, down: dict[str, Any]) -> bool:
@@ -191,37 +243,62 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
     res = {p.node: p.wait() for p in probers}
     withdrawal = _withdrawal(lab, target, t_fail) if opt.fail in ("service", "health",
                                                                   "drain") else None
-    fail_ms = round((t_fail - probers[0].started) * 1000, 1)
     per_client: dict[str, Any] = {}
+    starts: list[float] = []
     for c, r in res.items():
         segs = r.get("segments") or r.get("timeline") or []
         after = segs[-1]["node"] if segs else None
-        # The failure on the prober's own clock (CLOCK_MONOTONIC is shared).
-        c_fail = fail_ms if "t0_monotonic_ns" not in r else \
+        # The failure on the prober's own clock (CLOCK_MONOTONIC is shared); without the
+        # prober's t0, its launch time stands in.
+        c_fail = (t_fail - probers[0].started) * 1000 if "t0_monotonic_ns" not in r else \
             (t_fail * 1e9 - r["t0_monotonic_ns"]) / 1e6
+        starts.append(-c_fail)
         moved = next((sw["at_ms"] - c_fail for sw in r.get("switches", [])
                       if sw.get("from") == target and sw["at_ms"] >= c_fail), None)
-        per_client[c] = {"outage_ms": float(r.get("outage_ms") or 0.0),
-                         "lost": int(r.get("lost") or 0), "before": before.get(c),
-                         "after": after, "fail_at_ms": round(c_fail, 3),
-                         "moved_ms": None if moved is None else round(moved, 3),
-                         "segments": segs}
-    outs = [v["outage_ms"] for v in per_client.values()]
-    say(f"run {k + 1}: failure at +{fail_ms} ms; outage per client: " + ", ".join(
-        f"{c} {v['outage_ms']:.0f}ms ({v['before']}->{v['after']})"
-        for c, v in per_client.items()) + f"; max {max(outs):.0f} ms")
+        v: dict[str, Any] = {"outage_ms": float(r.get("outage_ms") or 0.0),
+                             "lost": int(r.get("lost") or 0), "before": before.get(c),
+                             "after": after, "fail_at_ms": round(c_fail, 3),
+                             "moved_ms": None if moved is None else round(moved, 3),
+                             "segments": segs}
+        v["moved"] = bool(report.moved_clients({c: v}, target))
+        v["timeline"] = report.timeline(segs, c_fail, float(r.get("interval_ms") or 1.0))
+        if v["moved"]:
+            fl = report.physical_floor(lab.topology, target, c, after, opt.fail, peer)
+            v["floor"] = None if fl is None else fl.as_dict()
+            v["outage_over_floor"] = (round(v["outage_ms"] / fl.floor_ms, 2)
+                                      if fl is not None and fl.floor_ms > 0 else None)
+        per_client[c] = v
+    moved_c = {c: v for c, v in per_client.items() if v["moved"]}
+    by = [c for c in per_client if c not in moved_c]
+    say(f"run {k + 1} (t=0: the failure; probes from {min(starts, default=0):+.0f} ms): "
+        "outage per moved client: " + (", ".join(
+            f"{c} {v['outage_ms']:.1f} ms ({v['before']}->{v['after']}"
+            + (f"; floor {v['floor']['floor_ms']:.1f} ms, x{v['outage_over_floor']}"
+               if v.get("floor") and v.get("outage_over_floor") else "") + ")"
+            for c, v in moved_c.items()) or "none")
+        + ("; bystanders: " + ", ".join(f"{c} lost {per_client[c]['lost']}" for c in by)
+           if by else ""))
     if k == 0:
-        say("  timeline (ms since probe start: answering instance):")
+        say("  timeline (ms since the failure: answering instance; short losses between "
+            f"answers of one instance folded in, < {report.ISOLATED_MS:g} ms):")
         for c, v in per_client.items():
-            parts = [f"{s.get('from_ms', 0):.0f}-{s.get('to_ms', 0):.0f}:{s.get('node') or '-'}"
-                     for s in v["segments"][:6]]
-            say(f"    {c}: {'  '.join(parts)}")
+            say(f"    {c}: {report.format_timeline(v['timeline'])}")
+        for c, v in moved_c.items():
+            f = v.get("floor")
+            if f:
+                say(f"  floor {c}: {f['in_flight_ms']:.1f} ms of queries in flight to "
+                    f"{target} + {f['signal_ms']:.1f} ms for the news from "
+                    f"{f['detected_at']} to reach {f['turn_at']}"
+                    + (f" - {f['client_to_turn_ms']:.1f} ms {c} to {f['turn_at']}"
+                       if f["client_to_turn_ms"] else "")
+                    + f" = {f['floor_ms']:.1f} ms (one-way {f['detected_at']}->{c}: "
+                    f"{f['one_way_ms']:.1f} ms)")
     lab.restore(target, opt.fail, peer)
     back = wait_catchment(lab, clients, 20.0 * slow,
                           lambda c: all(c[n] == before.get(n) for n in clients))
     if any(back[n] != before.get(n) for n in clients):
         say(f"  (after restore the catchment differs: {back})")
-    out: dict[str, Any] = {"failure_at_ms": fail_ms, "per_client": per_client}
+    out: dict[str, Any] = {"per_client": per_client}
     if opt.fail == "drain" and isinstance(fault, list):
         out["drain"] = fault
     if withdrawal is not None:
