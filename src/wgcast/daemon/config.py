@@ -1147,10 +1147,23 @@ class _Reader:
             return None
         return replace(base, target=raw_target, endpoint=target)
 
-    def group(self, path: str, t: Mapping[str, Any]) -> GroupConf | None:
+    def group(self, path: str, t: Mapping[str, Any]) -> list[tuple[str, GroupConf]]:
+        """One `[[groups]]` entry: one GroupConf per prefix (with its key path), so a
+        dual-stack service (`prefix = ["192.0.2.53/32", "fd00:a::53/128"]`) writes its
+        settings and health checks once."""
         self.unknown(path, t, _GROUP_KEYS)
-        prefix = self.need(t, path, "prefix", _prefix(),
-                           'an anycast prefix such as "fd00:a::53/128"')
+        if "prefix" not in t:
+            self.need(t, path, "prefix", _prefix(),
+                      'an anycast prefix such as "fd00:a::53/128" (or an array of them)')
+            prefixes: list[tuple[str, Prefix]] = []
+        elif isinstance(t["prefix"], list):
+            prefixes, _ = self.items(t, path, "prefix", _prefix(), "IP prefixes")
+            if not t["prefix"]:
+                self.err(_key(path, "prefix"), "expected at least one anycast prefix, got []")
+        else:
+            one = self.need(t, path, "prefix", _prefix(),
+                            'an anycast prefix such as "fd00:a::53/128"')
+            prefixes = [] if one is None else [(_key(path, "prefix"), one)]
         static = self.get(t, path, "static", _boolean, False)
         metric = self.get(t, path, "metric", _integer(0, 16384), 0)
         ifname = self.get(t, path, "address_interface", _ifname, "lo")
@@ -1162,10 +1175,10 @@ class _Reader:
                 hc = self.health(p, h)
                 if hc is not None:
                     checks.append(hc)
-        if prefix is None:
-            return None
-        return GroupConf(prefix, static, metric, ifname, tuple(dict.fromkeys(u for _, u in uids)),
-                         tuple(dict.fromkeys(g for _, g in gids)), tuple(checks))
+        return [(pp, GroupConf(prefix, static, metric, ifname,
+                               tuple(dict.fromkeys(u for _, u in uids)),
+                               tuple(dict.fromkeys(g for _, g in gids)), tuple(checks)))
+                for pp, prefix in prefixes]
 
     def config(self, data: Mapping[str, Any]) -> Config | None:
         self.unknown("", data, _TOP_KEYS, _SECTION_OF)
@@ -1242,19 +1255,16 @@ class _Reader:
         if "groups" in data:
             prefixes: dict[Prefix, str] = {}
             for p, t in self.array_of_tables("groups", data["groups"]):
-                g = self.group(p, t)
-                if g is None:
-                    continue
-                pp = _key(p, "prefix")
-                if g.prefix in prefixes:
-                    self.err(pp, f'duplicate group prefix "{g.prefix}" (already at '
-                                 f"{prefixes[g.prefix]})")
-                    continue
-                prefixes[g.prefix] = pp
-                if not any(_covers(a, g.prefix) for a in anycast):
-                    self.err(pp, f'expected a prefix covered by `anycast`, but "{g.prefix}" is '
-                                 f'not; add "{g.prefix}" to anycast')
-                groups.append(g)
+                for pp, g in self.group(p, t):
+                    if g.prefix in prefixes:
+                        self.err(pp, f'duplicate group prefix "{g.prefix}" (already at '
+                                     f"{prefixes[g.prefix]})")
+                        continue
+                    prefixes[g.prefix] = pp
+                    if not any(_covers(a, g.prefix) for a in anycast):
+                        self.err(pp, f'expected a prefix covered by `anycast`, but "{g.prefix}" is '
+                                     f'not; add "{g.prefix}" to anycast')
+                    groups.append(g)
 
         if interface is None:
             return None
