@@ -815,3 +815,77 @@ def test_check_counts_the_groups_an_entry_expands_to(tmp_path: Path) -> None:
     result = CliRunner().invoke(check, ["-c", str(path)])
     assert result.exit_code == 0, result.output
     assert "2 groups" in result.output
+
+
+# ------------------------------------------------------- named checks shared by groups
+
+NAMED = BASE + '''anycast = ["fd00:a::/64"]
+
+[[health_checks]]
+name = "backend"
+type = "tcp"
+target = "[::1]:5432"
+
+[[health_checks]]
+name = "disk"
+type = "exec"
+command = ["/usr/local/bin/disk-ok"]
+
+[[groups]]
+prefix = "fd00:a::53/128"
+health_checks = ["backend"]
+[[groups.health]]
+type = "dns"
+target = "[::1]:53"
+query = "example.org"
+
+[[groups]]
+prefix = "fd00:a::80/128"
+health_checks = ["backend", "disk"]
+'''
+
+
+def test_named_checks_are_shared_by_groups() -> None:
+    c = loads(NAMED)
+    dns, web = c.groups
+    backend = HealthConf("tcp", target="[::1]:5432", endpoint=Endpoint("::1", 5432))
+    disk = HealthConf("exec", command=("/usr/local/bin/disk-ok",))
+    assert [h.type for h in dns.health] == ["dns", "tcp"] and dns.health[1] == backend
+    assert web.health == (backend, disk)
+
+
+def test_a_named_check_referenced_twice_runs_once_per_group() -> None:
+    c = loads(NAMED.replace('["backend", "disk"]', '["backend", "backend"]'))
+    assert len(c.groups[1].health) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (NAMED.replace('["backend", "disk"]', '["backnd"]'), "groups[1].health_checks[0]",
+         ['unknown health check "backnd"', 'did you mean "backend"?']),
+        (NAMED.replace('["backend", "disk"]', '["web"]'), "groups[1].health_checks[0]",
+         ['unknown health check "web"', '"backend", "disk"']),
+        (BASE + 'anycast = ["fd00:a::/64"]\n[[groups]]\nprefix = "fd00:a::53/128"\n'
+         'health_checks = ["x"]\n', "groups[0].health_checks[0]",
+         ["defined: none", "[[health_checks]]"]),
+        (NAMED.replace('name = "disk"', 'name = "backend"'), "health_checks[1].name",
+         ['duplicate health check name "backend"', "health_checks[0].name"]),
+        (NAMED.replace('name = "disk"\n', ''), "health_checks[1].name",
+         ["missing required key"]),
+        (NAMED.replace('target = "[::1]:5432"', 'target = "[::1]"'), "health_checks[0].target",
+         ["host:port"]),
+        (NAMED.replace('type = "tcp"', 'type = "tcp"\nsend = "x"'), "health_checks[0].send",
+         ['unexpected key for type = "tcp"']),
+        (NAMED.replace('health_checks = ["backend"]', 'health_checks = "backend"'),
+         "groups[0].health_checks", ["expected an array of health check names"]),
+    ],
+)
+def test_named_check_errors(tmp_path: Path, text: str, key: str, expected: list[str]) -> None:
+    assert_error(tmp_path, text, key, *expected)
+
+
+def test_a_named_check_with_errors_is_reported_once(tmp_path: Path) -> None:
+    """Its groups do not repeat its error as an unknown name."""
+    _, errors = errors_of(tmp_path, NAMED.replace('target = "[::1]:5432"', 'target = 5'))
+    assert len(errors) == 1 and "health_checks[0].target" in errors[0], errors
