@@ -211,3 +211,13 @@ def test_a_dual_stack_entry_s_one_check_gates_both_prefixes(tmp_path: Path) -> N
             await ms.stop()
 
     asyncio.run(go())
+
+
+def test_a_named_check_changed_changes_the_groups_that_list_it(tmp_path: Path) -> None:
+    text = ('interface = "wg0"\nanycast = ["fd00:a::/64"]\n'
+            '[[health_checks]]\nname = "db"\ntype = "tcp"\ntarget = "[::1]:5432"\n'
+            '[[groups]]\nprefix = "fd00:a::53/128"\nhealth_checks = ["db"]\n'
+            '[[groups]]\nprefix = "fd00:a::80/128"\n')
+    old = load(_write(tmp_path / "o.toml", text))
+    new = load(_write(tmp_path / "n.toml", text.replace("5432", "5433")))
+    assert diff(old, new).describe() == "groups changed: fd00:a::53/128 (health)"
