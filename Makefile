@@ -86,7 +86,7 @@ deb:
 lab: setup
 	$(BIN)/wgcast lab demo
 
-bench: setup
+bench: setup babeld14
 	$(BIN)/python bench/run_all.py
 
 fuzz: setup

@@ -32,11 +32,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from common import machine, p50_max, write
 
-from wgcast.lab.babeld import BABELD_DEFAULT_HELLO, BabeldRouter
+from wgcast.lab.babeld import BABELD_DEFAULT_HELLO, BabeldRouter, babeld_binary, babeld_version
 from wgcast.lab.core import Lab, LabError
 
 CASES = ("service", "node", "drain")
@@ -75,6 +76,12 @@ class Config:
             d["signing"] = self.sign
         d["hello_s"] = self.hello_s
         return d
+
+
+def default_babeld() -> str:
+    """babeld 1.14 built into build/ (tests/interop builds it), else the system's."""
+    built = Path(__file__).resolve().parent.parent / "build" / "babeld-1.14" / "babeld"
+    return str(built) if built.exists() else babeld_binary()
 
 
 def make_configs(fast_hello: float) -> list[Config]:
@@ -119,7 +126,8 @@ def roster_hook() -> Callable[[str, dict[str, Any]], None]:
 def build(cfg: Config, args: argparse.Namespace) -> Lab:
     common = {"instances": args.instances, "delay": args.delay, "seed": args.seed}
     if cfg.router == "babeld":
-        return Lab(args.topology, router=BabeldRouter(hello=cfg.hello), **common)
+        return Lab(args.topology, router=BabeldRouter(hello=cfg.hello, binary=args.babeld),
+                   **common)
     if cfg.sign:
         hook = roster_hook()
         lab = Lab(args.topology, timers=cfg.timers, config_hook=hook, **common)
@@ -328,6 +336,9 @@ def main() -> None:
     ap.add_argument("--configs", default="wgcast-default,wgcast-fast,babeld-default,babeld-fast")
     ap.add_argument("--babeld-fast-hello", type=float, default=0.05,
                     help="babeld's short hello interval (s); the same as wgcast's fast timers")
+    ap.add_argument("--babeld", default=default_babeld(),
+                    help="the babeld binary (default: 1.14 built into build/ when there, "
+                         "else the system's)")
     ap.add_argument("--quick", action="store_true", help="2 runs (1 long) per case")
     ap.add_argument("--out", default=None)
     ap.add_argument("--resummarize", metavar="JSON", default=None,
@@ -350,12 +361,15 @@ def main() -> None:
         except LabError as e:
             print(f"{cfg.name}: {e}", file=sys.stderr)
             results[cfg.name] = {"config": cfg.describe(), "error": str(e), "cases": {}}
-    data = {"machine": machine(),
+    mach = machine()
+    mach["babeld"] = babeld_version(args.babeld)  # the one compared, not the system's
+    data = {"machine": mach,
             "setup": {"topology": args.topology, "instances": args.instances,
                       "target": args.target, "delay": args.delay, "seed": args.seed,
                       "probe_interval_ms": 1.0, "runs": args.runs,
                       "runs_long": args.runs_long, "cases": args.cases,
-                      "quick": args.quick},
+                      "quick": args.quick, "babeld": args.babeld,
+                      "babeld_version": babeld_version(args.babeld)},
             "command": " ".join(["python bench/failover_compare.py", *sys.argv[1:]]),
             "configs": [c.describe() for c in configs], "results": results,
             "ratios_wgcast_over_babeld": ratios(results),

@@ -8,6 +8,8 @@ implementation on its WireGuard interface, which has the link-local address fe80
     A: wgcast, fd00:a::1/128 and 10.0.1.1/32 (own), anycast groups fd00:aa::1/128 and
        10.0.11.1/32 joined through the API (so they can be retracted)
     B: the peer, fd00:b::1/128 and 10.0.2.1/32, retracted the peer's own way
+    both: the anycast prefixes fd00:cc::1/128 and 10.0.12.1/32 (A a group joined through
+       the API, B the peer's own way), each side preferring its own instance
 
 Every wait has a deadline; namespaces and processes (only ours, by pid) are removed in
 a finalizer, also when a test fails. Traffic stays inside the two namespaces.
@@ -39,8 +41,26 @@ A_V6, A_V4 = "fd00:a::1/128", "10.0.1.1/32"
 A_ANY6, A_ANY4 = "fd00:aa::1/128", "10.0.11.1/32"
 B_V6, B_V4 = "fd00:b::1/128", "10.0.2.1/32"
 B_LL = "fe80::b"
+#: Anycast prefixes served on both sides.
+C_V6, C_V4 = "fd00:cc::1/128", "10.0.12.1/32"
 #: Where the figures of each run are appended (one JSON object a line).
 RESULTS = Path(os.environ.get("WGCAST_INTEROP_RESULTS", "/tmp/wgcast-interop.jsonl"))
+
+
+BABELD_114 = ROOT / "build" / "babeld-1.14" / "babeld"
+
+
+def babeld_114() -> str | None:
+    """babeld 1.14 built from ../shared/anchors into build/ (not committed)."""
+    if not BABELD_114.exists():
+        script = Path("/work/shared/anchors/build-babeld.sh")
+        if not script.exists():
+            return None
+        r = subprocess.run([str(script), str(BABELD_114.parent)], capture_output=True,
+                           text=True, timeout=300)
+        if r.returncode != 0:
+            return None
+    return str(BABELD_114)
 
 
 def wait_until(cond: Callable[[], object], timeout: float, what: str,
@@ -120,14 +140,16 @@ mesh_prefixes = ["fd00::/8", "10.0.0.0/8"]
 name = "a"
 public_key = "{self.a_pub}"
 prefixes = ["{A_V6}", "{A_V4}"]
-groups = ["{A_ANY6}", "{A_ANY4}"]
+groups = ["{A_ANY6}", "{A_ANY4}", "{C_V6}", "{C_V4}"]
 sign_key = "{sk}"
 """
         path = self.tmp / "roster.toml"
         path.write_text(parse(text).signed(mesh_priv).to_toml())
         return f'roster = "{path}"\nmesh_key = "{base64.b64encode(mesh_pub).decode()}"'
 
-    def start_wgcast(self, ipv4_next_hop: str | None = None, sign: bool = True) -> None:
+    def start_wgcast(self, ipv4_next_hop: str | None = None, sign: bool = True,
+                     extra: str = "") -> None:
+        """wgcast in A; `extra`: more TOML at the end (e.g. [[lan]] sections)."""
         conf = self.tmp / "a.toml"
         nh = f'ipv4_next_hop = "{ipv4_next_hop}"' if ipv4_next_hop else ""
         roster = self.roster() if sign and self.a_priv else ""
@@ -138,7 +160,7 @@ api_socket = "{self.a_sock}"
 state_file = "{self.tmp}/a.state"
 probe_port = 0
 addresses = ["{A_V6}", "{A_V4}"]
-anycast = ["{A_ANY6}", "{A_ANY4}"]
+anycast = ["{A_ANY6}", "{A_ANY4}", "{C_V6}", "{C_V4}"]
 
 [[peers]]
 name = "b"
@@ -153,6 +175,13 @@ prefix = "{A_ANY6}"
 
 [[groups]]
 prefix = "{A_ANY4}"
+
+[[groups]]
+prefix = "{C_V6}"
+
+[[groups]]
+prefix = "{C_V4}"
+{extra}
 """)
         self.wgcast = self.spawn(self.a, [str(ROOT / ".venv/bin/wgcast"), "run", "-v", "-c",
                                           str(conf)], "wgcast.log")
@@ -196,6 +225,8 @@ prefix = "{A_ANY4}"
                     p.wait(timeout=5)
         self.a.close()
         self.b.close()
+        for fn in self.cleanup:
+            fn()
 
 
 #: IPv4 addresses on the WireGuard link, for peers that need IPv4 next hops.
@@ -235,6 +266,8 @@ def make_link(tmp: Path) -> Link:
         b.run("ip", "link", "set", b_if, "multicast", "on", "up")
         b.run("ip", "addr", "add", B_V6, "dev", "lo")
         b.run("ip", "addr", "add", B_V4, "dev", "lo")
+        for c in (C_V6, C_V4):  # B's anycast instances (babeld, FRR: redistributed)
+            b.run("ip", "addr", "add", c, "dev", "lo")
         for ns in (a, b):
             ns.run("sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
             ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1")

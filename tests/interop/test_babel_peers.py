@@ -1,9 +1,12 @@
 """wgcast <-> babeld 1.14, Debian's babeld 1.12.1, BIRD 2 (Babel) and FRR (babeld).
 
 One test per implementation, over a real WireGuard link (see conftest.py): adjacency both
-ways, IPv6 and IPv4 prefixes both ways (IPv4 from wgcast as v4-via-v6), retraction both
-ways with the time from the retraction to the route gone on the other side (appended to
-the results file), RTT where the peer supports timestamps. A binary that cannot be
+ways, IPv6 and IPv4 prefixes both ways (IPv4 from wgcast as v4-via-v6), RTT where the
+peer supports timestamps, anycast (one instance on each side: each side prefers its own,
+and when one goes the other side moves to the remaining one), retraction both ways with
+the time from the retraction to the route gone on the other side. The figures and the
+phases passed (or the one that failed) are appended to the results file
+(bench/interop_retraction.py builds its table from them). A binary that cannot be
 installed or built skips its test with the reason.
 """
 
@@ -17,9 +20,11 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from interop_lab import (
@@ -30,10 +35,12 @@ from interop_lab import (
     A_V6,
     B_V4,
     B_V6,
-    ROOT,
+    C_V4,
+    C_V6,
     Link,
     a_control,
     add_ipv4_link,
+    babeld_114,
     kernel_route,
     local_query,
     record,
@@ -42,22 +49,7 @@ from interop_lab import (
 
 pytestmark = pytest.mark.netns
 
-BUILD = ROOT / "build"
-BABELD_114 = BUILD / "babeld-1.14" / "babeld"
 BABELD_PORT = 33123
-
-
-def babeld_114() -> str | None:
-    """babeld 1.14 built from ../shared/anchors into build/ (not committed)."""
-    if not BABELD_114.exists():
-        script = Path("/work/shared/anchors/build-babeld.sh")
-        if not script.exists():
-            return None
-        r = subprocess.run([str(script), str(BABELD_114.parent)], capture_output=True,
-                           text=True, timeout=300)
-        if r.returncode != 0:
-            return None
-    return str(BABELD_114)
 
 
 @dataclass
@@ -91,6 +83,8 @@ def _babeld_start(binary: str) -> Callable[[Link], None]:
 interface {link.b_if} type tunnel hello-interval 0.5 enable-timestamps true
 redistribute local ip fd00:b::/48 le 128 allow
 redistribute local ip 10.0.2.0/24 le 32 allow
+redistribute local ip fd00:cc::/48 le 128 allow
+redistribute local ip 10.0.12.0/24 le 32 allow
 redistribute local deny
 redistribute deny
 """)
@@ -141,6 +135,8 @@ router id 10.0.2.1;
 protocol device {{ scan time 1; }}
 protocol static s6 {{ ipv6; route {B_V6} blackhole; }}
 protocol static s4 {{ ipv4; route {B_V4} blackhole; }}
+protocol static sc6 {{ ipv6; route {C_V6} blackhole; }}
+protocol static sc4 {{ ipv4; route {C_V4} blackhole; }}
 protocol babel b1 {{
   interface "{link.b_if}" {{ type wired; hello interval 500 ms; }};
   ipv4 {{ import all; export where source = RTS_STATIC; }};
@@ -158,12 +154,17 @@ def _birdc(link: Link, *cmd: str) -> str:
 
 
 def _bird_has(link: Link, prefix: str) -> bool:
-    out = _birdc(link, "show", "route", "protocol", "b1")
-    return any(line.split()[:1] == [prefix] for line in out.splitlines())
+    """BIRD's best route to `prefix` is the one learned by Babel (b1): a static route of
+    its own (its anycast instance) wins while it is there (preference 200 > 130)."""
+    out = _birdc(link, "show", "route", prefix, "primary")
+    return any(line.split()[:1] == [prefix] and "[b1 " in line for line in out.splitlines())
+
+
+_BIRD_STATIC = {B_V6: "s6", B_V4: "s4", C_V6: "sc6", C_V4: "sc4"}
 
 
 def _bird_retract(link: Link, prefix: str) -> None:
-    _birdc(link, "disable", "s6" if ":" in prefix else "s4")
+    _birdc(link, "disable", _BIRD_STATIC[prefix])
 
 
 def _bird_adjacent(link: Link) -> bool:
@@ -255,35 +256,67 @@ FRR = Peer("frr-babeld", _frr_start, _kernel_has, _addr_del, _frr_rtt, _frr_adja
 # ---------------------------------------------------------------- the tests
 
 
+class Phases:
+    """Which phases of a run passed, and the one that failed (recorded either way)."""
+
+    def __init__(self) -> None:
+        self.passed: list[str] = []
+        self.failed: str | None = None
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        try:
+            yield
+        except BaseException:
+            self.failed = name
+            raise
+        self.passed.append(name)
+
+
+def _a_via_b(link: Link, prefix: str) -> bool:
+    """wgcast's kernel route to `prefix` goes through the tunnel (to B)."""
+    return "dev " + link.a_if in kernel_route(link.a.name, prefix)
+
+
+def _wgcast_route(link: Link, prefix: str) -> dict[str, Any]:
+    """wgcast's selected route to `prefix` (`wgcast routes`), {} if none."""
+    routes = link.api("routes")["routes"]
+    assert isinstance(routes, list)
+    return next((dict(r) for r in routes if r["prefix"] == prefix), {"routes": []})
+
+
 def run_interop(link: Link, peer: Peer) -> dict[str, object]:
     from wgcast.client import Client
 
     figures: dict[str, object] = {}
-    if peer.ipv4_link:
-        add_ipv4_link(link)
-    peer.start(link)
-    link.start_wgcast(A_LINK4 if peer.ipv4_link else None)
+    phase = Phases()
     try:
+        with phase("start"):
+            if peer.ipv4_link:
+                add_ipv4_link(link)
+            peer.start(link)
+            link.start_wgcast(A_LINK4 if peer.ipv4_link else None)
         with Client(link.a_sock) as member:
-            member.join(A_ANY6, A_ANY4)
-            # Adjacency both ways.
-            for attempt in range(4):
-                try:
-                    wait_until(lambda: link.wgcast_peer()["up"] and peer.adjacent(link),
-                               8 if peer.kick is not None else 60,
-                               f"{peer.name} and wgcast: neighbours both ways")
-                    break
-                except AssertionError:
-                    if peer.kick is None or attempt == 3:
-                        raise
-                    peer.kick(link)
-            # IPv6 and IPv4 both ways (A's v4 goes as v4-via-v6).
-            for prefix in (A_V6, A_V4, A_ANY6, A_ANY4):
-                wait_until(lambda p=prefix: peer.has_route(link, p), 45,  # type: ignore[misc]
-                           f"{peer.name}: a route to {prefix}")
-            for prefix in (B_V6, B_V4):
-                wait_until(lambda p=prefix: "dev " + link.a_if in kernel_route(link.a.name, p),
-                           45, f"wgcast: a route to {prefix}")
+            member.join(A_ANY6, A_ANY4, C_V6, C_V4)
+            with phase("adjacency"):
+                for attempt in range(4):
+                    try:
+                        wait_until(lambda: link.wgcast_peer()["up"] and peer.adjacent(link),
+                                   8 if peer.kick is not None else 60,
+                                   f"{peer.name} and wgcast: neighbours both ways")
+                        break
+                    except AssertionError:
+                        if peer.kick is None or attempt == 3:
+                            raise
+                        peer.kick(link)
+            # IPv6 and IPv4 both ways (A's v4 goes as v4-via-v6 or AE 1 + Next Hop).
+            for fam, a_pfx, b_pfx in (("v6", (A_V6, A_ANY6), B_V6), ("v4", (A_V4, A_ANY4), B_V4)):
+                with phase(f"{fam} both ways"):
+                    for prefix in a_pfx:
+                        wait_until(lambda p=prefix: peer.has_route(link, p),  # type: ignore[misc]
+                                   45, f"{peer.name}: a route to {prefix}")
+                    wait_until(lambda p=b_pfx: _a_via_b(link, p),  # type: ignore[misc]
+                               45, f"wgcast: a route to {b_pfx}")
             # A signed what it originates (OriginSig sub-TLVs, which the peer ignored).
             sg = link.api("status")["status"]["signing"]  # type: ignore[index]
             assert sg["on"] and sg["signed"] > 0 and sg["problem"] is None, sg
@@ -292,41 +325,84 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
             assert "dev " + link.a_if not in kernel_route(link.a.name, "192.168.77.0/24")
             # RTT where the peer measures it; wgcast measures it from the peer's stamps.
             if peer.rtt is not None:
-                wait_until(lambda: peer.rtt(link) is not None, 20,  # type: ignore[misc]
-                           f"{peer.name}: an RTT")
-                figures["peer_rtt_ms"] = peer.rtt(link)
-                wait_until(lambda: link.wgcast_peer()["rtt_ms"] is not None, 20,
-                           "wgcast: an RTT to the peer")
-                figures["wgcast_rtt_ms"] = link.wgcast_peer()["rtt_ms"]
+                with phase("rtt"):
+                    wait_until(lambda: peer.rtt(link) is not None, 20,  # type: ignore[misc]
+                               f"{peer.name}: an RTT")
+                    figures["peer_rtt_ms"] = peer.rtt(link)
+                    wait_until(lambda: link.wgcast_peer()["rtt_ms"] is not None, 20,
+                               "wgcast: an RTT to the peer")
+                    figures["wgcast_rtt_ms"] = link.wgcast_peer()["rtt_ms"]
+            with phase("anycast"):
+                anycast(link, peer, member, figures)
             # Retraction A -> B: each anycast group is left (the leave returns once the
             # peer acked the retraction); then the time until the peer's route is gone.
-            for prefix in (A_ANY6, A_ANY4):
-                t0 = time.monotonic()
-                member.leave(prefix, all=True)
-                wait_until(lambda p=prefix: not peer.has_route(link, p), 20,
-                           f"{peer.name}: {prefix} gone")
-                fam = "v6" if ":" in prefix else "v4"
-                figures[f"retract_wgcast_to_peer_{fam}_s"] = round(time.monotonic() - t0, 3)
-            # Retraction B -> A: the peer withdraws its own prefixes its own way.
-            for prefix in (B_V6, B_V4):
-                t0 = time.monotonic()
-                peer.retract(link, prefix)
-                wait_until(lambda p=prefix: kernel_route(link.a.name, p) == "", 60,
-                           f"wgcast: {prefix} gone")
-                fam = "v6" if ":" in prefix else "v4"
-                figures[f"retract_peer_to_wgcast_{fam}_s"] = round(time.monotonic() - t0, 3)
-            # Still neighbours; A's own routes still there.
-            assert link.wgcast_peer()["up"]
-            assert peer.has_route(link, A_V6) and peer.has_route(link, A_V4)
+            with phase("retraction"):
+                for prefix in (A_ANY6, A_ANY4):
+                    t0 = time.monotonic()
+                    member.leave(prefix, all=True)
+                    wait_until(lambda p=prefix: not peer.has_route(link, p), 20,
+                               f"{peer.name}: {prefix} gone")
+                    fam = "v6" if ":" in prefix else "v4"
+                    figures[f"retract_wgcast_to_peer_{fam}_s"] = round(time.monotonic() - t0, 3)
+                # Retraction B -> A: the peer withdraws its own prefixes its own way.
+                for prefix in (B_V6, B_V4):
+                    t0 = time.monotonic()
+                    peer.retract(link, prefix)
+                    wait_until(lambda p=prefix: kernel_route(link.a.name, p) == "", 60,
+                               f"wgcast: {prefix} gone")
+                    fam = "v6" if ":" in prefix else "v4"
+                    figures[f"retract_peer_to_wgcast_{fam}_s"] = round(time.monotonic() - t0, 3)
+                # Still neighbours; A's own routes still there.
+                assert link.wgcast_peer()["up"]
+                assert peer.has_route(link, A_V6) and peer.has_route(link, A_V4)
     except BaseException:
+        record(peer.name, passed=phase.passed, failed=phase.failed, **figures)
         print("---- wgcast.log\n" + link.log("wgcast.log"))
         for log in ("babeld.log", "bird.log", "frr.log"):
             if (link.tmp / log).exists():
                 print(f"---- {log}\n" + link.log(log))
         raise
-    record(peer.name, **figures)
+    record(peer.name, passed=phase.passed, failed=None, **figures)
     print(peer.name, figures)
     return figures
+
+
+def anycast(link: Link, peer: Peer, member: object, figures: dict[str, object]) -> None:
+    """One instance of C_V6 / C_V4 on each side. Each side prefers its own; when A's
+    goes (the group is left), A moves to B's; A's comes back; when B's goes (the peer's
+    own way), B moves to A's. The two moves are timed (figures anycast_*_s)."""
+    from wgcast.client import Client
+
+    assert isinstance(member, Client)
+    both = (C_V6, C_V4)
+    for c in both:
+        # wgcast knows B's instance too (so its preference is a choice, not a lack).
+        wait_until(lambda p=c: any(r["neighbour"] == "b"  # type: ignore[misc]
+                                   for r in _wgcast_route(link, p)["routes"]),
+                   45, f"wgcast: B's route to {c} known")
+        assert _wgcast_route(link, c)["origin"] == "local", _wgcast_route(link, c)
+        assert not _a_via_b(link, c)
+        assert not peer.has_route(link, c), f"{peer.name} prefers wgcast's {c} to its own"
+    for c in both:
+        fam = "v6" if ":" in c else "v4"
+        t0 = time.monotonic()
+        member.leave(c, all=True)
+        wait_until(lambda p=c: _a_via_b(link, p), 20,  # type: ignore[misc]
+                   f"wgcast: {c} moved to B's instance")
+        figures[f"anycast_wgcast_moves_{fam}_s"] = round(time.monotonic() - t0, 3)
+        assert not peer.has_route(link, c), f"{peer.name} left its own {c}"
+    member.join(*both)
+    for c in both:
+        wait_until(lambda p=c: not _a_via_b(link, p), 20,  # type: ignore[misc]
+                   f"wgcast: back to its own {c}")
+    for c in both:
+        fam = "v6" if ":" in c else "v4"
+        t0 = time.monotonic()
+        peer.retract(link, c)
+        wait_until(lambda p=c: peer.has_route(link, p), 60,  # type: ignore[misc]
+                   f"{peer.name}: {c} moved to wgcast's instance")
+        figures[f"anycast_peer_moves_{fam}_s"] = round(time.monotonic() - t0, 3)
+        assert not _a_via_b(link, c), f"wgcast left its own {c}"
 
 
 def test_babeld_1_14(link: Link) -> None:

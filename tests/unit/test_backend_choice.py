@@ -45,6 +45,9 @@ def test_forcing_the_other_kind_names_the_interface() -> None:
         choose("wg0", "netlink", None, SOCK, False)
     with pytest.raises(DeviceNotFound, match=r"wg0: no such interface and no UAPI socket"):
         choose("wg0", "auto", None, SOCK, False)
+    with pytest.raises(BackendMismatch, match=r"eth1: a veth link, not a WireGuard interface "
+                                              r".*a \[\[lan\]\] section"):
+        choose("eth1", "auto", "veth", SOCK, False)
     with pytest.raises(ValueError, match="backend must be one of"):
         choose("wg0", "kernel", "wireguard", SOCK, False)
 

@@ -889,3 +889,24 @@ def test_a_named_check_with_errors_is_reported_once(tmp_path: Path) -> None:
     """Its groups do not repeat its error as an unknown name."""
     _, errors = errors_of(tmp_path, NAMED.replace('target = "[::1]:5432"', 'target = 5'))
     assert len(errors) == 1 and "health_checks[0].target" in errors[0], errors
+
+
+def test_lan_sections() -> None:
+    """[[lan]]: a plain LAN interface beside the WireGuard one; its own keys, a clear
+    error for the WireGuard interface itself, a duplicate and a misspelt key."""
+    c = loads(BASE + '[[lan]]\ninterface = "eth1"\nmay_originate = ["fd00:b::/48", '
+              '"10.0.2.0/24"]\ncost = 32\nipv4_next_hop = "10.1.0.1"\n', "l.toml")
+    (lan,) = c.lan
+    assert lan.interface == "eth1" and lan.cost == 32
+    assert lan.may_originate == (ipaddress.ip_network("fd00:b::/48"),
+                                 ipaddress.ip_network("10.0.2.0/24"))
+    assert lan.ipv4_next_hop == ipaddress.IPv4Address("10.1.0.1")
+    assert loads(BASE, "w.toml").lan == ()
+    for bad, want in (('[[lan]]\ninterface = "wg0"\n', "other than the WireGuard interface"),
+                      ('[[lan]]\ninterface = "eth1"\n[[lan]]\ninterface = "eth1"\n',
+                       'duplicate LAN interface "eth1" (already at lan[0].interface)'),
+                      ('[[lan]]\ninterfce = "eth1"\n', 'did you mean "interface"?'),
+                      ('[[lan]]\ninterface = "eth1"\ncost = -1\n', "lan[0].cost"),
+                      ("[lan]\ninterface = \"eth1\"\n", "write [[lan]] for each entry")):
+        with pytest.raises(ConfigError, match=re.escape(want)):
+            loads(BASE + bad, "b.toml")

@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 SERVICES = {
     "wgcast.daemon.api", "wgcast.daemon.applier", "wgcast.daemon.endpoint_manager",
     "wgcast.daemon.membership", "wgcast.daemon.metrics", "wgcast.daemon.peer_policy",
-    "wgcast.daemon.transport",
+    "wgcast.daemon.transport", "wgcast.daemon.lan",
 }
 
 

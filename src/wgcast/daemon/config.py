@@ -367,6 +367,24 @@ class PeerConf:
 
 
 @dataclass(frozen=True, slots=True)
+class LanConf:
+    """A plain LAN interface (Ethernet, veth, bridge) where wgcast meets RFC 8966
+    speakers (babeld, BIRD, FRR) the way they meet each other: it listens on ff02::1:6,
+    takes every speaker it hears as a neighbour, answers it from the interface's own
+    link-local address and routes through it by that address (kernel routes with a
+    gateway; no AllowedIPs). Their announcements are judged by address, as a generic
+    peer's: accepted inside `may_originate` (plus the anycast prefixes), refused
+    elsewhere. `cost`: added to the link cost of every neighbour on the LAN.
+    `ipv4_next_hop`: our IPv4 address on the LAN, for speakers that do not parse
+    v4-via-v6 (BIRD 2.0, FRR 8.4)."""
+
+    interface: str
+    may_originate: tuple[Prefix, ...] = ()
+    cost: int = 0
+    ipv4_next_hop: ipaddress.IPv4Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class HealthConf:
     """One health check of a group. Only the fields of its `type` are meaningful.
 
@@ -441,6 +459,8 @@ class Config:
     name: str = ""
     #: The catchment page and its JSON (`daemon/web.py`); None: off.
     web: Endpoint | None = None
+    #: Plain LAN interfaces where wgcast also speaks Babel (`[[lan]]`).
+    lan: tuple[LanConf, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.api_socket:
@@ -824,13 +844,14 @@ _TOP_KEYS: Final = (
     "interface", "backend", "addresses", "anycast", "api_socket", "api_socket_mode",
     "api_socket_group", "state_file", "port", "metrics", "route_selection", "timers",
     "link", "peers", "groups", "probe_port", "endpoint_policy", "roster", "mesh_key",
-    "max_routes_per_peer", "max_update_rate", "name", "web", "health_checks",
+    "max_routes_per_peer", "max_update_rate", "name", "web", "lan", "health_checks",
 )
 _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold",
                       "move_hold")
 _LINK_KEYS: Final = ("base_cost", "rtt_cost_per_ms", "max_rtt_cost")
 _PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost", "probe_port",
                       "babel", "babel_address", "ipv4_next_hop")
+_LAN_KEYS: Final = ("interface", "may_originate", "cost", "ipv4_next_hop")
 _POLICY_KEYS: Final = ("probe_interval", "learned_max", "learned_ttl", "switch_hold",
                        "resolve_interval", "roam_poll", "restart_handshake")
 _GROUP_KEYS: Final = (
@@ -1210,6 +1231,17 @@ class _Reader:
                                tuple(dict.fromkeys(g for _, g in gids)), tuple(checks)))
                 for pp, prefix in prefixes]
 
+    def lan(self, path: str, t: Mapping[str, Any]) -> LanConf | None:
+        self.unknown(path, t, _LAN_KEYS)
+        ifname = self.need(t, path, "interface", _ifname,
+                           'a LAN interface name such as "eth1"')
+        may, _ = self.items(t, path, "may_originate", _prefix(), "IP prefixes")
+        cost = self.get(t, path, "cost", _integer(0, 4096), 0)
+        nh = self.get(t, path, "ipv4_next_hop", _ipv4_address, None)
+        if ifname is None:
+            return None
+        return LanConf(ifname, self.unique_prefixes(may), cost, nh)
+
     def config(self, data: Mapping[str, Any]) -> Config | None:
         self.unknown("", data, _TOP_KEYS, _SECTION_OF)
         interface = self.need(data, "", "interface", _ifname,
@@ -1297,6 +1329,25 @@ class _Reader:
                                      f'not; add "{g.prefix}" to anycast')
                     groups.append(g)
 
+        lans: list[LanConf] = []
+        if "lan" in data:
+            seen_if: dict[str, str] = {}
+            for p, t in self.array_of_tables("lan", data["lan"]):
+                lan = self.lan(p, t)
+                if lan is None:
+                    continue
+                pi = _key(p, "interface")
+                if lan.interface == interface:
+                    self.err(pi, f'expected a LAN interface other than the WireGuard '
+                                 f'interface "{interface}" (interface)')
+                    continue
+                if lan.interface in seen_if:
+                    self.err(pi, f'duplicate LAN interface "{lan.interface}" (already at '
+                                 f"{seen_if[lan.interface]})")
+                    continue
+                seen_if[lan.interface] = pi
+                lans.append(lan)
+
         if interface is None:
             return None
         if not api_socket:
@@ -1309,7 +1360,7 @@ class _Reader:
             peers=tuple(peers), groups=tuple(groups), path=self.file,
             probe_port=probe_port, endpoint_policy=policy, roster=roster, mesh_key=mesh_key,
             max_routes_per_peer=max_routes, max_update_rate=max_rate, name=node_name,
-            web=web,
+            web=web, lan=tuple(lans),
         )
 
 

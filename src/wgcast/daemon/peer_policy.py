@@ -97,6 +97,8 @@ class PeerPolicy:
         self.max_rate = max_rate
         self.roster = roster
         self.peers: dict[str, PeerInfo] = {}
+        #: Neighbours heard on a plain LAN ([[lan]], daemon/lan.py): generic speakers.
+        self.lan: dict[str, PeerInfo] = {}
         #: Refusals that may be attacks or mistakes (echoes of our own prefixes excluded).
         self.dropped = 0
         self.dropped_by: dict[tuple[str, str], int] = {}
@@ -148,7 +150,7 @@ class PeerPolicy:
             return "own prefix echoed"
         if overlaps(prefix, NEVER):
             return "reserved space"
-        via = self.peers.get(neighbour)
+        via = self.peers.get(neighbour) or self.lan.get(neighbour)
         trust = PEER_POLICY
         sign_key: bytes | None = None
         if via is not None and via.generic:

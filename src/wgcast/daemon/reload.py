@@ -16,7 +16,7 @@ from wgcast.daemon.config import Config, GroupConf, PeerConf, format_duration
 #: metrics listener) or the engine's fixed update interval.
 RESTART_ONLY: tuple[str, ...] = (
     "interface", "backend", "state_file", "api_socket", "api_socket_mode",
-    "api_socket_group", "port", "probe_port", "metrics", "endpoint_policy", "web",
+    "api_socket_group", "port", "probe_port", "metrics", "endpoint_policy", "web", "lan",
 )
 
 
@@ -32,7 +32,7 @@ def refusals(old: Config, new: Config) -> list[str]:
     for key in RESTART_ONLY:
         a, b = getattr(old, key), getattr(new, key)
         if a != b:
-            shown = "" if key == "endpoint_policy" else f" ({_show(a)} -> {_show(b)})"
+            shown = "" if key in ("endpoint_policy", "lan") else f" ({_show(a)} -> {_show(b)})"
             out.append(f"{new.path}: {key} cannot change while wgcast runs{shown}; "
                        "restart `wgcast run` to change it")
     if old.timers.update != new.timers.update:

@@ -45,8 +45,9 @@ from wgcast.babel.wire import PORT
 from wgcast.daemon.api import ApiError, ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.catchments import CatchmentCollector, catchment_table
-from wgcast.daemon.config import Config, ConfigError, PeerConf, load
+from wgcast.daemon.config import Config, ConfigError, LanConf, PeerConf, load
 from wgcast.daemon.endpoint_manager import EndpointManager
+from wgcast.daemon.lan import LanService
 from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
@@ -233,6 +234,8 @@ class Daemon:
         self._acks: dict[Prefix, asyncio.Future[None]] = {}
         self._served: dict[Prefix, str] = {}
         self.endpoints: EndpointManager | None = None
+        #: The [[lan]] interfaces (lan.py), None without any.
+        self.lan: LanService | None = None
         self.metrics: MetricsServer | None = None
         self.web: WebServer | None = None
         #: Failed state file saves (all time), the last error while failing, the retry.
@@ -359,6 +362,10 @@ class Daemon:
                                     else pc.ipv4_next_hop.packed)
         for p in cfg.addresses:
             self.node.originate(p, 0, now=self.now())
+        if cfg.lan:
+            self.lan = LanService(cfg, clock, UdpTransport, System)
+            with _needs_root("binding the Babel sockets to the [[lan]] interfaces"):
+                await self.lan.start(self._on_lan_datagrams)
         # Groups (static ones included) are served by the membership service (run()),
         # once their health checks pass.
         self._save_state()
@@ -500,6 +507,11 @@ class Daemon:
                 for pc in new.peers:
                     self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(),
                                         load_remembered(new.state_file))
+                if self.lan is not None:
+                    for name, info in self.policy.lan.items():
+                        lan = self.lan.neighbours[name].lan
+                        self.policy.lan[name] = dataclasses.replace(
+                            info, may_originate=tuple(lan.may_originate) + tuple(new.anycast))
         old_addr = set(self._addresses)
         for p in old_addr - set(new.addresses):
             node.retract(p, now=now)
@@ -556,6 +568,25 @@ class Daemon:
                 self.endpoints.received(name)
         self._pump()
 
+    def _on_lan_datagrams(self, lan: LanConf, batch: Datagrams) -> None:
+        """Datagrams heard on a LAN: every new link-local source is a new neighbour."""
+        node, service = self.node, self.lan
+        assert node is not None and service is not None
+        for src, data in batch:
+            nb = service.neighbour(lan, src)
+            if nb is None:
+                node.counters["packets_unknown_neighbour"] += 1
+                continue
+            if nb.name not in node.neighbours:
+                node.add_neighbour(nb.name, lan.cost, multicast=True,
+                                   ipv4_next_hop=None if lan.ipv4_next_hop is None
+                                   else lan.ipv4_next_hop.packed)
+                self.policy.lan[nb.name] = PeerInfo(
+                    nb.name, b"", src, b"", tuple(lan.may_originate) + tuple(self.config.anycast),
+                    generic=True)
+            node.receive(self.now(), nb.name, data)
+        self._pump()
+
     def _on_timer(self) -> None:
         self._timer = None
         assert self.node is not None
@@ -566,21 +597,35 @@ class Daemon:
         """Send what the engine wrote, apply its events, re-arm its timer."""
         node = self.node
         assert node is not None and self.clock is not None and self.dataplane is not None
-        multicast = self.multicast
+        multicast, lan = self.multicast, self.lan
         for name, data in node.datagrams_to_send():
-            self.transport.send(data, BABEL_GROUP if name in multicast
-                                else self.peers[name].control)
+            if lan is not None and name in lan.neighbours:
+                lan.send(name, data)
+            else:
+                self.transport.send(data, BABEL_GROUP if name in multicast
+                                    else self.peers[name].control)
         now = self.now()
         while (ev := node.next_event()) is not None:
             if isinstance(ev, RouteSelected):
                 self.routes[ev.prefix] = RouteInfo(ev.via, ev.metric, ev.router_id, time.time())
-                peer = None if ev.via is None or ev.via == LOCAL else self.peers[ev.via].key
+                on_lan = lan is not None and ev.via in lan.neighbours
+                peer = None if ev.via is None or ev.via == LOCAL or on_lan \
+                    else self.peers[ev.via].key
                 self.dataplane.route_selected(ev.prefix, peer, ev.metric)
+                if lan is not None:
+                    lan.route_selected(ev.prefix, ev.via if on_lan else None)
                 log.debug("route %s via %s metric %d", ev.prefix, ev.via, ev.metric)
             elif isinstance(ev, NeighbourUp | NeighbourDown):
                 log.info("neighbour %s %s", ev.neighbour,
                          "up" if isinstance(ev, NeighbourUp) else "down")
-                if self.endpoints is not None:
+                if lan is not None and ev.neighbour in lan.neighbours:
+                    if isinstance(ev, NeighbourDown):
+                        # Gone from the LAN: forgotten (its routes go with it); a
+                        # datagram from it makes it a new neighbour again.
+                        node.remove_neighbour(ev.neighbour)
+                        self.policy.lan.pop(ev.neighbour, None)
+                        lan.forget(ev.neighbour)
+                elif self.endpoints is not None:
                     self.endpoints.on_neighbour(ev)
                 if isinstance(ev, NeighbourDown):
                     # Its control /128 may have gone (wg syncconf, wg set): look now,
@@ -712,6 +757,7 @@ class Daemon:
         metrics = await self._start_metrics(membership)
         web = await self._start_web()
         dp = asyncio.create_task(self.dataplane.run(self._stop))
+        lan_routes = asyncio.create_task(self.lan.run(self._stop)) if self.lan else None
         # Always watching: a reload may add (or remove) the roster.
         roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
         host_watch = asyncio.create_task(self.watch_host())
@@ -738,7 +784,8 @@ class Daemon:
         dp.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await dp
-        for task in (host_watch, iface_watch, peer_watch):
+        for task in (host_watch, iface_watch, peer_watch,
+                     *([lan_routes] if lan_routes else [])):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -1084,6 +1131,8 @@ class Daemon:
             self._state_retry.cancel()
             self._state_retry = None
         self.transport.close()
+        if self.lan is not None:
+            self.lan.close()
 
     # ------------------------------------------------------------ views (ports.StatusSource)
 
@@ -1143,7 +1192,16 @@ class Daemon:
                       "error": self.state_error},
             "reload": {"reloads": self.reloads, "refused": self.reload_errors,
                        "last": self.last_reload},
+            "lan": [] if self.lan is None else self.lan.status(self._lan_neighbour_view),
         }
+
+    def _lan_neighbour_view(self, name: str) -> dict[str, object]:
+        view = self.view
+        nb = view.neighbour(name) if view is not None else None
+        if view is None or nb is None:
+            return {"up": False}
+        return {"up": nb.up, "rtt_ms": None if nb.rtt_ms is None else round(nb.rtt_ms, 3),
+                "cost": view.neighbour_cost(name), "routes_via": view.routes_via(name)}
 
     def route_table(self) -> list[dict[str, Any]]:
         view, dp = self.view, self.dataplane
@@ -1163,7 +1221,8 @@ class Daemon:
                 # How the route was checked: signed, roster, address, peer policy, local.
                 "verified": "local" if sel.via == LOCAL else
                 trust.get((sel.via, sel.prefix), "?"),
-                "installed": dp.installed(sel.prefix) or sel.via == LOCAL,
+                "installed": dp.installed(sel.prefix) or sel.via == LOCAL
+                or (self.lan is not None and self.lan.installed(sel.prefix)),
                 "routes": alts,
             })
         return out

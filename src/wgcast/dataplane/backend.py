@@ -90,6 +90,13 @@ def choose(ifname: str, backend: str, kind: str | None, sock: str,
     # auto
     if is_kernel:
         return "netlink"
+    if kind not in (None, "", "tun") and not has_socket:
+        # An Ethernet, veth or bridge link: not WireGuard of any kind.
+        raise BackendMismatch(errno.EOPNOTSUPP, "open",
+                              f"{ifname}: a {kind} link, not a WireGuard interface (no "
+                              f"UAPI socket {sock}); `interface` names the WireGuard "
+                              f'interface, a plain LAN goes in a [[lan]] section '
+                              f'(interface = "{ifname}"), see docs/interop.md')
     if kind is None and not has_socket:
         raise DeviceNotFound(errno.ENODEV, "open",
                              f"{ifname}: no such interface and no UAPI socket {sock} "

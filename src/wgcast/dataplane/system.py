@@ -209,6 +209,62 @@ class System:
 
         return await self._run(work)
 
+    # ----------------------------------------------------------------- gateway routes
+    # On a LAN ([[lan]]) a route goes through a neighbour, by its IPv6 link-local address:
+    # IPv6 with that gateway, IPv4 with it as an RTA_VIA (RFC 5549 style, Linux >= 5.2).
+
+    def _gateway_args(self, p: Prefix, oif: int, gateway: ipaddress.IPv6Address) -> dict[str, Any]:
+        args = self._route_args(p, oif)
+        args["scope"] = RT_SCOPE_UNIVERSE
+        if p.version == 6:
+            args["gateway"] = str(gateway)
+        else:
+            args["via"] = {"family": socket.AF_INET6, "addr": str(gateway)}
+        return args
+
+    def _list_gateway_routes(self) -> dict[Prefix, ipaddress.IPv6Address]:
+        ipr = self._sock()
+        oif = self._index(self.ifname)
+        out: dict[Prefix, ipaddress.IPv6Address] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in ipr.route("dump", family=family, proto=self.protocol):
+                table = msg.get("table") or msg["table"]
+                if msg["proto"] != self.protocol or table != self.table or \
+                        msg.get("oif") != oif:
+                    continue
+                gw = msg.get("gateway") if family == socket.AF_INET6 else \
+                    (msg.get("via") or {}).get("addr")
+                if not gw:
+                    continue
+                dst = msg.get("dst") or ("0.0.0.0" if family == socket.AF_INET else "::")
+                out[ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False)] = \
+                    ipaddress.IPv6Address(gw)
+        return out
+
+    async def list_gateway_routes(self) -> dict[Prefix, ipaddress.IPv6Address]:
+        """Our routes through this interface that have a gateway (a LAN's), by prefix."""
+        return await self._run(self._list_gateway_routes)
+
+    async def change_gateway_routes(self, replace: dict[Prefix, ipaddress.IPv6Address],
+                                    remove: dict[Prefix, ipaddress.IPv6Address]) -> None:
+        """Install (replace) routes through gateways on this interface, then remove
+        others (a route already gone, or replaced by one elsewhere, is not an error)."""
+
+        def work() -> None:
+            ipr = self._sock()
+            oif = self._index(self.ifname)
+            for verb, routes in (("replace", replace), ("del", remove)):
+                for p in sorted(routes, key=prefix_key):
+                    try:
+                        ipr.route(verb, **self._gateway_args(p, oif, routes[p]))
+                    except NetlinkError as e:
+                        if verb == "del" and e.code == errno.ESRCH:
+                            continue
+                        raise NetConfigError(f"route {verb} {p} via {routes[p]} dev "
+                                             f"{self.ifname}", e) from e
+
+        await self._run(work)
+
     # ----------------------------------------------------------------- addresses
 
     def _addr(
