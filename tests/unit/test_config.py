@@ -756,6 +756,141 @@ def test_peer_babel_generic_and_address() -> None:
             loads(BASE + f'[[peers]]\npublic_key = "{key}"\n{bad}\n', "b.toml")
 
 
+# ------------------------------------------------ one group entry, several prefixes
+
+DUAL = BASE + '''anycast = ["192.0.2.53/32", "fd00:a::53/128"]
+[[groups]]
+prefix = ["192.0.2.53/32", "fd00:a::53/128"]
+metric = 7
+allow_uids = [1000]
+[[groups.health]]
+type = "tcp"
+target = "[::1]:53"
+'''
+
+
+def test_a_dual_stack_group_writes_its_check_once() -> None:
+    """One entry, two prefixes: two groups with the same settings and the same check."""
+    c = loads(DUAL)
+    v4, v6 = c.groups
+    assert v4.prefix == ipaddress.ip_network("192.0.2.53/32")
+    assert v6.prefix == ipaddress.ip_network("fd00:a::53/128")
+    assert v4.health == v6.health == (
+        HealthConf("tcp", target="[::1]:53", endpoint=Endpoint("::1", 53)),)
+    assert (v4.metric, v4.allow_uids) == (v6.metric, v6.allow_uids) == (7, (1000,))
+    assert c.group("192.0.2.53/32") is v4 and c.group("fd00:a::53/128") is v6
+
+
+def test_a_one_prefix_array_is_the_string_form() -> None:
+    one = BASE + 'anycast = ["fd00:a::53/128"]\n[[groups]]\nprefix = '
+    assert loads(one + '["fd00:a::53/128"]\n') == loads(one + '"fd00:a::53/128"\n')
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (BASE + 'anycast = ["fd00::/64"]\n[[groups]]\nprefix = ["fd00::/64", "fd00::1/64"]\n',
+         "groups[0].prefix[1]", ["without host bits"]),
+        (BASE + 'anycast = ["fd00::/64"]\n[[groups]]\nprefix = []\n',
+         "groups[0].prefix", ["at least one anycast prefix"]),
+        (BASE + 'anycast = ["fd00::/64"]\n[[groups]]\nprefix = ["fd00::/64", "fd00::/64"]\n',
+         "groups[0].prefix[1]", ['duplicate group prefix "fd00::/64"', "groups[0].prefix[0]"]),
+        (BASE + 'anycast = ["fd00::/64"]\n[[groups]]\nprefix = "fd00::/64"\n'
+         '[[groups]]\nprefix = ["10.0.0.1/32", "fd00::/64"]\n',
+         "groups[1].prefix[1]", ['duplicate group prefix "fd00::/64"', "groups[0].prefix"]),
+        (BASE + 'anycast = ["fd00::/64"]\n[[groups]]\nprefix = ["fd00::/64", "10.0.0.1/32"]\n',
+         "groups[0].prefix[1]", ["covered by `anycast`", '"10.0.0.1/32"']),
+        (BASE + 'anycast = ["fd00::/64"]\n[[groups]]\nprefix = ["fd00::/64", 5]\n',
+         "groups[0].prefix[1]", ["expected an IP prefix", "got 5"]),
+    ],
+)
+def test_group_prefix_array_errors(tmp_path: Path, text: str, key: str,
+                                   expected: list[str]) -> None:
+    assert_error(tmp_path, text, key, *expected)
+
+
+def test_check_counts_the_groups_an_entry_expands_to(tmp_path: Path) -> None:
+    """`wgcast check` counts the groups an entry expands to."""
+    path = write(tmp_path, DUAL)
+    result = CliRunner().invoke(check, ["-c", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "2 groups" in result.output
+
+
+# ------------------------------------------------------- named checks shared by groups
+
+NAMED = BASE + '''anycast = ["fd00:a::/64"]
+
+[[health_checks]]
+name = "backend"
+type = "tcp"
+target = "[::1]:5432"
+
+[[health_checks]]
+name = "disk"
+type = "exec"
+command = ["/usr/local/bin/disk-ok"]
+
+[[groups]]
+prefix = "fd00:a::53/128"
+health_checks = ["backend"]
+[[groups.health]]
+type = "dns"
+target = "[::1]:53"
+query = "example.org"
+
+[[groups]]
+prefix = "fd00:a::80/128"
+health_checks = ["backend", "disk"]
+'''
+
+
+def test_named_checks_are_shared_by_groups() -> None:
+    c = loads(NAMED)
+    dns, web = c.groups
+    backend = HealthConf("tcp", target="[::1]:5432", endpoint=Endpoint("::1", 5432))
+    disk = HealthConf("exec", command=("/usr/local/bin/disk-ok",))
+    assert [h.type for h in dns.health] == ["dns", "tcp"] and dns.health[1] == backend
+    assert web.health == (backend, disk)
+
+
+def test_a_named_check_referenced_twice_runs_once_per_group() -> None:
+    c = loads(NAMED.replace('["backend", "disk"]', '["backend", "backend"]'))
+    assert len(c.groups[1].health) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (NAMED.replace('["backend", "disk"]', '["backnd"]'), "groups[1].health_checks[0]",
+         ['unknown health check "backnd"', 'did you mean "backend"?']),
+        (NAMED.replace('["backend", "disk"]', '["web"]'), "groups[1].health_checks[0]",
+         ['unknown health check "web"', '"backend", "disk"']),
+        (BASE + 'anycast = ["fd00:a::/64"]\n[[groups]]\nprefix = "fd00:a::53/128"\n'
+         'health_checks = ["x"]\n', "groups[0].health_checks[0]",
+         ["defined: none", "[[health_checks]]"]),
+        (NAMED.replace('name = "disk"', 'name = "backend"'), "health_checks[1].name",
+         ['duplicate health check name "backend"', "health_checks[0].name"]),
+        (NAMED.replace('name = "disk"\n', ''), "health_checks[1].name",
+         ["missing required key"]),
+        (NAMED.replace('target = "[::1]:5432"', 'target = "[::1]"'), "health_checks[0].target",
+         ["host:port"]),
+        (NAMED.replace('type = "tcp"', 'type = "tcp"\nsend = "x"'), "health_checks[0].send",
+         ['unexpected key for type = "tcp"']),
+        (NAMED.replace('health_checks = ["backend"]', 'health_checks = "backend"'),
+         "groups[0].health_checks", ["expected an array of health check names"]),
+    ],
+)
+def test_named_check_errors(tmp_path: Path, text: str, key: str, expected: list[str]) -> None:
+    assert_error(tmp_path, text, key, *expected)
+
+
+def test_a_named_check_with_errors_is_reported_once(tmp_path: Path) -> None:
+    """Its groups do not repeat its error as an unknown name."""
+    _, errors = errors_of(tmp_path, NAMED.replace('target = "[::1]:5432"', 'target = 5'))
+    assert len(errors) == 1 and "health_checks[0].target" in errors[0], errors
+
+
 def test_lan_sections() -> None:
     """[[lan]]: a plain LAN interface beside the WireGuard one; its own keys, a clear
     error for the WireGuard interface itself, a duplicate and a misspelt key."""

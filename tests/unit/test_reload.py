@@ -177,3 +177,47 @@ def test_groups_added_removed_and_changed_by_a_reload(tmp_path: Path) -> None:
             await ms.stop()
 
     asyncio.run(go())
+
+
+def test_a_dual_stack_entry_s_one_check_gates_both_prefixes(tmp_path: Path) -> None:
+    """One `[[groups]]` entry with two prefixes and one check, added by a reload: both
+    served; the check fails: both withdrawn; it passes again: both served."""
+    from test_membership_api import FakeDaemon, make_config
+
+    from wgcast.daemon.api import ApiServer
+    from wgcast.daemon.membership import MembershipService
+
+    flag = tmp_path / "bad"
+    v6, other = "fd00:a::60/128", "fd00:a::61/128"
+    dual = (f'[[groups]]\nprefix = ["{v6}", "{other}"]\nstatic = true\n'
+            '[[groups.health]]\ntype = "exec"\n'
+            f'command = ["/bin/sh", "-c", "test ! -e {flag}"]\n'
+            'interval = "20ms"\ntimeout = "20ms"\nrise = 1\nfall = 1\n')
+    both = {ipaddress.ip_network(v6), ipaddress.ip_network(other)}
+
+    async def go() -> None:
+        d = FakeDaemon(make_config(str(tmp_path)))
+        api = ApiServer(d.config, d)
+        ms = MembershipService(d.config, api, d, d.engine)
+        await ms.start()
+        try:
+            ms.reload(make_config(str(tmp_path), dual))
+            await until(lambda: both <= set(d.served), what="both prefixes served")
+            flag.write_text("x")
+            await until(lambda: not both & set(d.served), what="both withdrawn")
+            flag.unlink()
+            await until(lambda: both <= set(d.served), what="both served again")
+        finally:
+            await ms.stop()
+
+    asyncio.run(go())
+
+
+def test_a_named_check_changed_changes_the_groups_that_list_it(tmp_path: Path) -> None:
+    text = ('interface = "wg0"\nanycast = ["fd00:a::/64"]\n'
+            '[[health_checks]]\nname = "db"\ntype = "tcp"\ntarget = "[::1]:5432"\n'
+            '[[groups]]\nprefix = "fd00:a::53/128"\nhealth_checks = ["db"]\n'
+            '[[groups]]\nprefix = "fd00:a::80/128"\n')
+    old = load(_write(tmp_path / "o.toml", text))
+    new = load(_write(tmp_path / "n.toml", text.replace("5432", "5433")))
+    assert diff(old, new).describe() == "groups changed: fd00:a::53/128 (health)"

@@ -12,6 +12,7 @@ import click
 
 from wgcast.cli.catchments import catchments
 from wgcast.cli.check import check
+from wgcast.cli.keys import control_address
 from wgcast.cli.membership import _socket_path, _with_socket, drain, join, leave
 from wgcast.cli.roster import roster
 from wgcast.cli.service import install_systemd
@@ -280,6 +281,7 @@ main.add_command(drain)
 main.add_command(roster)
 main.add_command(install_systemd)
 main.add_command(catchments)
+main.add_command(control_address)
 
 
 def _optional(module: str, name: str) -> None:

@@ -844,7 +844,7 @@ _TOP_KEYS: Final = (
     "interface", "backend", "addresses", "anycast", "api_socket", "api_socket_mode",
     "api_socket_group", "state_file", "port", "metrics", "route_selection", "timers",
     "link", "peers", "groups", "probe_port", "endpoint_policy", "roster", "mesh_key",
-    "max_routes_per_peer", "max_update_rate", "name", "web", "lan",
+    "max_routes_per_peer", "max_update_rate", "name", "web", "lan", "health_checks",
 )
 _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold",
                       "move_hold")
@@ -856,6 +856,7 @@ _POLICY_KEYS: Final = ("probe_interval", "learned_max", "learned_ttl", "switch_h
                        "resolve_interval", "roam_poll", "restart_handshake")
 _GROUP_KEYS: Final = (
     "prefix", "static", "metric", "address_interface", "allow_uids", "allow_gids", "health",
+    "health_checks",
 )
 _HEALTH_COMMON: Final = ("type", "interval", "timeout", "rise", "fall")
 _HEALTH_KEYS: Final[Mapping[str, tuple[str, ...]]] = {
@@ -874,7 +875,7 @@ _SECTION_OF: Final[Mapping[str, str]] = {
     **{k: "[[peers]]" for k in _PEER_KEYS
        if k not in ("probe_port", "babel", "babel_address", "ipv4_next_hop")},
     **{k: "[endpoint_policy]" for k in _POLICY_KEYS},
-    **{k: "[[groups]]" for k in _GROUP_KEYS},
+    **{k: "[[groups]]" for k in _GROUP_KEYS if k != "health_checks"},
 }
 
 
@@ -1168,10 +1169,41 @@ class _Reader:
             return None
         return replace(base, target=raw_target, endpoint=target)
 
-    def group(self, path: str, t: Mapping[str, Any]) -> GroupConf | None:
+    def named_checks(self, data: Mapping[str, Any]) -> dict[str, HealthConf | None]:
+        """Top-level `[[health_checks]]`, each with a `name` that groups refer to (one
+        check for several services). None: a named check with errors (reported here)."""
+        named: dict[str, HealthConf | None] = {}
+        where: dict[str, str] = {}
+        for p, t in self.array_of_tables("health_checks", data["health_checks"]):
+            name = self.need(t, p, "name", _peer_name, 'a name such as "dns"')
+            hc = self.health(p, {k: v for k, v in t.items() if k != "name"})
+            if name is None:
+                continue
+            if name in named:
+                self.err(_key(p, "name"), f'duplicate health check name "{name}" (already at '
+                                          f"{where[name]})")
+                continue
+            named[name], where[name] = hc, _key(p, "name")
+        return named
+
+    def group(self, path: str, t: Mapping[str, Any],
+              named: Mapping[str, HealthConf | None]) -> list[tuple[str, GroupConf]]:
+        """One `[[groups]]` entry: one GroupConf per prefix (with its key path), so a
+        dual-stack service (`prefix = ["192.0.2.53/32", "fd00:a::53/128"]`) writes its
+        settings and health checks once; `health_checks` adds named top-level checks."""
         self.unknown(path, t, _GROUP_KEYS)
-        prefix = self.need(t, path, "prefix", _prefix(),
-                           'an anycast prefix such as "fd00:a::53/128"')
+        if "prefix" not in t:
+            self.need(t, path, "prefix", _prefix(),
+                      'an anycast prefix such as "fd00:a::53/128" (or an array of them)')
+            prefixes: list[tuple[str, Prefix]] = []
+        elif isinstance(t["prefix"], list):
+            prefixes, _ = self.items(t, path, "prefix", _prefix(), "IP prefixes")
+            if not t["prefix"]:
+                self.err(_key(path, "prefix"), "expected at least one anycast prefix, got []")
+        else:
+            one = self.need(t, path, "prefix", _prefix(),
+                            'an anycast prefix such as "fd00:a::53/128"')
+            prefixes = [] if one is None else [(_key(path, "prefix"), one)]
         static = self.get(t, path, "static", _boolean, False)
         metric = self.get(t, path, "metric", _integer(0, 16384), 0)
         ifname = self.get(t, path, "address_interface", _ifname, "lo")
@@ -1183,10 +1215,21 @@ class _Reader:
                 hc = self.health(p, h)
                 if hc is not None:
                     checks.append(hc)
-        if prefix is None:
-            return None
-        return GroupConf(prefix, static, metric, ifname, tuple(dict.fromkeys(u for _, u in uids)),
-                         tuple(dict.fromkeys(g for _, g in gids)), tuple(checks))
+        refs, _ = self.items(t, path, "health_checks", _peer_name, "health check names")
+        for p, ref in refs:
+            if ref not in named:
+                close = difflib.get_close_matches(ref, list(named), n=1, cutoff=0.6)
+                hint = (f'did you mean "{close[0]}"?' if close else
+                        "defined: " + (", ".join(f'"{n}"' for n in named) or "none") +
+                        '; define it in a top-level [[health_checks]] with name = "'
+                        + ref + '"')
+                self.err(p, f'unknown health check "{ref}" ({hint})')
+            elif (hc := named[ref]) is not None and hc not in checks:
+                checks.append(hc)
+        return [(pp, GroupConf(prefix, static, metric, ifname,
+                               tuple(dict.fromkeys(u for _, u in uids)),
+                               tuple(dict.fromkeys(g for _, g in gids)), tuple(checks)))
+                for pp, prefix in prefixes]
 
     def lan(self, path: str, t: Mapping[str, Any]) -> LanConf | None:
         self.unknown(path, t, _LAN_KEYS)
@@ -1270,23 +1313,21 @@ class _Reader:
                 names[peer.name] = _key(p, "name")
                 peers.append(peer)
 
+        named = self.named_checks(data) if "health_checks" in data else {}
         groups: list[GroupConf] = []
         if "groups" in data:
             prefixes: dict[Prefix, str] = {}
             for p, t in self.array_of_tables("groups", data["groups"]):
-                g = self.group(p, t)
-                if g is None:
-                    continue
-                pp = _key(p, "prefix")
-                if g.prefix in prefixes:
-                    self.err(pp, f'duplicate group prefix "{g.prefix}" (already at '
-                                 f"{prefixes[g.prefix]})")
-                    continue
-                prefixes[g.prefix] = pp
-                if not any(_covers(a, g.prefix) for a in anycast):
-                    self.err(pp, f'expected a prefix covered by `anycast`, but "{g.prefix}" is '
-                                 f'not; add "{g.prefix}" to anycast')
-                groups.append(g)
+                for pp, g in self.group(p, t, named):
+                    if g.prefix in prefixes:
+                        self.err(pp, f'duplicate group prefix "{g.prefix}" (already at '
+                                     f"{prefixes[g.prefix]})")
+                        continue
+                    prefixes[g.prefix] = pp
+                    if not any(_covers(a, g.prefix) for a in anycast):
+                        self.err(pp, f'expected a prefix covered by `anycast`, but "{g.prefix}" is '
+                                     f'not; add "{g.prefix}" to anycast')
+                    groups.append(g)
 
         lans: list[LanConf] = []
         if "lan" in data:
