@@ -279,22 +279,23 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
                     peer.kick(link)
             # IPv6 and IPv4 both ways (A's v4 goes as v4-via-v6).
             for prefix in (A_V6, A_V4, A_ANY6, A_ANY4):
-                wait_until(lambda p=prefix: peer.has_route(link, p), 45,  # type: ignore[misc]
-                           f"{peer.name}: a route to {prefix}")
+                def peer_routes(p: str = prefix) -> bool:
+                    return peer.has_route(link, p)
+                wait_until(peer_routes, 45, f"{peer.name}: a route to {prefix}")
             for prefix in (B_V6, B_V4):
-                wait_until(lambda p=prefix: "dev " + link.a_if in kernel_route(link.a.name, p),
-                           45, f"wgcast: a route to {prefix}")
+                def wgcast_routes(p: str = prefix) -> bool:
+                    return "dev " + link.a_if in kernel_route(link.a.name, p)
+                wait_until(wgcast_routes, 45, f"wgcast: a route to {prefix}")
             # A signed what it originates (OriginSig sub-TLVs, which the peer ignored).
-            sg = link.api("status")["status"]["signing"]  # type: ignore[index]
+            sg = link.api("status")["status"]["signing"]
             assert sg["on"] and sg["signed"] > 0 and sg["problem"] is None, sg
             # Nothing outside the peer's may_originate (FRR redistributes the underlay's
             # connected subnet too): never routed into the tunnel.
             assert "dev " + link.a_if not in kernel_route(link.a.name, "192.168.77.0/24")
             # RTT where the peer measures it; wgcast measures it from the peer's stamps.
-            if peer.rtt is not None:
-                wait_until(lambda: peer.rtt(link) is not None, 20,  # type: ignore[misc]
-                           f"{peer.name}: an RTT")
-                figures["peer_rtt_ms"] = peer.rtt(link)
+            if (rtt := peer.rtt) is not None:
+                wait_until(lambda: rtt(link) is not None, 20, f"{peer.name}: an RTT")
+                figures["peer_rtt_ms"] = rtt(link)
                 wait_until(lambda: link.wgcast_peer()["rtt_ms"] is not None, 20,
                            "wgcast: an RTT to the peer")
                 figures["wgcast_rtt_ms"] = link.wgcast_peer()["rtt_ms"]
@@ -303,16 +304,18 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
             for prefix in (A_ANY6, A_ANY4):
                 t0 = time.monotonic()
                 member.leave(prefix, all=True)
-                wait_until(lambda p=prefix: not peer.has_route(link, p), 20,
-                           f"{peer.name}: {prefix} gone")
+                def peer_gone(p: str = prefix) -> bool:
+                    return not peer.has_route(link, p)
+                wait_until(peer_gone, 20, f"{peer.name}: {prefix} gone")
                 fam = "v6" if ":" in prefix else "v4"
                 figures[f"retract_wgcast_to_peer_{fam}_s"] = round(time.monotonic() - t0, 3)
             # Retraction B -> A: the peer withdraws its own prefixes its own way.
             for prefix in (B_V6, B_V4):
                 t0 = time.monotonic()
                 peer.retract(link, prefix)
-                wait_until(lambda p=prefix: kernel_route(link.a.name, p) == "", 60,
-                           f"wgcast: {prefix} gone")
+                def wgcast_gone(p: str = prefix) -> bool:
+                    return kernel_route(link.a.name, p) == ""
+                wait_until(wgcast_gone, 60, f"wgcast: {prefix} gone")
                 fam = "v6" if ":" in prefix else "v4"
                 figures[f"retract_peer_to_wgcast_{fam}_s"] = round(time.monotonic() - t0, 3)
             # Still neighbours; A's own routes still there.
