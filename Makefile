@@ -36,9 +36,13 @@ $(BABELD14):
 lint: setup
 	$(BIN)/ruff check src tests bench
 
+# Tests: one run per suite, as each has its own conftest.py imported as plain `conftest`.
 typecheck: setup
 	$(BIN)/mypy --strict
 	MYPYPATH=src:tests/unit $(BIN)/mypy --strict --explicit-package-bases tests/unit tests/sim
+	MYPYPATH=src:tests/unit:tests/netns $(BIN)/mypy --strict --explicit-package-bases tests/netns
+	MYPYPATH=src:tests:tests/interop $(BIN)/mypy --strict --explicit-package-bases tests/interop
+	MYPYPATH=src:tests/kernel $(BIN)/mypy --strict --explicit-package-bases tests/kernel
 
 unit: setup
 	$(BIN)/pytest -q tests/unit tests/sim

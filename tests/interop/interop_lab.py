@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -200,12 +201,12 @@ prefix = "{C_V4}"
             return False
         return True
 
-    def api(self, req: str) -> dict[str, object]:
+    def api(self, req: str) -> dict[str, Any]:
         from wgcast.client import Client
         with Client(self.a_sock) as c:
             return c.request({"cmd": req})
 
-    def wgcast_peer(self) -> dict[str, object]:
+    def wgcast_peer(self) -> dict[str, Any]:
         peers = self.api("peers")["peers"]
         assert isinstance(peers, list)
         return dict(peers[0])

@@ -318,7 +318,7 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
                     wait_until(lambda p=b_pfx: _a_via_b(link, p),  # type: ignore[misc]
                                45, f"wgcast: a route to {b_pfx}")
             # A signed what it originates (OriginSig sub-TLVs, which the peer ignored).
-            sg = link.api("status")["status"]["signing"]  # type: ignore[index]
+            sg = link.api("status")["status"]["signing"]
             assert sg["on"] and sg["signed"] > 0 and sg["problem"] is None, sg
             # Nothing outside the peer's may_originate (FRR redistributes the underlay's
             # connected subnet too): never routed into the tunnel.
@@ -340,7 +340,7 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
                 for prefix in (A_ANY6, A_ANY4):
                     t0 = time.monotonic()
                     member.leave(prefix, all=True)
-                    wait_until(lambda p=prefix: not peer.has_route(link, p), 20,
+                    wait_until(lambda p=prefix: not peer.has_route(link, p), 20,  # type: ignore[misc]
                                f"{peer.name}: {prefix} gone")
                     fam = "v6" if ":" in prefix else "v4"
                     figures[f"retract_wgcast_to_peer_{fam}_s"] = round(time.monotonic() - t0, 3)
@@ -348,7 +348,7 @@ def run_interop(link: Link, peer: Peer) -> dict[str, object]:
                 for prefix in (B_V6, B_V4):
                     t0 = time.monotonic()
                     peer.retract(link, prefix)
-                    wait_until(lambda p=prefix: kernel_route(link.a.name, p) == "", 60,
+                    wait_until(lambda p=prefix: kernel_route(link.a.name, p) == "", 60,  # type: ignore[misc]
                                f"wgcast: {prefix} gone")
                     fam = "v6" if ":" in prefix else "v4"
                     figures[f"retract_peer_to_wgcast_{fam}_s"] = round(time.monotonic() - t0, 3)

@@ -25,11 +25,11 @@ from interop_lab import (
     Link,
     babeld_114,
     kernel_route,
-    make_netns,
     record,
-    unique_ifname,
     wait_until,
 )
+
+from netns.conftest import make_netns, unique_ifname
 
 pytestmark = pytest.mark.netns
 

@@ -23,14 +23,13 @@ from interop_lab import (
     B_V4,
     B_V6,
     Link,
-    Netns,
     babeld_114,
     kernel_route,
     local_query,
-    make_netns,
-    unique_ifname,
     wait_until,
 )
+
+from netns.conftest import Netns, make_netns, unique_ifname
 
 pytestmark = pytest.mark.netns
 
@@ -118,17 +117,18 @@ may_originate = ["fd00:1a::/48", "10.0.20.0/24"]
     try:
         # L's prefixes: in A's kernel through L's link-local address on the veth ...
         for p in (L_V6, L_V4):
-            wait_until(lambda p=p: f"via {'inet6 ' if '.' in p else ''}{l_ll_addr} dev {la}"
-                       in kernel_route(link.a.name, p), 45, f"A: a route to {p} via L")
+            via = f"via {'inet6 ' if '.' in p else ''}{l_ll_addr} dev {la}"
+            wait_until(lambda p=p, via=via: via in kernel_route(link.a.name, p),  # type: ignore[misc]
+                       45, f"A: a route to {p} via L")
             assert "proto 152" in kernel_route(link.a.name, p)
         # ... and in B's, through A (LAN -> WireGuard).
         for p in (L_V6, L_V4):
-            wait_until(lambda p=p: f"dev {link.b_if}" in kernel_route(link.b.name, p), 45,
-                       f"B: a route to {p} through A")
+            wait_until(lambda p=p: f"dev {link.b_if}" in kernel_route(link.b.name, p),  # type: ignore[misc]
+                       45, f"B: a route to {p} through A")
         # A's own and B's prefixes in L's kernel, through A's link-local address.
         for p in (A_V6, A_V4, B_V6, B_V4):
-            wait_until(lambda p=p: f"{a_ll_addr} dev {ll}" in kernel_route(lan.name, p), 45,
-                       f"L: a route to {p} through A")
+            wait_until(lambda p=p: f"{a_ll_addr} dev {ll}" in kernel_route(lan.name, p),  # type: ignore[misc]
+                       45, f"L: a route to {p} through A")
         # Traffic crosses A both ways, IPv6 and IPv4: L -> B's echo service and back.
         link.spawn(link.b, [sys.executable, "-m", "wgcast.lab.echo", "--name", "b",
                             "--port", str(ECHO_PORT)], "echo.log")
@@ -137,14 +137,14 @@ may_originate = ["fd00:1a::/48", "10.0.20.0/24"]
                        f"an echo from L ({src}) to B ({dst}) through A")
         # Outside the [[lan]]'s may_originate: refused, never installed, not passed on.
         def refused() -> bool:
-            by_reason = link.api("status")["status"]["announcements_refused"]  # type: ignore[index]
+            by_reason = link.api("status")["status"]["announcements_refused"]
             assert isinstance(by_reason, dict)
             return f"{l_ll_addr}%{la}" in by_reason.get("not allowed", {})
 
         wait_until(refused, 30, f"A: {L_BAD} refused")
         assert kernel_route(link.b.name, L_BAD) == ""
         assert kernel_route(link.a.name, L_BAD) == ""
-        st = link.api("status")["status"]["lan"]  # type: ignore[index]
+        st = link.api("status")["status"]["lan"]
         assert isinstance(st, list) and st[0]["interface"] == la
         assert [n["address"] for n in st[0]["neighbours"]] == [l_ll_addr]
         assert st[0]["neighbours"][0]["up"]

@@ -97,7 +97,11 @@ def main() -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # our own session: vng and its qemu
 
-    old = signal.signal(signal.SIGTERM, lambda *a: (kill_guest(), sys.exit(143)))
+    def on_sigterm(*_: object) -> None:
+        kill_guest()
+        sys.exit(143)
+
+    old = signal.signal(signal.SIGTERM, on_sigterm)
     timer = None
     try:
         import threading

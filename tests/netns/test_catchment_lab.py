@@ -50,7 +50,8 @@ def _hook(node: str, cfg: dict[str, Any]) -> None:
 
 def _row(lab: Lab, node: str, prefix: str) -> dict[str, Any]:
     t = lab.api(node, {"cmd": "catchments", "prefixes": [prefix]})["catchments"]
-    return t["prefixes"][0]  # type: ignore[no-any-return]
+    row: dict[str, Any] = t["prefixes"][0]
+    return row
 
 
 def _who(row: dict[str, Any], node: str) -> dict[str, str | None]:

@@ -43,7 +43,7 @@ def silent_pairs(lab: Lab) -> list[tuple[str, str]]:
     for b in nodes:
         others = [a for a in nodes if a != b]
         res = lab.query_many(others, lab.unicast(b), timeout=0.6, tries=3)
-        out += [(a, b) for a in others if res[a] is None or res[a][0] != b]
+        out += [(a, b) for a in others if (got := res[a]) is None or got[0] != b]
     return out
 
 

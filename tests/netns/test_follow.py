@@ -80,9 +80,9 @@ def test_interface_recreated_recovers(line3: Lab, how: str) -> None:
                  f"run {run}: n2 recovered after its interface came back ({how})")
         times.append(time.monotonic() - back)
         # The line is written right after the resync's apply: traffic may pass first.
-        wait_for(lambda at=offset: any("the interface is back" in ln
-                                       for ln in _log_since(lab, "n2", at)),
-                 2.0, "the back line")
+        def back_line(at: int = offset) -> bool:
+            return any("the interface is back" in ln for ln in _log_since(lab, "n2", at))
+        wait_for(back_line, 2.0, "the back line")
         logged = _log_since(lab, "n2", offset)
         lines.append(len(logged))
         assert len(logged) <= MAX_LINES, "\n".join(logged)

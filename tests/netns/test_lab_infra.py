@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -87,13 +89,10 @@ def test_lab_line3_no_daemons(capsys: pytest.CaptureFixture[str]) -> None:
         assert cfg["peers"][0]["endpoints"] == [lab.links[1].endpoint_b]
         with open(lab.nodes["n1"].config_path, "rb") as f:
             assert "groups" not in tomllib.load(f)
-        try:  # the daemon's own loader, where it exists
-            from wgcast.daemon.config import load
-        except ImportError:
-            load = None
-        if load is not None:
-            for n in lab.nodes.values():
-                load(n.config_path)
+        from wgcast.daemon.config import load  # the daemon's own loader accepts them
+
+        for n in lab.nodes.values():
+            load(n.config_path)
 
         # the daemon's job, by hand: neighbours' unicast, and n3's anycast address for n2
         route_neighbours(lab, {("n2", "n3"): [lab.groups[0].prefix]})
@@ -267,7 +266,7 @@ def test_interrupt_cleans_up(when: str, sig: int) -> None:
     p = subprocess.Popen([sys.executable, "-c", INTERRUPTED, when], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     try:
-        assert p.stdout is not None
+        assert p.stdout is not None and p.stderr is not None
         line = p.stdout.readline().split()  # bounded: the child sleeps at most 60 s
         assert line and line[0] == ("IN-UP" if when == "up" else "UP"), p.stderr.read()
         labid = line[1]
@@ -282,7 +281,7 @@ def test_interrupt_cleans_up(when: str, sig: int) -> None:
     assert lab_traces(labid) == {"namespaces": [], "sockets": [], "dir": False}
 
 
-def test_relay_order_jitter_loss_cut(tmp_path: pytest.TempPathFactory) -> None:
+def test_relay_order_jitter_loss_cut(tmp_path: Path) -> None:
     """The relay alone, on loopback: FIFO with jitter 0 (also when the delay drops),
     reordering bounded by the jitter, loss rate, cut and restore, control errors."""
     import random
@@ -296,7 +295,7 @@ def test_relay_order_jitter_loss_cut(tmp_path: pytest.TempPathFactory) -> None:
     cfg = {"links": [{"id": 0, "a": "a", "b": "b", "a_addr": ["127.0.0.1", a_wg],
                       "b_addr": ["127.0.0.1", b_wg], "port_a": port_a, "port_b": port_b,
                       "delay_ms": 20.0}], "bind": "127.0.0.1", "seed": 1}
-    cfg_path, ctl = str(tmp_path / "relay.json"), str(tmp_path / "relay.sock")  # type: ignore[operator]
+    cfg_path, ctl = str(tmp_path / "relay.json"), str(tmp_path / "relay.sock")
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
     proc = subprocess.Popen([sys.executable, "-m", "wgcast.lab.relay", "run", "--config",
@@ -308,7 +307,8 @@ def test_relay_order_jitter_loss_cut(tmp_path: pytest.TempPathFactory) -> None:
     b.settimeout(0.5)
     pkt = struct.Struct("!Id")
 
-    def burst(n: int, gap: float, between: object = None) -> list[tuple[int, float, float]]:
+    def burst(n: int, gap: float,
+              between: Callable[[], object] | None = None) -> list[tuple[int, float, float]]:
         """Send n packets a -> b, ``gap`` s apart; returns (seq, sent, received)."""
         import threading
 
@@ -331,7 +331,7 @@ def test_relay_order_jitter_loss_cut(tmp_path: pytest.TempPathFactory) -> None:
         for i in range(n):
             time.sleep(max(0.0, t0 + i * gap - time.monotonic()))  # lets the receiver run
             if between is not None and i == n // 2:
-                between()  # type: ignore[operator]
+                between()
             a.sendto(pkt.pack(i, time.monotonic()), ("127.0.0.1", port_a))
         rx.join(30)
         assert srcs <= {("127.0.0.1", port_b)}  # from the socket b uses to reach a

@@ -63,16 +63,16 @@ class Single:
         self.procs.append(p)
         return p
 
-    def api(self, cmd: str) -> dict[str, object] | None:
+    def api(self, cmd: str) -> dict[str, Any] | None:
         from wgcast.client import request
 
         try:
-            reply: dict[str, object] = request(self.socket, {"cmd": cmd})
+            reply: dict[str, Any] = request(self.socket, {"cmd": cmd})
         except (OSError, ValueError):
             return None
         return reply
 
-    def wait_api(self, timeout: float = 60.0) -> dict[str, object]:
+    def wait_api(self, timeout: float = 60.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             r = self.api("status")
@@ -228,7 +228,7 @@ def wait_status(s: Single, cond: Callable[[dict[str, Any]], bool], timeout: floa
     while time.monotonic() < deadline:
         r = s.api("status")
         if r is not None and r.get("ok"):
-            st = r["status"]  # type: ignore[assignment]
+            st = r["status"]
             if cond(st):
                 return st
         time.sleep(0.05)
@@ -333,7 +333,7 @@ def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(single: Single) -> Non
     _wait_log(single, lambda t: "reload: peers added: q" in t)
     print(f"SIGHUP good file: applied in {time.monotonic() - t0:.3f}s")
     peers = single.api("peers")
-    assert peers is not None and sorted(x["name"] for x in peers["peers"]) == ["p", "q"]  # type: ignore[index, attr-defined]
+    assert peers is not None and sorted(x["name"] for x in peers["peers"]) == ["p", "q"]
     # A file with errors: refused with check's messages, the daemon runs on as it was.
     bad = good.replace('profile = "fast"', 'profile = "fast"\nhello = "0s"') + \
         '[[peers]]\npublic_key = "not a key"\n'
@@ -362,8 +362,8 @@ def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(single: Single) -> Non
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "reloaded: peers changed: q (cost)"
     st = single.api("status")
-    assert st is not None and st["status"]["reload"]["reloads"] == 2  # type: ignore[index]
-    assert st["status"]["reload"]["refused"] == 2  # type: ignore[index]
+    assert st is not None and st["status"]["reload"]["reloads"] == 2
+    assert st["status"]["reload"]["refused"] == 2
     assert stop(p) == 0, single.log()
     assert "Traceback" not in single.log()
 
@@ -374,7 +374,7 @@ def test_sighup_reloads_a_good_file_and_refuses_a_bad_one(single: Single) -> Non
 def _peers(s: Single) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     r = s.api("peers")
     assert r is not None and r.get("ok"), r
-    return {p["name"]: p for p in r["peers"]}, r["unconfigured"]  # type: ignore[union-attr, index]
+    return {p["name"]: p for p in r["peers"]}, r["unconfigured"]
 
 
 def test_peers_that_never_come_up_get_a_reason(single: Single) -> None:
@@ -507,7 +507,7 @@ def _alive(pid: int) -> bool:
 
 def _served(s: Single) -> list[str]:
     r = s.api("status")
-    return [] if r is None else list(r["status"]["served"])  # type: ignore[index]
+    return [] if r is None else list(r["status"]["served"])
 
 
 def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -586,7 +586,7 @@ def test_zero_holds_are_off(single: Single) -> None:
     assert r.returncode == 0, r.stderr
     p = single.start()
     st = single.wait_api()["status"]
-    assert st["dataplane"]["hold_device"] is None  # type: ignore[index]
+    assert st["dataplane"]["hold_device"] is None
     assert stop(p) == 0, single.log()
 
 
@@ -638,8 +638,8 @@ def test_a_full_disk_at_run_time_does_not_stop_the_event_pump(single: Single) ->
                                  f'[[peers]]\nname = "b"\npublic_key = "{keys.b64(bkey)}"\n')
         p = single.start()
         st = single.wait_api()["status"]
-        assert st["state"]["save_errors"] == 0  # type: ignore[index]
-        rid, seqno = str(st["router_id"]), int(st["seqno"])  # type: ignore[index]
+        assert st["state"]["save_errors"] == 0
+        rid, seqno = str(st["router_id"]), int(st["seqno"])
         with contextlib.suppress(OSError), open(where / "filler", "wb", buffering=0) as f:
             for _ in range(64):  # bounded: 64 x 4 KiB > the 64 KiB there are
                 f.write(b"x" * 4096)

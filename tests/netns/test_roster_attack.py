@@ -183,8 +183,9 @@ def test_every_row_of_the_attack_table_is_refused(ring4: Lab) -> None:
                 att.send("n1", updates)
                 time.sleep(0.2)
             goal = start + len(updates)
-            wait_for(lambda why=why, goal=goal: refused(lab, "n1", "n2").get(why, 0) >= goal,
-                     10, f"{what}: refused as {why!r}")
+            def counted(why: str = why, goal: int = goal) -> bool:
+                return refused(lab, "n1", "n2").get(why, 0) >= goal
+            wait_for(counted, 10, f"{what}: refused as {why!r}")
             now = routes(lab, "n1")
             for prefix, *_ in updates:
                 if str(prefix) in real:

@@ -67,9 +67,9 @@ def test_unit_start_sends_ready_once_serving(netns: Netns, tmp_path: Path) -> No
     cmd = _exec_start(exe, cfg, ifname)
     assert cmd[1:3] == ["run", "-c"]
     with open(log, "wb") as out:
-        st = os.fstat(out.fileno())
+        journal = os.fstat(out.fileno())
         env = {**os.environ, "NOTIFY_SOCKET": notify_path,
-               "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+               "JOURNAL_STREAM": f"{journal.st_dev}:{journal.st_ino}"}
         proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{netns.name}", "--", *cmd],
                                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=env)
     try:
@@ -78,9 +78,9 @@ def test_unit_start_sends_ready_once_serving(netns: Netns, tmp_path: Path) -> No
         reply = request(api, {"cmd": "status"})
         assert reply["ok"] and reply["status"]["interface"] == ifname
         # status --json is complete: groups (and their health), back end, roster, names.
-        out = subprocess.run([exe, "status", "--socket", api, "--json"], capture_output=True,
-                             text=True, timeout=30, check=True).stdout
-        st = json.loads(out)
+        shown = subprocess.run([exe, "status", "--socket", api, "--json"],
+                               capture_output=True, text=True, timeout=30, check=True).stdout
+        st = json.loads(shown)
         for key in ("groups", "backend", "roster", "name", "version", "problems",
                     "dataplane", "endpoints", "state", "reload", "api_socket"):
             assert key in st, key

@@ -7,7 +7,8 @@ import errno
 import ipaddress
 import re
 import subprocess
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -35,7 +36,10 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
 N = prefix
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
