@@ -575,7 +575,7 @@ class Daemon:
             if isinstance(ev, RouteSelected):
                 self.routes[ev.prefix] = RouteInfo(ev.via, ev.metric, ev.router_id, time.time())
                 peer = None if ev.via is None or ev.via == LOCAL else self.peers[ev.via].key
-                self.dataplane.route_selected(ev.prefix, peer, ev.metric)
+                self.dataplane.route_selected(ev.prefix, peer, ev.metric, ev.router_id)
                 log.debug("route %s via %s metric %d", ev.prefix, ev.via, ev.metric)
             elif isinstance(ev, NeighbourUp | NeighbourDown):
                 log.info("neighbour %s %s", ev.neighbour,
@@ -1118,6 +1118,7 @@ class Daemon:
                           "last_apply_ms": round(dp.stats.last_apply_ms, 3),
                           "held_moves": dp.stats.held_moves,
                           "held_packets": dp.stats.held_packets,
+                          "unheld_withdrawals": dp.stats.unheld_withdrawals,
                           "put_back": dp.stats.put_back,
                           "split_applies": dp.stats.split,
                           "resyncs": dp.stats.resyncs,
