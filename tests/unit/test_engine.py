@@ -344,8 +344,9 @@ def _tlvs_sent(p: Pump, src: str, since: int) -> list[tuple[str, object]]:
 def test_anycast_source_change_waits_for_every_ack() -> None:
     """o1 - a - b - o2, both origins announce one prefix. When a's link to o1 gets
     costly, a's best route is through b to o2: a does not switch source at once. It
-    retracts the prefix with an AckReq to every neighbour, keeps forwarding towards o1
-    meanwhile, and takes o2 only when both o1 and b acknowledged. No loop at any time."""
+    retracts the prefix with an AckReq to every neighbour but its next hop towards o1
+    (which cannot route through a to o1), keeps forwarding towards o1 meanwhile, and
+    takes o2 only when b acknowledged. No loop at any time."""
     prefix = net(7)
     p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
                                       ("b", "o2"): 0.005})
@@ -368,13 +369,14 @@ def test_anycast_source_change_waits_for_every_ack() -> None:
     settling = [t for t in trace if t[2]]
     assert settling and {t[1] for t in settling} == {("o1", rid("o1"))}
     assert trace[-1][1:] == (("b", rid("o2")), False)
-    # The retraction went to both neighbours with an AckReq, both acked before the switch.
+    # The retraction went to b with an AckReq, b acked before the switch; o1, the next
+    # hop towards the released source, was not asked.
     sent = _tlvs_sent(p, "a", since)
-    assert {dst for dst, t in sent if isinstance(t, AckReq)} == {"o1", "b"}
+    assert {dst for dst, t in sent if isinstance(t, AckReq)} == {"b"}
     switch = next(t for t, sel, _ in trace if sel == ("b", rid("o2")))
     acks = [(t, s) for (t, s, dst, data) in p.sent[since:] if dst == "a"
             and any(isinstance(x, Ack) for x in decode_packet(data))]
-    assert {s for _, s in acks} == {"o1", "b"}
+    assert {s for _, s in acks} == {"b"}
     assert all(t + 0.005 <= switch + 1e-9 for t, _ in acks)
     assert RouteSelected(prefix, "b", a.selected[prefix].metric, rid("o2")) in p.events["a"]
     assert not any(isinstance(e, RetractionAcked) for e in p.events["a"])  # no drain
@@ -396,6 +398,34 @@ def test_a_drained_origin_hands_over_to_the_other_one() -> None:
             p.path(n, prefix)
     assert RetractionAcked(prefix) in p.events["o1"]
     assert p.path("o1", prefix) == ["o1", "a", "b", "o2"]
+    assert not any(n.settling() for n in p.nodes.values())
+
+
+def test_a_killed_origin_costs_its_neighbour_one_round_trip_to_the_other_side() -> None:
+    """o1 - a - b - o2 with a slow link o2 - b: o2 retracts (its service died). b, on
+    o2 until then, must not wait for o2's ack (o2 is the source it releases, and its
+    next hop): b takes o1 after one round trip to a, not after one to o2 as well."""
+    prefix = net(9)
+    slow, fast = 0.020, 0.004
+    costly = {("a", "b"): 100, ("b", "a"): 100}  # b stays on o2 despite the slow link
+    p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): fast, ("a", "b"): fast,
+                                      ("b", "o2"): slow}, extra=costly)
+    for o in ("o1", "o2"):
+        p.nodes[o].originate(prefix, now=p.now)
+    p.run(3.0)
+    assert p.path("b", prefix) == ["b", "o2"] and p.path("a", prefix) == ["a", "o1"]
+    t0 = p.now
+    p.nodes["o2"].retract(prefix, now=p.now)
+    switched: float | None = None
+    for _ in range(200):
+        p.run(0.0005)
+        for n in p.nodes:
+            p.path(n, prefix)  # raises on a loop
+        if switched is None and p.via("b", prefix) == "a":
+            switched = p.now
+    assert switched is not None and p.path("b", prefix) == ["b", "a", "o1"]
+    # One way from o2, one round trip to a: well before o2's ack could come back.
+    assert switched - t0 < 2 * slow
     assert not any(n.settling() for n in p.nodes.values())
 
 

@@ -238,6 +238,25 @@ def test_no_move_hold_away_from_a_dead_peer(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_no_move_hold_away_from_an_origin_that_withdrew(tmp_path: Path) -> None:
+    """b, the origin a routes through, withdraws its instance (its service died): a
+    moves to c at once. Nothing of b's instance can come back, a hold would only
+    lengthen the outage. (A drain, above, is still held.)"""
+    async def main() -> None:
+        mesh, a, b, c = _anycast_trio(tmp_path, 'move_hold = "200ms"')
+        async with running(mesh):
+            await until(lambda: a.daemon.status()["neighbours_up"] == 2, what="neighbours")
+            await b.daemon.serve(ANY)
+            await c.daemon.serve(ANY, metric=200)  # worse: b is selected and stays
+            await until(lambda: a.device.holder(ANY) == b.public, what="ANY on b")
+            await b.daemon.unserve(ANY, wait=0.0)
+            await until(lambda: a.device.holder(ANY) == c.public, what="ANY moved to c")
+            assert not any(call[0] == "route_via" for call in a.host.calls)
+            assert a.daemon.status()["dataplane"]["held_moves"] == 0
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------- timers
 
 

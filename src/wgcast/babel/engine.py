@@ -718,15 +718,29 @@ class Node:
             if self._release.acked(pending):
                 self._select(pending.prefix)
 
-    def _start_release(self, prefix: Prefix, notify: bool) -> bool:
-        """Retract `prefix` with an AckReq to every neighbour that is up (release.py).
+    def _start_release(self, prefix: Prefix, notify: bool, old: Selected | None = None) -> bool:
+        """Retract `prefix` with an AckReq to every neighbour that is up (release.py),
+        except our next hop towards the source we release (`old`, our selection until now).
+
+        That neighbour needs no ack: it cannot route through us to that source, now or
+        later. We announced that source to it only before we routed through it (since
+        then, poison reverse: INFINITY), and any such announcement is unfeasible for it:
+        an older seqno than the one it gave us, or the same seqno with a metric above
+        the one it gave us, which is at least its feasibility distance. (If it is the
+        source itself, our metric is above its own.) Waiting for it cost a round trip
+        over the very link that brought the retraction, often the slowest one.
 
         True if there was nobody to wait for (the release is complete at once).
         """
         release = self._release
         if release.join(prefix, notify):
             return False
-        waiting = {nid for nid, nb in self.neighbours.items() if nb.up}
+        exempt: str | None = None
+        owned = release.owned.get(prefix)
+        if old is not None and old.via != LOCAL and owned is not None \
+                and old.router_id == owned[0]:
+            exempt = old.via
+        waiting = {nid for nid, nb in self.neighbours.items() if nb.up and nid != exempt}
         pending = release.begin(prefix, waiting, self._now, self.config.retraction_tries,
                                 2 * self.config.hello_interval, notify)
         if pending is None:
@@ -797,7 +811,7 @@ class Node:
         if new is not None and new.via != LOCAL:
             owned = release.owned.get(prefix)
             if owned is not None and owned[0] != new.router_id:
-                if not self._start_release(prefix, notify=False):
+                if not self._start_release(prefix, notify=False, old=old):
                     # Wait for the acks; keep forwarding along the old source if we can.
                     if cur is not None and cur_m < INFINITY and cur.router_id == owned[0]:
                         new = Selected(cur.neighbour, cur.router_id, cur.seqno, cur_m,
@@ -822,7 +836,7 @@ class Node:
                 if prefix not in release.releasing:
                     if prefix in release.owned:
                         # Retract with acks now, so a new source needs no wait later.
-                        self._start_release(prefix, notify=False)
+                        self._start_release(prefix, notify=False, old=old)
                     self._request_for_starved(prefix)
             elif force_trigger:
                 updates.trigger(prefix)

@@ -4,8 +4,10 @@ The feasibility condition keeps the routes of each source loop-free, but a prefi
 several sources (anycast) can still loop across sources while information is in flight
 (RFC 8966 section 1.1): X routes through N to source A while N has just moved to source B
 through X. So a node never moves from the source it announced to another one at once: it
-retracts the prefix with an AckReq to every neighbour that is up and selects the new
-source only when all have acknowledged (or died), still forwarding along the old source
+retracts the prefix with an AckReq to every neighbour that is up (but its next hop
+towards the old source, which cannot route through it to that source: see
+`Node._start_release`) and selects the new source only when all have acknowledged (or
+died), still forwarding along the old source
 meanwhile if it can. No neighbour can then hold a route through us to a source we no
 longer use. Moving to a local origin, or to no route, needs no wait: such a node is an end
 of every path.

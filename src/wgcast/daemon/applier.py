@@ -25,11 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from wgcast.anycast.group import DRAIN_METRIC
+from wgcast.babel.wire import INFINITY
 from wgcast.daemon.config import Config
 from wgcast.daemon.ports import EngineView, HostNetwork, MoveHoldDevice, Scheduler
 from wgcast.dataplane.reconcile import holders, plan, simulate
 from wgcast.dataplane.system import NetConfigError
 from wgcast.dataplane.types import AddAllowedIP, Device, PeerKey, WireGuardBackend
+from wgcast.keys import router_id
 from wgcast.prefix import Prefix
 
 log = logging.getLogger("wgcast")
@@ -61,6 +63,8 @@ class DataPlaneStats:
     resyncs: int = 0
     #: Applies that left work for the next round (more than MAX_PREFIXES_PER_APPLY).
     split: int = 0
+    #: Moves not held because the old peer, the origin, withdrew its instance.
+    unheld_withdrawals: int = 0
 
 
 class DataPlaneApplier:
@@ -89,6 +93,9 @@ class DataPlaneApplier:
         self._holding: dict[Prefix, float] = {}
         #: Last metric of a real path per prefix: bounds the round trip of a held move.
         self._path_metric: dict[Prefix, int] = {}
+        #: The source (router-id) of the last paths per prefix through each of the last
+        #: two peers: a move away from an origin that withdrew its instance is not held.
+        self._path_origin: dict[Prefix, dict[PeerKey, bytes | None]] = {}
         self._move_holds_off = False
         self._dirty = asyncio.Event()
         #: The interface is gone: nothing is applied (desired state kept) until resync().
@@ -156,12 +163,21 @@ class DataPlaneApplier:
 
     # ------------------------------------------------------------ input
 
-    def route_selected(self, prefix: Prefix, peer: PeerKey | None, metric: int) -> None:
-        """The engine selected a route: through `peer`, or none (own or unreachable)."""
+    def route_selected(self, prefix: Prefix, peer: PeerKey | None, metric: int,
+                       origin: bytes | None = None) -> None:
+        """The engine selected a route: through `peer`, or none (own or unreachable);
+        `origin`: the router-id of its source."""
         if peer is None:
             self._path_metric.pop(prefix, None)
-        elif metric < DRAIN_METRIC:  # a real path, not a draining instance
-            self._path_metric[prefix] = metric
+        else:
+            if metric < DRAIN_METRIC:  # a real path, not a draining instance
+                self._path_metric[prefix] = metric
+            # Per peer, the last two: the move that follows reads the old peer's.
+            seen = self._path_origin.setdefault(prefix, {})
+            seen.pop(peer, None)
+            seen[peer] = origin
+            while len(seen) > 2:
+                del seen[next(iter(seen))]
         self._desired[prefix] = peer
         self._dirty.set()
 
@@ -369,7 +385,12 @@ class DataPlaneApplier:
 
         The replies in flight come from as far as the old instance: a link's cost is
         base + rtt_cost_per_ms x its RTT, so the last real path metric / rtt_cost_per_ms
-        bounds the path's round trip from above. Plus a margin, at most `move_hold`."""
+        bounds the path's round trip from above. Plus a margin, at most `move_hold`.
+
+        Not held either when the old peer is the origin itself and has retracted its
+        instance (a service killed, a leave): nothing of the instance comes back, and a
+        hold would only add its length to the outage. A drain keeps its holds: the
+        draining origin still announces (DRAIN_METRIC) while the mesh moves away."""
         engine = self._engine()
         name = self._peer_name.get(old)
         if engine is None or name is None or self.move_hold is None or \
@@ -377,6 +398,10 @@ class DataPlaneApplier:
             return 0.0
         nb = engine.neighbour(name)
         if nb is None or not nb.up:
+            return 0.0
+        if self._path_origin.get(p, {}).get(old) == router_id(old) and not any(
+                r.neighbour == name and r.metric < INFINITY for r in engine.routes_to(p)):
+            self.stats.unheld_withdrawals += 1
             return 0.0
         rtt = 3 * (nb.rtt_ms or 0.0)
         metric = self._path_metric.get(p)

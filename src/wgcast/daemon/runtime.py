@@ -611,7 +611,7 @@ class Daemon:
                 on_lan = lan is not None and ev.via in lan.neighbours
                 peer = None if ev.via is None or ev.via == LOCAL or on_lan \
                     else self.peers[ev.via].key
-                self.dataplane.route_selected(ev.prefix, peer, ev.metric)
+                self.dataplane.route_selected(ev.prefix, peer, ev.metric, ev.router_id)
                 if lan is not None:
                     lan.route_selected(ev.prefix, ev.via if on_lan else None)
                 log.debug("route %s via %s metric %d", ev.prefix, ev.via, ev.metric)
@@ -1167,6 +1167,7 @@ class Daemon:
                           "last_apply_ms": round(dp.stats.last_apply_ms, 3),
                           "held_moves": dp.stats.held_moves,
                           "held_packets": dp.stats.held_packets,
+                          "unheld_withdrawals": dp.stats.unheld_withdrawals,
                           "put_back": dp.stats.put_back,
                           "split_applies": dp.stats.split,
                           "resyncs": dp.stats.resyncs,
