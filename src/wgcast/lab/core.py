@@ -1008,7 +1008,7 @@ class Lab:
                 raise LabError(f"groups not {'served' if served else 'withdrawn'} after "
                                f"{timeout:g}s on {', '.join(sorted(pending))} "
                                f"(states: {last}); service logs:\n{logs}")
-            time.sleep(0.02)
+            time.sleep(0.02 * timeout_scale())  # as in wait_daemons
 
     def kill_service(self, node: str, sig: int = signal.SIGKILL, wait: float = 5.0) -> bool:
         """Signal the service of ``node``: its whole process group (``wgcast join`` and the
@@ -1094,7 +1094,9 @@ class Lab:
                 log.warning("lab %s: daemons still without an API socket after %.1fs: %s",
                             self.id, timeout, ", ".join(sorted(pending)))
                 return
-            time.sleep(0.05)
+            # Each poll reads the state file and /proc: in a slow guest, polling at the
+            # host's pace took CPU from the daemons it waits for.
+            time.sleep(0.05 * timeout_scale())
 
     def stop_daemon(self, node: str, sig: int = signal.SIGTERM, wait: float = 5.0) -> bool:
         """Signal the daemon of ``node`` (SIGTERM: clean stop; SIGKILL: crash)."""
