@@ -26,10 +26,11 @@ if mkdir -p /run/wgcast-root && mount -t 9p -o trans=virtio,version=9p2000.L,ro,
 else
   echo "guest: no cached root export; /usr and $here uncached"
 fi
-echo "guest: kernel $(uname -r), $(nproc) cpus, wireguard module: $( [ -d /sys/module/wireguard ] && echo yes || echo no)"
+echo "guest: up $(cut -d' ' -f1 /proc/uptime)s, kernel $(uname -r), $(nproc) cpus, wireguard module: $( [ -d /sys/module/wireguard ] && echo yes || echo no)"
 if [ "${WGCAST_GUEST_CMD:-}" != "" ]; then
   eval "$WGCAST_GUEST_CMD"
   exit $?
 fi
 [ $# -gt 0 ] || set -- tests/kernel
-exec .venv/bin/python -m pytest -p no:cacheprovider -v -rfE --durations=12 --timeout 900 "$@"
+# hypothesis's pytest plugin is not needed here (its import alone is seconds in the guest).
+exec .venv/bin/python -m pytest -p no:cacheprovider -p no:hypothesispytest -v -rfE --durations=12 --timeout 900 "$@"

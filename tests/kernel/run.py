@@ -123,7 +123,7 @@ def main() -> int:
         with open(args.log, "w") as log:
             for line in proc.stdout:  # ends when the guest (and qemu) exits or is killed
                 out.append(line)
-                log.write(line)
+                log.write(f"[{time.monotonic() - t0:6.1f}s] {line}")  # where the time goes
                 sys.stdout.write(line)
                 sys.stdout.flush()
         rc = proc.wait(timeout=60)
