@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from wgcast.lab.core import Lab, LabError
+from wgcast.lab.core import Lab, LabError, ProberRun
 from wgcast.lab.system import kernel_module, timeout_scale
 from wgcast.topology import Link, Topology
 
@@ -99,9 +99,26 @@ def test_kill9_and_restart_keeps_forwarding(lab: Lab) -> None:
     wait_for(lambda: api_up(lab, "n2"), 15 * SLOW, "the restarted daemon's API")
     wait_for(lambda: lab.query("n1", lab.unicast("n3"), timeout=2), 15 * SLOW,
              "n1 -> n3 after the restart")
-    assert allowed_ips(lab, "n2") == before  # picked up as found, nothing flushed
     nearest = {"n1": "n1", "n2": "n1", "n3": "n3"}
     wait_for(lambda: lab.catchment(timeout=3) == nearest, 20 * SLOW, "catchment again")
+    # Converged again on what it found (a restarted daemon may first pick the farther
+    # instance until it has measured both links' RTT; nothing was flushed meanwhile:
+    # forwarding never stopped, above).
+    wait_for(lambda: allowed_ips(lab, "n2") == before, 20 * SLOW, "n2's AllowedIPs as before")
+
+
+def wait_sending(prober: ProberRun) -> None:
+    """Wait until the prober has opened its socket (right before its first query): its
+    Python start can take longer than the lead time in the guest."""
+    def has_socket() -> bool:
+        fds = f"/proc/{prober.pid}/fd"
+        try:
+            return any(os.readlink(os.path.join(fds, fd)).startswith("socket:")
+                       for fd in os.listdir(fds))
+        except OSError:
+            return False
+    wait_for(lambda: has_socket() or not prober.running(), 15 * SLOW, "the prober's socket")
+    assert prober.running(), "the prober exited before sending"
 
 
 def test_hold_on_drain(lab: Lab) -> None:
@@ -110,7 +127,8 @@ def test_hold_on_drain(lab: Lab) -> None:
     before = status(lab, "n2")["dataplane"]
     prober = lab.start_prober("n2", duration=30, interval_ms=20, timeout_ms=8000,
                               realtime=False)
-    time.sleep(5)
+    wait_sending(prober)
+    time.sleep(5)  # lead: queries answered by n1 before the drain
     try:
         replies = lab.drain("n1", settle=0.5)
         res = prober.wait(timeout=300)
@@ -140,7 +158,8 @@ def test_failover_when_serving_daemon_stops(lab: Lab) -> None:
              "n2 -> n1")
     prober = lab.start_prober("n2", duration=40, interval_ms=20, timeout_ms=8000,
                               realtime=False)
-    time.sleep(5)
+    wait_sending(prober)
+    time.sleep(5)  # lead: queries answered by n1 before the stop
     lab.fail("n1", "daemon")  # SIGTERM: n1 drains its instance, then stops
     res = prober.wait(timeout=300)
     # n2 moved to the other instance and stays there, answered.
