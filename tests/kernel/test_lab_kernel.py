@@ -125,7 +125,9 @@ def test_hold_on_drain(lab: Lab) -> None:
     wait_for(lambda: lab.catchment(nodes=["n2"], timeout=3)["n2"] == "n1", 15 * SLOW,
              "n2 -> n1")
     before = status(lab, "n2")["dataplane"]
-    prober = lab.start_prober("n2", duration=30, interval_ms=20, timeout_ms=8000,
+    # One query per 5 ms: the hold lasts about one round trip (a few ms of netem delay
+    # plus the guest's own), and a sparser stream could send nothing inside it.
+    prober = lab.start_prober("n2", duration=30, interval_ms=5, timeout_ms=8000,
                               realtime=False)
     wait_sending(prober)
     time.sleep(5)  # lead: queries answered by n1 before the drain
