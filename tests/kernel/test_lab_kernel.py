@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from wgcast.lab.core import Lab, LabError, ProberRun
+from wgcast.lab.core import Lab, LabError
 from wgcast.lab.system import kernel_module, timeout_scale
 from wgcast.topology import Link, Topology
 
@@ -107,20 +107,6 @@ def test_kill9_and_restart_keeps_forwarding(lab: Lab) -> None:
     wait_for(lambda: allowed_ips(lab, "n2") == before, 20 * SLOW, "n2's AllowedIPs as before")
 
 
-def wait_sending(prober: ProberRun) -> None:
-    """Wait until the prober has opened its socket (right before its first query): its
-    Python start can take longer than the lead time in the guest."""
-    def has_socket() -> bool:
-        fds = f"/proc/{prober.pid}/fd"
-        try:
-            return any(os.readlink(os.path.join(fds, fd)).startswith("socket:")
-                       for fd in os.listdir(fds))
-        except OSError:
-            return False
-    wait_for(lambda: has_socket() or not prober.running(), 15 * SLOW, "the prober's socket")
-    assert prober.running(), "the prober exited before sending"
-
-
 def test_hold_on_drain(lab: Lab) -> None:
     wait_for(lambda: lab.catchment(nodes=["n2"], timeout=3)["n2"] == "n1", 15 * SLOW,
              "n2 -> n1")
@@ -129,7 +115,8 @@ def test_hold_on_drain(lab: Lab) -> None:
     # plus the guest's own), and a sparser stream could send nothing inside it.
     prober = lab.start_prober("n2", duration=30, interval_ms=5, timeout_ms=8000,
                               realtime=False)
-    wait_sending(prober)
+    # Its Python start can outlast the lead time in the guest.
+    assert prober.wait_started(15 * SLOW), "the prober did not start sending"
     time.sleep(5)  # lead: queries answered by n1 before the drain
     try:
         replies = lab.drain("n1", settle=0.5)
@@ -160,7 +147,8 @@ def test_failover_when_serving_daemon_stops(lab: Lab) -> None:
              "n2 -> n1")
     prober = lab.start_prober("n2", duration=40, interval_ms=20, timeout_ms=8000,
                               realtime=False)
-    wait_sending(prober)
+    # Its Python start can outlast the lead time in the guest.
+    assert prober.wait_started(15 * SLOW), "the prober did not start sending"
     time.sleep(5)  # lead: queries answered by n1 before the stop
     lab.fail("n1", "daemon")  # SIGTERM: n1 drains its instance, then stops
     res = prober.wait(timeout=300)
