@@ -25,6 +25,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: The 9p tag of the cached root export (guest.sh mounts it).
+CACHED_TAG = "wgcastroot"
 
 
 def find_kernel() -> str:
@@ -63,6 +65,8 @@ def main() -> int:
         "WGCAST_KERNEL_TIMEOUT", "590")), help="seconds for the whole guest run")
     ap.add_argument("--memory", default="2G")
     ap.add_argument("--log", default=os.path.join("/tmp", f"wgcast-test-kernel-{os.getpid()}.log"))
+    ap.add_argument("--qemu-opts", default=os.environ.get("WGCAST_QEMU_OPTS", ""),
+                    help="extra QEMU arguments (vng --qemu-opts)")
     ap.add_argument("--cmd", default=None,
                     help="run this shell command in the guest instead of the tests")
     ap.add_argument("pytest_args", nargs="*", help="passed to pytest in the guest")
@@ -74,8 +78,14 @@ def main() -> int:
     if args.cmd:
         inner = f"WGCAST_GUEST_CMD={shlex.quote(args.cmd)} {inner}"
     cpus = str(min(2, os.cpu_count() or 1))
+    # A second 9p export of / that guest.sh mounts with cache=loose over /usr and this
+    # tree: virtme-ng's root has no cache, so every process read python, its libraries
+    # and every module again over 9p (a virtio round trip per page and lookup).
+    qemu_opts = (f"-fsdev local,id={CACHED_TAG},path=/,security_model=none,readonly=on,"
+                 f"multidevs=remap -device virtio-9p-pci,fsdev={CACHED_TAG},"
+                 f"mount_tag={CACHED_TAG} {args.qemu_opts}").strip()
     cmd = ["vng", "--disable-kvm", "-r", kernel, "--memory", args.memory, "--cpus", cpus,
-           "--exec", inner]
+           f"--qemu-opts={qemu_opts}", "--exec", inner]
     env = {**os.environ, "PATH": os.path.join(ROOT, ".venv", "bin") + ":" + os.environ["PATH"]}
     # The tree is read-only in the guest and compiling there is slow (emulated CPU):
     # every Python process would compile wgcast again. Byte-compile it here once
@@ -117,7 +127,7 @@ def main() -> int:
         with open(args.log, "w") as log:
             for line in proc.stdout:  # ends when the guest (and qemu) exits or is killed
                 out.append(line)
-                log.write(line)
+                log.write(f"[{time.monotonic() - t0:6.1f}s] {line}")  # where the time goes
                 sys.stdout.write(line)
                 sys.stdout.flush()
         rc = proc.wait(timeout=60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import sys
@@ -11,11 +12,42 @@ from typing import Any
 import click
 
 from wgcast.cli.catchments import catchments
-from wgcast.cli.check import check
 from wgcast.cli.keys import control_address
 from wgcast.cli.membership import _socket_path, _with_socket, drain, join, leave
-from wgcast.cli.roster import roster
 from wgcast.cli.service import install_systemd
+
+#: Subcommands imported only when used (name -> module, attribute): `wgcast run` and
+#: the API commands must not pay for networkx (sim) and the lab. Where a Python process
+#: starts slowly (the emulated guest of `make test-kernel`), that import was most of a
+#: daemon's start. A module that fails to import (a missing extra) hides its command.
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("wgcast.cli.check", "check"),
+    "roster": ("wgcast.cli.roster", "roster"),
+    "sim": ("wgcast.cli.sim", "sim"),
+    "lab": ("wgcast.cli.lab", "lab"),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports the modules of LAZY_COMMANDS on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None or cmd_name not in LAZY_COMMANDS:
+            return cmd
+        module, attr = LAZY_COMMANDS[cmd_name]
+        try:
+            cmd = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            return None
+        assert isinstance(cmd, click.Command)
+        if cmd_name == "lab" and isinstance(cmd, click.Group):
+            _register_demo(cmd)
+        self.add_command(cmd, cmd_name)
+        return cmd
 
 
 def _load(config: str) -> Any:
@@ -28,7 +60,7 @@ def _load(config: str) -> Any:
         sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="wgcast")
 def main() -> None:
     """Anycast over WireGuard: a Babel control plane for AllowedIPs."""
@@ -274,33 +306,17 @@ def _num(v: float | None, unit: str = "") -> str:
     return "-" if v is None else f"{v:.2f}{unit}" if not unit else f"{v:.0f}{unit}"
 
 
-main.add_command(check)
 main.add_command(join)
 main.add_command(leave)
 main.add_command(drain)
-main.add_command(roster)
 main.add_command(install_systemd)
 main.add_command(catchments)
 main.add_command(control_address)
 
 
-def _optional(module: str, name: str) -> None:
-    import importlib
-
-    try:
-        cmd = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return
-    main.add_command(cmd)
-
-
-_optional("wgcast.cli.sim", "sim")
-_optional("wgcast.cli.lab", "lab")
-
-
-def _register_demo() -> None:
-    lab_group = main.commands.get("lab")
-    if not isinstance(lab_group, click.Group):
+def _register_demo(lab_group: click.Group) -> None:
+    """`wgcast lab demo` (defined here: it reports through click like the CLI)."""
+    if "demo" in lab_group.commands:
         return
     from wgcast.cli.lab import LINKS_OPTION, WIREGUARD_OPTION
 
@@ -352,9 +368,6 @@ def _register_demo() -> None:
             click.echo(json.dumps(res, indent=2))
         if not res.get("cleaned_up"):
             sys.exit(1)
-
-
-_register_demo()
 
 
 if __name__ == "__main__":

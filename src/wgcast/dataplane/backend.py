@@ -44,7 +44,10 @@ def link_kind(ifname: str) -> str | None:
 
 
 def _link_kind(ifname: str) -> str | None:
-    from pyroute2 import IPRoute
+    import wgcast.dataplane.pyroute2_bare  # noqa: F401
+
+    # isort: split
+    from pyroute2.iproute import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     with IPRoute() as ipr:

@@ -30,6 +30,9 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import wgcast.dataplane.pyroute2_bare  # noqa: F401  (first: see there)
+
+# isort: split
 from pyroute2.netlink import (
     NLA_F_NESTED,
     NLM_F_ACK,

@@ -22,7 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pyroute2 import IPRoute
+import wgcast.dataplane.pyroute2_bare  # noqa: F401  (first: see there)
+
+# isort: split
+from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from wgcast.dataplane.types import Prefix

@@ -41,12 +41,16 @@ class ProberRun:
         return alive(self.pid, self.starttime)
 
     def wait_started(self, timeout: float = 10.0) -> bool:
-        """Wait until a realtime prober is sending (it switches to SCHED_FIFO right
-        before its first query); False at the deadline or for a non-realtime one."""
+        """Wait until the prober is sending: a realtime one switches to SCHED_FIFO, any
+        one opens its socket, right before its first query. False at the deadline."""
         deadline = time.monotonic() + timeout
+        fds = f"/proc/{self.pid}/fd"
         while time.monotonic() < deadline and self.running():
             with contextlib.suppress(OSError):
                 if os.sched_getscheduler(self.pid) == os.SCHED_FIFO:
+                    return True
+                if any(os.readlink(os.path.join(fds, fd)).startswith("socket:")
+                       for fd in os.listdir(fds)):
                     return True
             time.sleep(0.005)
         return False

@@ -17,7 +17,15 @@ from typing import Any
 
 from wgcast.lab.handle import LabHandle
 from wgcast.lab.state import ProcessRecord, failure_removed
-from wgcast.lab.system import LabError, alive, signal_pid, spawn, tail, wait_gone
+from wgcast.lab.system import (
+    LabError,
+    alive,
+    signal_pid,
+    spawn,
+    tail,
+    timeout_scale,
+    wait_gone,
+)
 
 log = logging.getLogger("wgcast.lab")
 
@@ -94,7 +102,9 @@ def wait_api_sockets(lab: LabHandle, names: Sequence[str], timeout: float = 10.0
             log.warning("lab %s: daemons still without an API socket after %.1fs: %s",
                         lab.id, timeout, ", ".join(sorted(pending)))
             return
-        time.sleep(0.05)
+        # Each poll reads the state file and /proc: in a slow guest, polling at the
+        # host's pace took CPU from the daemons it waits for.
+        time.sleep(0.05 * timeout_scale())
 
 
 def stop_daemon(lab: LabHandle, node: str, sig: int = signal.SIGTERM,
@@ -166,7 +176,7 @@ def wait_served(lab: LabHandle, nodes: Sequence[str], timeout: float = 15.0,
             raise LabError(f"groups not {'served' if served else 'withdrawn'} after "
                            f"{timeout:g}s on {', '.join(sorted(pending))} "
                            f"(states: {last}); service logs:\n{logs}")
-        time.sleep(0.02)
+        time.sleep(0.02 * timeout_scale())  # as in wait_daemons
 
 
 def kill_service(lab: LabHandle, node: str, sig: int = signal.SIGKILL,
