@@ -22,13 +22,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from wgcast.daemon.http import MAX_REQUEST, REQUEST_TIMEOUT, read_request_line, reply
 from wgcast.daemon.ports import GroupSource, StatusSource
 
 log = logging.getLogger(__name__)
 
 #: Longest request head we read, and how long a client may take to send it.
-MAX_REQUEST = 8192
-REQUEST_TIMEOUT = 5.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -195,25 +194,11 @@ class MetricsServer:
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ValueError, ConnectionError):
             status, body, ctype = "400 Bad Request", b"bad request\n", "text/plain"
-        try:
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                         .encode() + body)
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        await reply(writer, status, body, ctype)
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[str, bytes, str]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = line.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            raise ValueError(line)
-        method, target = parts[0], parts[1].split("?", 1)[0]
+        method, target = await read_request_line(reader)
+        target = target.split("?", 1)[0]
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", b"GET /metrics\n", "text/plain"
         if target not in ("/metrics", "/"):

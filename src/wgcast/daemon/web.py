@@ -21,12 +21,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from wgcast.daemon.catchments import ChangeLog
+from wgcast.daemon.http import MAX_REQUEST, REQUEST_TIMEOUT, read_request_line, reply
 from wgcast.prefix import Prefix
 
 log = logging.getLogger(__name__)
 
-MAX_REQUEST = 8192
-REQUEST_TIMEOUT = 5.0
 PAGE = "catchments.html"
 #: The change log is sampled while the JSON was asked for within this many seconds
 #: (a page is open): building the table costs ~1 ms per 30 prefixes, not worth it for
@@ -146,26 +145,14 @@ class WebServer:
     async def _handle(self, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
-            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                raise ValueError(parts)
-            status, body, ctype = self.respond(parts[0], parts[1])
+            method, target = await asyncio.wait_for(read_request_line(reader),
+                                                    REQUEST_TIMEOUT)
+            status, body, ctype = self.respond(method, target)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 ValueError, ConnectionError):
             status, body, ctype = "400 Bad Request", b"bad request\n", "text/plain"
         except Exception as e:  # a bug must not take the daemon down
             log.exception("web: request failed")
             status, body, ctype = "500 Internal Server Error", f"{e}\n".encode(), "text/plain"
-        try:
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
-                         f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n"
-                         "X-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
-                         .encode() + body)
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        await reply(writer, status, body, ctype,
+                    "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n")
