@@ -295,6 +295,12 @@ def test_non_root_is_told_what_it_needs(single: Single) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv")
     d = Path(tempfile.mkdtemp(prefix="wgcast-nonroot-"))
+    # nobody must reach this checkout's venv and sources: a clone in a `mktemp -d`
+    # directory (mode 0700) is not searchable by others. Add o+x where missing, undo after.
+    opened = [p for p in Path(__file__).resolve().parents
+              if p.is_dir() and not p.stat().st_mode & 0o001]
+    for p in opened:
+        p.chmod(p.stat().st_mode | 0o001)
     try:
         d.chmod(0o777)  # nobody writes its lock, state and socket here
         cfg = d / "wg.toml"
@@ -310,6 +316,8 @@ def test_non_root_is_told_what_it_needs(single: Single) -> None:
         print(r.stderr.strip().splitlines()[-1])
     finally:
         shutil.rmtree(d, ignore_errors=True)
+        for p in opened:
+            p.chmod(p.stat().st_mode & ~0o001)
 
 
 def _wait_log(s: Single, cond: Callable[[str], bool], timeout: float = 10.0) -> str:
