@@ -47,7 +47,7 @@ from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.catchments import CatchmentCollector, catchment_table
 from wgcast.daemon.config import Config, ConfigError, LanConf, PeerConf, load
 from wgcast.daemon.endpoint_manager import EndpointManager
-from wgcast.daemon.lan import LanService
+from wgcast.daemon.lan import LanService, stream_id
 from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
@@ -365,7 +365,7 @@ class Daemon:
         if cfg.lan:
             self.lan = LanService(cfg, clock, UdpTransport, System)
             with _needs_root("binding the Babel sockets to the [[lan]] interfaces"):
-                await self.lan.start(self._on_lan_datagrams)
+                await self.lan.start(self._on_lan_datagrams, self._on_lan_address)
         # Groups (static ones included) are served by the membership service (run()),
         # once their health checks pass.
         self._save_state()
@@ -568,6 +568,11 @@ class Daemon:
                 self.endpoints.received(name)
         self._pump()
 
+    def _on_lan_address(self, lan: LanConf, ll: ipaddress.IPv6Address) -> None:
+        """A LAN's address is known: its multicast Hello stream starts (at once)."""
+        assert self.node is not None
+        self.node.add_hello_stream(stream_id(lan.interface), ll.packed, now=self.now())
+
     def _on_lan_datagrams(self, lan: LanConf, batch: Datagrams) -> None:
         """Datagrams heard on a LAN: every new link-local source is a new neighbour."""
         node, service = self.node, self.lan
@@ -581,6 +586,7 @@ class Daemon:
                 node.add_neighbour(nb.name, lan.cost, multicast=True,
                                    ipv4_next_hop=None if lan.ipv4_next_hop is None
                                    else lan.ipv4_next_hop.packed)
+                node.join_hello_stream(nb.name, stream_id(lan.interface), src.packed)
                 self.policy.lan[nb.name] = PeerInfo(
                     nb.name, b"", src, b"", tuple(lan.may_originate) + tuple(self.config.anycast),
                     generic=True)
@@ -601,6 +607,8 @@ class Daemon:
         for name, data in node.datagrams_to_send():
             if lan is not None and name in lan.neighbours:
                 lan.send(name, data)
+            elif lan is not None and name in lan.streams:
+                lan.send_group(name, data)
             else:
                 self.transport.send(data, BABEL_GROUP if name in multicast
                                     else self.peers[name].control)
