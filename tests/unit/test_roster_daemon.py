@@ -233,3 +233,32 @@ def test_a_restart_cannot_roll_the_roster_back(tmp_path: Path) -> None:
             mesh2.close()
 
     asyncio.run(main())
+
+
+def test_a_lan_neighbour_passes_members_routes_the_roster_allows() -> None:
+    """Under a roster, a generic neighbour (a LAN's) is still judged by address inside its
+    may_originate; outside it, a route whose origin is a roster member is judged by the
+    roster (another wgcast edge on the LAN passing the mesh's routes on), signature
+    included, and anything else is refused."""
+    from wgcast.daemon.ports import PeerInfo
+    from wgcast.origin import Verifier, signing_public
+
+    pm, ps = keys.generate_private(), keys.generate_private()
+    km, ks = keys.public_from_private(pm), keys.public_from_private(ps)
+    roster = parse(signed_roster(1, {"m": (km, ["10.0.5.0/24"], None),
+                                     "s": (ks, ["10.0.6.0/24"], signing_public(ps))}))
+    p = PeerPolicy([], [], own_router_id=b"\x01" * 8, roster=roster)
+    p.verifier = Verifier()
+    lan_space = ipaddress.ip_network("fd00:b::/48")
+    p.lan["fe80::2%eth1"] = PeerInfo("fe80::2%eth1", b"", ipaddress.IPv6Address("fe80::2"),
+                                     b"", (lan_space,), generic=True)
+    stranger = b"\x02\x00\x00\xff\xfe\x00\x00\x07"
+    net = ipaddress.ip_network
+    assert p.refusal("fe80::2%eth1", net("fd00:b:0:1::/64"), stranger) is None
+    assert p.trust[("fe80::2%eth1", net("fd00:b:0:1::/64"))] == "address"
+    assert p.refusal("fe80::2%eth1", net("10.0.5.0/24"), router_id(km)) is None
+    assert p.trust[("fe80::2%eth1", net("10.0.5.0/24"))] == "roster"
+    assert p.refusal("fe80::2%eth1", net("10.0.7.0/24"), router_id(km)) == "not allowed"
+    assert p.refusal("fe80::2%eth1", net("10.0.5.0/24"), stranger) == "not allowed"
+    # A member with a sign_key: its routes need its signature, on a LAN too.
+    assert p.refusal("fe80::2%eth1", net("10.0.6.0/24"), router_id(ks)) == "unsigned"
