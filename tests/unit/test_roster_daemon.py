@@ -262,3 +262,26 @@ def test_a_lan_neighbour_passes_members_routes_the_roster_allows() -> None:
     assert p.refusal("fe80::2%eth1", net("10.0.5.0/24"), stranger) == "not allowed"
     # A member with a sign_key: its routes need its signature, on a LAN too.
     assert p.refusal("fe80::2%eth1", net("10.0.6.0/24"), router_id(ks)) == "unsigned"
+
+
+def test_a_lan_router_in_the_roster_reaches_the_whole_mesh() -> None:
+    """A LAN router's prefixes stop at the edge unless the roster names it (by its Babel
+    router-id): then every member takes them from its wgcast peers as transit routes
+    (trust "roster", unsigned)."""
+    from wgcast.daemon.ports import PeerInfo
+
+    pa = keys.generate_private()
+    ka = keys.public_from_private(pa)
+    lan_rid = bytes.fromhex("020000fffe000007")
+    base = (f'serial = 1\nmesh_prefixes = ["10.0.0.0/8"]\n[[members]]\nname = "a"\n'
+            f'public_key = "{keys.b64(ka)}"\nprefixes = ["10.0.1.0/24"]\n')
+    named = base + ('[[members]]\nname = "lan-r1"\nrouter_id = "02:00:00:ff:fe:00:00:07"\n'
+                    'prefixes = ["10.0.20.0/24"]\n')
+    net = ipaddress.ip_network("10.0.20.1/32")
+    for text, want in ((base, "not in roster"), (named, None)):
+        roster = parse(text)  # (unsigned: the policy does not check the signature)
+        p = PeerPolicy([], [], own_router_id=b"\x01" * 8, roster=roster)
+        p.add(PeerInfo("a", ka, ipaddress.IPv6Address("fe80::a"), router_id(ka), ()))
+        assert p.refusal("a", net, lan_rid) == want
+        if want is None:
+            assert p.trust[("a", net)] == "roster"
