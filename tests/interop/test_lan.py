@@ -150,10 +150,12 @@ may_originate = ["fd00:1a::/48", "10.0.20.0/24"]
         assert st[0]["neighbours"][0]["up"]
         # L retracts its prefix: gone in A and, through A, in B.
         lan.run("ip", "addr", "del", L_V6, "dev", "lo")
-        wait_until(lambda: kernel_route(link.a.name, L_V6) == "", 30, f"A: {L_V6} gone")
+        ta = wait_until(lambda: kernel_route(link.a.name, L_V6) == "", 30, f"A: {L_V6} gone")
         # (babeld keeps a retracted route as an unreachable one until it expires.)
-        wait_until(lambda: f"dev {link.b_if}" not in kernel_route(link.b.name, L_V6), 30,
-                   f"B: {L_V6} gone")
+        tb = wait_until(lambda: f"dev {link.b_if}" not in kernel_route(link.b.name, L_V6), 30,
+                        f"B: {L_V6} gone")
+        print(f"babeld on the LAN: {L_V6} gone from A {ta:.3f} s, from B {ta + tb:.3f} s "
+              "after it left L's lo")
         assert f"dev {la}" in kernel_route(link.a.name, L_V4)
     except BaseException:
         for ns in (link.a, lan, link.b):
@@ -226,7 +228,8 @@ ipv4_next_hop = "10.88.0.1"
         assert kernel_route(link.a.name, L_BAD) == ""
         subprocess.run(["birdc", "-s", str(ctl), "disable", "s6"], capture_output=True,
                        timeout=10)
-        wait_until(lambda: kernel_route(link.a.name, L_V6) == "", 30, f"A: {L_V6} gone")
+        t = wait_until(lambda: kernel_route(link.a.name, L_V6) == "", 30, f"A: {L_V6} gone")
+        print(f"BIRD on the LAN: {L_V6} gone from A {t:.3f} s after birdc disable")
         assert f"dev {lan.a_if}" in kernel_route(link.a.name, L_V4)
     except BaseException:
         for log in ("wgcast.log", "bird-l.log"):
