@@ -195,7 +195,10 @@ class LanService:
     async def apply_once(self) -> None:
         replace: dict[str, dict[Prefix, ipaddress.IPv6Address]] = {}
         remove: dict[str, dict[Prefix, ipaddress.IPv6Address]] = {}
-        for p, nb in list(self._desired.items()):
+        # What is applied now: a selection that changes while the kernel is being
+        # written (the engine runs on) stays desired for the next round.
+        applying = dict(self._desired)
+        for p, nb in applying.items():
             want = None if nb is None else (nb.lan.interface, nb.address)
             have = self._installed.get(p)
             if want is not None and want != have:
@@ -207,12 +210,16 @@ class LanService:
         for ifname in sorted(set(replace) | set(remove)):
             await self.systems[ifname].change_gateway_routes(replace.get(ifname, {}),
                                                              remove.get(ifname, {}))
-        for p, nb in list(self._desired.items()):
+        for p, nb in applying.items():
             if nb is None:
                 self._installed.pop(p, None)
-                del self._desired[p]
             else:
                 self._installed[p] = (nb.lan.interface, nb.address)
+            if p in self._desired and self._desired[p] is nb:
+                if nb is None:
+                    del self._desired[p]
+            else:
+                self._dirty.set()  # changed meanwhile: apply the new choice next
 
     # ------------------------------------------------------------ status
 
