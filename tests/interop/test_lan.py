@@ -183,8 +183,8 @@ protocol babel b1 {{
 
 
 def test_lan_edge_meets_bird(link: Link, tmp_path: Path) -> None:
-    """The same edge with BIRD 2.0 on the LAN: it keeps A as a neighbour on our unicast
-    multicast-flagged Hellos, takes IPv4 as AE 1 + Next Hop (`ipv4_next_hop`), and
+    """The same edge with BIRD 2.0 on the LAN: it keeps A as a neighbour on A's multicast
+    Hellos (one stream to ff02::1:6), takes IPv4 as AE 1 + Next Hop (`ipv4_next_hop`), and
     learns A's own and B's prefixes; A installs L's through L's link-local address."""
     import shutil
 
