@@ -271,6 +271,12 @@ def test_two_wgcast_nodes_and_babeld_on_one_segment(segment: Segment) -> None:
         st = seg.api("x", "status")["status"]
         assert st["interface"] == "" and st["dataplane"] is None and st["backend"] is None
         assert seg.api("x", "peers")["peers"] == []
+        # A reload applies on a LAN-only node too: a new own address reaches Y.
+        conf_x = seg.tmp / "x.toml"
+        conf_x.write_text(conf_x.read_text().replace(
+            f'addresses = ["{OWN["x"][0]}"', f'addresses = ["fd00:31::2/128", "{OWN["x"][0]}"'))
+        assert "addresses" in seg.api("x", "reload")["changed"]
+        wait_until(lambda: on_segment("y", "fd00:31::2/128"), 30, "y: X's new address")
         record("lan-segment", **figures)
         print("figures", figures)
     except BaseException:
