@@ -27,8 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wgcast.daemon.config import Config, LanConf
-from wgcast.daemon.ports import Datagrams, Scheduler, Transport
-from wgcast.daemon.transport import BABEL_GROUP
+from wgcast.daemon.ports import BABEL_GROUP, Datagrams, Scheduler, Transport
 from wgcast.dataplane.system import NetConfigError, System
 from wgcast.prefix import Prefix
 
