@@ -28,9 +28,17 @@ from wgcast.anycast.group import DRAIN_METRIC
 from wgcast.babel.wire import INFINITY
 from wgcast.daemon.config import Config
 from wgcast.daemon.ports import EngineView, HostNetwork, MoveHoldDevice, Scheduler
+from wgcast.daemon.trace import TraceRing
 from wgcast.dataplane.reconcile import holders, plan, simulate
 from wgcast.dataplane.system import NetConfigError
-from wgcast.dataplane.types import AddAllowedIP, Device, PeerKey, WireGuardBackend
+from wgcast.dataplane.types import (
+    AddAllowedIP,
+    Device,
+    Op,
+    PeerKey,
+    RemoveAllowedIP,
+    WireGuardBackend,
+)
 from wgcast.keys import router_id
 from wgcast.prefix import Prefix
 
@@ -114,6 +122,8 @@ class DataPlaneApplier:
         #: CPU seconds of the last read back (device + kernel routes): paces the audits.
         self.check_cost = 0.0
         self._put_back_quiet = float("-inf")
+        #: Route-change trace: "applied" / "held" events of the traced prefixes.
+        self.trace: TraceRing | None = None
 
     # ------------------------------------------------------------ start
 
@@ -374,6 +384,30 @@ class DataPlaneApplier:
             self.stats.applies += 1
             self.stats.ops += len(ops)
             self.stats.last_apply_ms = (time.perf_counter() - t0) * 1000
+            if self.trace is not None:
+                self._trace_applied(ops, add, drop, desired)
+
+    def _trace_applied(self, ops: list[Op], add: set[Prefix], drop: set[Prefix],
+                       desired: dict[Prefix, PeerKey]) -> None:
+        """One "applied" event per traced prefix this apply changed (device and kernel
+        done), naming the peer it now goes to."""
+        trace = self.trace
+        assert trace is not None
+        changed = set(add) | set(drop)
+        for op in ops:
+            if isinstance(op, AddAllowedIP | RemoveAllowedIP):
+                changed.add(op.prefix)
+            else:
+                changed.update(op.prefixes)
+        now = self.clock.now()
+        for p in changed:
+            if not trace.watched(p):
+                continue
+            key = desired.get(p)
+            trace.event(p, now, "applied",
+                        neighbour=None if key is None else self._peer_name.get(key),
+                        note=f"{self.stats.last_apply_ms:.1f} ms apply"
+                        + ("" if key is not None else ", route removed"))
 
     # ------------------------------------------------------------ move holds
 
@@ -429,6 +463,9 @@ class DataPlaneApplier:
                     start.append(p)
                     self._holding[p] = now + wait
                     self.clock.call_at(now + wait, self._dirty.set)
+                    if self.trace is not None:
+                        self.trace.event(p, now, "held", neighbour=self._peer_name.get(old),
+                                         note=f"move held {wait * 1000:.1f} ms")
         if start:
             for p in start:
                 q.hold(p)  # queue first, then route here: no packet slips through

@@ -41,7 +41,7 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.neighbour import LinkCostParams, link_tiebreak
 from wgcast.babel.route import SelectionParams
-from wgcast.babel.wire import PORT
+from wgcast.babel.wire import PORT, RouteUpdate, decode_packet, resolve
 from wgcast.daemon.api import ApiError, ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.catchments import CatchmentCollector, catchment_table
@@ -76,6 +76,7 @@ from wgcast.daemon.ports import (
 )
 from wgcast.daemon.reload import diff, refusals
 from wgcast.daemon.state import State, StateError, load_state, save_state
+from wgcast.daemon.trace import TraceRing
 from wgcast.daemon.transport import BABEL_GROUP, UdpTransport
 from wgcast.daemon.web import WebServer
 from wgcast.dataplane.backend import open_device
@@ -257,6 +258,8 @@ class Daemon:
         self._background: set[asyncio.Task[tuple[bool, str]]] = set()
         #: Why peers are down (`wgcast peers`), device peers not in the config.
         self.doctor: PeerDoctor | None = None
+        #: Route-change events of the anycast prefixes (`wgcast trace`).
+        self.trace = TraceRing(config.anycast)
 
     # ------------------------------------------------------------ clock
 
@@ -272,6 +275,7 @@ class Daemon:
         dp = self.dataplane = DataPlaneApplier(cfg, self.backend, self.system, clock,
                                                lambda: self.view, self.by_key,
                                                self._open_move_hold)
+        dp.trace = self.trace
         with _needs_root(f"reading the WireGuard interface {cfg.interface}"):
             dev = await self.backend.get()
         if dev.public_key is None:
@@ -348,6 +352,7 @@ class Daemon:
             seqno=seqno,
             accept=self.policy.accept,
             signer=self.signer,
+            observe=self._heard,
         )
         self.node = Node(ncfg, self.now())
         self.policy.routes_from = self.node.route_count_via
@@ -528,6 +533,7 @@ class Daemon:
         if ensure:
             with contextlib.suppress(Exception):
                 await dp.ensure(ensure)
+        self.trace.set_anycast(new.anycast)
         if self.endpoints is not None:
             moved = [n for o, n in ch.peers_changed
                      if (o.endpoints, o.probe_port) != (n.endpoints, n.probe_port)]
@@ -597,17 +603,20 @@ class Daemon:
         """Send what the engine wrote, apply its events, re-arm its timer."""
         node = self.node
         assert node is not None and self.clock is not None and self.dataplane is not None
-        multicast, lan = self.multicast, self.lan
-        for name, data in node.datagrams_to_send():
+        multicast, lan, trace = self.multicast, self.lan, self.trace
+        now = self.now()
+        sent = node.datagrams_to_send()
+        for name, data in sent:
             if lan is not None and name in lan.neighbours:
                 lan.send(name, data)
             else:
                 self.transport.send(data, BABEL_GROUP if name in multicast
                                     else self.peers[name].control)
-        now = self.now()
         while (ev := node.next_event()) is not None:
             if isinstance(ev, RouteSelected):
                 self.routes[ev.prefix] = RouteInfo(ev.via, ev.metric, ev.router_id, time.time())
+                trace.event(ev.prefix, now, "selected", neighbour=ev.via, metric=ev.metric,
+                            router_id=ev.router_id)
                 on_lan = lan is not None and ev.via in lan.neighbours
                 peer = None if ev.via is None or ev.via == LOCAL or on_lan \
                     else self.peers[ev.via].key
@@ -631,18 +640,70 @@ class Daemon:
                     # Its control /128 may have gone (wg syncconf, wg set): look now,
                     # not at the next periodic audit.
                     self.dataplane.audit()
+                    for p, r in self.routes.items():
+                        if r.via == ev.neighbour:
+                            trace.event(p, now, "neighbour_down", neighbour=ev.neighbour)
+                    trace.forget_neighbour(ev.neighbour)
             elif isinstance(ev, SeqnoChanged):
                 self._save_state()
             elif isinstance(ev, RetractionAcked):
+                trace.event(ev.prefix, now, "acked")
                 fut = self._acks.pop(ev.prefix, None)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+        if sent and trace.hot(now):
+            self._trace_sent(now, sent)
         deadline = node.next_deadline()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
             self._timer = self.clock.loop.call_at(max(deadline, now), self._on_timer)
+
+    def _heard(self, neighbour: str, prefix: Prefix, rid: bytes, seqno: int,
+               metric: int) -> None:
+        """The engine's Update observer: the trace keeps those that change something."""
+        self.trace.heard(self.now(), neighbour, prefix, rid, seqno, metric)
+
+    def _trace_sent(self, now: float, sent: Sequence[tuple[str, bytes]]) -> None:
+        """The Updates of traced prefixes in what was just sent (looked at only for a
+        while after a traced prefix changed: no cost in steady state)."""
+        trace = self.trace
+        out: dict[tuple[Prefix, int, bytes, int], list[str]] = {}
+        for name, data in sent:
+            try:
+                msgs = list(resolve(decode_packet(data)))
+            except Exception:  # our own bytes; never let the trace break the pump
+                continue
+            for m in msgs:
+                if isinstance(m, RouteUpdate) and m.prefix is not None and \
+                        trace.watched(m.prefix):
+                    out.setdefault((m.prefix, m.metric, m.router_id, m.seqno),
+                                   []).append(name)
+        for (p, metric, rid, seqno), names in out.items():
+            trace.event(p, now, "update_sent", metric=metric, router_id=rid, seqno=seqno,
+                        note="to " + ",".join(sorted(set(names))))
+
+    async def _api_trace(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`wgcast trace`: the events of one prefix, or which prefixes have some."""
+        raw = req.get("prefix")
+        since = req.get("since")
+        if since is not None and (isinstance(since, bool) or
+                                  not isinstance(since, int | float)):
+            raise ApiError("bad_request", "since: expected seconds on CLOCK_MONOTONIC")
+        base = {"interface": self.config.interface, "node": self.node_name(),
+                "clock": "CLOCK_MONOTONIC seconds (shared by every process of the host)",
+                "now": round(self.now(), 6)}
+        if raw is None:
+            return {**base, **self.trace.summary()}
+        if not isinstance(raw, str) or len(raw) > 64:
+            raise ApiError("bad_request", 'expected "prefix": an IP prefix such as '
+                                          '"fd00:a::53/128"')
+        try:
+            prefix = ipaddress.ip_network(raw.strip(), strict=True)
+        except ValueError as e:
+            raise ApiError("bad_prefix", f"not a prefix: {e}") from None
+        return {**base, **self.trace.view(prefix, None if since is None else float(since))}
 
     # ports.EngineControl (the endpoint manager after a switch)
 
@@ -688,6 +749,7 @@ class Daemon:
         await self.system.add_group_address(_host_interface(prefix), ifname=ifname)
         self._served[prefix] = ifname
         assert self.node is not None
+        self.trace.event(prefix, self.now(), "originated", metric=m)
         self.node.originate(prefix, m, now=self.now())
         self._pump()
 
@@ -703,6 +765,7 @@ class Daemon:
         grace = self.config.timers.retract_grace if wait is None else wait
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._acks[prefix] = fut
+        self.trace.event(prefix, self.now(), "retracted")
         self.node.retract(prefix, now=self.now())
         self._pump()
         acked = True
@@ -716,6 +779,8 @@ class Daemon:
         ifname = self._served.pop(prefix)
         with contextlib.suppress(Exception):
             await self.system.remove_address(_host_interface(prefix), ifname=ifname)
+        self.trace.event(prefix, self.now(), "address_down",
+                         note="acked" if acked else "not acked in time")
         return acked
 
     async def _drain_out(self, prefix: Prefix, membership: MembershipService) -> None:
@@ -751,7 +816,9 @@ class Daemon:
         api.handlers["reload"] = self._api_reload
         api.handlers["catchments"] = self._api_catchments
         api.handlers["peers"] = self._api_peers
-        membership = self.membership = MembershipService(self.config, api, self, self.view)
+        api.handlers["trace"] = self._api_trace
+        membership = self.membership = MembershipService(self.config, api, self, self.view,
+                                                         trace=self.trace)
         await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
         metrics = await self._start_metrics(membership)
