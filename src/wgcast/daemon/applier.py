@@ -124,6 +124,8 @@ class DataPlaneApplier:
         self._put_back_quiet = float("-inf")
         #: Route-change trace: "applied" / "held" events of the traced prefixes.
         self.trace: TraceRing | None = None
+        #: When the first route change not yet applied came (the trace's wait time).
+        self._changed_at: float | None = None
 
     # ------------------------------------------------------------ start
 
@@ -189,6 +191,8 @@ class DataPlaneApplier:
             while len(seen) > 2:
                 del seen[next(iter(seen))]
         self._desired[prefix] = peer
+        if self._changed_at is None:
+            self._changed_at = self.clock.now()
         self._dirty.set()
 
     def kick(self) -> None:
@@ -367,10 +371,13 @@ class DataPlaneApplier:
     async def _apply_plan(self, desired: dict[Prefix, PeerKey], managed: set[Prefix],
                           t0: float, owner: dict[Prefix, PeerKey]) -> None:
         desired, managed = self._bounded(desired, managed, owner)
+        changed_at, self._changed_at = self._changed_at, None
         ops = plan(desired, self._actual, managed, owner)
+        t_dev = time.perf_counter()
         if ops:
             await self.device.apply(ops)
             self._actual = simulate(self._actual, ops)
+        t_routes = time.perf_counter()
         want_routes = set(desired)
         add = want_routes - self._kroutes
         drop = {p for p in managed if p not in want_routes} & self._kroutes
@@ -385,10 +392,15 @@ class DataPlaneApplier:
             self.stats.ops += len(ops)
             self.stats.last_apply_ms = (time.perf_counter() - t0) * 1000
             if self.trace is not None:
-                self._trace_applied(ops, add, drop, desired)
+                t1 = time.perf_counter()
+                wait = "" if changed_at is None else \
+                    f"waited {(self.clock.now() - changed_at - (t1 - t0)) * 1000:.1f} ms, "
+                self._trace_applied(ops, add, drop, desired,
+                                    f"{wait}device {(t_routes - t_dev) * 1000:.1f} ms, "
+                                    f"routes {(t1 - t_routes) * 1000:.1f} ms")
 
     def _trace_applied(self, ops: list[Op], add: set[Prefix], drop: set[Prefix],
-                       desired: dict[Prefix, PeerKey]) -> None:
+                       desired: dict[Prefix, PeerKey], note: str) -> None:
         """One "applied" event per traced prefix this apply changed (device and kernel
         done), naming the peer it now goes to."""
         trace = self.trace
@@ -406,8 +418,7 @@ class DataPlaneApplier:
             key = desired.get(p)
             trace.event(p, now, "applied",
                         neighbour=None if key is None else self._peer_name.get(key),
-                        note=f"{self.stats.last_apply_ms:.1f} ms apply"
-                        + ("" if key is not None else ", route removed"))
+                        note=note + ("" if key is not None else ", route removed"))
 
     # ------------------------------------------------------------ move holds
 

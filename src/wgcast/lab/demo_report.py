@@ -287,3 +287,104 @@ def _write_svg(path: str, rows: list[tuple[str, list[dict[str, Any]], Any]],
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+# -- where the milliseconds go (daemon traces) -----------------------------------------
+
+#: Trace events before the failure by less than this (s) still belong to it (a drain's
+#: first step is taken before `fail` returns the time it was injected).
+TRACE_SLACK = 0.05
+
+
+def _first(events: list[dict[str, Any]], kind: str, t_from: float,
+           neighbour: str | None = None, routed: bool = False) -> dict[str, Any] | None:
+    """The first `kind` event at or after `t_from` (from/via `neighbour`; `routed`: one
+    that names a neighbour, i.e. a route, not its loss)."""
+    for e in events:
+        if e["kind"] == kind and e["t"] >= t_from and \
+                (neighbour is None or e.get("neighbour") == neighbour) and \
+                (not routed or e.get("neighbour") not in (None, "<local>")):
+            return e
+    return None
+
+
+def breakdown(traces: dict[str, list[dict[str, Any]]], topo: Topology, target: str,
+              client: str, new_instance: str | None, how: str, t_fail: float,
+              first_answer_ms: float | None, peer: str | None = None) -> dict[str, Any]:
+    """Where one moved client's outage went, from the daemons' traces (`wgcast trace`,
+    CLOCK_MONOTONIC seconds, shared by every daemon of the host), in ms since the
+    failure: the detection, the first Update the detecting node sent, then per hop on
+    the way of the news (the old path from the detecting node to the client, and the
+    nodes of the client's new path that changed their selection): the first Update heard
+    from the previous hop, the selection change, the data plane applied; and the first
+    answer from the new instance. `ready_ms`: the last hop applied."""
+    g = topo.simple_graph()
+    t0 = t_fail - TRACE_SLACK
+
+    def ms(e: dict[str, Any] | None) -> float | None:
+        return None if e is None else round((e["t"] - t_fail) * 1000, 3)
+
+    points = [p for p in detection_points(topo, target, how, peer) if p in g]
+    try:
+        det = min(points, key=lambda p: (_dist(g, p, client), p))
+        old = nx.shortest_path(g, det, client, weight="delay_ms")
+        new = nx.shortest_path(g, client, new_instance, weight="delay_ms") \
+            if new_instance is not None else [client]
+    except (ValueError, nx.NetworkXNoPath, nx.NodeNotFound):
+        return {"client": client, "error": "no path"}
+    dev = traces.get(det, [])
+    detected = _first(dev, "neighbour_down" if how == "node" else "detected", t0) or \
+        _first(dev, "retracted", t0) or _first(dev, "selected", t0)
+    hops: list[dict[str, Any]] = []
+    order = list(old[1:]) + [n for n in new[1:] if n not in old]
+    for n in order:
+        ev = traces.get(n, [])
+        sel = _first(ev, "selected", t0, routed=True)
+        if n not in old and sel is None:
+            continue  # on the new path but nothing changed there
+        prev = old[old.index(n) - 1] if n in old else None
+        heard = _first(ev, "update_received", t0, prev) if prev is not None else \
+            _first(ev, "update_received", t0)
+        lost = _first(ev, "selected", t0)
+        lost = lost if lost is not None and lost.get("neighbour") is None else None
+        t_sel = t0 if sel is None else sel["t"]
+        applied = _first(ev, "applied", t_sel, routed=True)
+        sent = _first(ev, "update_sent", t_sel)
+        hops.append({"node": n, "from": None if heard is None else heard.get("neighbour"),
+                     "update_received_ms": ms(heard), "no_route_ms": ms(lost),
+                     "selected_ms": ms(sel),
+                     "selected_via": None if sel is None else sel.get("neighbour"),
+                     "update_sent_ms": ms(sent),
+                     "held_ms": ms(_first(ev, "held", t0)), "applied_ms": ms(applied),
+                     "apply_note": None if applied is None else applied.get("note")})
+    applied_all = [h["applied_ms"] for h in hops if h["applied_ms"] is not None]
+    return {"client": client, "detected_at": det,
+            "detected_ms": ms(detected),
+            "detected_how": None if detected is None else
+            (detected.get("note") or detected["kind"]),
+            "first_update_sent_ms": ms(_first(dev, "update_sent", t0)),
+            "hops": hops, "ready_ms": max(applied_all) if applied_all else None,
+            "first_answer_ms": None if first_answer_ms is None else round(first_answer_ms, 3)}
+
+
+def format_breakdown(b: dict[str, Any]) -> str:
+    """One line: 'n4: detected n5 +0.3 (...) sent +0.6 | n4 heard +9.9 sel +10.0 ...'."""
+    if "error" in b:
+        return f"{b['client']}: {b['error']}"
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:+.1f}"
+
+    parts = [f"{b['client']}: detected at {b['detected_at']} {f(b['detected_ms'])}"
+             f" ({b['detected_how'] or '?'}), Update sent {f(b['first_update_sent_ms'])}"]
+    for h in b["hops"]:
+        held = f" held {f(h['held_ms'])}" if h["held_ms"] is not None else ""
+        lost = f" no route {f(h['no_route_ms'])}" if h.get("no_route_ms") is not None else ""
+        parts.append(f"{h['node']} heard {f(h['update_received_ms'])}"
+                     + (f" from {h['from']}" if h["from"] else "") + lost
+                     + f" selected {f(h['selected_ms'])}"
+                     + (f" via {h['selected_via']}" if h.get("selected_via") else "")
+                     + f" sent {f(h.get('update_sent_ms'))}{held}"
+                     f" applied {f(h['applied_ms'])}")
+    parts.append(f"first answer {f(b['first_answer_ms'])} ms")
+    return " | ".join(parts)
