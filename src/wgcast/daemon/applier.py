@@ -135,6 +135,10 @@ class DataPlaneApplier:
         #: prefix -> when it lost its last route while its kernel route stays (linger).
         self._unrouted: dict[Prefix, float] = {}
         self.route_linger = ROUTE_LINGER
+        #: Route changes not applied yet (`moving_away`).
+        self._unapplied: set[Prefix] = set()
+        #: Called after every apply (the runtime sends the Acks it held back).
+        self.on_applied: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ start
 
@@ -200,6 +204,7 @@ class DataPlaneApplier:
             while len(seen) > 2:
                 del seen[next(iter(seen))]
         self._desired[prefix] = peer
+        self._unapplied.add(prefix)
         if self._changed_at is None:
             self._changed_at = self.clock.now()
         self._dirty.set()
@@ -249,6 +254,29 @@ class DataPlaneApplier:
         """Prefixes whose move is being held."""
         return list(self._holding)
 
+    def moving_away(self, peer: PeerKey) -> bool:
+        """Whether a route change not applied yet takes a prefix away from `peer`, which
+        still gets its packets (AllowedIPs, no hold started): until it is applied, an
+        Ack to that peer would claim more than the data plane does (see the runtime)."""
+        if not self._unapplied:
+            return False
+        have = self._actual.get(peer)
+        if not have:
+            return False
+        return any(p in have and self._desired.get(p) != peer and p not in self._holding
+                   for p in self._unapplied)
+
+    def _settle_unapplied(self) -> None:
+        """Forget the changes the last apply carried out (a split apply leaves some)."""
+        done = []
+        for p in self._unapplied:
+            key = self._desired.get(p)
+            if p in self._holding or (key is not None and p in self._actual.get(key, ())) \
+                    or (key is None and not any(p in v for v in self._actual.values())) \
+                    or (key is not None and key not in self._actual):
+                done.append(p)
+        self._unapplied.difference_update(done)
+
     # ------------------------------------------------------------ apply
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -284,6 +312,9 @@ class DataPlaneApplier:
                 await asyncio.sleep(min(2.0, 0.05 * 2 ** (self._fails - 1)))
                 self._dirty.set()
                 continue
+            self._settle_unapplied()
+            if self.on_applied is not None:
+                self.on_applied()
             if self._dirty.is_set():
                 await asyncio.sleep(0)  # a split apply: let the loop run between rounds
             if self._fails > 1:

@@ -41,7 +41,7 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.neighbour import LinkCostParams, link_tiebreak
 from wgcast.babel.route import SelectionParams
-from wgcast.babel.wire import PORT, RouteUpdate, decode_packet, resolve
+from wgcast.babel.wire import PORT, Ack, RouteUpdate, decode_packet, encode_packet, resolve
 from wgcast.daemon.api import ApiError, ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.catchments import CatchmentCollector, catchment_table
@@ -108,6 +108,12 @@ AUDIT_MAX = 2.0
 
 #: On a planned stop, pause between the retraction's acks and the address going down.
 _STOP_SETTLE = 0.1
+
+#: Longest time an Ack waits for the data plane (see `Daemon._gate_acks`).
+ACK_GATE_MAX = 1.0
+#: Babel TLV types (RFC 8966 section 4.3): Pad1, and Ack.
+_TLV_PAD1 = 0
+_TLV_ACK = 3
 
 
 @dataclass
@@ -260,6 +266,12 @@ class Daemon:
         self.doctor: PeerDoctor | None = None
         #: Route-change events of the anycast prefixes (`wgcast trace`).
         self.trace = TraceRing(config.anycast)
+        #: Datagrams held back per neighbour (an Ack, and what follows it): see _gate.
+        self._held: dict[str, list[tuple[float, bytes]]] = {}
+        self._held_timer: asyncio.TimerHandle | None = None
+        #: Acks held back until the data plane moved, and those sent on the time bound.
+        self.acks_held = 0
+        self.acks_gate_expired = 0
 
     # ------------------------------------------------------------ clock
 
@@ -276,6 +288,7 @@ class Daemon:
                                                lambda: self.view, self.by_key,
                                                self._open_move_hold)
         dp.trace = self.trace
+        dp.on_applied = self._release_held
         with _needs_root(f"reading the WireGuard interface {cfg.interface}"):
             dev = await self.backend.get()
         if dev.public_key is None:
@@ -609,7 +622,7 @@ class Daemon:
         for name, data in sent:
             if lan is not None and name in lan.neighbours:
                 lan.send(name, data)
-            else:
+            elif not self._gate(name, data, now):
                 self.transport.send(data, BABEL_GROUP if name in multicast
                                     else self.peers[name].control)
         while (ev := node.next_event()) is not None:
@@ -659,6 +672,68 @@ class Daemon:
             self._timer = None
         if deadline is not None:
             self._timer = self.clock.loop.call_at(max(deadline, now), self._on_timer)
+
+    def _gate(self, name: str, data: bytes, now: float) -> bool:
+        """Hold back the Acks of a datagram to `name` while our data plane still sends
+        it traffic that a route change already took away (not applied yet): the Ack of
+        a retraction then means "nothing more comes to you from me", which a draining
+        instance waits for before its address goes down, however slow this node is to
+        apply. The rest of the datagram (Hellos, Updates) goes now: a neighbour must
+        not think us dead. Bounded by ACK_GATE_MAX. True if the datagram was handled
+        here (sent without its Acks, or held whole)."""
+        dp = self.dataplane
+        info = self.peers.get(name)
+        if dp is None or info is None or not _has_ack(data) or (
+                name not in self._held and not dp.moving_away(info.key)):
+            return False
+        try:
+            tlvs = decode_packet(data)
+        except Exception:  # our own bytes; never let the gate lose a datagram
+            return False
+        acks = [t for t in tlvs if isinstance(t, Ack)]
+        rest = [t for t in tlvs if not isinstance(t, Ack)]
+        held = self._held.get(name)
+        if held is None:
+            held = self._held[name] = []
+            self.acks_held += 1
+            if self._held_timer is None and self.clock is not None:
+                self._held_timer = self.clock.loop.call_at(now + ACK_GATE_MAX,
+                                                           self._release_held)
+        held.append((now, encode_packet(acks)))
+        if rest:
+            self.transport.send(encode_packet(rest), BABEL_GROUP if name in self.multicast
+                                else info.control)
+        return True
+
+    def _release_held(self) -> None:
+        """Send the held datagrams whose neighbour the data plane no longer sends moved
+        traffic to, or that waited ACK_GATE_MAX."""
+        if not self._held:
+            return
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        dp = self.dataplane
+        now = self.now()
+        first = None
+        for name in list(self._held):
+            held = self._held[name]
+            info = self.peers.get(name)
+            expired = now >= held[0][0] + ACK_GATE_MAX
+            if info is None or dp is None or expired or not dp.moving_away(info.key):
+                del self._held[name]
+                if expired:
+                    self.acks_gate_expired += 1
+                if info is None:
+                    continue
+                dest = BABEL_GROUP if name in self.multicast else info.control
+                for _, data in held:
+                    self.transport.send(data, dest)
+            else:
+                first = held[0][0] if first is None else min(first, held[0][0])
+        if first is not None and self.clock is not None:
+            self._held_timer = self.clock.loop.call_at(first + ACK_GATE_MAX,
+                                                       self._release_held)
 
     def _heard(self, neighbour: str, prefix: Prefix, rid: bytes, seqno: int,
                metric: int) -> None:
@@ -1194,6 +1269,9 @@ class Daemon:
             self.dataplane.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         if self._state_retry is not None:
             self._state_retry.cancel()
             self._state_retry = None
@@ -1236,6 +1314,8 @@ class Daemon:
                           "held_packets": dp.stats.held_packets,
                           "unheld_withdrawals": dp.stats.unheld_withdrawals,
                           "put_back": dp.stats.put_back,
+                          "acks_held": self.acks_held,
+                          "acks_gate_expired": self.acks_gate_expired,
                           "split_applies": dp.stats.split,
                           "resyncs": dp.stats.resyncs,
                           "interface_present": not dp.paused,
@@ -1400,6 +1480,23 @@ def _needs_root(what: str) -> Iterator[None]:
                 getattr(e, "errno", None) in _EPERM or getattr(e, "code", None) in _EPERM:
             raise RuntimeError(f"needs root or CAP_NET_ADMIN for {what} ({e})") from e
         raise
+
+
+def _has_ack(data: bytes) -> bool:
+    """Whether a Babel packet (ours: well formed) carries an Ack TLV."""
+    end = min(len(data), 4 + int.from_bytes(data[2:4], "big")) if len(data) >= 4 else 0
+    pos = 4
+    while pos < end:
+        t = data[pos]
+        if t == _TLV_PAD1:
+            pos += 1
+            continue
+        if t == _TLV_ACK:
+            return True
+        if pos + 1 >= end:
+            return False
+        pos += 2 + data[pos + 1]
+    return False
 
 
 def _read_sysctl(key: str) -> str | None:
