@@ -280,7 +280,8 @@ class MembershipService:
             # instance move to it while still forwarding to us.
             await self.serving.serve(prefix, metric=DRAIN_METRIC)
             moved = False
-            deadline = t0 + params.move_timeout
+            # From the announcement on: a slow start (a loaded host) does not eat it.
+            deadline = loop.time() + params.move_timeout
             while loop.time() < deadline:
                 if self._wanted(g):  # undrained, healthy again: back to the real metric
                     await self.serving.serve(prefix)

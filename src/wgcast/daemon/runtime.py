@@ -821,7 +821,10 @@ class Daemon:
         group = self.config.group(prefix)
         ifname = group.address_interface if group else "lo"
         m = metric if metric is not None else (group.metric if group else 0)
-        await self.system.add_group_address(_host_interface(prefix), ifname=ifname)
+        if self._served.get(prefix) != ifname:
+            # A served group announced again (a drain's first step, a new metric) keeps
+            # its address: no netlink round trip before the announcement goes out.
+            await self.system.add_group_address(_host_interface(prefix), ifname=ifname)
         self._served[prefix] = ifname
         assert self.node is not None
         self.trace.event(prefix, self.now(), "originated", metric=m)

@@ -200,6 +200,8 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             + (f" (longest gap {noise['max_outage_ms']} ms)" if noise["lost"] else "")
             + ("; moved clients lost before the failure could reach them: " + ", ".join(
                 f"{c} {n}" for c, n in early.items()) if early else "")
+            + ("; traces of runs " + ", ".join(map(str, noise["trace_signs"]))
+               + " show a starved daemon" if noise.get("trace_signs") else "")
             + (f": NOISY RUN (the lab itself lost packets; load average {_loadavg()}), "
                "read the outages with care" if noise["noisy"] else ": 0, a clean run"))
     for c, row in (result.get("breakdown_ms") or {}).items():
@@ -344,6 +346,10 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
         out["drain"] = fault
     if withdrawal is not None:
         out["withdrawal"] = withdrawal
+    signs = report.trace_noise(traces, opt.fail, withdrawal)
+    if signs:
+        out["noise_signs"] = signs
+        say("  lab noise seen in the traces: " + "; ".join(signs))
     return out
 
 

@@ -144,9 +144,34 @@ def noise_floor(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
             lost += n
             by_client[c] = by_client.get(c, 0) + n
             worst = max(worst, float(v.get("outage_ms") or 0.0))
+    signs = {k + 1: r["noise_signs"] for k, r in enumerate(runs) if r.get("noise_signs")}
     return {"bystanders": sorted(who), "lost": lost, "lost_by_client": by_client,
             "max_outage_ms": round(worst, 3), "moved_lost_before_failure": early,
-            "noisy": lost > 0 or bool(early)}
+            "trace_signs": signs, "noisy": lost > 0 or bool(early) or bool(signs)}
+
+
+#: The withdrawal reason each failure should cause on the failed node.
+_WITHDRAWAL_REASON = {"service": "no members", "health": "unhealthy", "drain": "draining"}
+
+
+def trace_noise(traces: dict[str, list[dict[str, Any]]], how: str,
+                withdrawal: dict[str, Any] | None) -> list[str]:
+    """Signs in the daemons' traces that the lab itself misbehaved during a run whose
+    failure cuts nothing: a neighbour declared dead (a daemon starved of CPU missed its
+    Hellos), or the instance withdrawn for another reason than the failure (a health
+    check timing out on a loaded host) or before it."""
+    out: list[str] = []
+    if how not in _WITHDRAWAL_REASON:
+        return out
+    for node, evs in sorted(traces.items()):
+        downs = sorted({e.get("neighbour") or "?" for e in evs if e["kind"] == "neighbour_down"})
+        if downs:
+            out.append(f"{node} declared {', '.join(downs)} dead")
+    if withdrawal is not None and (withdrawal.get("reason") != _WITHDRAWAL_REASON[how] or
+                                   float(withdrawal.get("start_ms") or 0.0) < -1.0):
+        out.append(f"withdrawn for '{withdrawal.get('reason')}' at "
+                   f"{withdrawal.get('start_ms')} ms, not by the failure")
+    return out
 
 
 def timeline(segments: list[dict[str, Any]], fail_at_ms: float,
@@ -363,6 +388,8 @@ def breakdown(traces: dict[str, list[dict[str, Any]]], topo: Topology, target: s
             "detected_how": None if detected is None else
             (detected.get("note") or detected["kind"]),
             "first_update_sent_ms": ms(_first(dev, "update_sent", t0)),
+            "retracted_ms": ms(_first(dev, "retracted", t0)),
+            "address_down_ms": ms(_first(dev, "address_down", t0)),
             "hops": hops, "ready_ms": max(applied_all) if applied_all else None,
             "first_answer_ms": None if first_answer_ms is None else round(first_answer_ms, 3)}
 
