@@ -110,7 +110,8 @@ def test_a_withdrawal_is_traced_in_causal_order_across_daemons(tmp_path: Path) -
             await b.daemon.unserve(ANY, wait=1.0)
             await until(lambda: a.device.holder(ANY) == c.public, what="ANY moved to c")
             await until(lambda: ("applied", "c") in _kinds(a, t0), what="a applied")
-            tb: dict[str, TraceEvent] = {}  # the first event of each kind (a retraction is sent a few times)
+            # The first event of each kind (a retraction is sent a few times).
+            tb: dict[str, TraceEvent] = {}
             for e in b.daemon.trace.events(ANY, t0):
                 tb.setdefault(e.kind, e)
             assert {"retracted", "update_sent", "acked", "address_down"} <= tb.keys()
