@@ -524,7 +524,7 @@ class DataPlaneApplier:
         q = self.move_hold
         assert q is not None
         now = self.clock.now()
-        start: list[Prefix] = []
+        start: dict[Prefix, float] = {}
         if not self._move_holds_off:
             for p, key in desired.items():
                 old = owner.get(p)
@@ -532,23 +532,29 @@ class DataPlaneApplier:
                     continue
                 wait = self._move_hold_time(p, old)
                 if wait > 0:
-                    start.append(p)
-                    self._holding[p] = now + wait
-                    self.clock.call_at(now + wait, self._dirty.set)
-                    if self.trace is not None:
-                        self.trace.event(p, now, "held", neighbour=self._peer_name.get(old),
-                                         note=f"move held {wait * 1000:.1f} ms")
+                    start[p] = wait  # in _holding once the route points at the queue
         if start:
             for p in start:
                 q.hold(p)  # queue first, then route here: no packet slips through
             try:
-                await self.host.route_via(start, q.ifname)
+                await self.host.route_via(list(start), q.ifname)
             except NetConfigError as e:
                 log.warning("hold: cannot route %d prefixes to %s (%s); moving at once",
                             len(start), q.ifname, e)
                 for p in start:
-                    self._holding.pop(p, None)
                     q.release(p)
+                start = {}
+            # The hold runs from the moment the route points at the hold device: a slow
+            # netlink call (a loaded host) must not eat the time the replies need.
+            now = self.clock.now()
+            for p, wait in start.items():
+                self._holding[p] = now + wait
+                self.clock.call_at(now + wait, self._dirty.set)
+                if self.trace is not None:
+                    old = owner.get(p)
+                    self.trace.event(p, now, "held", neighbour=None if old is None
+                                     else self._peer_name.get(old),
+                                     note=f"move held {wait * 1000:.1f} ms")
         done: list[Prefix] = []
         for p, until in list(self._holding.items()):
             old = owner.get(p)
