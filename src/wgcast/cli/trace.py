@@ -37,7 +37,9 @@ def render(t: dict[str, Any]) -> str:
         if "neighbour" in e:
             what.append(f"{'from' if e['kind'] == 'update_received' else 'via'} "
                         f"{e['neighbour']}")
-        if "metric" in e:
+        if e["kind"] == "selected" and "neighbour" not in e:
+            what.append("no route")
+        elif "metric" in e:
             what.append("retraction" if e["metric"] >= 0xFFFF else f"metric {e['metric']}")
         if "router_id" in e and e["kind"] in ("update_received", "update_sent", "selected"):
             what.append(f"origin {e['router_id']}")
