@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+from wgcast.lab import demo_report as report
 from wgcast.lab.demo import DemoOptions, run_demo
 
 
@@ -55,11 +56,14 @@ def main() -> int:
     for k, r in enumerate(res.get("runs", [])):
         pc = r["per_client"]
         moved = {c: v["lost"] for c, v in pc.items() if v["moved"]}
+        late = {c: n for c, v in pc.items() if v["moved"] and
+                (n := report.lost_after_move(v.get("timeline") or [], v.get("after")))}
         by = {c: v["lost"] for c, v in pc.items() if not v["moved"]}
         bd = next((v["breakdown"] for v in pc.values() if v.get("breakdown")), None)
         hop = (bd or {}).get("hops", [{}])[0] if bd else {}
         rows.append({"run": k + 1, "lost_moved": moved, "lost_bystanders": by,
-                     "noisy": any(by.values()) or bool(r.get("noise_signs")),
+                     "lost_after_moving": late,
+                     "noisy": any(by.values()) or bool(late) or bool(r.get("noise_signs")),
                      "noise_signs": r.get("noise_signs", []),
                      "address_down_ms": (bd or {}).get("address_down_ms"),
                      "neighbour_selected_ms": hop.get("selected_ms"),

@@ -185,3 +185,18 @@ def test_trace_noise_flags_a_starved_daemon() -> None:
     assert report.trace_noise(starved, "node", None) == []  # a node cut kills neighbours
     runs = [{"per_client": {}, "noise_signs": ["n3 declared n4 dead"]}]
     assert report.noise_floor(runs, "n5")["noisy"] is True
+
+
+def test_losses_after_the_move_and_a_starved_apply_are_noise() -> None:
+    tl = [{"from_ms": -700.0, "to_ms": 0.4, "node": "n5", "lost": 0},
+          {"from_ms": 0.4, "to_ms": 90.0, "node": None, "lost": 90},
+          {"from_ms": 90.0, "to_ms": 500.0, "node": "n1", "lost": 3},
+          {"from_ms": 500.0, "to_ms": 600.0, "node": None, "lost": 100},
+          {"from_ms": 600.0, "to_ms": 900.0, "node": "n1", "lost": 0}]
+    assert report.lost_after_move(tl, "n1") == 103
+    assert report.lost_after_move(tl[:2], "n1") == 0
+    slow = {"n3": [_ev(300, "applied", neighbour="n2", note="waited 845.4 ms, device 8.4 ms")]}
+    assert report.trace_noise(slow, "drain", None) == [
+        "n3's data plane waited 845 ms to apply (starved)"]
+    fine = {"n3": [_ev(300, "applied", neighbour="n2", note="waited 0.4 ms, device 1 ms")]}
+    assert report.trace_noise(fine, "service", None) == []

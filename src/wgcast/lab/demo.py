@@ -200,6 +200,9 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             + (f" (longest gap {noise['max_outage_ms']} ms)" if noise["lost"] else "")
             + ("; moved clients lost before the failure could reach them: " + ", ".join(
                 f"{c} {n}" for c, n in early.items()) if early else "")
+            + ("; moved clients lost after the new instance answered: " + ", ".join(
+                f"{c} {n}" for c, n in noise["moved_lost_after_moving"].items())
+               if noise.get("moved_lost_after_moving") else "")
             + ("; traces of runs " + ", ".join(map(str, noise["trace_signs"]))
                + " show a starved daemon" if noise.get("trace_signs") else "")
             + (f": NOISY RUN (the lab itself lost packets; load average {_loadavg()}), "

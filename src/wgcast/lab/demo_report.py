@@ -129,6 +129,7 @@ def noise_floor(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
     who: set[str] = set()
     by_client: dict[str, int] = {}
     early: dict[str, int] = {}
+    late: dict[str, int] = {}
     for r in runs:
         pc = r["per_client"]
         moved = set(moved_clients(pc, target))
@@ -138,6 +139,9 @@ def noise_floor(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
                 n = lost_before(v.get("timeline") or [], -margin)
                 if n:
                     early[c] = early.get(c, 0) + n
+                n = lost_after_move(v.get("timeline") or [], v.get("after"))
+                if n:
+                    late[c] = late.get(c, 0) + n
                 continue
             who.add(c)
             n = int(v.get("lost") or 0)
@@ -147,7 +151,35 @@ def noise_floor(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
     signs = {k + 1: r["noise_signs"] for k, r in enumerate(runs) if r.get("noise_signs")}
     return {"bystanders": sorted(who), "lost": lost, "lost_by_client": by_client,
             "max_outage_ms": round(worst, 3), "moved_lost_before_failure": early,
-            "trace_signs": signs, "noisy": lost > 0 or bool(early) or bool(signs)}
+            "moved_lost_after_moving": late, "trace_signs": signs,
+            "noisy": lost > 0 or bool(early) or bool(late) or bool(signs)}
+
+
+def lost_after_move(tl: list[dict[str, Any]], after: str | None) -> int:
+    """Queries a moved client lost once the instance it moved to had answered it: the
+    failure is behind it, the loss is the lab's (a stalled hop on the new path)."""
+    n = 0
+    seen = False
+    for s in tl:
+        if after is not None and s["node"] == after and s["from_ms"] >= 0.0:
+            seen = True
+        if seen:
+            n += int(s["lost"])
+    return n
+
+
+#: An apply that waited longer than this (ms) for its turn means a starved daemon.
+STARVED_MS = 100.0
+
+
+def _waited_ms(note: str) -> float:
+    """The wait of an "applied" event's note ("waited 845.4 ms, device ..."), or 0."""
+    if not note.startswith("waited "):
+        return 0.0
+    try:
+        return float(note.split()[1])
+    except (IndexError, ValueError):
+        return 0.0
 
 
 #: The withdrawal reason each failure should cause on the failed node.
@@ -167,6 +199,10 @@ def trace_noise(traces: dict[str, list[dict[str, Any]]], how: str,
         downs = sorted({e.get("neighbour") or "?" for e in evs if e["kind"] == "neighbour_down"})
         if downs:
             out.append(f"{node} declared {', '.join(downs)} dead")
+        waited = max((_waited_ms(e.get("note") or "") for e in evs if e["kind"] == "applied"),
+                     default=0.0)
+        if waited > STARVED_MS:
+            out.append(f"{node}'s data plane waited {waited:.0f} ms to apply (starved)")
     if withdrawal is not None and (withdrawal.get("reason") != _WITHDRAWAL_REASON[how] or
                                    float(withdrawal.get("start_ms") or 0.0) < -1.0):
         out.append(f"withdrawn for '{withdrawal.get('reason')}' at "
