@@ -59,3 +59,44 @@ def test_a_flood_is_applied_in_bounded_rounds_moves_first(tmp_path: object) -> N
             task.cancel()
 
     asyncio.run(main())
+
+
+def test_a_kernel_route_lingers_while_its_prefix_has_no_route(tmp_path: object) -> None:
+    """A prefix that loses its last route loses its AllowedIPs entry at once, but its
+    kernel route stays for `route_linger`: a route back within it (a failover passing
+    through "no route") changes only AllowedIPs; past it, the kernel route goes."""
+    async def main() -> None:
+        k1 = keys.public_from_private(keys.generate_private())
+        k2 = keys.public_from_private(keys.generate_private())
+        cfg = loads(f'interface = "wg-b"\nstate_file = "{tmp_path}/b.state"\n'
+                    f'api_socket = "{tmp_path}/b.sock"\nprobe_port = 0\n'
+                    f'[[peers]]\nname = "p1"\npublic_key = "{keys.b64(k1)}"\n'
+                    f'[[peers]]\nname = "p2"\npublic_key = "{keys.b64(k2)}"\n')
+        dev = FakeDevice(keys.generate_private(), [k1, k2])
+        host = FakeHost("wg-b")
+        dp = DataPlaneApplier(cfg, dev, host, LoopScheduler(asyncio.get_running_loop()),
+                              lambda: None, {}, lambda _n: FakeMoveHold("h"))
+        dp.route_linger = 0.3
+        await dp.load(await dev.get())
+        stop = asyncio.Event()
+        task = asyncio.create_task(dp.run(stop))
+        try:
+            p = ipaddress.ip_network("10.99.0.53/32")
+            dp.route_selected(p, k1, 100)
+            await until(lambda: dev.holder(p) == k1 and p in host.routes, what="installed")
+            dp.route_selected(p, None, 0xFFFF)  # unreachable for a moment
+            await until(lambda: dev.holder(p) is None, what="AllowedIPs entry removed")
+            assert p in host.routes  # the kernel route lingers
+            calls = len(host.calls)
+            dp.route_selected(p, k2, 100)  # the route back, through another peer
+            await until(lambda: dev.holder(p) == k2, what="moved to p2")
+            assert p in host.routes and not any(c[0].startswith("remove")
+                                                for c in host.calls[calls:])
+            dp.route_selected(p, None, 0xFFFF)  # gone for good: the route goes too
+            await until(lambda: p not in host.routes, timeout=5.0, what="route removed")
+            assert dev.holder(p) is None
+        finally:
+            stop.set()
+            task.cancel()
+
+    asyncio.run(main())

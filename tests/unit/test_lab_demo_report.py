@@ -136,3 +136,67 @@ def test_loss_before_the_failure_could_reach_a_moved_client_is_noise() -> None:
     nf = report.noise_floor([run], "n5")
     assert nf["lost"] == 0  # the bystander is clean
     assert nf["noisy"] and nf["moved_lost_before_failure"] == {"n4": 90}  # -100 .. -10
+
+
+def _ev(t_ms: float, kind: str, **kw: Any) -> dict[str, Any]:
+    return {"t": 100.0 + t_ms / 1000, "kind": kind, **kw}
+
+
+def test_breakdown_follows_the_news_hop_by_hop() -> None:
+    """n5's service dies (t = 100 s): n5 retracts, n4 loses its route, n3 moves to n2
+    and n4 follows n3: the breakdown of n4 reads the steps from the traces, in ms."""
+    traces = {
+        "n5": [_ev(-500, "selected", neighbour="<local>"),
+               _ev(2, "detected", note="last member gone (connection closed)"),
+               _ev(2.5, "retracted"), _ev(3, "update_sent", metric=0xFFFF)],
+        "n4": [_ev(12, "update_received", neighbour="n5", metric=0xFFFF),
+               _ev(12.2, "selected"), _ev(13, "applied"),
+               _ev(60, "update_received", neighbour="n3", metric=300),
+               _ev(60.1, "selected", neighbour="n3"), _ev(60.2, "update_sent", metric=400),
+               _ev(61.5, "applied", neighbour="n3", note="device 1.0 ms")],
+        "n3": [_ev(27, "update_received", neighbour="n4", metric=0xFFFF),
+               _ev(27.1, "selected"), _ev(45, "selected", neighbour="n2"),
+               _ev(45.2, "update_sent", metric=300), _ev(46, "applied", neighbour="n2")],
+        "n2": [],
+    }
+    b = report.breakdown(traces, LINE, "n5", "n4", "n1", "service", 100.0, 70.0)
+    assert b["detected_at"] == "n5" and b["detected_ms"] == pytest.approx(2.0)
+    assert b["first_update_sent_ms"] == pytest.approx(3.0)
+    hops = {h["node"]: h for h in b["hops"]}
+    assert list(hops) == ["n4", "n3"]  # n2's selection did not change: not a hop
+    assert hops["n4"]["update_received_ms"] == pytest.approx(12.0)
+    assert hops["n4"]["no_route_ms"] == pytest.approx(12.2)
+    assert hops["n4"]["selected_via"] == "n3" and hops["n4"]["applied_ms"] == pytest.approx(61.5)
+    assert hops["n3"]["selected_ms"] == pytest.approx(45.0)
+    assert b["ready_ms"] == pytest.approx(61.5) and b["first_answer_ms"] == 70.0
+    line = report.format_breakdown(b)
+    assert "n3 heard +27.0 from n4 no route +27.1 selected +45.0 via n2" in line
+    assert line.endswith("first answer +70.0 ms")
+
+
+def test_trace_noise_flags_a_starved_daemon() -> None:
+    quiet = {"n4": [_ev(1, "selected", neighbour="n3")]}
+    ok = {"reason": "draining", "start_ms": 3.0}
+    assert report.trace_noise(quiet, "drain", ok) == []
+    starved = {"n3": [_ev(400, "neighbour_down", neighbour="n4")]}
+    assert report.trace_noise(starved, "drain", ok) == ["n3 declared n4 dead"]
+    early = {"reason": "unhealthy", "start_ms": -99.0}
+    assert "not by the failure" in report.trace_noise(quiet, "drain", early)[0]
+    assert report.trace_noise(starved, "node", None) == []  # a node cut kills neighbours
+    runs = [{"per_client": {}, "noise_signs": ["n3 declared n4 dead"]}]
+    assert report.noise_floor(runs, "n5")["noisy"] is True
+
+
+def test_losses_after_the_move_and_a_starved_apply_are_noise() -> None:
+    tl = [{"from_ms": -700.0, "to_ms": 0.4, "node": "n5", "lost": 0},
+          {"from_ms": 0.4, "to_ms": 90.0, "node": None, "lost": 90},
+          {"from_ms": 90.0, "to_ms": 500.0, "node": "n1", "lost": 3},
+          {"from_ms": 500.0, "to_ms": 600.0, "node": None, "lost": 100},
+          {"from_ms": 600.0, "to_ms": 900.0, "node": "n1", "lost": 0}]
+    assert report.lost_after_move(tl, "n1") == 103
+    assert report.lost_after_move(tl[:2], "n1") == 0
+    slow = {"n3": [_ev(300, "applied", neighbour="n2", note="waited 845.4 ms, device 8.4 ms")]}
+    assert report.trace_noise(slow, "drain", None) == [
+        "n3's data plane waited 845 ms to apply (starved)"]
+    fine = {"n3": [_ev(300, "applied", neighbour="n2", note="waited 0.4 ms, device 1 ms")]}
+    assert report.trace_noise(fine, "service", None) == []

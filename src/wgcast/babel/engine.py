@@ -72,6 +72,9 @@ from wgcast.prefix import Prefix
 #: accept(neighbour, prefix, router_id, seqno, signature) -> bool: the driver's
 #: announcement policy (the signature: the OriginSig body, b"" when absent).
 AcceptFilter = Callable[[str, Prefix, bytes, int, bytes], bool]
+#: observe(neighbour, prefix, router_id, seqno, metric): every Update heard, retractions
+#: included, before it is applied (the driver's route-change trace; must be cheap).
+UpdateObserver = Callable[[str, Prefix, bytes, int, int], None]
 
 
 class OriginSigner(Protocol):
@@ -103,6 +106,7 @@ class NodeConfig:
     accept: AcceptFilter | None = None
     #: Signs our own announcements (None: they go unsigned).
     signer: OriginSigner | None = None
+    observe: UpdateObserver | None = None
 
     def __post_init__(self) -> None:
         if len(self.router_id) != 8 or self.router_id in (bytes(8), b"\xff" * 8):
@@ -600,6 +604,8 @@ class Node:
                 self.routes.remove(p, nb.id)
                 self._select(p)
             return None
+        if self.config.observe is not None:
+            self.config.observe(nb.id, prefix, rid, seqno, metric)
         accept = self.config.accept
         if accept is not None and metric < INFINITY and not accept(nb.id, prefix, rid, seqno,
                                                                    sig):

@@ -15,6 +15,7 @@ from wgcast.cli.catchments import catchments
 from wgcast.cli.keys import control_address
 from wgcast.cli.membership import _socket_path, _with_socket, drain, join, leave
 from wgcast.cli.service import install_systemd
+from wgcast.cli.trace import trace
 
 #: Subcommands imported only when used (name -> module, attribute): `wgcast run` and
 #: the API commands must not pay for networkx (sim) and the lab. Where a Python process
@@ -321,6 +322,7 @@ main.add_command(leave)
 main.add_command(drain)
 main.add_command(install_systemd)
 main.add_command(catchments)
+main.add_command(trace)
 main.add_command(control_address)
 
 

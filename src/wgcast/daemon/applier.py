@@ -28,9 +28,17 @@ from wgcast.anycast.group import DRAIN_METRIC
 from wgcast.babel.wire import INFINITY
 from wgcast.daemon.config import Config
 from wgcast.daemon.ports import EngineView, HostNetwork, MoveHoldDevice, Scheduler
+from wgcast.daemon.trace import TraceRing
 from wgcast.dataplane.reconcile import holders, plan, simulate
 from wgcast.dataplane.system import NetConfigError
-from wgcast.dataplane.types import AddAllowedIP, Device, PeerKey, WireGuardBackend
+from wgcast.dataplane.types import (
+    AddAllowedIP,
+    Device,
+    Op,
+    PeerKey,
+    RemoveAllowedIP,
+    WireGuardBackend,
+)
 from wgcast.keys import router_id
 from wgcast.prefix import Prefix
 
@@ -45,6 +53,12 @@ MOVE_HOLD_MARGIN = 0.01
 #: applied in rounds, the event loop (Hellos, the API) running between them, and the
 #: routes already installed go first, so that a flood of new ones cannot delay a move.
 MAX_PREFIXES_PER_APPLY = 256
+#: A kernel route whose prefix lost its last route stays this long (seconds) before it
+#: is removed; its AllowedIPs entry goes at once (nothing is sent to the old peer). A
+#: failover often passes through "no route" for a round trip (a hop waits for the next
+#: one's news): the route back then costs only the AllowedIPs change, not two netlink
+#: round trips on the critical path (tens of ms on a loaded host).
+ROUTE_LINGER = 1.0
 
 
 @dataclass(slots=True)
@@ -114,6 +128,17 @@ class DataPlaneApplier:
         #: CPU seconds of the last read back (device + kernel routes): paces the audits.
         self.check_cost = 0.0
         self._put_back_quiet = float("-inf")
+        #: Route-change trace: "applied" / "held" events of the traced prefixes.
+        self.trace: TraceRing | None = None
+        #: When the first route change not yet applied came (the trace's wait time).
+        self._changed_at: float | None = None
+        #: prefix -> when it lost its last route while its kernel route stays (linger).
+        self._unrouted: dict[Prefix, float] = {}
+        self.route_linger = ROUTE_LINGER
+        #: Route changes not applied yet (`moving_away`).
+        self._unapplied: set[Prefix] = set()
+        #: Called after every apply (the runtime sends the Acks it held back).
+        self.on_applied: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ start
 
@@ -179,6 +204,9 @@ class DataPlaneApplier:
             while len(seen) > 2:
                 del seen[next(iter(seen))]
         self._desired[prefix] = peer
+        self._unapplied.add(prefix)
+        if self._changed_at is None:
+            self._changed_at = self.clock.now()
         self._dirty.set()
 
     def kick(self) -> None:
@@ -226,6 +254,29 @@ class DataPlaneApplier:
         """Prefixes whose move is being held."""
         return list(self._holding)
 
+    def moving_away(self, peer: PeerKey) -> bool:
+        """Whether a route change not applied yet takes a prefix away from `peer`, which
+        still gets its packets (AllowedIPs, no hold started): until it is applied, an
+        Ack to that peer would claim more than the data plane does (see the runtime)."""
+        if not self._unapplied:
+            return False
+        have = self._actual.get(peer)
+        if not have:
+            return False
+        return any(p in have and self._desired.get(p) != peer and p not in self._holding
+                   for p in self._unapplied)
+
+    def _settle_unapplied(self) -> None:
+        """Forget the changes the last apply carried out (a split apply leaves some)."""
+        done = []
+        for p in self._unapplied:
+            key = self._desired.get(p)
+            if p in self._holding or (key is not None and p in self._actual.get(key, ())) \
+                    or (key is None and not any(p in v for v in self._actual.values())) \
+                    or (key is not None and key not in self._actual):
+                done.append(p)
+        self._unapplied.difference_update(done)
+
     # ------------------------------------------------------------ apply
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -261,6 +312,9 @@ class DataPlaneApplier:
                 await asyncio.sleep(min(2.0, 0.05 * 2 ** (self._fails - 1)))
                 self._dirty.set()
                 continue
+            self._settle_unapplied()
+            if self.on_applied is not None:
+                self.on_applied()
             if self._dirty.is_set():
                 await asyncio.sleep(0)  # a split apply: let the loop run between rounds
             if self._fails > 1:
@@ -357,13 +411,17 @@ class DataPlaneApplier:
     async def _apply_plan(self, desired: dict[Prefix, PeerKey], managed: set[Prefix],
                           t0: float, owner: dict[Prefix, PeerKey]) -> None:
         desired, managed = self._bounded(desired, managed, owner)
+        changed_at, self._changed_at = self._changed_at, None
         ops = plan(desired, self._actual, managed, owner)
+        t_dev = time.perf_counter()
         if ops:
             await self.device.apply(ops)
             self._actual = simulate(self._actual, ops)
+        t_routes = time.perf_counter()
         want_routes = set(desired)
         add = want_routes - self._kroutes
-        drop = {p for p in managed if p not in want_routes} & self._kroutes
+        drop = self._linger({p for p in managed if p not in want_routes} & self._kroutes,
+                            want_routes)
         if add:
             await self.host.add_routes(add)
             self._kroutes |= add
@@ -374,6 +432,54 @@ class DataPlaneApplier:
             self.stats.applies += 1
             self.stats.ops += len(ops)
             self.stats.last_apply_ms = (time.perf_counter() - t0) * 1000
+            if self.trace is not None:
+                t1 = time.perf_counter()
+                wait = "" if changed_at is None else \
+                    f"waited {(self.clock.now() - changed_at - (t1 - t0)) * 1000:.1f} ms, "
+                self._trace_applied(ops, add, drop, desired,
+                                    f"{wait}device {(t_routes - t_dev) * 1000:.1f} ms, "
+                                    f"routes {(t1 - t_routes) * 1000:.1f} ms")
+
+    def _linger(self, drop: set[Prefix], routed: set[Prefix]) -> set[Prefix]:
+        """The kernel routes to remove now: those unrouted for `route_linger` (see
+        ROUTE_LINGER); the others are kept and looked at again when theirs is over."""
+        unrouted = self._unrouted
+        for p in [p for p in unrouted if p in routed or p not in self._kroutes]:
+            del unrouted[p]
+        if not drop or self.route_linger <= 0 or self._move_holds_off:
+            return drop
+        now = self.clock.now()
+        out: set[Prefix] = set()
+        for p in drop:
+            since = unrouted.get(p)
+            if since is None:
+                unrouted[p] = now
+                self.clock.call_at(now + self.route_linger, self._dirty.set)
+            elif now >= since + self.route_linger:
+                out.add(p)
+                del unrouted[p]
+        return out
+
+    def _trace_applied(self, ops: list[Op], add: set[Prefix], drop: set[Prefix],
+                       desired: dict[Prefix, PeerKey], note: str) -> None:
+        """One "applied" event per traced prefix this apply changed (device and kernel
+        done), naming the peer it now goes to."""
+        trace = self.trace
+        assert trace is not None
+        changed = set(add) | set(drop)
+        for op in ops:
+            if isinstance(op, AddAllowedIP | RemoveAllowedIP):
+                changed.add(op.prefix)
+            else:
+                changed.update(op.prefixes)
+        now = self.clock.now()
+        for p in changed:
+            if not trace.watched(p):
+                continue
+            key = desired.get(p)
+            trace.event(p, now, "applied",
+                        neighbour=None if key is None else self._peer_name.get(key),
+                        note=note + ("" if key is not None else ", route removed"))
 
     # ------------------------------------------------------------ move holds
 
@@ -418,7 +524,7 @@ class DataPlaneApplier:
         q = self.move_hold
         assert q is not None
         now = self.clock.now()
-        start: list[Prefix] = []
+        start: dict[Prefix, float] = {}
         if not self._move_holds_off:
             for p, key in desired.items():
                 old = owner.get(p)
@@ -426,20 +532,29 @@ class DataPlaneApplier:
                     continue
                 wait = self._move_hold_time(p, old)
                 if wait > 0:
-                    start.append(p)
-                    self._holding[p] = now + wait
-                    self.clock.call_at(now + wait, self._dirty.set)
+                    start[p] = wait  # in _holding once the route points at the queue
         if start:
             for p in start:
                 q.hold(p)  # queue first, then route here: no packet slips through
             try:
-                await self.host.route_via(start, q.ifname)
+                await self.host.route_via(list(start), q.ifname)
             except NetConfigError as e:
                 log.warning("hold: cannot route %d prefixes to %s (%s); moving at once",
                             len(start), q.ifname, e)
                 for p in start:
-                    self._holding.pop(p, None)
                     q.release(p)
+                start = {}
+            # The hold runs from the moment the route points at the hold device: a slow
+            # netlink call (a loaded host) must not eat the time the replies need.
+            now = self.clock.now()
+            for p, wait in start.items():
+                self._holding[p] = now + wait
+                self.clock.call_at(now + wait, self._dirty.set)
+                if self.trace is not None:
+                    old = owner.get(p)
+                    self.trace.event(p, now, "held", neighbour=None if old is None
+                                     else self._peer_name.get(old),
+                                     note=f"move held {wait * 1000:.1f} ms")
         done: list[Prefix] = []
         for p, until in list(self._holding.items()):
             old = owner.get(p)

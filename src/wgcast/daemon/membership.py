@@ -39,6 +39,7 @@ from wgcast.daemon.ports import (
     GroupServing,
     GroupSnapshot,
 )
+from wgcast.daemon.trace import TraceRing
 
 log = logging.getLogger("wgcast.membership")
 
@@ -66,8 +67,11 @@ class MembershipService:
     """Membership, health and drain of the configured groups of one daemon."""
 
     def __init__(self, config: Config, api: CommandRegistry, serving: GroupServing,
-                 engine: EngineView, limits: Limits | None = None) -> None:
+                 engine: EngineView, limits: Limits | None = None,
+                 trace: TraceRing | None = None) -> None:
         self.config = config
+        #: Route-change trace (`wgcast trace`): the detections are recorded here.
+        self.trace = trace
         self.api = api
         self.serving = serving
         self.engine = engine
@@ -191,6 +195,7 @@ class MembershipService:
             g.set_members(self.registry.count(prefix))
             if g.members == 0:
                 log.info("group %s: last member gone (connection %d closed)", prefix, conn.id)
+                self._detected(prefix, "last member gone (connection closed)")
             self._kick(prefix)
 
     def _peer(self, conn: Connection) -> Peer:
@@ -266,6 +271,8 @@ class MembershipService:
         t0 = loop.time()
         why = "removed from the config" if retired else "draining" if g.draining else \
             ("unhealthy" if not g.healthy else "no members")
+        if why != "no members":  # a lost member was recorded when its connection closed
+            self._detected(prefix, why)
         log.info("group %s: withdrawing (%s)", prefix, why)
         moved: bool | None = None
         if graceful:
@@ -273,7 +280,8 @@ class MembershipService:
             # instance move to it while still forwarding to us.
             await self.serving.serve(prefix, metric=DRAIN_METRIC)
             moved = False
-            deadline = t0 + params.move_timeout
+            # From the announcement on: a slow start (a loaded host) does not eat it.
+            deadline = loop.time() + params.move_timeout
             while loop.time() < deadline:
                 if self._wanted(g):  # undrained, healthy again: back to the real metric
                     await self.serving.serve(prefix)
@@ -302,6 +310,10 @@ class MembershipService:
         }
         log.info("group %s: withdrawn in %.0f ms (acked=%s%s)", prefix, (t1 - t0) * 1000,
                  acked, f", moved={moved}" if graceful else "")
+
+    def _detected(self, prefix: Prefix, why: str) -> None:
+        if self.trace is not None:
+            self.trace.event(prefix, self._now(), "detected", note=why)
 
     def neighbours_moved(self, prefix: Prefix) -> bool:
         """Every neighbour that is up announces another instance of `prefix` to us.
@@ -438,6 +450,8 @@ class MembershipService:
         for cid in targets:
             self.registry.leave(cid, prefix)
         g.set_members(self.registry.count(prefix))
+        if g.members == 0 and was_served:
+            self._detected(prefix, "leave")
         self._kick(prefix)
         out: dict[str, Any] = {"prefix": str(prefix), "released": len(targets),
                                "members": g.members}

@@ -41,7 +41,7 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.neighbour import LinkCostParams, link_tiebreak
 from wgcast.babel.route import SelectionParams
-from wgcast.babel.wire import PORT
+from wgcast.babel.wire import PORT, Ack, RouteUpdate, decode_packet, encode_packet, resolve
 from wgcast.daemon.api import ApiError, ApiServer
 from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.catchments import CatchmentCollector, catchment_table
@@ -76,6 +76,7 @@ from wgcast.daemon.ports import (
 )
 from wgcast.daemon.reload import diff, refusals
 from wgcast.daemon.state import State, StateError, load_state, save_state
+from wgcast.daemon.trace import TraceRing
 from wgcast.daemon.transport import BABEL_GROUP, UdpTransport
 from wgcast.daemon.web import WebServer
 from wgcast.dataplane.backend import open_device
@@ -107,6 +108,12 @@ AUDIT_MAX = 2.0
 
 #: On a planned stop, pause between the retraction's acks and the address going down.
 _STOP_SETTLE = 0.1
+
+#: Longest time an Ack waits for the data plane (see `Daemon._gate_acks`).
+ACK_GATE_MAX = 1.0
+#: Babel TLV types (RFC 8966 section 4.3): Pad1, and Ack.
+_TLV_PAD1 = 0
+_TLV_ACK = 3
 
 
 @dataclass
@@ -259,6 +266,14 @@ class Daemon:
         self._background: set[asyncio.Task[tuple[bool, str]]] = set()
         #: Why peers are down (`wgcast peers`), device peers not in the config.
         self.doctor: PeerDoctor | None = None
+        #: Route-change events of the anycast prefixes (`wgcast trace`).
+        self.trace = TraceRing(config.anycast)
+        #: Datagrams held back per neighbour (an Ack, and what follows it): see _gate.
+        self._held: dict[str, list[tuple[float, bytes]]] = {}
+        self._held_timer: asyncio.TimerHandle | None = None
+        #: Acks held back until the data plane moved, and those sent on the time bound.
+        self.acks_held = 0
+        self.acks_gate_expired = 0
 
     # ------------------------------------------------------------ clock
 
@@ -287,6 +302,7 @@ class Daemon:
             seqno=seqno,
             accept=self.policy.accept,
             signer=self.signer,
+            observe=self._heard,
         )
         self.node = Node(ncfg, self.now())
         self.policy.routes_from = self.node.route_count_via
@@ -344,6 +360,8 @@ class Daemon:
         dp = self.dataplane = DataPlaneApplier(cfg, backend, self.system, self.clock,
                                                lambda: self.view, self.by_key,
                                                self._open_move_hold)
+        dp.trace = self.trace
+        dp.on_applied = self._release_held
         with _needs_root(f"reading the WireGuard interface {cfg.interface}"):
             dev = await backend.get()
         if dev.public_key is None:
@@ -561,6 +579,7 @@ class Daemon:
         if ensure and dp is not None:
             with contextlib.suppress(Exception):
                 await dp.ensure(ensure)
+        self.trace.set_anycast(new.anycast)
         if self.endpoints is not None:
             moved = [n for o, n in ch.peers_changed
                      if (o.endpoints, o.probe_port) != (n.endpoints, n.probe_port)]
@@ -637,19 +656,22 @@ class Daemon:
         """Send what the engine wrote, apply its events, re-arm its timer."""
         node, dp = self.node, self.dataplane
         assert node is not None and self.clock is not None
-        multicast, lan = self.multicast, self.lan
-        for name, data in node.datagrams_to_send():
+        multicast, lan, trace = self.multicast, self.lan, self.trace
+        now = self.now()
+        sent = node.datagrams_to_send()
+        for name, data in sent:
             if lan is not None and name in lan.neighbours:
                 lan.send(name, data)
             elif lan is not None and name in lan.streams:
                 lan.send_group(name, data)
-            else:
+            elif not self._gate(name, data, now):
                 self.transport.send(data, BABEL_GROUP if name in multicast
                                     else self.peers[name].control)
-        now = self.now()
         while (ev := node.next_event()) is not None:
             if isinstance(ev, RouteSelected):
                 self.routes[ev.prefix] = RouteInfo(ev.via, ev.metric, ev.router_id, time.time())
+                trace.event(ev.prefix, now, "selected", neighbour=ev.via, metric=ev.metric,
+                            router_id=ev.router_id)
                 on_lan = lan is not None and ev.via in lan.neighbours
                 if dp is not None:
                     peer = None if ev.via is None or ev.via == LOCAL or on_lan \
@@ -674,18 +696,134 @@ class Daemon:
                     # Its control /128 may have gone (wg syncconf, wg set): look now,
                     # not at the next periodic audit.
                     dp.audit()
+                    for p, r in self.routes.items():
+                        if r.via == ev.neighbour:
+                            trace.event(p, now, "neighbour_down", neighbour=ev.neighbour)
+                    trace.forget_neighbour(ev.neighbour)
             elif isinstance(ev, SeqnoChanged):
                 self._save_state()
             elif isinstance(ev, RetractionAcked):
+                trace.event(ev.prefix, now, "acked")
                 fut = self._acks.pop(ev.prefix, None)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
+        if sent and trace.hot(now):
+            self._trace_sent(now, sent)
         deadline = node.next_deadline()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if deadline is not None:
             self._timer = self.clock.loop.call_at(max(deadline, now), self._on_timer)
+
+    def _gate(self, name: str, data: bytes, now: float) -> bool:
+        """Hold back the Acks of a datagram to `name` while our data plane still sends
+        it traffic that a route change already took away (not applied yet): the Ack of
+        a retraction then means "nothing more comes to you from me", which a draining
+        instance waits for before its address goes down, however slow this node is to
+        apply. The rest of the datagram (Hellos, Updates) goes now: a neighbour must
+        not think us dead. Bounded by ACK_GATE_MAX. True if the datagram was handled
+        here (sent without its Acks, or held whole)."""
+        dp = self.dataplane
+        info = self.peers.get(name)
+        # Cheapest first: nearly always nothing is moving (no look at the bytes).
+        if dp is None or info is None or (
+                name not in self._held and not dp.moving_away(info.key)) or \
+                not _has_ack(data):
+            return False
+        try:
+            tlvs = decode_packet(data)
+        except Exception:  # our own bytes; never let the gate lose a datagram
+            return False
+        acks = [t for t in tlvs if isinstance(t, Ack)]
+        rest = [t for t in tlvs if not isinstance(t, Ack)]
+        held = self._held.get(name)
+        if held is None:
+            held = self._held[name] = []
+            self.acks_held += 1
+            if self._held_timer is None and self.clock is not None:
+                self._held_timer = self.clock.loop.call_at(now + ACK_GATE_MAX,
+                                                           self._release_held)
+        held.append((now, encode_packet(acks)))
+        if rest:
+            self.transport.send(encode_packet(rest), BABEL_GROUP if name in self.multicast
+                                else info.control)
+        return True
+
+    def _release_held(self) -> None:
+        """Send the held datagrams whose neighbour the data plane no longer sends moved
+        traffic to, or that waited ACK_GATE_MAX."""
+        if not self._held:
+            return
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        dp = self.dataplane
+        now = self.now()
+        first = None
+        for name in list(self._held):
+            held = self._held[name]
+            info = self.peers.get(name)
+            expired = now >= held[0][0] + ACK_GATE_MAX
+            if info is None or dp is None or expired or not dp.moving_away(info.key):
+                del self._held[name]
+                if expired:
+                    self.acks_gate_expired += 1
+                if info is None:
+                    continue
+                dest = BABEL_GROUP if name in self.multicast else info.control
+                for _, data in held:
+                    self.transport.send(data, dest)
+            else:
+                first = held[0][0] if first is None else min(first, held[0][0])
+        if first is not None and self.clock is not None:
+            self._held_timer = self.clock.loop.call_at(first + ACK_GATE_MAX,
+                                                       self._release_held)
+
+    def _heard(self, neighbour: str, prefix: Prefix, rid: bytes, seqno: int,
+               metric: int) -> None:
+        """The engine's Update observer: the trace keeps those that change something."""
+        self.trace.heard(self.now(), neighbour, prefix, rid, seqno, metric)
+
+    def _trace_sent(self, now: float, sent: Sequence[tuple[str, bytes]]) -> None:
+        """The Updates of traced prefixes in what was just sent (looked at only for a
+        while after a traced prefix changed: no cost in steady state)."""
+        trace = self.trace
+        out: dict[tuple[Prefix, int, bytes, int], list[str]] = {}
+        for name, data in sent:
+            try:
+                msgs = list(resolve(decode_packet(data)))
+            except Exception:  # our own bytes; never let the trace break the pump
+                continue
+            for m in msgs:
+                if isinstance(m, RouteUpdate) and m.prefix is not None and \
+                        trace.watched(m.prefix):
+                    out.setdefault((m.prefix, m.metric, m.router_id, m.seqno),
+                                   []).append(name)
+        for (p, metric, rid, seqno), names in out.items():
+            trace.event(p, now, "update_sent", metric=metric, router_id=rid, seqno=seqno,
+                        note="to " + ",".join(sorted(set(names))))
+
+    async def _api_trace(self, req: dict[str, Any]) -> dict[str, Any]:
+        """`wgcast trace`: the events of one prefix, or which prefixes have some."""
+        raw = req.get("prefix")
+        since = req.get("since")
+        if since is not None and (isinstance(since, bool) or
+                                  not isinstance(since, int | float)):
+            raise ApiError("bad_request", "since: expected seconds on CLOCK_MONOTONIC")
+        base = {"interface": self.config.interface, "node": self.node_name(),
+                "clock": "CLOCK_MONOTONIC seconds (shared by every process of the host)",
+                "now": round(self.now(), 6)}
+        if raw is None:
+            return {**base, **self.trace.summary()}
+        if not isinstance(raw, str) or len(raw) > 64:
+            raise ApiError("bad_request", 'expected "prefix": an IP prefix such as '
+                                          '"fd00:a::53/128"')
+        try:
+            prefix = ipaddress.ip_network(raw.strip(), strict=True)
+        except ValueError as e:
+            raise ApiError("bad_prefix", f"not a prefix: {e}") from None
+        return {**base, **self.trace.view(prefix, None if since is None else float(since))}
 
     # ports.EngineControl (the endpoint manager after a switch)
 
@@ -728,9 +866,13 @@ class Daemon:
         group = self.config.group(prefix)
         ifname = group.address_interface if group else "lo"
         m = metric if metric is not None else (group.metric if group else 0)
-        await self.system.add_group_address(_host_interface(prefix), ifname=ifname)
+        if self._served.get(prefix) != ifname:
+            # A served group announced again (a drain's first step, a new metric) keeps
+            # its address: no netlink round trip before the announcement goes out.
+            await self.system.add_group_address(_host_interface(prefix), ifname=ifname)
         self._served[prefix] = ifname
         assert self.node is not None
+        self.trace.event(prefix, self.now(), "originated", metric=m)
         self.node.originate(prefix, m, now=self.now())
         self._pump()
 
@@ -746,6 +888,7 @@ class Daemon:
         grace = self.config.timers.retract_grace if wait is None else wait
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._acks[prefix] = fut
+        self.trace.event(prefix, self.now(), "retracted")
         self.node.retract(prefix, now=self.now())
         self._pump()
         acked = True
@@ -759,6 +902,8 @@ class Daemon:
         ifname = self._served.pop(prefix)
         with contextlib.suppress(Exception):
             await self.system.remove_address(_host_interface(prefix), ifname=ifname)
+        self.trace.event(prefix, self.now(), "address_down",
+                         note="acked" if acked else "not acked in time")
         return acked
 
     async def _drain_out(self, prefix: Prefix, membership: MembershipService) -> None:
@@ -794,7 +939,9 @@ class Daemon:
         api.handlers["reload"] = self._api_reload
         api.handlers["catchments"] = self._api_catchments
         api.handlers["peers"] = self._api_peers
-        membership = self.membership = MembershipService(self.config, api, self, self.view)
+        api.handlers["trace"] = self._api_trace
+        membership = self.membership = MembershipService(self.config, api, self, self.view,
+                                                         trace=self.trace)
         await membership.start()  # join/leave/drain + health checks, before clients come
         await api.start()
         metrics = await self._start_metrics(membership)
@@ -1177,6 +1324,9 @@ class Daemon:
             self.dataplane.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
         if self._state_retry is not None:
             self._state_retry.cancel()
             self._state_retry = None
@@ -1210,7 +1360,9 @@ class Daemon:
             "timers": {"hello": self.config.timers.hello, "dead": self.config.timers.dead,
                        "update": self.config.timers.update},
             "counters": dict(node.counters),
-            "dataplane": None if dp is None else self._dataplane_status(dp),
+            "dataplane": None if dp is None else {
+                **self._dataplane_status(dp), "acks_held": self.acks_held,
+                "acks_gate_expired": self.acks_gate_expired},
             "announcements_dropped": self.policy.dropped,
             "announcements_refused": self.policy.dropped_table(),
             "roster": None if self.policy.roster is None else {
@@ -1413,6 +1565,23 @@ class _NoTransport:
     def reopen(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _has_ack(data: bytes) -> bool:
+    """Whether a Babel packet (ours: well formed) carries an Ack TLV."""
+    end = min(len(data), 4 + int.from_bytes(data[2:4], "big")) if len(data) >= 4 else 0
+    pos = 4
+    while pos < end:
+        t = data[pos]
+        if t == _TLV_PAD1:
+            pos += 1
+            continue
+        if t == _TLV_ACK:
+            return True
+        if pos + 1 >= end:
+            return False
+        pos += 2 + data[pos + 1]
+    return False
 
 
 def _read_sysctl(key: str) -> str | None:

@@ -148,6 +148,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
                                                if v.get("outage_over_floor") is not None]),
                 }
             noise = report.noise_floor(runs, target)
+            stages = _stage_medians(runs, clients)
             worst = [max((v["outage_ms"] for v in r["per_client"].values() if v["moved"]),
                          default=0.0) for r in runs]
             wd = [r["withdrawal"] for r in runs if r.get("withdrawal")]
@@ -166,7 +167,7 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
                 "worst_client_outage_ms": _pct(worst),
                 "moved_clients": [c for c in clients if per_client[c]["role"] == "moved"],
                 "noise_floor": noise, "noisy": noise["noisy"],
-                "per_client": per_client, "lost": lost,
+                "per_client": per_client, "lost": lost, "breakdown_ms": stages,
                 "lost_moved": lost - noise["lost"], "runs": runs,
             })
             if opt.plot:
@@ -199,11 +200,49 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
             + (f" (longest gap {noise['max_outage_ms']} ms)" if noise["lost"] else "")
             + ("; moved clients lost before the failure could reach them: " + ", ".join(
                 f"{c} {n}" for c, n in early.items()) if early else "")
+            + ("; moved clients lost after the new instance answered: " + ", ".join(
+                f"{c} {n}" for c, n in noise["moved_lost_after_moving"].items())
+               if noise.get("moved_lost_after_moving") else "")
+            + ("; traces of runs " + ", ".join(map(str, noise["trace_signs"]))
+               + " show a starved daemon" if noise.get("trace_signs") else "")
             + (f": NOISY RUN (the lab itself lost packets; load average {_loadavg()}), "
                "read the outages with care" if noise["noisy"] else ": 0, a clean run"))
+    for c, row in (result.get("breakdown_ms") or {}).items():
+        say(f"breakdown {c} (median ms since the failure over {row['runs']} runs): "
+            + ", ".join(f"{k} {v}" for k, v in row.items() if k != "runs"))
     if result.get("plot"):
         say(f"plot: {result['plot']}")
     return result
+
+
+def _stage_medians(runs: list[dict[str, Any]], clients: list[str]) -> dict[str, Any]:
+    """Per moved client, the median over the runs of each step of its breakdown (ms
+    since the failure): detected, first Update sent, every hop ready, first answer."""
+    out: dict[str, Any] = {}
+    for c in clients:
+        bs = [r["per_client"][c]["breakdown"] for r in runs
+              if r["per_client"][c].get("breakdown") and
+              "error" not in r["per_client"][c]["breakdown"]]
+        if not bs:
+            continue
+
+        def med(xs: list[float | None]) -> float | None:
+            vals = [x for x in xs if x is not None]
+            return round(statistics.median(vals), 1) if vals else None
+        row: dict[str, Any] = {
+            "runs": len(bs), "detected": med([b["detected_ms"] for b in bs]),
+            "first_update_sent": med([b["first_update_sent_ms"] for b in bs]),
+            "ready": med([b["ready_ms"] for b in bs]),
+            "first_answer": med([b["first_answer_ms"] for b in bs])}
+        for h in bs[-1]["hops"]:
+            n = h["node"]
+            hs: list[dict[str, Any]] = [next((x for x in b["hops"] if x["node"] == n), {})
+                                        for b in bs]
+            row[f"{n}_heard"] = med([x.get("update_received_ms") for x in hs])
+            row[f"{n}_selected"] = med([x.get("selected_ms") for x in hs])
+            row[f"{n}_applied"] = med([x.get("applied_ms") for x in hs])
+        out[c] = row
+    return out
 
 
 def _loadavg() -> str:
@@ -243,6 +282,7 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
     res = {p.node: p.wait() for p in probers}
     withdrawal = _withdrawal(lab, target, t_fail) if opt.fail in ("service", "health",
                                                                   "drain") else None
+    traces = _traces(lab, t_fail - report.TRACE_SLACK)
     per_client: dict[str, Any] = {}
     starts: list[float] = []
     for c, r in res.items():
@@ -267,6 +307,9 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
             v["floor"] = None if fl is None else fl.as_dict()
             v["outage_over_floor"] = (round(v["outage_ms"] / fl.floor_ms, 2)
                                       if fl is not None and fl.floor_ms > 0 else None)
+            if traces:
+                v["breakdown"] = report.breakdown(traces, lab.topology, target, c, after,
+                                                  opt.fail, t_fail, moved, peer)
         per_client[c] = v
     moved_c = {c: v for c, v in per_client.items() if v["moved"]}
     by = [c for c in per_client if c not in moved_c]
@@ -293,6 +336,9 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
                        if f["client_to_turn_ms"] else "")
                     + f" = {f['floor_ms']:.1f} ms (one-way {f['detected_at']}->{c}: "
                     f"{f['one_way_ms']:.1f} ms)")
+    for v in moved_c.values():
+        if v.get("breakdown"):
+            say("  trace " + report.format_breakdown(v["breakdown"]))
     lab.restore(target, opt.fail, peer)
     back = wait_catchment(lab, clients, 20.0 * slow,
                           lambda c: all(c[n] == before.get(n) for n in clients))
@@ -303,6 +349,26 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
         out["drain"] = fault
     if withdrawal is not None:
         out["withdrawal"] = withdrawal
+    signs = report.trace_noise(traces, opt.fail, withdrawal)
+    if signs:
+        out["noise_signs"] = signs
+        say("  lab noise seen in the traces: " + "; ".join(signs))
+    return out
+
+
+def _traces(lab: Lab, since: float) -> dict[str, list[dict[str, Any]]]:
+    """Every daemon's trace of group 0 since `since` (CLOCK_MONOTONIC): {} when the
+    routers keep none (babeld) or cannot be asked (a stopped daemon is left out)."""
+    if not lab.groups:
+        return {}
+    prefix = str(lab.groups[0].prefix)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for n in lab.topology.nodes:
+        try:
+            out[n] = lab.api(n, {"cmd": "trace", "prefix": prefix, "since": since},
+                             timeout=2.0).get("events", [])
+        except (LabError, OSError):
+            continue
     return out
 
 

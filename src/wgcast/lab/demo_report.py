@@ -129,6 +129,7 @@ def noise_floor(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
     who: set[str] = set()
     by_client: dict[str, int] = {}
     early: dict[str, int] = {}
+    late: dict[str, int] = {}
     for r in runs:
         pc = r["per_client"]
         moved = set(moved_clients(pc, target))
@@ -138,15 +139,75 @@ def noise_floor(runs: list[dict[str, Any]], target: str) -> dict[str, Any]:
                 n = lost_before(v.get("timeline") or [], -margin)
                 if n:
                     early[c] = early.get(c, 0) + n
+                n = lost_after_move(v.get("timeline") or [], v.get("after"))
+                if n:
+                    late[c] = late.get(c, 0) + n
                 continue
             who.add(c)
             n = int(v.get("lost") or 0)
             lost += n
             by_client[c] = by_client.get(c, 0) + n
             worst = max(worst, float(v.get("outage_ms") or 0.0))
+    signs = {k + 1: r["noise_signs"] for k, r in enumerate(runs) if r.get("noise_signs")}
     return {"bystanders": sorted(who), "lost": lost, "lost_by_client": by_client,
             "max_outage_ms": round(worst, 3), "moved_lost_before_failure": early,
-            "noisy": lost > 0 or bool(early)}
+            "moved_lost_after_moving": late, "trace_signs": signs,
+            "noisy": lost > 0 or bool(early) or bool(late) or bool(signs)}
+
+
+def lost_after_move(tl: list[dict[str, Any]], after: str | None) -> int:
+    """Queries a moved client lost once the instance it moved to had answered it: the
+    failure is behind it, the loss is the lab's (a stalled hop on the new path)."""
+    n = 0
+    seen = False
+    for s in tl:
+        if after is not None and s["node"] == after and s["from_ms"] >= 0.0:
+            seen = True
+        if seen:
+            n += int(s["lost"])
+    return n
+
+
+#: An apply that waited longer than this (ms) for its turn means a starved daemon.
+STARVED_MS = 100.0
+
+
+def _waited_ms(note: str) -> float:
+    """The wait of an "applied" event's note ("waited 845.4 ms, device ..."), or 0."""
+    if not note.startswith("waited "):
+        return 0.0
+    try:
+        return float(note.split()[1])
+    except (IndexError, ValueError):
+        return 0.0
+
+
+#: The withdrawal reason each failure should cause on the failed node.
+_WITHDRAWAL_REASON = {"service": "no members", "health": "unhealthy", "drain": "draining"}
+
+
+def trace_noise(traces: dict[str, list[dict[str, Any]]], how: str,
+                withdrawal: dict[str, Any] | None) -> list[str]:
+    """Signs in the daemons' traces that the lab itself misbehaved during a run whose
+    failure cuts nothing: a neighbour declared dead (a daemon starved of CPU missed its
+    Hellos), or the instance withdrawn for another reason than the failure (a health
+    check timing out on a loaded host) or before it."""
+    out: list[str] = []
+    if how not in _WITHDRAWAL_REASON:
+        return out
+    for node, evs in sorted(traces.items()):
+        downs = sorted({e.get("neighbour") or "?" for e in evs if e["kind"] == "neighbour_down"})
+        if downs:
+            out.append(f"{node} declared {', '.join(downs)} dead")
+        waited = max((_waited_ms(e.get("note") or "") for e in evs if e["kind"] == "applied"),
+                     default=0.0)
+        if waited > STARVED_MS:
+            out.append(f"{node}'s data plane waited {waited:.0f} ms to apply (starved)")
+    if withdrawal is not None and (withdrawal.get("reason") != _WITHDRAWAL_REASON[how] or
+                                   float(withdrawal.get("start_ms") or 0.0) < -1.0):
+        out.append(f"withdrawn for '{withdrawal.get('reason')}' at "
+                   f"{withdrawal.get('start_ms')} ms, not by the failure")
+    return out
 
 
 def timeline(segments: list[dict[str, Any]], fail_at_ms: float,
@@ -287,3 +348,106 @@ def _write_svg(path: str, rows: list[tuple[str, list[dict[str, Any]], Any]],
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
+
+
+# -- where the milliseconds go (daemon traces) -----------------------------------------
+
+#: Trace events before the failure by less than this (s) still belong to it (a drain's
+#: first step is taken before `fail` returns the time it was injected).
+TRACE_SLACK = 0.05
+
+
+def _first(events: list[dict[str, Any]], kind: str, t_from: float,
+           neighbour: str | None = None, routed: bool = False) -> dict[str, Any] | None:
+    """The first `kind` event at or after `t_from` (from/via `neighbour`; `routed`: one
+    that names a neighbour, i.e. a route, not its loss)."""
+    for e in events:
+        if e["kind"] == kind and e["t"] >= t_from and \
+                (neighbour is None or e.get("neighbour") == neighbour) and \
+                (not routed or e.get("neighbour") not in (None, "<local>")):
+            return e
+    return None
+
+
+def breakdown(traces: dict[str, list[dict[str, Any]]], topo: Topology, target: str,
+              client: str, new_instance: str | None, how: str, t_fail: float,
+              first_answer_ms: float | None, peer: str | None = None) -> dict[str, Any]:
+    """Where one moved client's outage went, from the daemons' traces (`wgcast trace`,
+    CLOCK_MONOTONIC seconds, shared by every daemon of the host), in ms since the
+    failure: the detection, the first Update the detecting node sent, then per hop on
+    the way of the news (the old path from the detecting node to the client, and the
+    nodes of the client's new path that changed their selection): the first Update heard
+    from the previous hop, the selection change, the data plane applied; and the first
+    answer from the new instance. `ready_ms`: the last hop applied."""
+    g = topo.simple_graph()
+    t0 = t_fail - TRACE_SLACK
+
+    def ms(e: dict[str, Any] | None) -> float | None:
+        return None if e is None else round((e["t"] - t_fail) * 1000, 3)
+
+    points = [p for p in detection_points(topo, target, how, peer) if p in g]
+    try:
+        det = min(points, key=lambda p: (_dist(g, p, client), p))
+        old = nx.shortest_path(g, det, client, weight="delay_ms")
+        new = nx.shortest_path(g, client, new_instance, weight="delay_ms") \
+            if new_instance is not None else [client]
+    except (ValueError, nx.NetworkXNoPath, nx.NodeNotFound):
+        return {"client": client, "error": "no path"}
+    dev = traces.get(det, [])
+    detected = _first(dev, "neighbour_down" if how == "node" else "detected", t0) or \
+        _first(dev, "retracted", t0) or _first(dev, "selected", t0)
+    hops: list[dict[str, Any]] = []
+    order = list(old[1:]) + [n for n in new[1:] if n not in old]
+    for n in order:
+        ev = traces.get(n, [])
+        sel = _first(ev, "selected", t0, routed=True)
+        if n not in old and sel is None:
+            continue  # on the new path but nothing changed there
+        prev = old[old.index(n) - 1] if n in old else None
+        heard = _first(ev, "update_received", t0, prev) if prev is not None else \
+            _first(ev, "update_received", t0)
+        lost = _first(ev, "selected", t0)
+        lost = lost if lost is not None and lost.get("neighbour") is None else None
+        t_sel = t0 if sel is None else sel["t"]
+        applied = _first(ev, "applied", t_sel, routed=True)
+        sent = _first(ev, "update_sent", t_sel)
+        hops.append({"node": n, "from": None if heard is None else heard.get("neighbour"),
+                     "update_received_ms": ms(heard), "no_route_ms": ms(lost),
+                     "selected_ms": ms(sel),
+                     "selected_via": None if sel is None else sel.get("neighbour"),
+                     "update_sent_ms": ms(sent),
+                     "held_ms": ms(_first(ev, "held", t0)), "applied_ms": ms(applied),
+                     "apply_note": None if applied is None else applied.get("note")})
+    applied_all = [h["applied_ms"] for h in hops if h["applied_ms"] is not None]
+    return {"client": client, "detected_at": det,
+            "detected_ms": ms(detected),
+            "detected_how": None if detected is None else
+            (detected.get("note") or detected["kind"]),
+            "first_update_sent_ms": ms(_first(dev, "update_sent", t0)),
+            "retracted_ms": ms(_first(dev, "retracted", t0)),
+            "address_down_ms": ms(_first(dev, "address_down", t0)),
+            "hops": hops, "ready_ms": max(applied_all) if applied_all else None,
+            "first_answer_ms": None if first_answer_ms is None else round(first_answer_ms, 3)}
+
+
+def format_breakdown(b: dict[str, Any]) -> str:
+    """One line: 'n4: detected n5 +0.3 (...) sent +0.6 | n4 heard +9.9 sel +10.0 ...'."""
+    if "error" in b:
+        return f"{b['client']}: {b['error']}"
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:+.1f}"
+
+    parts = [f"{b['client']}: detected at {b['detected_at']} {f(b['detected_ms'])}"
+             f" ({b['detected_how'] or '?'}), Update sent {f(b['first_update_sent_ms'])}"]
+    for h in b["hops"]:
+        held = f" held {f(h['held_ms'])}" if h["held_ms"] is not None else ""
+        lost = f" no route {f(h['no_route_ms'])}" if h.get("no_route_ms") is not None else ""
+        parts.append(f"{h['node']} heard {f(h['update_received_ms'])}"
+                     + (f" from {h['from']}" if h["from"] else "") + lost
+                     + f" selected {f(h['selected_ms'])}"
+                     + (f" via {h['selected_via']}" if h.get("selected_via") else "")
+                     + f" sent {f(h.get('update_sent_ms'))}{held}"
+                     f" applied {f(h['applied_ms'])}")
+    parts.append(f"first answer {f(b['first_answer_ms'])} ms")
+    return " | ".join(parts)
