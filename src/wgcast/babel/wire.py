@@ -789,6 +789,10 @@ class PacketWriter:
     _body: bytearray = field(default_factory=bytearray)
     _router_id: bytes | None = None
     _default: dict[int, bytes] = field(default_factory=dict)
+    #: The owner's set of writers that may hold output: `key` joins it at every add and
+    #: flush (whoever extends `packets` flushes first), so the owner need not scan all.
+    dirty: set[str] | None = None
+    key: str = ""
 
     def _room(self, size: int) -> None:
         if size > self.max_body:
@@ -801,6 +805,8 @@ class PacketWriter:
         encode_tlv(tlv, buf)
         self._room(len(buf))
         self._body += buf
+        if self.dirty is not None:
+            self.dirty.add(self.key)
         # Keep our idea of the receiver's parser state right (or forget it, to be safe).
         if isinstance(tlv, RouterId):
             ok = tlv.router_id not in RESERVED_ROUTER_IDS
@@ -845,12 +851,16 @@ class PacketWriter:
                 self.flush()  # state reset: encode again for a fresh packet
                 continue
             self._body += buf
+            if self.dirty is not None:
+                self.dirty.add(self.key)
             if prefix is not None:
                 self._router_id = router_id
                 self._default[ae] = prefix.network_address.packed
             return
 
     def flush(self) -> None:
+        if self.dirty is not None:
+            self.dirty.add(self.key)
         if self._body:
             self.packets.append(bytes((MAGIC, VERSION)) + struct.pack("!H", len(self._body))
                                 + bytes(self._body))
