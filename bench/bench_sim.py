@@ -94,6 +94,16 @@ def _vm_hwm_mib(pid: int | None) -> float | None:
     return None
 
 
+def _cpu_s(pid: int | None) -> float | None:
+    """A live process's CPU seconds so far (user + system), for a row killed at the cap."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def run_rows(args: argparse.Namespace) -> None:
     spec = {"all": ALL_ROWS, "quick": QUICK_ROWS}.get(args.rows, args.rows)
     rows = [r.strip() for r in spec.split(",") if r.strip()]
@@ -108,10 +118,10 @@ def run_rows(args: argparse.Namespace) -> None:
         try:
             row = q.get(timeout=args.cap)
         except queue.Empty:
-            hwm = _vm_hwm_mib(p.pid)
+            hwm, cpu = _vm_hwm_mib(p.pid), _cpu_s(p.pid)
             p.kill()
             row = {"topology": topo, "capped": True, "wall_s": f"> {args.cap:g}",
-                   "peak_rss_mib": hwm}
+                   "cpu_s": None if cpu is None else f"> {cpu:g}", "peak_rss_mib": hwm}
         p.join()
         row.setdefault("capped", False)
         row.update(label=args.label, seed=args.seed, date=time.strftime("%Y-%m-%d %H:%M"),
