@@ -407,8 +407,10 @@ class Node:
 
     def _remember(self, seen: dict[bytes, tuple[int, int, list[Route], list[int]]],
                   data: bytes, fd_version: int, ann_version: int, routes: list[Route]) -> None:
-        # Enough room for a few full dumps; the oldest entry goes first.
-        if len(seen) >= 32 + len(self.selected) // 16:
+        # Room for nearly two full dumps (40 or more Updates a packet) and some triggered
+        # packets; the oldest entry goes first (a miss only costs a full decode). A full
+        # mesh keeps one of these per neighbour: N^2 of them in the simulator.
+        if len(seen) >= 16 + len(self.selected) // 22:
             del seen[next(iter(seen))]
         seen[data] = (fd_version, ann_version, routes, [r.gen for r in routes])
 
