@@ -9,7 +9,8 @@ virtual seconds with nothing failing; the bytes and messages (datagrams) sent in
 window, per node per second, are the steady-state idle cost, reported apart from the
 boot burst (boot figures: everything sent until boot quiescence). Also wall, CPU, peak
 RSS, convergence/failover and the invariants. A row that exceeds `--cap` seconds wall
-is killed and recorded as such ("capped": true), with the peak RSS it had reached.
+is killed and recorded as such ("capped": true), with the peak RSS, CPU seconds and
+virtual seconds it had reached (virtual_s_per_cpu_s compares capped runs).
 Rows go to bench/results/sim_scale.json under `--label` (e.g. before/after), keeping
 the other labels' and topologies' rows.
 
@@ -27,11 +28,13 @@ with --tracemalloc: slower), invariants. Writes bench/results/sim.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import queue
 import resource
+import signal
 import time
 import tracemalloc
 from pathlib import Path
@@ -74,8 +77,21 @@ def one_row(topology: str, seed: int, idle: float,
             out: mp.Queue) -> None:  # type: ignore[type-arg]
     """One issue-18 row: boot, idle window, origin failover; the figures to `out`."""
     t0 = time.perf_counter()
-    res = Scenario(topology=topology, anycast=(10, 3), fail="origin", seed=seed,
-                   idle=idle).run()
+    c0 = time.process_time()
+    sc = Scenario(topology=topology, anycast=(10, 3), fail="origin", seed=seed, idle=idle)
+
+    def progress(_sig: int, _frame: object) -> None:
+        # The parent's cap: how far the run got (virtual s, phase), then it kills us.
+        out.put({"virtual_s_reached": round(sc.net.now, 3),
+                 "phases_done": [p.name for p in sc.phases],
+                 "cpu_s_at_cap": round(time.process_time() - c0, 1),
+                 "virtual_s_per_cpu_s": round(sc.net.now / max(time.process_time() - c0,
+                                                               1e-9), 4),
+                 "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                       / 1024, 1)})
+
+    signal.signal(signal.SIGUSR1, progress)
+    res = sc.run()
     row: dict[str, Any] = {k: res.get(k) for k in SCALE_KEYS}
     row["total_wall_s"] = round(time.perf_counter() - t0, 3)
     row["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -119,9 +135,13 @@ def run_rows(args: argparse.Namespace) -> None:
             row = q.get(timeout=args.cap)
         except queue.Empty:
             hwm, cpu = _vm_hwm_mib(p.pid), _cpu_s(p.pid)
-            p.kill()
             row = {"topology": topo, "capped": True, "wall_s": f"> {args.cap:g}",
                    "cpu_s": None if cpu is None else f"> {cpu:g}", "peak_rss_mib": hwm}
+            if p.pid is not None:
+                os.kill(p.pid, signal.SIGUSR1)  # ask how far it got
+                with contextlib.suppress(queue.Empty):
+                    row.update(q.get(timeout=60))
+            p.kill()
         p.join()
         row.setdefault("capped", False)
         row.update(label=args.label, seed=args.seed, date=time.strftime("%Y-%m-%d %H:%M"),
