@@ -363,6 +363,26 @@ def sim_scale_section(scale: dict[str, Any] | None, out: list[str]) -> None:
             r.get("failover_ms"), r.get("wall_s"), r.get("cpu_s"), r.get("peak_rss_mib"),
             r.get("loadavg_1m_at_end"))) + " |")
     out.append("")
+    for r in rows:
+        if r.get("capped") and r.get("virtual_s_reached") is not None:
+            out.append(f"- {r.get('topology')} {r.get('label')}: killed at the cap after "
+                       f"{_cell(r.get('virtual_s_reached'))} virtual s (phases done: "
+                       f"{', '.join(r.get('phases_done') or []) or 'none'}), "
+                       f"{_cell(r.get('virtual_s_per_cpu_s'))} virtual s per CPU s.")
+    ab = scale.get("ab_full50_idle5")
+    if isinstance(ab, dict) and ab.get("runs"):
+        runs = ab["runs"]
+        cells = "; ".join(f"{r['code']} {r['cpu_s']} CPU s / {r['wall_s']} wall s"
+                          for r in runs)
+        out.append(f"- Side by side ({ab.get('note', '')}): {cells}.")
+    eb = scale.get("engine_bench_update_tlvs_per_s_median_of_7_runs")
+    if isinstance(eb, dict) and "before" in eb and "after" in eb:
+        cells = "; ".join(f"{k} {_cell(eb['before'][k])} -> {_cell(eb['after'][k])}"
+                          for k in eb["before"])
+        out.append(f"- Engine, Update TLVs/s before -> after ({eb.get('note', '')}): {cells}.")
+    if scale.get("note"):
+        out.append(f"\n_{scale['note']}_\n")
+    out.append("")
     out.append("Reproduce: `python bench/bench_sim.py --rows all --label after` (one row: "
                "`--rows full:300`; rows of other topologies and labels are kept).\n")
 
