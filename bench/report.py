@@ -337,6 +337,56 @@ def engine_sim_section(eng: dict[str, Any] | None, sim: dict[str, Any] | None,
                    "other sizes are kept).\n")
 
 
+def sim_scale_section(scale: dict[str, Any] | None, out: list[str]) -> None:
+    """bench_sim.py --rows: issue 18's table, before/after labels side by side."""
+    if not scale or not _rows(scale):
+        return
+    rows = _rows(scale)
+    out.append(
+        f"Full meshes and random graphs (`bench/bench_sim.py --rows`): anycast "
+        f"{scale.get('anycast', '10x3')}, `--fail {scale.get('fail', 'origin')}`, "
+        f"{scale.get('timers', 'default')} timers. _Idle_: bytes and messages (datagrams) "
+        f"per node per second in a window of {_cell(scale.get('idle_s'))} virtual s after "
+        "boot convergence with nothing failing; _boot_: everything sent until boot "
+        "quiescence. A row killed at the wall cap says `> cap` (CPU seconds used by then). "
+        "Wall and CPU are of one process on the shared 2-core machine (load average in "
+        "the table: above 2 the wall time is mostly waiting).\n")
+    out.append("| topology | label | converged | loops | idle B/node/s | idle msgs/node/s | "
+               "boot B/node/s | boot msgs/node/s | failover (virtual ms) | wall s | CPU s | "
+               "peak RSS MiB | load |")
+    out.append("|" + "---|" * 13)
+    for r in rows:
+        out.append("| " + " | ".join(_cell(x) for x in (
+            r.get("topology"), r.get("label"), str(r.get("converged", "-")), r.get("loops"),
+            r.get("idle_bytes_per_node_s"), r.get("idle_msgs_per_node_s"),
+            r.get("boot_bytes_per_node_s"), r.get("boot_msgs_per_node_s"),
+            r.get("failover_ms"), r.get("wall_s"), r.get("cpu_s"), r.get("peak_rss_mib"),
+            r.get("loadavg_1m_at_end"))) + " |")
+    out.append("")
+    for r in rows:
+        if r.get("capped") and r.get("virtual_s_reached") is not None:
+            out.append(f"- {r.get('topology')} {r.get('label')}: killed at the cap after "
+                       f"{_cell(r.get('virtual_s_reached'))} virtual s (phases done: "
+                       f"{', '.join(r.get('phases_done') or []) or 'none'}), "
+                       f"{_cell(r.get('virtual_s_per_cpu_s'))} virtual s per CPU s.")
+    ab = scale.get("ab_full50_idle5")
+    if isinstance(ab, dict) and ab.get("runs"):
+        runs = ab["runs"]
+        cells = "; ".join(f"{r['code']} {r['cpu_s']} CPU s / {r['wall_s']} wall s"
+                          for r in runs)
+        out.append(f"- Side by side ({ab.get('note', '')}): {cells}.")
+    eb = scale.get("engine_bench_update_tlvs_per_s_median_of_7_runs")
+    if isinstance(eb, dict) and "before" in eb and "after" in eb:
+        cells = "; ".join(f"{k} {_cell(eb['before'][k])} -> {_cell(eb['after'][k])}"
+                          for k in eb["before"])
+        out.append(f"- Engine, Update TLVs/s before -> after ({eb.get('note', '')}): {cells}.")
+    if scale.get("note"):
+        out.append(f"\n_{scale['note']}_\n")
+    out.append("")
+    out.append("Reproduce: `python bench/bench_sim.py --rows all --label after` (one row: "
+               "`--rows full:300`; rows of other topologies and labels are kept).\n")
+
+
 def _rows(d: dict[str, Any]) -> list[dict[str, Any]]:
     for k in ("rows", "results", "runs", "sizes"):
         v = d.get(k)
@@ -669,6 +719,7 @@ def render(notes: str = "") -> Path:
     failover_section(fc, out)
     idle_section(ic, out)
     engine_sim_section(eng, sim, out)
+    sim_scale_section(load("sim_scale"), out)
     dataplane_section(ua, out)
     profile_section(pr, out)
     closing = ROOT / "bench" / "closing.md"

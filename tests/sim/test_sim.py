@@ -160,6 +160,25 @@ def test_cli_json() -> None:
     assert res.exit_code == 0 and "converged: yes" in res.output
 
 
+def test_idle_window_counts_steady_traffic_apart_from_boot() -> None:
+    """--idle: the traffic of a quiet window after boot, per node and second; nothing
+    changes in it, and it costs less per second than the boot burst."""
+    from click.testing import CliRunner
+
+    from wgcast.cli.sim import sim
+
+    r = Scenario(topology="full:6", anycast=(2, 2), fail="origin", seed=3, idle=8.0).run()
+    _ok(r)
+    assert r["idle_s"] == 8.0 and r["idle_route_changes"] == 0
+    idle_p, idle_b = int(r["idle_packets"]), int(r["idle_bytes"])  # type: ignore[call-overload]
+    assert idle_p > 0 and idle_b > 0
+    assert idle_p + int(r["boot_packets"]) <= int(r["packets"])  # type: ignore[call-overload]
+    assert r["idle_msgs_per_node_s"] == round(idle_p / 6 / 8.0, 3)
+    assert float(r["idle_bytes_per_node_s"]) < float(r["boot_bytes_per_node_s"])  # type: ignore[arg-type]
+    res = CliRunner().invoke(sim, ["--topology", "ring:5", "--anycast", "1x2", "--idle", "4"])
+    assert res.exit_code == 0 and "idle (4.0 s after boot)" in res.output
+
+
 # ---------------------------------------------------------------- engine fast paths
 
 

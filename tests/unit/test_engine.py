@@ -582,3 +582,29 @@ def test_ipv4_next_hop_neighbour_gets_ae1_after_a_next_hop() -> None:
         assert any(isinstance(x, NextHop) and x.address == bytes((10, 99, 0, 1))
                    for x in tlvs[:first_v4])
         assert any(getattr(m, "prefix", None) == v4 for m in resolve(tlvs))
+
+
+def test_deadlines_earliest_and_due_match_a_scan() -> None:
+    """_Deadlines (the per-neighbour timers with a heap beside them) answers as a scan of
+    the dict would, through any mix of sets, re-sets and removals."""
+    from wgcast.babel.engine import _Deadlines
+
+    rng = random.Random(7)
+    d = _Deadlines()
+    keys = [f"n{i}" for i in range(12)]
+    now = 0.0
+    for _ in range(5000):
+        op = rng.random()
+        k = rng.choice(keys)
+        if op < 0.6:
+            d[k] = now + rng.choice([0.0, rng.random(), 5.0, float("inf")])
+        elif op < 0.75:
+            d.pop(k, None)
+        elif op < 0.85:
+            due = d.due(now)
+            assert sorted(due) == sorted(k2 for k2, t in d.items() if t <= now)
+            for k2 in due:
+                d[k2] = now + 1.0  # the caller moves them on
+        else:
+            now += rng.random() / 2
+        assert d.earliest() == min(d.values(), default=float("inf"))

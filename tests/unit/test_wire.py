@@ -20,6 +20,7 @@ from wgcast.babel.wire import (
     AE_V4V6,
     AE_WILDCARD,
     HEADER_LEN,
+    HELLO_UNICAST,
     IHU,
     INFINITY,
     MAX_BODY,
@@ -807,3 +808,30 @@ def test_tiebreak_sub_tlv_round_trips_and_resolves() -> None:
         + bytes(15) + b"\x01" + bytes((112, 4)) + bytes(4)
     with pytest.raises(RemoteProtocolError, match="tie-break"):
         decode_packet(bytes((42, 2)) + len(body).to_bytes(2, "big") + body)
+
+
+def test_hello_ihu_fast_layout_is_the_general_one() -> None:
+    """The Hello and IHU wgcast sends (one Timestamp sub-TLV, IHU AE 0) take a one-struct
+    path both ways: same bytes as the TLV layout of RFC 8966 section 4.6.5/4.6.6 with the
+    timestamp sub-TLV, same objects back; values out of range still raise."""
+    rng = random.Random(3)
+    for _ in range(2000):
+        h = Hello(rng.choice([0, HELLO_UNICAST]), rng.randrange(1 << 16), rng.randrange(1 << 16),
+                  (Timestamp((rng.randrange(1 << 32),)),))
+        i = IHU(AE_WILDCARD, rng.randrange(1 << 16), rng.randrange(1 << 16), b"",
+                (Timestamp((rng.randrange(1 << 32), rng.randrange(1 << 32))),))
+        hb = struct.pack("!HHH", h.flags, h.seqno, h.interval) + b"\x03\x04" + \
+            struct.pack("!I", *h.subtlvs[0].stamps)  # type: ignore[union-attr]
+        ib = struct.pack("!BBHH", 0, 0, i.rxcost, i.interval) + b"\x03\x08" + \
+            struct.pack("!II", *i.subtlvs[0].stamps)  # type: ignore[union-attr]
+        want = bytes((4, len(hb))) + hb + bytes((5, len(ib))) + ib
+        got = bytearray()
+        encode_tlv(h, got)
+        encode_tlv(i, got)
+        assert bytes(got) == want
+        pkt = bytes((42, 2)) + struct.pack("!H", len(want)) + want
+        assert decode_packet(pkt) == [h, i]
+    with pytest.raises(LocalProtocolError):
+        encode_tlv(Hello(0, 1 << 16, 1, (Timestamp((0,)),)), bytearray())
+    with pytest.raises(LocalProtocolError):
+        encode_tlv(IHU(AE_WILDCARD, 1, 1, b"", (Timestamp((0, 1 << 32)),)), bytearray())

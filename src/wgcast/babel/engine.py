@@ -118,6 +118,44 @@ class NodeConfig:
 _NEVER = float("inf")
 
 
+class _Deadlines(dict[str, float]):
+    """Per-neighbour deadlines with their earliest in O(log n) (a heap beside the dict,
+    stale entries dropped lazily): the engine asks for it after every packet, and a full
+    mesh has hundreds of neighbours."""
+
+    __slots__ = ("_heap",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._heap: list[tuple[float, str]] = []
+
+    def __setitem__(self, key: str, t: float) -> None:
+        dict.__setitem__(self, key, t)
+        heapq.heappush(self._heap, (t, key))
+
+    def earliest(self) -> float:
+        heap, get = self._heap, self.get
+        while heap:
+            t, key = heap[0]
+            if get(key) == t:
+                return t
+            heapq.heappop(heap)
+        return _NEVER
+
+    def due(self, now: float) -> list[str]:
+        """The keys whose deadline is at or before `now` (each once; the caller moves
+        their deadlines on)."""
+        out: list[str] = []
+        seen: set[str] = set()
+        heap, get = self._heap, self.get
+        while heap and heap[0][0] <= now:
+            t, key = heapq.heappop(heap)
+            if get(key) == t and key not in seen:
+                seen.add(key)
+                out.append(key)
+        return out
+
+
 class Node:
     """One Babel speaker; neighbours are the WireGuard peers the driver adds."""
 
@@ -138,13 +176,18 @@ class Node:
              "seqno_requests_forwarded", "seqno_requests_sent"), 0)
         self._events: deque[Event] = deque()
         self._out: dict[str, PacketWriter] = {}
+        #: Writers that may hold output (PacketWriter.dirty), and each neighbour's rank
+        #: in `_out` (datagrams go out in that order).
+        self._dirty: set[str] = set()
+        self._rank: dict[str, int] = {}
+        self._ranked = 0
         # One entry per live Route object, re-queued on pop while the route is refreshed.
         self._expiry: list[tuple[float, int, Route]] = []
         self._expiry_seq = 0
-        self._next_hello: dict[str, float] = {}
+        self._next_hello = _Deadlines()
         self._next_update = now + config.update_interval
         #: When each neighbour that is up expires unless heard from (see next_deadline).
-        self._nb_expiry: dict[str, float] = {}
+        self._nb_expiry = _Deadlines()
         self._next_gc = now + 60.0
         #: The anycast source-change rule (release.py).
         self._release = SourceRelease(self.requests)
@@ -204,7 +247,9 @@ class Node:
                 raise LocalProtocolError("an IPv4 next hop is 4 bytes")
             self._v4_next_hop[nid] = ipv4_next_hop
         self.neighbours[nid] = Neighbour(nid, extra_cost, tie, multicast)
-        self._out[nid] = PacketWriter(self.config.max_body)
+        self._out[nid] = PacketWriter(self.config.max_body, dirty=self._dirty, key=nid)
+        self._rank[nid] = self._ranked
+        self._ranked += 1
         self._next_hello[nid] = self._now
         self._cost[nid] = INFINITY
         self._tie[nid] = tie
@@ -219,6 +264,7 @@ class Node:
             self._neighbour_down(nb)
         del self.neighbours[nid]
         del self._out[nid]
+        del self._rank[nid]
         del self._next_hello[nid]
         del self._cost[nid]
         del self._tie[nid]
@@ -375,8 +421,10 @@ class Node:
 
     def _remember(self, seen: dict[bytes, tuple[int, int, list[Route], list[int]]],
                   data: bytes, fd_version: int, ann_version: int, routes: list[Route]) -> None:
-        # Enough room for a few full dumps; the oldest entry goes first.
-        if len(seen) >= 32 + len(self.selected) // 16:
+        # Room for nearly two full dumps (40 or more Updates a packet) and some triggered
+        # packets; the oldest entry goes first (a miss only costs a full decode). A full
+        # mesh keeps one of these per neighbour: N^2 of them in the simulator.
+        if len(seen) >= 16 + len(self.selected) // 22:
             del seen[next(iter(seen))]
         seen[data] = (fd_version, ann_version, routes, [r.gen for r in routes])
 
@@ -398,15 +446,15 @@ class Node:
     def handle_timer(self, now: float) -> None:
         self._tick(now)
         cfg = self.config
-        for nid, t in self._next_hello.items():
-            if t <= now:
-                self._send_hello(self.neighbours[nid])
+        for nid in self._next_hello.due(now):
+            self._send_hello(self.neighbours[nid])
         for st in self._streams.streams.values():
             if st.next_at <= now:
                 self._stream_hello(st)
         # A timer only takes neighbours down (they come up on what we receive).
-        for nid in [nid for nid, t in self._nb_expiry.items() if t <= now]:
-            self._check_neighbour(self.neighbours[nid])
+        if self._nb_expiry.earliest() <= now:
+            for nid in [nid for nid, t in self._nb_expiry.items() if t <= now]:
+                self._check_neighbour(self.neighbours[nid])
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
             _, _, route = heapq.heappop(expiry)
@@ -441,17 +489,14 @@ class Node:
         self._updates.flush(self._now)
 
     def next_deadline(self) -> float | None:
-        best = _NEVER
-        for t in self._next_hello.values():
-            if t < best:
-                best = t
+        best = self._next_hello.earliest()
         if self._streams.streams:
             best = min(best, self._streams.next_deadline())
         nb_expiry = self._nb_expiry
         if nb_expiry:
-            for t in nb_expiry.values():
-                if t < best:
-                    best = t
+            t = nb_expiry.earliest()
+            if t < best:
+                best = t
             if self._next_update < best:
                 best = self._next_update
         if self._expiry and self._expiry[0][0] < best:
@@ -467,8 +512,19 @@ class Node:
 
     def datagrams_to_send(self) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
-        for nid, writer in self._out.items():
-            if writer.packets or writer._body:
+        dirty = self._dirty
+        if not dirty:
+            return out
+        if len(dirty) == 1:
+            nids = list(dirty)
+        else:
+            rank = self._rank
+            nids = sorted(dirty, key=lambda n: rank.get(n, -1))
+        dirty.clear()
+        writers = self._out
+        for nid in nids:
+            writer = writers.get(nid)
+            if writer is not None and (writer.packets or writer._body):
                 nh = self._v4_next_hop.get(nid) if self._v4_next_hop else None
                 for pkt in writer.take():
                     if nh is not None:

@@ -340,8 +340,24 @@ def _prefix_len(ae: int, plen: int, omitted: int) -> int:
     return full - omitted
 
 
+# The Hello and IHU every neighbour sends five times a second, as wgcast sends them (a
+# Timestamp sub-TLV, AE 0 for the IHU): fixed layouts, coded in one struct call each,
+# byte for byte what the general code below does with them.
+_HELLO_TS = struct.Struct("!BBHHHBBI")  # type, len 12, flags, seqno, interval, ts sub-TLV
+_IHU_TS = struct.Struct("!BBBBHHBBII")  # type, len 16, AE 0, 0, rxcost, interval, ts x2
+_HELLO_TS_BODY = struct.Struct("!HHH2xI")
+_IHU_TS_BODY = struct.Struct("!2xHH2xII")
+
+
 def _decode_tlv(ttype: int, data: bytes, pos: int, end: int) -> TLV:
     n = end - pos
+    if ttype == T_HELLO and n == 12 and data[pos + 6] == S_TIMESTAMP and data[pos + 7] == 4:
+        flags, seqno, interval, ts = _HELLO_TS_BODY.unpack_from(data, pos)
+        return Hello(flags, seqno, interval, (Timestamp((ts,)),))
+    if ttype == T_IHU and n == 16 and data[pos] == AE_WILDCARD and \
+            data[pos + 6] == S_TIMESTAMP and data[pos + 7] == 8:
+        rxcost, interval, t1, t2 = _IHU_TS_BODY.unpack_from(data, pos)
+        return IHU(AE_WILDCARD, rxcost, interval, b"", (Timestamp((t1, t2)),))
 
     def need(k: int, what: str) -> None:
         if n < k:
@@ -475,6 +491,28 @@ def encode_tlv(tlv: TLV, out: bytearray) -> None:
 
     Whatever this accepts, `decode_packet` accepts and decodes back to an equal TLV.
     """
+    tt = type(tlv)
+    if tt is Hello or tt is IHU:
+        subs = tlv.subtlvs  # type: ignore[union-attr]
+        if len(subs) == 1 and type(subs[0]) is Timestamp:
+            stamps = subs[0].stamps
+            if tt is Hello:
+                h = tlv
+                assert isinstance(h, Hello)
+                if len(stamps) == 1 and 0 <= h.flags <= 0xFFFF and 0 <= h.seqno <= 0xFFFF \
+                        and 0 <= h.interval <= 0xFFFF and 0 <= stamps[0] <= 0xFFFFFFFF:
+                    out += _HELLO_TS.pack(T_HELLO, 12, h.flags, h.seqno, h.interval,
+                                          S_TIMESTAMP, 4, stamps[0])
+                    return
+            else:
+                i = tlv
+                assert isinstance(i, IHU)
+                if len(stamps) == 2 and i.ae == AE_WILDCARD and not i.address and \
+                        0 <= i.rxcost <= 0xFFFF and 0 <= i.interval <= 0xFFFF and \
+                        0 <= stamps[0] <= 0xFFFFFFFF and 0 <= stamps[1] <= 0xFFFFFFFF:
+                    out += _IHU_TS.pack(T_IHU, 16, AE_WILDCARD, 0, i.rxcost, i.interval,
+                                        S_TIMESTAMP, 8, stamps[0], stamps[1])
+                    return
     if isinstance(tlv, Pad1):
         out.append(T_PAD1)
         return
@@ -789,6 +827,10 @@ class PacketWriter:
     _body: bytearray = field(default_factory=bytearray)
     _router_id: bytes | None = None
     _default: dict[int, bytes] = field(default_factory=dict)
+    #: The owner's set of writers that may hold output: `key` joins it at every add and
+    #: flush (whoever extends `packets` flushes first), so the owner need not scan all.
+    dirty: set[str] | None = None
+    key: str = ""
 
     def _room(self, size: int) -> None:
         if size > self.max_body:
@@ -801,6 +843,8 @@ class PacketWriter:
         encode_tlv(tlv, buf)
         self._room(len(buf))
         self._body += buf
+        if self.dirty is not None:
+            self.dirty.add(self.key)
         # Keep our idea of the receiver's parser state right (or forget it, to be safe).
         if isinstance(tlv, RouterId):
             ok = tlv.router_id not in RESERVED_ROUTER_IDS
@@ -845,12 +889,16 @@ class PacketWriter:
                 self.flush()  # state reset: encode again for a fresh packet
                 continue
             self._body += buf
+            if self.dirty is not None:
+                self.dirty.add(self.key)
             if prefix is not None:
                 self._router_id = router_id
                 self._default[ae] = prefix.network_address.packed
             return
 
     def flush(self) -> None:
+        if self.dirty is not None:
+            self.dirty.add(self.key)
         if self._body:
             self.packets.append(bytes((MAGIC, VERSION)) + struct.pack("!H", len(self._body))
                                 + bytes(self._body))

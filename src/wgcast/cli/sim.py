@@ -57,6 +57,9 @@ def _summary(r: dict[str, object]) -> str:
                         else ""))
     lines.append(f"traffic: {r['msgs_per_node_s']} msgs/node/s, {r['bytes_per_node_s']} "
                  f"bytes/node/s   wall: {r['wall_s']} s for {r['virtual_s']} s virtual")
+    if r.get("idle_s"):
+        lines.append(f"idle ({r['idle_s']} s after boot): {r['idle_msgs_per_node_s']} "
+                     f"msgs/node/s, {r['idle_bytes_per_node_s']} bytes/node/s")
     return "\n".join(lines)
 
 
@@ -93,17 +96,20 @@ def _summary(r: dict[str, object]) -> str:
 @click.option("--sign", is_flag=True,
               help="Origin signatures on: every node signs what it originates and checks "
                    "every route (as with a roster, docs/roster.md).")
+@click.option("--idle", type=float, default=0.0, show_default=True,
+              help="Virtual seconds to run after boot with nothing failing, measuring the "
+                   "steady-state traffic per node apart from the boot burst (0: skip).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def sim(topology: str, anycast: str, fail: str, seed: int, delay: str, jitter: str,
         loss: str, timers: str, restart_seqno: str, quiet: float | None, max_phase: float,
-        filter_strict: bool, filter_period: float, sign: bool, as_json: bool) -> None:
+        filter_strict: bool, filter_period: float, sign: bool, idle: float, as_json: bool) -> None:
     """Simulate a mesh in virtual time: convergence, a fault, invariants."""
     try:
         scenario = Scenario(topology=topology, anycast=parse_anycast(anycast), fail=fail,
                             seed=seed, delay=delay, jitter=jitter, loss=loss, timers=timers,
                             restart_seqno=restart_seqno, quiet=quiet, max_phase=max_phase,
                             filter_strict=filter_strict, filter_period=filter_period / 1000.0,
-                            sign=sign)
+                            sign=sign, idle=idle)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
     result = scenario.run()

@@ -224,6 +224,9 @@ class Scenario:
     steady: float = 0.0
     #: Origin signatures on (every node signs and verifies, see SimSigning).
     sign: bool = False
+    #: Virtual seconds of idle traffic to measure after boot (and `steady`), nothing
+    #: failing: the steady-state cost per node, apart from the boot burst (0: skip).
+    idle: float = 0.0
     net: SimNetwork = field(init=False)
     prefixes: list[Prefix] = field(init=False, default_factory=list)
     anycast_prefixes: list[Prefix] = field(init=False, default_factory=list)
@@ -259,6 +262,8 @@ class Scenario:
         self.wall_s = 0.0
         self.cpu_s = 0.0
         self.steady_changes: int | None = None
+        self.boot_traffic: tuple[int, int, float] = (0, 0, 0.0)
+        self.idle_traffic: tuple[int, int, int] | None = None
         self._watch: list[Prefix] = []
 
     # ------------------------------------------------------------ setup
@@ -322,6 +327,14 @@ class Scenario:
         before = self.net.stats.route_changes
         self.net.run_until(self.net.now + self.steady)
         return self.net.stats.route_changes - before
+
+    def run_idle(self) -> tuple[int, int, int]:
+        """Run `idle` seconds with nothing failing; (packets, bytes, route changes) sent in
+        that window (the network's counters before and after)."""
+        st = self.net.stats
+        p0, b0, r0 = st.packets, st.bytes, st.route_changes
+        self.net.run_until(self.net.now + self.idle)
+        return st.packets - p0, st.bytes - b0, st.route_changes - r0
 
     def affected(self, crosses: Callable[[list[str]], bool], k: int = 4,
                  sample: int = 200) -> list[Prefix]:
@@ -455,7 +468,10 @@ class Scenario:
         c0 = time.process_time()
         self.originate_all()
         boot = self.run_phase("boot")
+        st = self.net.stats
+        self.boot_traffic = (st.packets, st.bytes, self.net.now)
         self.steady_changes = self.run_steady() if self.steady > 0 else None
+        self.idle_traffic = self.run_idle() if self.idle > 0 else None
         failover: Phase | None = None
         recovery: Phase | None = None
         if self.fail != "none":
@@ -546,6 +562,17 @@ class Scenario:
         if self.steady_changes is not None:
             res["steady_s"] = self.steady
             res["steady_route_changes"] = self.steady_changes
+        bp, bb, bt = self.boot_traffic
+        bt = max(bt, 1e-9)
+        res.update(boot_packets=bp, boot_bytes=bb, boot_s=round(bt, 3),
+                   boot_msgs_per_node_s=round(bp / n / bt, 3),
+                   boot_bytes_per_node_s=round(bb / n / bt, 1))
+        if self.idle_traffic is not None:
+            ip, ib, ir = self.idle_traffic
+            res.update(idle_s=self.idle, idle_packets=ip, idle_bytes=ib,
+                       idle_msgs_per_node_s=round(ip / n / self.idle, 3),
+                       idle_bytes_per_node_s=round(ib / n / self.idle, 1),
+                       idle_route_changes=ir)
         if self.loops.records:
             res["loop_sample"] = [
                 {"t": r.time, "node": r.node, "prefix": str(r.prefix), "path": r.path}
