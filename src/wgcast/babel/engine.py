@@ -1034,7 +1034,7 @@ class Node:
         if len(address) != 16:
             raise LocalProtocolError("a stream's address is 16 bytes")
         self._streams.streams[sid] = HelloStream(sid, address, next_at=self._now)
-        self._out[sid] = PacketWriter(self.config.max_body)
+        self._out[sid] = PacketWriter(self.config.max_body, dirty=self._dirty, key=sid)
 
     def join_hello_stream(self, nid: str, sid: str, address: bytes) -> None:
         """Neighbour `nid` (at `address`, 16 bytes) is on stream `sid`'s interface: it
