@@ -23,17 +23,20 @@ from wgcast.babel.wire import (
     IHU,
     INFINITY,
     MAX_BODY,
+    T_DIGEST,
     TLV,
     UPDATE_DEFAULT_PREFIX,
     UPDATE_DEFAULT_ROUTER_ID,
     Ack,
     AckReq,
+    Digest,
     Hello,
     NextHop,
     OriginSig,
     PacketWriter,
     Pad1,
     PadN,
+    QuietCap,
     ResolvedRouteRequest,
     ResolvedSeqnoRequest,
     RouteRequest,
@@ -109,9 +112,10 @@ def subtlvs(in_ihu: bool) -> st.SearchStrategy[tuple[SubTLV, ...]]:
         st.builds(Timestamp, st.tuples(*([u32] * stamps))),
         st.builds(Tiebreak, st.integers(0, (1 << 64) - 1)),
         st.builds(OriginSig, st.binary(min_size=1, max_size=80)),
+        st.builds(QuietCap, st.binary(max_size=8)),
         st.builds(
             UnknownSub,
-            st.integers(0, 255).filter(lambda t: t not in (0, 1, 3, 112, 113)),  # incl. 0x80+
+            st.integers(0, 255).filter(lambda t: t not in (0, 1, 3, 112, 113, 114)),  # 0x80+
             st.binary(max_size=16),
         ),
     )
@@ -189,7 +193,10 @@ tlvs_strategy: st.SearchStrategy[TLV] = st.one_of(
     updates(),
     route_requests(),
     seqno_requests(),
-    st.builds(UnknownTLV, st.integers(11, 255), st.binary(max_size=255)),
+    st.builds(Digest, u16, u16, st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 64) - 1),
+              subtlvs(False)),
+    st.builds(UnknownTLV, st.integers(11, 255).filter(lambda t: t != T_DIGEST),
+              st.binary(max_size=255)),
 )
 packets_strategy = st.lists(tlvs_strategy, max_size=12)
 
@@ -743,7 +750,9 @@ def _random_tlv(rng: random.Random) -> TLV:
         update,
         update,
         route_request,
-        lambda: UnknownTLV(rng.randint(11, 255), rng.randbytes(rng.randrange(10))),
+        lambda: UnknownTLV(rng.choice((11, 99, 223, 225, 255)), rng.randbytes(rng.randrange(10))),
+        lambda: Digest(rng.getrandbits(16), rng.getrandbits(16), rng.getrandbits(32),
+                       rng.getrandbits(64), subs()),
     ]
     return rng.choice(makers)()
 
