@@ -17,7 +17,6 @@ import time
 from collections import Counter
 
 from wgcast.babel import engine as engine_mod
-from wgcast.babel.wire import decode_packet
 from wgcast.sim.scenario import Scenario
 
 #: Each TLV type's class, for the split (anything unknown counts as "other").

@@ -12,9 +12,11 @@ and the virtual-time simulator are thin drivers around the same object.
 The Node composes one object per concept, each in its own file: neighbours and link costs
 (neighbour.py), routes and the pure selection function (route.py), feasibility distances
 (source.py), our own prefixes (xroute.py), seqno requests and acks with their resends
-(request.py), the anycast source release (release.py), outgoing updates (update.py) and
-the codec (wire.py). What stays here is the dispatch of what arrives (Hello/IHU, Updates,
-requests, acks), the neighbours' life cycle, and the bookkeeping around selection.
+(request.py), the anycast source release (release.py), outgoing updates (update.py), quiet
+mode between wgcast nodes (quiet.py: acknowledged updates and digests instead of periodic
+full dumps) and the codec (wire.py). What stays here is the dispatch of what arrives
+(Hello/IHU, Updates, requests, acks, digests), the neighbours' life cycle, and the
+bookkeeping around selection.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from wgcast.babel.events import (
     SeqnoChanged,
 )
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
+from wgcast.babel.quiet import digest_sum, entry_hash
 from wgcast.babel.release import SourceRelease
 from wgcast.babel.request import RequestTracker
 from wgcast.babel.route import Route, RouteTable, Selected, SelectionParams, select
@@ -43,14 +46,17 @@ from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
 from wgcast.babel.update import Updates
 from wgcast.babel.wire import (
     AE_WILDCARD,
+    DIGEST_FULL,
     HELLO_UNICAST,
     IHU,
     INFINITY,
     MAX_BODY,
     Ack,
     AckReq,
+    Digest,
     Hello,
     PacketWriter,
+    QuietCap,
     ResolvedRouteRequest,
     ResolvedSeqnoRequest,
     RouteRequest,
@@ -60,6 +66,7 @@ from wgcast.babel.wire import (
     centiseconds,
     decode_packet,
     fast_updates,
+    fast_updates_acked,
     intern_prefix,
     prefix_to_wire,
     resolve,
@@ -102,6 +109,10 @@ class NodeConfig:
     accept: AcceptFilter | None = None
     #: Signs our own announcements (None: they go unsigned).
     signer: OriginSigner | None = None
+    #: Quiet mode toward neighbours that do it too (quiet.py); False: RFC 8966 only.
+    quiet: bool = True
+    #: Sends of a packet of triggered Updates to a quiet neighbour before a full update.
+    delivery_tries: int = 5
 
     def __post_init__(self) -> None:
         if len(self.router_id) != 8 or self.router_id in (bytes(8), b"\xff" * 8):
@@ -130,7 +141,9 @@ class Node:
             ("packets_in", "packets_bad", "packets_unknown_neighbour", "packets_out",
              "bytes_in", "bytes_out", "tlvs_skipped", "updates_in", "updates_filtered",
              "updates_unfeasible", "route_changes", "seqno_requests_in",
-             "seqno_requests_forwarded", "seqno_requests_sent"), 0)
+             "seqno_requests_forwarded", "seqno_requests_sent", "digests_in",
+             "digest_mismatch", "digest_stale", "resyncs_requested", "routes_swept",
+             "deliveries_resent", "deliveries_given_up"), 0)
         self._events: deque[Event] = deque()
         self._out: dict[str, PacketWriter] = {}
         # One entry per live Route object, re-queued on pop while the route is refreshed.
@@ -155,6 +168,15 @@ class Node:
         # - per neighbour, packets made only of feasible Updates that we processed, with the
         #   routes they set: a byte-identical repeat (a periodic dump) only refreshes them.
         self._rx_seen: dict[str, dict[bytes, tuple[int, int, list[Route], list[int]]]] = {}
+        # Quiet mode, per quiet neighbour (quiet.py): the opaque of the last AckReq heard
+        # from it; its full-update round (Route.mark); the Updates from it our accept
+        # filter dropped (prefix -> entry hash, round), which its digest still counts;
+        # when we last asked it for a full update.
+        self._rx_last_op: dict[str, int] = {}
+        self._rx_round: dict[str, int] = {}
+        self._rx_filtered: dict[str, dict[Prefix, tuple[int, int]]] = {}
+        self._resync_asked: dict[str, float] = {}
+        self._hello_subs: tuple[QuietCap, ...] = (QuietCap(),) if config.quiet else ()
         #: Neighbours that get IPv4 routes as AE 1 + Next Hop (see add_neighbour).
         self._v4_next_hop: dict[str, bytes] = {}
         #: Outgoing Updates (update.py): announcements, full and triggered updates.
@@ -164,7 +186,8 @@ class Node:
             out=self._out, neighbours=self.neighbours, costs=self._cost, ties=self._tie,
             selected=self.selected, routes=self.routes, xroutes=self.xroutes,
             sources=self.sources, release=self._release, requests=self.requests,
-            signer=config.signer)
+            signer=config.signer, delivery_tries=config.delivery_tries,
+            delivery_backoff=2 * config.hello_interval)
         self._sign_epoch = config.signer.epoch() if config.signer is not None else 0
 
     # ------------------------------------------------------------ public API
@@ -217,6 +240,7 @@ class Node:
         del self._tie[nid]
         del self._own_cost[nid]
         del self._rx_seen[nid]
+        self._forget_rx(nid)
         self._v4_next_hop.pop(nid, None)
         self._nb_expiry.pop(nid, None)
         self._updates.neighbour_removed(nid)
@@ -259,7 +283,8 @@ class Node:
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
             w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
-                        centiseconds(interval), (Timestamp((stamp(self._now),)),)))
+                        centiseconds(interval),
+                        (Timestamp((stamp(self._now),)), *self._hello_subs)))
             if nb.up:
                 w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
@@ -300,6 +325,12 @@ class Node:
         fd_version = self.sources.version
         ann_version = self._updates.version
         updates = fast_updates(data)
+        ack_op: int | None = None
+        if updates is None and nb.quiet:
+            acked = fast_updates_acked(data)
+            if acked is not None:
+                updates, ack_op = acked
+                routes = None
         if updates is not None:
             on_update = self._on_update
             for prefix, rid, seqno, metric, interval, tie, sig in updates:
@@ -312,6 +343,9 @@ class Node:
             if routes and self.sources.version == fd_version and \
                     self._updates.version == ann_version and nb.up:
                 self._remember(seen, data, fd_version, ann_version, routes)
+            if ack_op is not None:
+                self._out[nb.id].add(Ack(ack_op))
+                self._rx_last_op[nb.id] = ack_op
             return
         try:
             tlvs = decode_packet(data)
@@ -344,8 +378,11 @@ class Node:
                     self._on_route_request(nb, msg)
                 elif isinstance(msg, AckReq):
                     self._out[nb.id].add(Ack(msg.opaque))
+                    self._rx_last_op[nb.id] = msg.opaque
                 elif isinstance(msg, Ack):
                     self._on_ack(nb.id, msg.opaque)
+                elif isinstance(msg, Digest):
+                    self._on_digest(nb, msg)
         except RemoteProtocolError:
             self.counters["packets_bad"] += 1
             routes = None
@@ -379,6 +416,11 @@ class Node:
         now = self._now
         for r in routes:
             r.expires = now + 3.5 * r.interval
+        rounds = self._rx_round
+        if rounds:
+            mark = rounds.get(routes[0].neighbour, 0)
+            for r in routes:
+                r.mark = mark
         return True
 
     def handle_timer(self, now: float) -> None:
@@ -407,12 +449,21 @@ class Node:
             if cfg.signer is not None:
                 epoch = cfg.signer.epoch()
                 if epoch != self._sign_epoch:
-                    # Our signatures were renewed: the cached full updates carry old ones.
+                    # Our signatures were renewed: the cached full updates carry old ones,
+                    # and quiet neighbours get no full update: tell them now.
                     self._sign_epoch = epoch
                     self._updates.changed()
+                    for prefix, sel in self.selected.items():
+                        if sel.via == LOCAL:
+                            self._updates.trigger(prefix)
+            delivering = self.requests.delivering
             for nb in self.neighbours.values():
                 if nb.up:
-                    self._updates.send_full(nb.id, now)
+                    if not nb.quiet:
+                        self._updates.send_full(nb.id, now)
+                    elif not delivering(nb.id):
+                        # While an update is unacknowledged the digest would not match.
+                        self._updates.send_digest(nb.id, now)
         self._resend_requests()
         self._updates.resend_retractions(now)
         if now >= self._next_gc:
@@ -437,7 +488,7 @@ class Node:
                 best = self._next_update
         if self._expiry and self._expiry[0][0] < best:
             best = self._expiry[0][0]
-        if self.requests.seqno_requests or self.requests.acks:
+        if self.requests.seqno_requests or self.requests.acks or self.requests.deliveries:
             req = self.requests.next_deadline()
             if req is not None and req < best:
                 best = req
@@ -494,7 +545,8 @@ class Node:
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
         w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
-                    centiseconds(cfg.hello_interval), (Timestamp((stamp(now),)),)))
+                    centiseconds(cfg.hello_interval),
+                    (Timestamp((stamp(now),)), *self._hello_subs)))
         if nb.last_hello is not None:
             # rxcost: our view of the link's cost; the neighbour takes the larger of its
             # own and ours, as we do (Neighbour.cost), so both ends agree. The echo of its
@@ -509,6 +561,9 @@ class Node:
 
     def _on_hello(self, nb: Neighbour, msg: Hello) -> int | None:
         ts = next((s.stamps[0] for s in msg.subtlvs if isinstance(s, Timestamp)), None)
+        quiet = bool(self._hello_subs) and any(isinstance(s, QuietCap) for s in msg.subtlvs)
+        if quiet != nb.quiet:
+            self._quiet_changed(nb, quiet)
         was_heard = nb.last_hello is not None
         nb.on_hello(self._now, msg.seqno, msg.interval, ts)
         if not nb.up and (not was_heard or nb.last_ihu is None):
@@ -553,6 +608,92 @@ class Node:
         self.requests.neighbour_gone(nb.id)
         self._finish_acks()
         self._updates.neighbour_down(nb.id)
+        self._forget_rx(nb.id)
+
+    # ------------------------------------------------------------ quiet mode (quiet.py)
+
+    def _quiet_changed(self, nb: Neighbour, quiet: bool) -> None:
+        """`nb` started (or stopped) saying it does quiet mode. Up already: a full update
+        starts what it knows from us afresh (or periodic full updates take over)."""
+        nb.quiet = quiet
+        if not nb.up:
+            return
+        self.requests.forget_deliveries(nb.id)
+        if quiet:
+            self._updates.send_full(nb.id, self._now)
+        else:
+            self._updates.forget_tx(nb.id)
+            self._forget_rx(nb.id)
+
+    def _forget_rx(self, nid: str) -> None:
+        self._rx_last_op.pop(nid, None)
+        self._rx_round.pop(nid, None)
+        self._rx_filtered.pop(nid, None)
+        self._resync_asked.pop(nid, None)
+
+    def _rx_digest(self, nid: str, mark: int | None) -> tuple[int, int]:
+        """(count, hash) of what `nid` told us, as its Digest sums it: its routes here
+        and the Updates our filter dropped; `mark`: only those heard in that round."""
+        filtered = self._rx_filtered.get(nid) or {}
+        hashes: list[int] = []
+        for r in self.routes.routes_via(nid):
+            if (mark is not None and r.mark != mark) or r.prefix in filtered:
+                continue
+            if r.dgen != r.gen:
+                r.dhash = entry_hash(r.prefix, r.router_id, r.seqno, r.refmetric)
+                r.dgen = r.gen
+            hashes.append(r.dhash)
+        hashes += [h for h, m in filtered.values() if mark is None or m == mark]
+        return len(hashes), digest_sum(hashes)
+
+    def _on_digest(self, nb: Neighbour, msg: Digest) -> None:
+        """Check a quiet neighbour's Digest against what it told us (quiet.py)."""
+        if not nb.up or not nb.quiet:
+            return
+        nid = nb.id
+        self.counters["digests_in"] += 1
+        if msg.flags & DIGEST_FULL:
+            # The end of a full update: what it did not name this round is gone, if the
+            # dump arrived whole (else ask again; the next round starts clean).
+            mark = self._rx_round.get(nid, 0)
+            self._rx_round[nid] = mark + 1
+            if self._rx_digest(nid, mark) == (msg.count, msg.hash):
+                self._sweep(nid, mark)
+            else:
+                self._ask_resync(nb)
+            return
+        if msg.version != self._rx_last_op.get(nid, 0):
+            # It covers an Update packet we have not heard (yet): no verdict.
+            self.counters["digest_stale"] += 1
+            return
+        if self._rx_digest(nid, None) == (msg.count, msg.hash):
+            now = self._now
+            for r in self.routes.routes_via(nid):
+                r.expires = now + 3.5 * r.interval
+        else:
+            self._ask_resync(nb)
+
+    def _ask_resync(self, nb: Neighbour) -> None:
+        """A digest disagreed: ask for a full update (at most once per update interval)."""
+        self.counters["digest_mismatch"] += 1
+        last = self._resync_asked.get(nb.id)
+        if last is not None and self._now - last < self.config.update_interval:
+            return
+        self._resync_asked[nb.id] = self._now
+        self.counters["resyncs_requested"] += 1
+        self._out[nb.id].add(RouteRequest(AE_WILDCARD, 0, b""))
+
+    def _sweep(self, nid: str, mark: int) -> None:
+        """Drop what quiet neighbour `nid` did not name in its last full update."""
+        filtered = self._rx_filtered.get(nid)
+        if filtered:
+            for p in [p for p, (_, m) in filtered.items() if m != mark]:
+                del filtered[p]
+        for r in self.routes.routes_via(nid):
+            if r.mark != mark:
+                self.counters["routes_swept"] += 1
+                self.routes.remove(r.prefix, nid)
+                self._select(r.prefix)
 
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
         """Reselect routes via `nb` when its agreed cost moved (by any amount: selection
@@ -574,6 +715,7 @@ class Node:
         selections stay as they are): see _receive_tlvs."""
         self.counters["updates_in"] += 1
         if prefix is None:
+            self._rx_filtered.pop(nb.id, None)
             for p in self.routes.via(nb.id):
                 self.routes.remove(p, nb.id)
                 self._select(p)
@@ -582,7 +724,15 @@ class Node:
         if accept is not None and metric < INFINITY and not accept(nb.id, prefix, rid, seqno,
                                                                    sig):
             self.counters["updates_filtered"] += 1
+            if nb.quiet:
+                # Its digest counts what it sent, accepted or not.
+                self._rx_filtered.setdefault(nb.id, {})[prefix] = (
+                    entry_hash(prefix, rid, seqno, metric), self._rx_round.get(nb.id, 0))
             return None
+        if self._rx_filtered:
+            filtered = self._rx_filtered.get(nb.id)
+            if filtered:
+                filtered.pop(prefix, None)
         route = self.routes.get(prefix, nb.id)
         if metric >= INFINITY:
             if route is not None:
@@ -594,6 +744,8 @@ class Node:
         expires = self._now + 3.5 * interval
         if route is None:
             route = Route(prefix, nb.id, rid, seqno, metric, interval, expires, tie, sig)
+            if self._rx_round:
+                route.mark = self._rx_round.get(nb.id, 0)
             self.routes.put(route)
             self._expiry_seq += 1
             heapq.heappush(self._expiry, (expires, self._expiry_seq, route))
@@ -601,6 +753,8 @@ class Node:
                 and route.feasible == feasible and route.tie == tie and route.sig == sig:
             # A refresh (the periodic update): selection has nothing new to consider.
             route.interval, route.expires = interval, expires
+            if self._rx_round:
+                route.mark = self._rx_round.get(nb.id, 0)
             if feasible:
                 if self.requests.seqno_requests:
                     self.requests.satisfied(prefix, rid, seqno)
@@ -615,10 +769,16 @@ class Node:
             route.router_id, route.seqno, route.refmetric, route.tie = rid, seqno, metric, tie
             route.interval, route.expires = interval, expires
             route.gen += 1
+            if self._rx_round:
+                route.mark = self._rx_round.get(nb.id, 0)
             if route.sig != sig:
-                # A renewed signature: what we pass on changes, the caches must follow.
+                # A renewed signature: what we pass on changes, the caches must follow
+                # (and quiet neighbours, which get no periodic full update, hear it now).
                 route.sig = sig
                 self._updates.changed()
+                sel = self.selected.get(prefix)
+                if sel is not None and sel.via == nb.id:
+                    self._updates.trigger(prefix)
         route.feasible = feasible
         quiet = True
         if feasible:
@@ -709,6 +869,8 @@ class Node:
     def _on_ack(self, nid: str, opaque: int) -> None:
         if self.requests.acked(nid, opaque):
             self._finish_acks()
+        else:
+            self.requests.delivered(nid, opaque)
 
     def _finish_acks(self) -> None:
         for pending in self.requests.finished():
@@ -884,6 +1046,23 @@ class Node:
         for pending in self.requests.due_acks(now):
             self._updates.resend_acked(pending, now)
         self._finish_acks()
+        if self.requests.deliveries:
+            resync: set[str] = set()
+            for d in self.requests.due_deliveries(now):
+                nb = self.neighbours.get(d.neighbour)
+                if nb is None or not nb.up or not nb.quiet or d.neighbour in resync:
+                    continue
+                if d.tries_left < 0:
+                    # Out of tries: a full update instead (it ends with a DIGEST_FULL).
+                    self.counters["deliveries_given_up"] += 1
+                    resync.add(d.neighbour)
+                else:
+                    self.counters["deliveries_resent"] += 1
+                    self._updates.send_reliable(d.neighbour, d.prefixes, d.tries_left + 1,
+                                                d.backoff, now)
+            for nid in resync:
+                self.requests.forget_deliveries(nid)
+                self._updates.send_full(nid, now)
 
     @staticmethod
     def _seqno_tlv(prefix: Prefix, router_id: bytes, seqno: int, hopcount: int) -> SeqnoRequest:

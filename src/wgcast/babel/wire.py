@@ -1115,6 +1115,18 @@ def fast_updates(data: bytes) -> list[FastUpdate] | None:
     return out
 
 
+def fast_updates_acked(data: bytes) -> tuple[list[FastUpdate], int] | None:
+    """`fast_updates` for a packet of plain Updates ending with a plain AckReq (what
+    quiet mode sends): (updates, AckReq opaque), or None (the general decoder then)."""
+    n = len(data)
+    if n < 16 or data[-8] != T_ACKREQ or data[-7] != 6 or (data[2] << 8 | data[3]) != n - 4:
+        return None
+    updates = fast_updates(data[:2] + struct.pack("!H", n - 12) + data[4:-8])
+    if updates is None:
+        return None
+    return updates, data[-4] << 8 | data[-3]
+
+
 _UPDATE = struct.Struct("!BBBBBBHHH")
 _HEADER = bytes((MAGIC, VERSION))
 _TIE_HEADER = bytes((S_TIEBREAK, 8))
