@@ -54,6 +54,7 @@ from wgcast.babel.wire import (
     decode_packet,
     encode_packet,
     encode_tlv,
+    fast_updates_acked,
     resolve,
 )
 from wgcast.prefix import Prefix
@@ -816,3 +817,30 @@ def test_tiebreak_sub_tlv_round_trips_and_resolves() -> None:
         + bytes(15) + b"\x01" + bytes((112, 4)) + bytes(4)
     with pytest.raises(RemoteProtocolError, match="tie-break"):
         decode_packet(bytes((42, 2)) + len(body).to_bytes(2, "big") + body)
+
+
+def test_fast_updates_acked_matches_the_general_decoder() -> None:
+    """Quiet mode's Update packets end with an AckReq: the fast path gives the Updates and
+    the opaque exactly as decode_packet + resolve, or declines (mutations included)."""
+    rng = random.Random(5)
+    seen = 0
+    for _ in range(300):
+        w = PacketWriter(400)
+        rid = bytes(rng.randrange(1, 256) for _ in range(8))
+        for _ in range(rng.randrange(1, 6)):
+            p = ipaddress.ip_network((0xFD00 << 112 | rng.getrandbits(16), 128))
+            w.add_update(p, rid, rng.randrange(65536), rng.choice([0, 96, INFINITY]), 400)
+        w.add(AckReq(rng.randrange(65536), 40))
+        pkt = w.take()[0]
+        b = bytearray(pkt)
+        b[rng.randrange(4, len(b))] = rng.randrange(256)
+        for data in (pkt, bytes(b), pkt[:-1], pkt + b"\0"):
+            fast = fast_updates_acked(data)
+            if fast is None:
+                continue
+            seen += 1
+            msgs = list(resolve(decode_packet(data)))
+            ups = [(m.prefix, m.router_id, m.seqno, m.metric, m.interval, m.tie, m.sig)
+                   for m in msgs if isinstance(m, RouteUpdate)]
+            assert fast == (ups, msgs[-1].opaque if isinstance(msgs[-1], AckReq) else None)
+    assert seen > 300

@@ -176,6 +176,7 @@ class Node:
         self._rx_round: dict[str, int] = {}
         self._rx_filtered: dict[str, dict[Prefix, tuple[int, int]]] = {}
         self._resync_asked: dict[str, float] = {}
+        self._rx_stale: dict[str, int] = {}
         self._hello_subs: tuple[QuietCap, ...] = (QuietCap(),) if config.quiet else ()
         #: Neighbours that get IPv4 routes as AE 1 + Next Hop (see add_neighbour).
         self._v4_next_hop: dict[str, bytes] = {}
@@ -630,6 +631,7 @@ class Node:
         self._rx_round.pop(nid, None)
         self._rx_filtered.pop(nid, None)
         self._resync_asked.pop(nid, None)
+        self._rx_stale.pop(nid, None)
 
     def _rx_digest(self, nid: str, mark: int | None) -> tuple[int, int]:
         """(count, hash) of what `nid` told us, as its Digest sums it: its routes here
@@ -659,13 +661,22 @@ class Node:
             self._rx_round[nid] = mark + 1
             if self._rx_digest(nid, mark) == (msg.count, msg.hash):
                 self._sweep(nid, mark)
+                # We now know all it told us, up to that version (lost Updates included).
+                self._rx_last_op[nid] = msg.version
+                self._rx_stale.pop(nid, None)
             else:
                 self._ask_resync(nb)
             return
         if msg.version != self._rx_last_op.get(nid, 0):
-            # It covers an Update packet we have not heard (yet): no verdict.
+            # It covers an Update packet we have not heard (yet): no verdict, unless that
+            # lasts (the packet is lost for good and its sender gave up on us).
             self.counters["digest_stale"] += 1
+            stale = self._rx_stale[nid] = self._rx_stale.get(nid, 0) + 1
+            if stale >= 3:
+                self._rx_stale[nid] = 0
+                self._ask_resync(nb)
             return
+        self._rx_stale.pop(nid, None)
         if self._rx_digest(nid, None) == (msg.count, msg.hash):
             now = self._now
             for r in self.routes.routes_via(nid):
