@@ -177,6 +177,10 @@ class Node:
         self._rx_filtered: dict[str, dict[Prefix, tuple[int, int]]] = {}
         self._resync_asked: dict[str, float] = {}
         self._rx_stale: dict[str, int] = {}
+        #: Prefixes whose last selection was starved or saw a better route it could not
+        #: take: the periodic full updates of RFC 8966 make a node ask for a seqno again
+        #: (however its requests were lost); with quiet neighbours the timer does.
+        self._wanting: set[Prefix] = set()
         self._hello_subs: tuple[QuietCap, ...] = (QuietCap(),) if config.quiet else ()
         #: Neighbours that get IPv4 routes as AE 1 + Next Hop (see add_neighbour).
         self._v4_next_hop: dict[str, bytes] = {}
@@ -457,6 +461,8 @@ class Node:
                     for prefix, sel in self.selected.items():
                         if sel.via == LOCAL:
                             self._updates.trigger(prefix)
+            if self._wanting:
+                self._ask_again()
             delivering = self.requests.delivering
             for nb in self.neighbours.values():
                 if nb.up:
@@ -683,6 +689,22 @@ class Node:
                 r.expires = now + 3.5 * r.interval
         else:
             self._ask_resync(nb)
+
+    def _ask_again(self) -> None:
+        """What the periodic full updates of neighbours would make us do, when some are
+        quiet: select again where a better route was blocked (asking its source for a
+        seqno again), ask again where we are starved."""
+        if not any(nb.quiet for nb in self.neighbours.values()):
+            return
+        for prefix in list(self._wanting):
+            if prefix in self._release.releasing:
+                continue
+            if prefix in self.selected:
+                self._select(prefix)
+            elif self.routes.routes(prefix):
+                self._request_for_starved(prefix)
+            else:
+                self._wanting.discard(prefix)
 
     def _ask_resync(self, nb: Neighbour) -> None:
         """A digest disagreed: ask for a full update (at most once per update interval)."""
@@ -964,6 +986,10 @@ class Node:
                             self.sources.feasible, self.config.selection.mode)
             cur_m = choice.current_metric
             blocked = choice.blocked
+            if blocked is not None or (choice.best is None and routes):
+                self._wanting.add(prefix)
+            elif self._wanting:
+                self._wanting.discard(prefix)
             if blocked is not None and prefix not in self._release.releasing:
                 # A better path exists but is not feasible yet, or (starvation) no path
                 # is feasible: ask its source for a new seqno. Asked at every selection
@@ -1051,9 +1077,14 @@ class Node:
 
     def _resend_requests(self) -> None:
         now = self._now
+        n_requests = len(self.requests.seqno_requests)
         for req in self.requests.due_seqno_requests(now, self._is_up):
             self._out[req.neighbour].add(self._seqno_tlv(req.prefix, req.router_id, req.seqno,
                                                          req.hopcount))
+        if self._wanting and len(self.requests.seqno_requests) < n_requests:
+            # A request ran out of tries (its resends, within the duplicate window of the
+            # nodes that forward it, may all have died with the first): ask afresh.
+            self._ask_again()
         for pending in self.requests.due_acks(now):
             self._updates.resend_acked(pending, now)
         self._finish_acks()
