@@ -25,7 +25,7 @@ from wgcast.babel.events import (
     SeqnoChanged,
 )
 from wgcast.babel.neighbour import link_tiebreak
-from wgcast.babel.wire import INFINITY, Ack, AckReq, Update, decode_packet
+from wgcast.babel.wire import INFINITY, Ack, AckReq, decode_packet
 from wgcast.prefix import Prefix
 
 
@@ -361,12 +361,15 @@ def test_anycast_source_change_waits_for_every_ack(quiet: bool) -> None:
     assert p.via("a", prefix) == "o1" and p.via("b", prefix) == "o2"
     assert not a.settling()
     since = len(p.sent)
+    released: dict[int, set[str]] = {}  # each release's opaque: whom it waited for
     a.neighbours["o1"].extra_cost = 1000
     trace = []
     for _ in range(100):
         p.run(0.001)
         sel = a.selected.get(prefix)
         trace.append((p.now, None if sel is None else (sel.via, sel.router_id), a.settling()))
+        for op, pending in a.requests.acks.items():
+            released.setdefault(op, set()).update(pending.waiting)
         for n in p.nodes:
             p.path(n, prefix)  # raises on a loop
     # While settling, a keeps the old source (never none, never the new one yet).
@@ -375,14 +378,12 @@ def test_anycast_source_change_waits_for_every_ack(quiet: bool) -> None:
     assert trace[-1][1:] == (("b", rid("o2")), False)
     # The retraction went to b with an AckReq, b acked before the switch; o1, the next
     # hop towards the released source, was not asked.
-    # (The release's AckReq goes in a packet of its own, after the Updates; those of
-    # quiet mode ride in the packets of Updates.)
-    packets = [(dst, decode_packet(data)) for (_, s, dst, data) in p.sent[since:] if s == "a"]
-    release = [(dst, t) for dst, tlvs in packets
-               if not any(isinstance(x, Update) for x in tlvs)
-               for t in tlvs if isinstance(t, AckReq)]
-    assert {dst for dst, _ in release} == {"b"}
-    ops = {t.opaque for _, t in release if isinstance(t, AckReq)}
+    # (In quiet mode every packet of Updates carries an AckReq of its own besides.)
+    ops = set(released)
+    assert released and all(waiting == {"b"} for waiting in released.values())
+    release = [dst for (_, s, dst, data) in p.sent[since:] if s == "a"
+               for t in decode_packet(data) if isinstance(t, AckReq) and t.opaque in ops]
+    assert set(release) == {"b"}
     switch = next(t for t, sel, _ in trace if sel == ("b", rid("o2")))
     acks = [(t, s) for (t, s, dst, data) in p.sent[since:] if dst == "a"
             and any(isinstance(x, Ack) and x.opaque in ops for x in decode_packet(data))]

@@ -343,10 +343,15 @@ class Updates:
                 self._send_triggered(prefixes, up, now)
         if self._acks_to_attach:
             acks = self._requests.acks
+            neighbours = self._neighbours
             for nid, ops in self._acks_to_attach.items():
                 for op in ops:
                     pending = acks.get(op)
                     if pending is not None:
+                        if neighbours[nid].quiet:
+                            # The retraction again, in the AckReq's own packet: an Ack
+                            # then proves it was heard, even if its first packet was lost.
+                            self.send(nid, pending.prefix, now)
                         self.ackreq(nid, op, centiseconds(pending.backoff))
             self._acks_to_attach.clear()
 
