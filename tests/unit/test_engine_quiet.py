@@ -8,6 +8,7 @@ RFC 8966 as before, periodic full updates included.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from test_engine import Pump, net, rid
@@ -176,3 +177,26 @@ def test_a_restarted_quiet_neighbour_gets_a_full_update() -> None:
     p.run(5.0)
     assert p.via("b", pa) == "a" and p.via("a", pb) == "b"
     assert rid("b") == fresh.router_id
+
+
+def test_an_update_the_filter_refused_is_asked_for_again() -> None:
+    """b's accept policy refuses a's new prefix once (a rate limit, say): a sends no
+    periodic full update, so b asks for that prefix at its next update tick."""
+    p, _, _ = _pair()
+    b = p.nodes["b"]
+    pc = net(0xC)
+    refused: list[Prefix] = []
+
+    def accept(_nb: str, prefix: Prefix, _rid: bytes, _seqno: int, _sig: bytes) -> bool:
+        if prefix == pc and not refused:
+            refused.append(prefix)
+            return False
+        return True
+
+    b.config = dataclasses.replace(b.config, accept=accept)
+    p.nodes["a"].originate(pc, now=p.now)
+    p.run(1.0)
+    assert refused and p.via("b", pc) is None
+    p.run(5.0)
+    assert p.via("b", pc) == "a"
+    assert b.counters["digest_mismatch"] == 0

@@ -468,9 +468,12 @@ class Node:
                 if nb.up:
                     if not nb.quiet:
                         self._updates.send_full(nb.id, now)
-                    elif not delivering(nb.id):
-                        # While an update is unacknowledged the digest would not match.
-                        self._updates.send_digest(nb.id, now)
+                    else:
+                        if not delivering(nb.id):
+                            # While an update is unacknowledged the digest would not match.
+                            self._updates.send_digest(nb.id, now)
+                        if self._rx_filtered.get(nb.id):
+                            self._ask_filtered(nb.id)
         self._resend_requests()
         self._updates.resend_retractions(now)
         if now >= self._next_gc:
@@ -705,6 +708,15 @@ class Node:
                 self._request_for_starved(prefix)
             else:
                 self._wanting.discard(prefix)
+
+    def _ask_filtered(self, nid: str) -> None:
+        """Ask quiet neighbour `nid` again for what our accept filter refused (a rate
+        limit, a signature not yet known): RFC 8966 neighbours send it again with their
+        next periodic update; a quiet one would not."""
+        out = self._out[nid]
+        for prefix in list(self._rx_filtered[nid])[:64]:
+            ae, raw = prefix_to_wire(prefix)
+            out.add(RouteRequest(ae, prefix.prefixlen, raw))
 
     def _ask_resync(self, nb: Neighbour) -> None:
         """A digest disagreed: ask for a full update (at most once per update interval)."""
