@@ -65,10 +65,12 @@ class Meter:
 def run(topology: str, window: float, settle: float, seed: int, meter: Meter,
         anycast: tuple[int, int]) -> dict[str, object]:
     t0 = time.perf_counter()
+    c0 = time.process_time()
     sc = Scenario(topology=topology, anycast=anycast, fail="none", seed=seed,
                   check=False, filter=False)
     sc.originate_all()
     boot = sc.run_phase("boot")
+    boot_cpu = time.process_time() - c0
     net = sc.net
     net.run_until(net.now + settle)
     n = len(net.nodes)
@@ -76,7 +78,9 @@ def run(topology: str, window: float, settle: float, seed: int, meter: Meter,
     meter.bytes.clear()
     meter.packets.clear()
     meter.on = True
+    c1 = time.process_time()
     net.run_until(net.now + window)
+    window_cpu = time.process_time() - c1
     meter.on = False
     pk = net.stats.packets - before[0]
     by = net.stats.bytes - before[1]
@@ -98,6 +102,8 @@ def run(topology: str, window: float, settle: float, seed: int, meter: Meter,
                                 if k != "total"},
         "route_changes_in_window": changes,
         "counters": dict(counters),
+        "boot_cpu_s": round(boot_cpu, 1),
+        "window_cpu_s": round(window_cpu, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
         "loadavg": os.getloadavg(),
     }
