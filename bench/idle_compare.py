@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Idle control traffic per peer and CPU per daemon, wgcast vs babeld, 4, 8 and 16 nodes.
+"""Idle control traffic per peer and CPU per daemon, wgcast vs babeld, 4 to 32 nodes.
 
 Each configuration (wgcast default/fast timers, babeld default/short hello: the same as
 bench/failover_compare.py) runs on the same topologies (full:4, random:8:4, random:16:4,
-1 ms links, one anycast instance on n1). After the mesh has settled, the script reads,
+random:32:4, 1 ms links, one anycast instance on n1). After the mesh has settled, the script reads,
 twice over a quiet window:
 
 * the bytes sent on every WireGuard interface of every node (the kernel's tx counters of
@@ -27,13 +27,13 @@ import time
 from typing import Any
 
 from common import cpu_seconds, machine, rss_kib, write
-from failover_compare import Config, make_configs
+from failover_compare import Config, default_babeld, make_configs
 
-from wgcast.lab.babeld import BabeldRouter
+from wgcast.lab.babeld import BabeldRouter, babeld_version
 from wgcast.lab.core import Lab, LabError
 from wgcast.lab.system import run, uapi_get
 
-TOPOLOGIES = {4: "full:4", 8: "random:8:4", 16: "random:16:4"}
+TOPOLOGIES = {4: "full:4", 8: "random:8:4", 16: "random:16:4", 32: "random:32:4"}
 
 
 def update_interval(cfg: Config) -> float:
@@ -76,12 +76,13 @@ def snapshot(lab: Lab) -> dict[str, Any]:
     return snap
 
 
-def measure(cfg: Config, nodes: int, settle_s: float, window_s: float | None) -> dict[str, Any]:
+def measure(cfg: Config, nodes: int, settle_s: float, window_s: float | None,
+            babeld: str) -> dict[str, Any]:
     topo = TOPOLOGIES[nodes]
     kw = {"instances": "n1", "delay": "1ms", "seed": 1}
     t0 = time.monotonic()
-    lab = (Lab(topo, router=BabeldRouter(hello=cfg.hello), **kw) if cfg.router == "babeld"
-           else Lab(topo, timers=cfg.timers, **kw))
+    lab = (Lab(topo, router=BabeldRouter(hello=cfg.hello, binary=babeld), **kw)
+           if cfg.router == "babeld" else Lab(topo, timers=cfg.timers, **kw))
     with lab:
         up_s = time.monotonic() - t0
         window = window_s or max(12.0, 2 * update_interval(cfg))
@@ -117,6 +118,22 @@ def measure(cfg: Config, nodes: int, settle_s: float, window_s: float | None) ->
     }
 
 
+def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """wgcast / babeld per size, default vs default and fast vs fast (same run)."""
+    out: dict[str, dict[str, float | None]] = {}
+    by = {(r["config"], r["nodes"]): r for r in rows if "error" not in r}
+    keys = ("daemon_cpu_percent", "daemon_rss_mib", "ip_bytes_per_s_per_peer")
+    for (name, n), w in by.items():
+        if not name.startswith("wgcast-"):
+            continue
+        b = by.get((name.replace("wgcast-", "babeld-"), n))
+        if b is None:
+            continue
+        out[f"{name[7:]}@{n}"] = {
+            k: (round(w[k] / b[k], 2) if w.get(k) and b.get(k) else None) for k in keys}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,6 +144,8 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=None,
                     help="measuring window (s); default max(12, 2 update intervals)")
     ap.add_argument("--quick", action="store_true", help="4 and 8 nodes, 8 s windows")
+    ap.add_argument("--babeld", default=default_babeld(),
+                    help="babeld binary (default: 1.14 built into build/, else the system's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     sizes = [int(x) for x in args.nodes.split(",")]
@@ -141,7 +160,7 @@ def main() -> None:
     for n in sizes:
         for cfg in configs:
             try:
-                row = measure(cfg, n, args.settle, args.window)
+                row = measure(cfg, n, args.settle, args.window, args.babeld)
             except LabError as e:
                 row = {"config": cfg.name, "nodes": n, "error": str(e)}
             rows.append(row)
@@ -149,7 +168,9 @@ def main() -> None:
     data = {"machine": machine(),
             "command": " ".join(["python bench/idle_compare.py", *sys.argv[1:]]),
             "configs": [c.describe() for c in configs],
-            "rows": rows, "elapsed_s": round(time.monotonic() - t0, 1)}
+            "babeld": babeld_version(args.babeld),
+            "rows": rows, "ratios_wgcast_over_babeld": ratios(rows),
+            "elapsed_s": round(time.monotonic() - t0, 1)}
     print(write("idle_compare", data, args.out))
 
 

@@ -111,7 +111,8 @@ def main() -> None:
     ap.add_argument("--topology", default="random:16:4")
     ap.add_argument("--timers", default="fast", choices=["default", "fast"])
     ap.add_argument("--duration", type=float, default=20.0)
-    ap.add_argument("--flap", type=float, default=0.5, help="seconds between link flaps")
+    ap.add_argument("--flap", type=float, default=0.5,
+                    help="seconds between link flaps (0: none, an idle profile)")
     ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -128,8 +129,10 @@ def main() -> None:
         stop = threading.Event()
         box: dict[str, int] = {}
         th = threading.Thread(target=lambda: box.update(
-            flaps=flapper(lab, flap.a, flap.b, args.flap, stop)), daemon=True)
-        raw = RESULTS / "profile_daemon.collapsed"
+            flaps=flapper(lab, flap.a, flap.b, args.flap, stop) if args.flap > 0 else 0),
+            daemon=True)
+        raw = RESULTS / ("profile_daemon.collapsed" if args.flap > 0
+                         else "profile_daemon_idle.collapsed")
         RESULTS.mkdir(parents=True, exist_ok=True)
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         th.start()

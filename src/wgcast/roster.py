@@ -22,6 +22,11 @@ a `Roster` or a `RosterError` out; reading and writing files is the caller's bus
     groups = ["fd5a:ffff::53/128"]    # may serve these anycast prefixes
     sign_key = "..."                  # signs what it originates (wgcast roster sign-key)
 
+    [[members]]                       # a router that is not a wgcast node (babeld,
+    name = "lan-r1"                   # BIRD, FRR on a [[lan]]): named by its Babel
+    router_id = "02:00:00:ff:fe:00:00:07"   # router-id instead of a key, never signs
+    prefixes = ["fd5a:1a::/48"]
+
     [signature]                       # written by `wgcast roster sign`
     key = "..."                       # the mesh public key (Ed25519, base64)
     value = "..."                     # Ed25519 over the canonical form (see canonical())
@@ -51,7 +56,7 @@ MAX_MEMBERS = 65536
 MAX_PREFIXES_PER_MEMBER = 4096
 MAX_MESH_PREFIXES = 256
 _KEYS = ("serial", "mesh_prefixes", "not_after", "members", "signature")
-_MEMBER_KEYS = ("name", "public_key", "prefixes", "groups", "sign_key")
+_MEMBER_KEYS = ("name", "public_key", "router_id", "prefixes", "groups", "sign_key")
 
 
 class RosterError(ValueError):
@@ -67,9 +72,15 @@ class Member:
     #: Ed25519 key that signs what it originates (wgcast.origin); None: its routes are
     #: checked against the roster only, unsigned (a member not yet upgraded).
     sign_key: bytes | None = None
+    #: A router that is not a wgcast node (babeld, BIRD, FRR on a LAN) is named by its
+    #: Babel router-id (8 bytes) instead of a key (`public_key` is then b""): its routes
+    #: are checked against its entry like anyone's, unsigned (it cannot sign).
+    babel_router_id: bytes | None = None
 
     @property
     def router_id(self) -> bytes:
+        if self.babel_router_id is not None:
+            return self.babel_router_id
         return router_id(self.public_key)
 
 
@@ -89,7 +100,8 @@ class Roster:
     def __post_init__(self) -> None:
         for m in self.members:
             self._by_rid[m.router_id] = m
-            self._by_key[m.public_key] = m
+            if m.public_key:
+                self._by_key[m.public_key] = m
 
     # ------------------------------------------------------------ queries
 
@@ -135,12 +147,16 @@ class Roster:
             "mesh_prefixes": sorted(str(p) for p in self.mesh_prefixes),
             "not_after": None if self.not_after is None else self.not_after.isoformat(),
             "members": [
-                {"name": m.name, "public_key": b64(m.public_key),
+                {"name": m.name,
+                 # A router-id member in place of the key (rosters without any stay valid).
+                 **({"public_key": b64(m.public_key)} if m.babel_router_id is None else
+                    {"router_id": m.babel_router_id.hex()}),
                  "prefixes": sorted(str(p) for p in m.prefixes),
                  "groups": sorted(str(p) for p in m.groups),
                  # Only when set: rosters signed before sign_key existed stay valid.
                  **({} if m.sign_key is None else {"sign_key": b64(m.sign_key)})}
-                for m in sorted(self.members, key=lambda m: m.public_key)
+                for m in sorted(self.members,
+                                key=lambda m: (m.public_key, m.babel_router_id or b""))
             ],
         }
         return _DOMAIN + json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
@@ -174,7 +190,8 @@ class Roster:
             lines.append(f'not_after = "{self.not_after.isoformat()}"')
         for m in self.members:
             lines += ["", "[[members]]", f"name = {json.dumps(m.name)}",
-                      f'public_key = "{b64(m.public_key)}"',
+                      f'public_key = "{b64(m.public_key)}"' if m.babel_router_id is None
+                      else f'router_id = "{format_router_id(m.babel_router_id)}"',
                       f"prefixes = {_list(m.prefixes)}", f"groups = {_list(m.groups)}"]
             if m.sign_key is not None:
                 lines.append(f'sign_key = "{b64(m.sign_key)}"')
@@ -182,6 +199,24 @@ class Roster:
             lines += ["", "[signature]", f'key = "{b64(self.signed_by)}"',
                       f'value = "{base64.b64encode(self.signature).decode()}"']
         return "\n".join(lines) + "\n"
+
+
+def format_router_id(rid: bytes) -> str:
+    """A Babel router-id as babeld writes it: 02:00:00:ff:fe:00:00:07."""
+    return ":".join(f"{b:02x}" for b in rid)
+
+
+def parse_router_id(text: str) -> bytes:
+    """A router-id from `02:00:00:ff:fe:00:00:07` (babeld's form) or 16 hex digits."""
+    raw = text.replace(":", "") if text.count(":") == 7 else text
+    try:
+        rid = bytes.fromhex(raw) if len(raw) == 16 else b""
+    except ValueError:
+        rid = b""
+    if len(rid) != 8 or rid in (bytes(8), b"\xff" * 8):
+        raise ValueError("expected a Babel router-id: 8 bytes as 02:00:00:ff:fe:00:00:07 "
+                         "or 16 hex digits, not all zeros or all ones")
+    return rid
 
 
 def _list(prefixes: tuple[Prefix, ...]) -> str:
@@ -226,6 +261,7 @@ def parse(text: str, where: str = "roster") -> Roster:
     members: list[Member] = []
     seen_keys: dict[bytes, str] = {}
     seen_sign: dict[bytes, str] = {}
+    seen_rids: dict[bytes, str] = {}
     seen_names: set[str] = set()
     owner: list[tuple[Prefix, str]] = []
     for i, raw_m in enumerate(members_raw):
@@ -239,13 +275,30 @@ def parse(text: str, where: str = "roster") -> Roster:
         if name in seen_names:
             raise RosterError(f"{at}.name: {name!r} appears twice")
         seen_names.add(name)
-        try:
-            key = decode_key(str(raw_m.get("public_key", "")))
-        except InvalidKey as e:
-            raise RosterError(f"{at}.public_key: {e}") from None
-        if key in seen_keys:
-            raise RosterError(f"{at}.public_key: also the key of {seen_keys[key]!r}")
-        seen_keys[key] = name
+        babel_rid: bytes | None = None
+        if "router_id" in raw_m:
+            if "public_key" in raw_m or "sign_key" in raw_m:
+                raise RosterError(f"{at}.router_id: expected either public_key (a wgcast "
+                                  "node) or router_id (another Babel router, which cannot "
+                                  "sign: no sign_key), not both")
+            try:
+                babel_rid = parse_router_id(str(raw_m["router_id"]))
+            except ValueError as e:
+                raise RosterError(f"{at}.router_id: {e}") from None
+            key = b""
+        else:
+            try:
+                key = decode_key(str(raw_m.get("public_key", "")))
+            except InvalidKey as e:
+                raise RosterError(f"{at}.public_key: {e}") from None
+            if key in seen_keys:
+                raise RosterError(f"{at}.public_key: also the key of {seen_keys[key]!r}")
+            seen_keys[key] = name
+        rid = babel_rid if babel_rid is not None else router_id(key)
+        if rid in seen_rids:
+            raise RosterError(f"{at}: router-id {format_router_id(rid)} is also the "
+                              f"router-id of {seen_rids[rid]!r}")
+        seen_rids[rid] = name
         prefixes = _prefixes(raw_m.get("prefixes", []), f"{at}.prefixes",
                              MAX_PREFIXES_PER_MEMBER)
         groups = _prefixes(raw_m.get("groups", []), f"{at}.groups", MAX_PREFIXES_PER_MEMBER)
@@ -271,7 +324,7 @@ def parse(text: str, where: str = "roster") -> Roster:
             if sign_key in seen_sign:
                 raise RosterError(f"{at}.sign_key: also the sign_key of {seen_sign[sign_key]!r}")
             seen_sign[sign_key] = name
-        members.append(Member(name, key, prefixes, groups, sign_key))
+        members.append(Member(name, key, prefixes, groups, sign_key, babel_rid))
     signed_by = signature = None
     if "signature" in data:
         sig = data["signature"]

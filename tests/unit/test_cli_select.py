@@ -129,3 +129,23 @@ def test_drain_takes_several_prefixes(daemon: tuple[str, list[dict[str, object]]
     code, out = _run(["drain", "--socket", path, "--json", "10.9.0.3/32", "10.9.0.4/32"])
     assert code == 0 and [r["prefix"] for r in json.loads(out)] == ["10.9.0.3/32",
                                                                   "10.9.0.4/32"]
+
+
+def test_status_of_a_lan_only_node(daemon: tuple[str, list[object]],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """No WireGuard interface, no data plane: `wgcast status` says so and lists the
+    LANs' neighbours instead of failing on the missing parts."""
+    path, _ = daemon
+    for key, value in (("interface", ""), ("backend", None), ("control_address", None),
+                       ("dataplane", None),
+                       ("lan", [{"interface": "eth1", "address": "fe80::1", "routes": 2,
+                                 "neighbours": [{"name": "fe80::2%eth1",
+                                                 "address": "fe80::2", "up": True,
+                                                 "rtt_ms": 0.4, "cost": 96,
+                                                 "routes_via": 2}]}])):
+        monkeypatch.setitem(STATUS, key, value)
+    code, out = _run(["status", "--socket", path])
+    assert code == 0, out
+    assert out.startswith("LAN-only (no WireGuard)  router-id")
+    assert "control -" in out and "data plane" not in out
+    assert "lan eth1 (fe80::1): fe80::2 up cost 96 routes 2; 2 routes installed" in out

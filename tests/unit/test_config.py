@@ -910,3 +910,26 @@ def test_lan_sections() -> None:
                       ("[lan]\ninterface = \"eth1\"\n", "write [[lan]] for each entry")):
         with pytest.raises(ConfigError, match=re.escape(want)):
             loads(BASE + bad, "b.toml")
+
+
+def test_lan_only_node() -> None:
+    """Without `interface`, [[lan]] sections alone make a LAN-only node: its socket and
+    state file are named after its first LAN; what needs WireGuard is refused clearly."""
+    c = loads('[[lan]]\ninterface = "eth1"\n[[lan]]\ninterface = "eth2"\n', "l.toml")
+    assert c.interface == "" and c.label == "eth1"
+    assert [lan.interface for lan in c.lan] == ["eth1", "eth2"]
+    assert c.api_socket == "/run/wgcast/eth1.sock"
+    assert c.state_file == "/var/lib/wgcast/eth1.state"
+    ok = loads('addresses = ["fd00:1::1/128"]\nanycast = ["fd00:aa::/48"]\n'
+               '[[groups]]\nprefix = "fd00:aa::1/128"\n[[lan]]\ninterface = "eth1"\n')
+    assert ok.interface == "" and ok.groups and ok.addresses
+    for bad, want in (
+            ("", 'missing required key; expected a Linux interface name such as "wg0" (or, '
+                 "for a node without WireGuard, only [[lan]] sections)"),
+            ('[[peers]]\npublic_key = "' + "A" * 43 + '="\n[[lan]]\ninterface = "eth1"\n',
+             "peers: expected no [[peers]] on a LAN-only node (no `interface`): peers are "
+             'WireGuard peers; add interface = "wg0" or remove it'),
+            ('roster = "/nonexistent"\nmesh_key = "' + "A" * 43 + '="\n[[lan]]\n'
+             'interface = "eth1"\n', "roster: expected no roster on a LAN-only node")):
+        with pytest.raises(ConfigError, match=re.escape(want)):
+            loads(bad, "b.toml")

@@ -178,3 +178,32 @@ def test_leftover_routes_go_after_the_grace_unless_selected_again() -> None:
         assert systems["eth1"].routes == {kept: L1}
 
     asyncio.run(go())
+
+
+def test_a_selection_made_while_the_kernel_is_written_is_applied_next() -> None:
+    """The engine runs on while a round of routes is written: a route selected during
+    that write is not taken as installed, it goes in the next round."""
+    svc, _, ss = _service()
+    (lan,) = CONF.lan
+    p, q = N("fd00:b::1/128"), N("fd00:b::2/128")
+
+    async def go() -> None:
+        await svc.start(lambda lan, batch: None)
+        n1 = svc.neighbour(lan, L1)
+        assert n1 is not None
+        system = ss["eth1"]
+        plain = system.change_gateway_routes
+
+        async def meanwhile(replace: dict[Any, A], remove: dict[Any, A]) -> None:
+            if q not in system.routes and q not in replace:
+                svc.route_selected(q, n1.name)  # selected during the write
+            await plain(replace, remove)
+
+        system.change_gateway_routes = meanwhile  # type: ignore[method-assign]
+        svc.route_selected(p, n1.name)
+        await svc.apply_once()
+        assert system.routes == {p: L1} and not svc.installed(q)
+        await svc.apply_once()
+        assert system.routes == {p: L1, q: L1} and svc.installed(q)
+
+    asyncio.run(go())

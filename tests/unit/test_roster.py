@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -135,3 +136,41 @@ def test_cli_keygen_sign_verify_show(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("serial = 3", "serial = 4"))
     res = runner.invoke(main, ["roster", "verify", str(path), "-m", pub])
     assert res.exit_code == 1 and "bad signature" in res.output
+
+
+LAN_R = """
+[[members]]
+name = "lan-r1"
+router_id = "02:00:00:ff:fe:00:00:07"
+prefixes = ["fd5a:1a::/48"]
+"""
+
+
+def test_a_router_that_is_not_wgcast_is_a_member_by_router_id() -> None:
+    """babeld/BIRD/FRR behind a [[lan]]: named by its Babel router-id, its prefixes pass
+    every node's check (unsigned: it cannot sign); a roster with one survives signing and
+    the TOML round trip, and a roster without any keeps its old canonical form."""
+    lan_rid = bytes.fromhex("020000fffe000007")
+    r = parse(text() + LAN_R)
+    m = r.member_by_router_id(lan_rid)
+    assert m is not None and m.name == "lan-r1" and m.public_key == b"" and m.sign_key is None
+    assert r.why_refused(lan_rid, net("fd5a:1a::1/128")) is None
+    assert r.why_refused(lan_rid, net("fd5a:1::1/128")) == "not allowed"
+    assert r.member(b"") is None
+    priv, pub = generate_mesh_key()
+    again = parse(parse(text() + LAN_R).signed(priv).to_toml())
+    again.verify(pub)
+    assert again.member_by_router_id(lan_rid) == m
+    assert b"router_id" not in parse(text()).canonical()
+    assert parse(text() + LAN_R.replace("fe:00:00:07", "fe:00:00:08")).canonical() != \
+        r.canonical()
+    for extra, want in (
+            (LAN_R.replace('prefixes', f'public_key = "{b64(K3)}"\nprefixes'),
+             "members[2].router_id: expected either public_key"),
+            (LAN_R.replace("02:00:00:ff:fe:00:00:07", "zz"), "members[2].router_id: expected "
+             "a Babel router-id"),
+            (LAN_R.replace("02:00:00:ff:fe:00:00:07", router_id(K1).hex()),
+             "members[2]: router-id " + ":".join(f"{b:02x}" for b in router_id(K1))
+             + " is also the router-id of 'n1'")):
+        with pytest.raises(RosterError, match=re.escape(want)):
+            parse(text() + extra)

@@ -233,3 +233,55 @@ def test_a_restart_cannot_roll_the_roster_back(tmp_path: Path) -> None:
             mesh2.close()
 
     asyncio.run(main())
+
+
+def test_a_lan_neighbour_passes_members_routes_the_roster_allows() -> None:
+    """Under a roster, a generic neighbour (a LAN's) is still judged by address inside its
+    may_originate; outside it, a route whose origin is a roster member is judged by the
+    roster (another wgcast edge on the LAN passing the mesh's routes on), signature
+    included, and anything else is refused."""
+    from wgcast.daemon.ports import PeerInfo
+    from wgcast.origin import Verifier, signing_public
+
+    pm, ps = keys.generate_private(), keys.generate_private()
+    km, ks = keys.public_from_private(pm), keys.public_from_private(ps)
+    roster = parse(signed_roster(1, {"m": (km, ["10.0.5.0/24"], None),
+                                     "s": (ks, ["10.0.6.0/24"], signing_public(ps))}))
+    p = PeerPolicy([], [], own_router_id=b"\x01" * 8, roster=roster)
+    p.verifier = Verifier()
+    lan_space = ipaddress.ip_network("fd00:b::/48")
+    p.lan["fe80::2%eth1"] = PeerInfo("fe80::2%eth1", b"", ipaddress.IPv6Address("fe80::2"),
+                                     b"", (lan_space,), generic=True)
+    stranger = b"\x02\x00\x00\xff\xfe\x00\x00\x07"
+    net = ipaddress.ip_network
+    assert p.refusal("fe80::2%eth1", net("fd00:b:0:1::/64"), stranger) is None
+    assert p.trust[("fe80::2%eth1", net("fd00:b:0:1::/64"))] == "address"
+    assert p.refusal("fe80::2%eth1", net("10.0.5.0/24"), router_id(km)) is None
+    assert p.trust[("fe80::2%eth1", net("10.0.5.0/24"))] == "roster"
+    assert p.refusal("fe80::2%eth1", net("10.0.7.0/24"), router_id(km)) == "not allowed"
+    assert p.refusal("fe80::2%eth1", net("10.0.5.0/24"), stranger) == "not allowed"
+    # A member with a sign_key: its routes need its signature, on a LAN too.
+    assert p.refusal("fe80::2%eth1", net("10.0.6.0/24"), router_id(ks)) == "unsigned"
+
+
+def test_a_lan_router_in_the_roster_reaches_the_whole_mesh() -> None:
+    """A LAN router's prefixes stop at the edge unless the roster names it (by its Babel
+    router-id): then every member takes them from its wgcast peers as transit routes
+    (trust "roster", unsigned)."""
+    from wgcast.daemon.ports import PeerInfo
+
+    pa = keys.generate_private()
+    ka = keys.public_from_private(pa)
+    lan_rid = bytes.fromhex("020000fffe000007")
+    base = (f'serial = 1\nmesh_prefixes = ["10.0.0.0/8"]\n[[members]]\nname = "a"\n'
+            f'public_key = "{keys.b64(ka)}"\nprefixes = ["10.0.1.0/24"]\n')
+    named = base + ('[[members]]\nname = "lan-r1"\nrouter_id = "02:00:00:ff:fe:00:00:07"\n'
+                    'prefixes = ["10.0.20.0/24"]\n')
+    net = ipaddress.ip_network("10.0.20.1/32")
+    for text, want in ((base, "not in roster"), (named, None)):
+        roster = parse(text)  # (unsigned: the policy does not check the signature)
+        p = PeerPolicy([], [], own_router_id=b"\x01" * 8, roster=roster)
+        p.add(PeerInfo("a", ka, ipaddress.IPv6Address("fe80::a"), router_id(ka), ()))
+        assert p.refusal("a", net, lan_rid) == want
+        if want is None:
+            assert p.trust[("a", net)] == "roster"

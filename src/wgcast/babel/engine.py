@@ -37,6 +37,7 @@ from wgcast.babel.events import (
     RouteSelected,
     SeqnoChanged,
 )
+from wgcast.babel.hellostream import HelloStream, HelloStreams, ihu_is_for
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
 from wgcast.babel.quiet import digest_sum, entry_hash
 from wgcast.babel.release import SourceRelease
@@ -194,6 +195,8 @@ class Node:
             signer=config.signer, delivery_tries=config.delivery_tries,
             delivery_backoff=2 * config.hello_interval)
         self._sign_epoch = config.signer.epoch() if config.signer is not None else 0
+        #: Multicast Hello streams of LAN interfaces (hellostream.py; add_hello_stream).
+        self._streams = HelloStreams()
 
     # ------------------------------------------------------------ public API
 
@@ -249,6 +252,7 @@ class Node:
         self._v4_next_hop.pop(nid, None)
         self._nb_expiry.pop(nid, None)
         self._updates.neighbour_removed(nid)
+        self._streams.leave(nid)
 
     def originate(self, prefix: Prefix, metric: int = 0, now: float | None = None) -> None:
         """Announce `prefix` from this node (own address or anycast instance)."""
@@ -284,7 +288,13 @@ class Node:
         self._restart_holding = True
         interval = seconds / self.config.dead
         link = self.config.link
+        for st in self._streams.streams.values():
+            self._streams.send(st, self._out[st.sid], self._now, interval, self.neighbours,
+                               link, self._own_cost)
+            st.next_at = _NEVER
         for nb in self.neighbours.values():
+            if nb.id in self._streams.member_of:
+                continue  # its Hellos are its stream's (above)
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
             w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
@@ -434,6 +444,9 @@ class Node:
         for nid, t in self._next_hello.items():
             if t <= now:
                 self._send_hello(self.neighbours[nid])
+        for st in self._streams.streams.values():
+            if st.next_at <= now:
+                self._stream_hello(st)
         # A timer only takes neighbours down (they come up on what we receive).
         for nid in [nid for nid, t in self._nb_expiry.items() if t <= now]:
             self._check_neighbour(self.neighbours[nid])
@@ -489,6 +502,8 @@ class Node:
         for t in self._next_hello.values():
             if t < best:
                 best = t
+        if self._streams.streams:
+            best = min(best, self._streams.next_deadline())
         nb_expiry = self._nb_expiry
         if nb_expiry:
             for t in nb_expiry.values():
@@ -551,6 +566,10 @@ class Node:
     def _send_hello(self, nb: Neighbour) -> None:
         if self._restart_holding:
             return  # the hold Hello was our last (see restart_hold)
+        sid = self._streams.member_of.get(nb.id)
+        if sid is not None:  # a LAN neighbour: its IHU goes with its interface's Hello
+            self._stream_hello(self._streams.streams[sid])
+            return
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
@@ -584,6 +603,9 @@ class Node:
         return ts
 
     def _on_ihu(self, nb: Neighbour, msg: IHU) -> tuple[int, int] | None:
+        own = self._streams.own_address(nb.id) if self._streams.member_of else None
+        if own is not None and not ihu_is_for(own, msg.ae, msg.address):
+            return None  # a multicast packet's IHU for another neighbour of the sender
         nb.on_ihu(self._now, msg.rxcost, msg.interval)
         for s in msg.subtlvs:
             if isinstance(s, Timestamp) and len(s.stamps) == 2:
@@ -1169,4 +1191,41 @@ class Node:
     def has_route(self, nid: str, prefix: Prefix) -> bool:
         """Has `nid` given us a route to `prefix` (is an Update of it a refresh)?"""
         return self.routes.get(prefix, nid) is not None
+
+    # ---- multicast Hello streams (plain LAN interfaces, hellostream.py)
+
+    def add_hello_stream(self, sid: str, address: bytes, now: float | None = None) -> None:
+        """A LAN interface's multicast Hello stream, under id `sid` (the driver sends
+        what `datagrams_to_send` gives for `sid` to ff02::1:6 on that interface);
+        `address`: our IPv6 address there (16 bytes). Its first Hello goes at once,
+        neighbour or not: that is how the others find us."""
+        self._tick(now)
+        if sid in self._out or sid in self.neighbours or sid == LOCAL:
+            raise LocalProtocolError(f"{sid!r} is already a neighbour or a stream")
+        if len(address) != 16:
+            raise LocalProtocolError("a stream's address is 16 bytes")
+        self._streams.streams[sid] = HelloStream(sid, address, next_at=self._now)
+        self._out[sid] = PacketWriter(self.config.max_body)
+
+    def join_hello_stream(self, nid: str, sid: str, address: bytes) -> None:
+        """Neighbour `nid` (at `address`, 16 bytes) is on stream `sid`'s interface: it
+        gets no Hellos of its own, an IHU in each of the stream's Hellos instead, and
+        only IHUs addressed to us (or wildcard ones) count from it."""
+        st = self._streams.streams.get(sid)
+        if st is None or nid not in self.neighbours:
+            raise LocalProtocolError(f"no stream {sid!r} or no neighbour {nid!r}")
+        if len(address) != 16:
+            raise LocalProtocolError("a neighbour's address is 16 bytes")
+        self._streams.leave(nid)
+        st.members[nid] = address
+        self._streams.member_of[nid] = sid
+        self._next_hello[nid] = _NEVER
+
+    def _stream_hello(self, st: HelloStream) -> None:
+        if self._restart_holding:
+            return
+        interval = self.config.hello_interval
+        self._streams.send(st, self._out[st.sid], self._now, interval, self.neighbours,
+                           self.config.link, self._own_cost)
+        st.next_at = self._now + interval
 

@@ -20,7 +20,9 @@ def summary(config: Config) -> str:
     """One line about a valid configuration."""
     t = config.timers
     parts = [
-        f"interface {config.interface}",
+        f"interface {config.interface}" if config.interface else
+        "LAN-only (no WireGuard)",
+        *([_count(len(config.lan), "LAN", "LANs")] if config.lan else []),
         _count(len(config.peers), "peer", "peers"),
         _count(len(config.groups), "group", "groups"),
         _count(len(config.anycast), "anycast prefix", "anycast prefixes"),

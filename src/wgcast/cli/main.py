@@ -89,7 +89,7 @@ def run(config: str, verbose: int, log_format: str) -> None:
     except KeyboardInterrupt:
         code = 0
     except Exception as e:  # one clear line for the operator
-        logging.getLogger("wgcast").error("%s: %s", cfg.interface, e,
+        logging.getLogger("wgcast").error("%s: %s", cfg.label, e,
                                           exc_info=verbose > 1)
         code = 1
     sys.exit(code)
@@ -159,15 +159,23 @@ def status(config: str | None, socket_path: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=2))
         return
-    click.echo(f"interface {st['interface']}  backend {st.get('backend', '?')}  "
-               f"router-id {st['router_id']}  seqno {st['seqno']}"
+    where = f"interface {st['interface']}  backend {st.get('backend', '?')}" \
+        if st["interface"] else "LAN-only (no WireGuard)"
+    click.echo(f"{where}  router-id {st['router_id']}  seqno {st['seqno']}"
                f"{'  name ' + st['name'] if st.get('name') else ''}")
-    click.echo(f"control {st['control_address']}  up {st['uptime_s']}s")
+    click.echo(f"control {st['control_address'] or '-'}  up {st['uptime_s']}s")
     click.echo(f"neighbours {st['neighbours_up']}/{st['neighbours']} up, {st['routes']} routes,"
                f" serving {', '.join(st['served']) or 'nothing'}")
     dp = st["dataplane"]
-    click.echo(f"data plane: {dp['applies']} applies, {dp['ops']} ops, {dp['errors']} errors,"
-               f" last {dp['last_apply_ms']} ms")
+    if dp is not None:
+        click.echo(f"data plane: {dp['applies']} applies, {dp['ops']} ops, {dp['errors']} "
+                   f"errors, last {dp['last_apply_ms']} ms")
+    for lan in st.get("lan") or []:
+        nbs = ", ".join(f"{n['address']} {'up' if n.get('up') else 'down'}"
+                        f" cost {n.get('cost', '-')} routes {n.get('routes_via', 0)}"
+                        for n in lan["neighbours"]) or "no neighbour heard"
+        click.echo(f"lan {lan['interface']} ({lan['address']}): {nbs}; "
+                   f"{lan['routes']} routes installed")
     for g in st.get("groups") or []:
         checks = ", ".join(f"{c.get('check', c.get('type', '?'))} "
                            f"{'up' if c.get('up') else 'DOWN'}"
@@ -230,6 +238,8 @@ def peers(config: str | None, socket_path: str | None, as_json: bool) -> None:
              str(p["routes_via"]), p.get("endpoint") or ",".join(p["endpoints"]) or "-"]
             for p in ps]
     click.echo(_table(rows, ["PEER", "STATE", "RTT_MS", "COST", "ROUTES", "ENDPOINT"]))
+    if not ps:
+        click.echo("  no WireGuard peers (LAN neighbours: wgcast status)")
     for p in ps:
         if p.get("reason"):
             click.echo(f"  {p['name']}: {p['reason']}: {p['reason_detail']}")

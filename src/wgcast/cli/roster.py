@@ -112,10 +112,11 @@ def show(path: str, as_json: bool) -> None:
     """Print who may originate what (does not check the signature: see verify)."""
     r = _read(path)
     rows: list[dict[str, Any]] = [
-        {"name": m.name, "public_key": b64(m.public_key), "router_id": m.router_id.hex(),
-             "prefixes": [str(p) for p in m.prefixes], "groups": [str(p) for p in m.groups],
-             "sign_key": None if m.sign_key is None else b64(m.sign_key)}
-            for m in r.members]
+        {"name": m.name, "public_key": b64(m.public_key) if m.public_key else None,
+         "router_id": m.router_id.hex(),
+         "prefixes": [str(p) for p in m.prefixes], "groups": [str(p) for p in m.groups],
+         "sign_key": None if m.sign_key is None else b64(m.sign_key)}
+        for m in r.members]
     if as_json:
         click.echo(json.dumps({"serial": r.serial,
                                "mesh_prefixes": [str(p) for p in r.mesh_prefixes],
@@ -126,7 +127,8 @@ def show(path: str, as_json: bool) -> None:
     for row in rows:
         click.echo(f"{row['name']:<16} {row['router_id']}  prefixes "
                    f"{', '.join(row['prefixes']) or '-'}  groups {', '.join(row['groups']) or '-'}"
-                   f"{'' if row['sign_key'] else '  UNSIGNED (no sign_key)'}")
+                   f"{'' if row['sign_key'] else '  UNSIGNED (no sign_key)'}"
+                   f"{'' if row['public_key'] else '  (not wgcast: by router-id)'}")
 
 
 @roster.command("sign-key")

@@ -424,7 +424,8 @@ class GroupConf:
 class Config:
     """Everything wgcast knows about one managed interface.
 
-    Empty `api_socket` / `state_file` are filled in from the interface name.
+    Empty `api_socket` / `state_file` are filled in from the interface name (`label`).
+    `interface` is "" on a LAN-only node (only `[[lan]]` interfaces, no WireGuard).
     """
 
     interface: str
@@ -464,9 +465,15 @@ class Config:
 
     def __post_init__(self) -> None:
         if not self.api_socket:
-            object.__setattr__(self, "api_socket", f"/run/wgcast/{self.interface}.sock")
+            object.__setattr__(self, "api_socket", f"/run/wgcast/{self.label}.sock")
         if not self.state_file:
-            object.__setattr__(self, "state_file", f"/var/lib/wgcast/{self.interface}.state")
+            object.__setattr__(self, "state_file", f"/var/lib/wgcast/{self.label}.state")
+
+    @property
+    def label(self) -> str:
+        """The interface that names this node's socket, state file and log lines: the
+        WireGuard one, or the first LAN interface of a LAN-only node."""
+        return self.interface or (self.lan[0].interface if self.lan else "")
 
     def peer(self, name_or_key: str) -> PeerConf | None:
         """The peer of that name or base64 public key."""
@@ -1244,8 +1251,12 @@ class _Reader:
 
     def config(self, data: Mapping[str, Any]) -> Config | None:
         self.unknown("", data, _TOP_KEYS, _SECTION_OF)
-        interface = self.need(data, "", "interface", _ifname,
-                              'a Linux interface name such as "wg0"')
+        # Without `interface`, [[lan]] sections alone make a LAN-only node.
+        lan_only = "interface" not in data and isinstance(data.get("lan"), list) \
+            and bool(data["lan"])
+        interface = "" if lan_only else self.need(
+            data, "", "interface", _ifname, 'a Linux interface name such as "wg0" (or, '
+            "for a node without WireGuard, only [[lan]] sections)")
         backend = self.get(data, "", "backend", _choice("auto", "uapi", "netlink"), "auto")
         addr_items, _ = self.items(data, "", "addresses", _prefix(own_address=True), "IP prefixes")
         any_items, _ = self.items(data, "", "anycast", _prefix(), "IP prefixes")
@@ -1348,10 +1359,21 @@ class _Reader:
                 seen_if[lan.interface] = pi
                 lans.append(lan)
 
+        if lan_only:
+            # What only a WireGuard interface can give: peers, and the key that signs.
+            why = ('expected no {what} on a LAN-only node (no `interface`): {reason}; '
+                   'add interface = "wg0" or remove it')
+            if peers:
+                self.err("peers", why.format(what="[[peers]]",
+                                             reason="peers are WireGuard peers"))
+            if roster:
+                self.err("roster", why.format(
+                    what="roster", reason="with a roster this node signs what it "
+                    "originates with a key derived from its WireGuard private key"))
         if interface is None:
             return None
         if not api_socket:
-            api_socket = f"/run/wgcast/{interface}.sock"
+            api_socket = f"/run/wgcast/{interface or (lans[0].interface if lans else '')}.sock"
         return Config(
             interface=interface, backend=cast(Backend, backend), addresses=addresses,
             anycast=anycast, api_socket=api_socket, api_socket_mode=mode,

@@ -3,11 +3,13 @@
 A mesh edge meets a LAN of babeld / BIRD / FRR routers the way they meet each other: a
 socket joined to ff02::1:6 on the LAN hears their multicast Hellos and Updates, and
 every link-local source heard becomes a neighbour of the engine (named `fe80::x%eth1`).
-What the engine writes to it goes by unicast from the interface's own link-local
-address; its Hellos have the unicast flag clear (multicast Hellos, which those speakers
-need to keep a neighbour), one Hello stream per neighbour, so several speakers on one LAN
-each see a clean sequence. A neighbour that goes down is forgotten (heard again, it
-comes back).
+Each LAN has one stream of multicast Hellos (the engine's Hello stream `ff02::1:6%eth1`,
+babel/hellostream.py) sent to ff02::1:6 from the interface's own link-local address,
+each Hello followed by an IHU for every neighbour heard there, as babeld does: that is
+how the others (and other wgcast nodes) find us, and every receiver sees one Hello
+sequence from our address. Everything else the engine writes to a neighbour (Updates,
+requests, acks) goes to it by unicast. A neighbour that goes down is forgotten (heard
+again, it comes back).
 
 Routes through a LAN neighbour are kernel routes with its link-local address as the
 gateway (IPv4 ones by RTA_VIA), protocol 152 like every wgcast route; no AllowedIPs.
@@ -25,11 +27,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wgcast.daemon.config import Config, LanConf
-from wgcast.daemon.ports import Datagrams, Scheduler, Transport
+from wgcast.daemon.ports import BABEL_GROUP, Datagrams, Scheduler, Transport
 from wgcast.dataplane.system import NetConfigError, System
 from wgcast.prefix import Prefix
 
 log = logging.getLogger("wgcast")
+
+def stream_id(ifname: str) -> str:
+    """The engine id of a LAN's multicast Hello stream."""
+    return f"{BABEL_GROUP}%{ifname}"
+
 
 #: Neighbours taken on one LAN at most (more are counted and ignored: a flood of
 #: forged sources must not grow the engine without bound).
@@ -70,6 +77,8 @@ class LanService:
         #: The interface's own link-local address (we speak from it).
         self.addresses: dict[str, ipaddress.IPv6Address] = {}
         self.neighbours: dict[str, LanNeighbour] = {}
+        #: Hello stream id (stream_id) -> its LAN.
+        self.streams: dict[str, LanConf] = {}
         self.stats = LanStats()
         #: prefix -> the neighbour to route through (None: no LAN route).
         self._desired: dict[Prefix, LanNeighbour | None] = {}
@@ -78,9 +87,12 @@ class LanService:
         self._inherited: set[Prefix] = set()
         self._dirty = asyncio.Event()
 
-    async def start(self, on_datagrams: Callable[[LanConf, Datagrams], None]) -> None:
-        """Find each LAN's link-local address, read the routes a previous run left
-        (removed after a grace period unless selected again), open the sockets."""
+    async def start(self, on_datagrams: Callable[[LanConf, Datagrams], None],
+                    on_address: Callable[[LanConf, ipaddress.IPv6Address], None]
+                    = lambda _lan, _ll: None) -> None:
+        """Find each LAN's link-local address (`on_address`: before its socket opens),
+        read the routes a previous run left (removed after a grace period unless
+        selected again), open the sockets."""
         for lan in self.config.lan:
             system = self.systems[lan.interface] = self._make_system(lan.interface)
             addrs = await system.list_addresses(lan.interface)
@@ -90,6 +102,8 @@ class LanService:
                                    "link-local address (is it up? addrgenmode none?): "
                                    "Babel speaks from one")
             self.addresses[lan.interface] = ll
+            self.streams[stream_id(lan.interface)] = lan
+            on_address(lan, ll)
             for p, gw in (await system.list_gateway_routes()).items():
                 self._installed[p] = (lan.interface, gw)
                 self._inherited.add(p)
@@ -129,6 +143,12 @@ class LanService:
         t = self.transports.get(nb.lan.interface)
         if t is not None:
             t.send(data, nb.address)
+
+    def send_group(self, sid: str, data: bytes) -> None:
+        """A packet of a LAN's Hello stream: to ff02::1:6 on that LAN."""
+        t = self.transports.get(self.streams[sid].interface)
+        if t is not None:
+            t.send(data, BABEL_GROUP)
 
     # ------------------------------------------------------------ routes
 
@@ -174,7 +194,10 @@ class LanService:
     async def apply_once(self) -> None:
         replace: dict[str, dict[Prefix, ipaddress.IPv6Address]] = {}
         remove: dict[str, dict[Prefix, ipaddress.IPv6Address]] = {}
-        for p, nb in list(self._desired.items()):
+        # What is applied now: a selection that changes while the kernel is being
+        # written (the engine runs on) stays desired for the next round.
+        applying = dict(self._desired)
+        for p, nb in applying.items():
             want = None if nb is None else (nb.lan.interface, nb.address)
             have = self._installed.get(p)
             if want is not None and want != have:
@@ -186,12 +209,16 @@ class LanService:
         for ifname in sorted(set(replace) | set(remove)):
             await self.systems[ifname].change_gateway_routes(replace.get(ifname, {}),
                                                              remove.get(ifname, {}))
-        for p, nb in list(self._desired.items()):
+        for p, nb in applying.items():
             if nb is None:
                 self._installed.pop(p, None)
-                del self._desired[p]
             else:
                 self._installed[p] = (nb.lan.interface, nb.address)
+            if p in self._desired and self._desired[p] is nb:
+                if nb is None:
+                    del self._desired[p]
+            else:
+                self._dirty.set()  # changed meanwhile: apply the new choice next
 
     # ------------------------------------------------------------ status
 

@@ -154,14 +154,25 @@ class PeerPolicy:
         trust = PEER_POLICY
         sign_key: bytes | None = None
         if via is not None and via.generic:
-            # A generic Babel speaker (babeld, BIRD, FRR): its router-ids prove nothing,
-            # so the address decides: whatever the origin (the speaker or a router behind
-            # it), the prefix must lie in what the peer may originate. Anything else it
-            # redistributes (its underlay, its link's subnet) is refused.
-            if not any(prefix.version == m.version and prefix.subnet_of(m)  # type: ignore[arg-type]
-                       for m in via.may_originate):
+            # A generic Babel speaker (babeld, BIRD, FRR; a LAN neighbour): its router-ids
+            # prove nothing, so the address decides: whatever the origin (the speaker or
+            # a router behind it), a prefix inside what the peer may originate is taken.
+            # Outside it, only a route the roster vouches for (a member's, with its
+            # signature: another wgcast edge on the LAN passing the mesh's routes on);
+            # anything else it redistributes (its underlay, its link's subnet) is refused.
+            if any(prefix.version == m.version and prefix.subnet_of(m)  # type: ignore[arg-type]
+                   for m in via.may_originate):
+                trust = ADDRESS
+            elif self.roster is not None and \
+                    self.roster.member_by_router_id(rid) is not None:
+                why = self.roster.why_refused(rid, prefix)
+                if why is not None:
+                    return why
+                member = self.roster.member_by_router_id(rid)
+                sign_key = member.sign_key if member is not None else None
+                trust = ROSTER if sign_key is None or self.verifier is None else SIGNED
+            else:
                 return "not allowed"
-            trust = ADDRESS
         elif self.roster is not None:
             why = self.roster.why_refused(rid, prefix)
             if why is not None:

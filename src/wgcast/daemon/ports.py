@@ -22,6 +22,10 @@ from wgcast.dataplane.move_hold import MoveHoldStats
 from wgcast.dataplane.types import PeerKey
 from wgcast.prefix import Prefix
 
+#: Babel's link-local multicast group (RFC 8966 section 5): what a Transport joins, and
+#: where Hellos for every listener on a link go.
+BABEL_GROUP = ipaddress.IPv6Address("ff02::1:6")
+
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 

@@ -47,7 +47,7 @@ from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.catchments import CatchmentCollector, catchment_table
 from wgcast.daemon.config import Config, ConfigError, LanConf, PeerConf, load
 from wgcast.daemon.endpoint_manager import EndpointManager
-from wgcast.daemon.lan import LanService
+from wgcast.daemon.lan import LanService, stream_id
 from wgcast.daemon.lock import InterfaceLock
 from wgcast.daemon.membership import MembershipService
 from wgcast.daemon.metrics import MetricsServer
@@ -201,12 +201,14 @@ class Daemon:
                  host: HostNetwork | None = None, transport: Transport | None = None,
                  open_move_hold: Callable[[str], MoveHoldDevice] | None = None) -> None:
         self.config = config
-        # The WireGuard device.
-        self.backend = backend if backend is not None else \
-            open_device(config.interface, config.backend)
-        self.system: HostNetwork = host if host is not None else System(config.interface)
+        # The WireGuard device (None: a LAN-only node, see start()).
+        self.backend: WireGuardBackend | None = backend if backend is not None else \
+            open_device(config.interface, config.backend) if config.interface else None
+        self.system: HostNetwork = host if host is not None else \
+            System(config.interface or "lo")
         self.transport: Transport = transport if transport is not None else \
-            UdpTransport(config.interface, config.port or PORT)
+            UdpTransport(config.interface, config.port or PORT) if config.interface else \
+            _NoTransport()
         self.stats = DaemonStats()
         self.policy = PeerPolicy(config.addresses, config.anycast,
                                  max_routes=config.max_routes_per_peer,
@@ -268,12 +270,82 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        clock = self.clock = LoopScheduler(asyncio.get_running_loop())
-        dp = self.dataplane = DataPlaneApplier(cfg, self.backend, self.system, clock,
+        self.clock = LoopScheduler(asyncio.get_running_loop())
+        if self.backend is None:
+            rid, seqno = self._lan_only_identity()
+        else:
+            rid, seqno = await self._start_wireguard(self.backend)
+        timers = cfg.timers
+        ncfg = NodeConfig(
+            router_id=rid,
+            hello_interval=timers.hello,
+            dead=timers.dead,
+            update_interval=timers.update,
+            link=LinkCostParams(cfg.link.base_cost, float(cfg.link.rtt_cost_per_ms),
+                                cfg.link.max_rtt_cost),
+            selection=SelectionParams(mode=cfg.route_selection),
+            seqno=seqno,
+            accept=self.policy.accept,
+            signer=self.signer,
+        )
+        self.node = Node(ncfg, self.now())
+        self.policy.routes_from = self.node.route_count_via
+        self.policy.has_route = self.node.has_route
+        self.view = NodeView(self.node)
+        for pc in cfg.peers:
+            self.node.add_neighbour(pc.name, pc.cost,
+                                    tie=link_tiebreak(self.public_key,
+                                                      decode_key(pc.public_key)),
+                                    multicast=pc.name in self.multicast,
+                                    ipv4_next_hop=None if pc.ipv4_next_hop is None
+                                    else pc.ipv4_next_hop.packed)
+        for p in cfg.addresses:
+            self.node.originate(p, 0, now=self.now())
+        if cfg.lan:
+            self.lan = LanService(cfg, self.clock, UdpTransport, System)
+            with _needs_root("binding the Babel sockets to the [[lan]] interfaces"):
+                await self.lan.start(self._on_lan_datagrams, self._on_lan_address)
+        # Groups (static ones included) are served by the membership service (run()),
+        # once their health checks pass.
+        self._save_state()
+        self._pump()
+        if self.backend is not None:
+            # Multi-endpoint peers (endpoint_manager.py).
+            self.endpoints = EndpointManager(cfg, self.backend, self.public_key, self.clock,
+                                             self.view, self)
+            await self.endpoints.start()
+            self.doctor = PeerDoctor(cfg.interface, self.peers, self.view, self.now,
+                                     our_key=self.public_key, our_control=str(self.control),
+                                     roster=lambda: self.policy.roster)
+            log.info("%s: router-id %s, control %s, %d peers, seqno %d", cfg.interface,
+                     rid.hex(), self.control, len(self.peers), seqno)
+        else:
+            log.info("%s: LAN-only node (no WireGuard interface), router-id %s, seqno %d",
+                     cfg.label, rid.hex(), seqno)
+
+    def _lan_only_identity(self) -> tuple[bytes, int]:
+        """A LAN-only node has no key to derive its router-id from: it draws one at its
+        first start and keeps it in the state file (with the seqno, as every node)."""
+        state = load_state(self.config.state_file)
+        if state is not None:
+            rid, seqno = state.router_id, (state.seqno + 16) & 0xFFFF
+        else:
+            rid, seqno = bytes(8), 0
+            while rid in (bytes(8), b"\xff" * 8):
+                rid = os.urandom(8)
+        self.policy.own_router_id = rid
+        return rid, seqno
+
+    async def _start_wireguard(self, backend: WireGuardBackend) -> tuple[bytes, int]:
+        """The WireGuard side: the device's key (router-id, control address), the
+        data plane, the peers' AllowedIPs, the Babel socket. (router-id, first seqno)."""
+        cfg = self.config
+        assert self.clock is not None
+        dp = self.dataplane = DataPlaneApplier(cfg, backend, self.system, self.clock,
                                                lambda: self.view, self.by_key,
                                                self._open_move_hold)
         with _needs_root(f"reading the WireGuard interface {cfg.interface}"):
-            dev = await self.backend.get()
+            dev = await backend.get()
         if dev.public_key is None:
             raise RuntimeError(f"{cfg.interface}: the WireGuard interface has no private key")
         self.public_key = dev.public_key
@@ -336,49 +408,7 @@ class Daemon:
             await dp.ensure(ensure)
         with _needs_root(f"binding the Babel socket to {cfg.interface}"):
             self.transport.open(self.control, self._on_datagrams)
-        timers = cfg.timers
-        ncfg = NodeConfig(
-            router_id=rid,
-            hello_interval=timers.hello,
-            dead=timers.dead,
-            update_interval=timers.update,
-            link=LinkCostParams(cfg.link.base_cost, float(cfg.link.rtt_cost_per_ms),
-                                cfg.link.max_rtt_cost),
-            selection=SelectionParams(mode=cfg.route_selection),
-            seqno=seqno,
-            accept=self.policy.accept,
-            signer=self.signer,
-        )
-        self.node = Node(ncfg, self.now())
-        self.policy.routes_from = self.node.route_count_via
-        self.policy.has_route = self.node.has_route
-        self.view = NodeView(self.node)
-        for pc in cfg.peers:
-            self.node.add_neighbour(pc.name, pc.cost,
-                                    tie=link_tiebreak(self.public_key,
-                                                      decode_key(pc.public_key)),
-                                    multicast=pc.name in self.multicast,
-                                    ipv4_next_hop=None if pc.ipv4_next_hop is None
-                                    else pc.ipv4_next_hop.packed)
-        for p in cfg.addresses:
-            self.node.originate(p, 0, now=self.now())
-        if cfg.lan:
-            self.lan = LanService(cfg, clock, UdpTransport, System)
-            with _needs_root("binding the Babel sockets to the [[lan]] interfaces"):
-                await self.lan.start(self._on_lan_datagrams)
-        # Groups (static ones included) are served by the membership service (run()),
-        # once their health checks pass.
-        self._save_state()
-        self._pump()
-        # Multi-endpoint peers (endpoint_manager.py).
-        self.endpoints = EndpointManager(cfg, self.backend, self.public_key, clock,
-                                         self.view, self)
-        await self.endpoints.start()
-        self.doctor = PeerDoctor(cfg.interface, self.peers, self.view, self.now,
-                                 our_key=self.public_key, our_control=str(self.control),
-                                 roster=lambda: self.policy.roster)
-        log.info("%s: router-id %s, control %s, %d peers, seqno %d", cfg.interface, rid.hex(),
-                 self.control, len(self.peers), seqno)
+        return rid, seqno
 
     def _controls(self) -> list[tuple[PeerKey, Prefix]]:
         """Each configured peer's control /128 (kept in its AllowedIPs)."""
@@ -439,7 +469,7 @@ class Daemon:
             return self._reloaded(False, "\n".join(refused))
         ch = diff(self.config, new)
         node, dp = self.node, self.dataplane
-        if not ch or node is None or dp is None:
+        if not ch or node is None or (dp is None and self.backend is not None):
             self.config = new
             log.info("reload: %s", ch.describe())
             return self._reloaded(True, ch.describe())
@@ -456,7 +486,8 @@ class Daemon:
             self.policy.roster = None
             self._signing(None)
         self.config = new
-        dp.config = new
+        if dp is not None:
+            dp.config = new
         now = self.now()
         # Peers: removed (and re-keyed) ones leave the engine (their routes go with them),
         # added ones come in as at start; the WireGuard peers themselves are the operator's.
@@ -469,6 +500,8 @@ class Daemon:
             node.remove_neighbour(name)
         ensure: list[tuple[PeerKey, Prefix]] = []
         if ch.peers_added or ch.peers_changed:
+            # (A LAN-only node has no peers: its config cannot name any.)
+            assert dp is not None and self.backend is not None
             dev = await self.backend.get()
             remembered = load_remembered(new.state_file)
             first_seen: dict[str, list[str]] = {}
@@ -503,15 +536,15 @@ class Daemon:
             self.policy.anycast = tuple(new.anycast)
             self.policy.max_routes = new.max_routes_per_peer
             self.policy.max_rate = new.max_update_rate
-            if "anycast" in ch.keys:
+            if "anycast" in ch.keys and dp is not None:
                 for pc in new.peers:
                     self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(),
                                         load_remembered(new.state_file))
-                if self.lan is not None:
-                    for name, info in self.policy.lan.items():
-                        lan = self.lan.neighbours[name].lan
-                        self.policy.lan[name] = dataclasses.replace(
-                            info, may_originate=tuple(lan.may_originate) + tuple(new.anycast))
+            if "anycast" in ch.keys and self.lan is not None:
+                for name, info in self.policy.lan.items():
+                    lan = self.lan.neighbours[name].lan
+                    self.policy.lan[name] = dataclasses.replace(
+                        info, may_originate=tuple(lan.may_originate) + tuple(new.anycast))
         old_addr = set(self._addresses)
         for p in old_addr - set(new.addresses):
             node.retract(p, now=now)
@@ -525,7 +558,7 @@ class Daemon:
             link=LinkCostParams(new.link.base_cost, float(new.link.rtt_cost_per_ms),
                                 new.link.max_rtt_cost),
             selection=SelectionParams(mode=new.route_selection))
-        if ensure:
+        if ensure and dp is not None:
             with contextlib.suppress(Exception):
                 await dp.ensure(ensure)
         if self.endpoints is not None:
@@ -536,7 +569,8 @@ class Daemon:
         if self.membership is not None:
             self.membership.reload(new)
         self._pump()
-        dp.kick()
+        if dp is not None:
+            dp.kick()
         log.info("reload: %s", ch.describe())
         return self._reloaded(True, ch.describe())
 
@@ -568,6 +602,11 @@ class Daemon:
                 self.endpoints.received(name)
         self._pump()
 
+    def _on_lan_address(self, lan: LanConf, ll: ipaddress.IPv6Address) -> None:
+        """A LAN's address is known: its multicast Hello stream starts (at once)."""
+        assert self.node is not None
+        self.node.add_hello_stream(stream_id(lan.interface), ll.packed, now=self.now())
+
     def _on_lan_datagrams(self, lan: LanConf, batch: Datagrams) -> None:
         """Datagrams heard on a LAN: every new link-local source is a new neighbour."""
         node, service = self.node, self.lan
@@ -581,6 +620,7 @@ class Daemon:
                 node.add_neighbour(nb.name, lan.cost, multicast=True,
                                    ipv4_next_hop=None if lan.ipv4_next_hop is None
                                    else lan.ipv4_next_hop.packed)
+                node.join_hello_stream(nb.name, stream_id(lan.interface), src.packed)
                 self.policy.lan[nb.name] = PeerInfo(
                     nb.name, b"", src, b"", tuple(lan.may_originate) + tuple(self.config.anycast),
                     generic=True)
@@ -595,12 +635,14 @@ class Daemon:
 
     def _pump(self) -> None:
         """Send what the engine wrote, apply its events, re-arm its timer."""
-        node = self.node
-        assert node is not None and self.clock is not None and self.dataplane is not None
+        node, dp = self.node, self.dataplane
+        assert node is not None and self.clock is not None
         multicast, lan = self.multicast, self.lan
         for name, data in node.datagrams_to_send():
             if lan is not None and name in lan.neighbours:
                 lan.send(name, data)
+            elif lan is not None and name in lan.streams:
+                lan.send_group(name, data)
             else:
                 self.transport.send(data, BABEL_GROUP if name in multicast
                                     else self.peers[name].control)
@@ -609,9 +651,10 @@ class Daemon:
             if isinstance(ev, RouteSelected):
                 self.routes[ev.prefix] = RouteInfo(ev.via, ev.metric, ev.router_id, time.time())
                 on_lan = lan is not None and ev.via in lan.neighbours
-                peer = None if ev.via is None or ev.via == LOCAL or on_lan \
-                    else self.peers[ev.via].key
-                self.dataplane.route_selected(ev.prefix, peer, ev.metric, ev.router_id)
+                if dp is not None:
+                    peer = None if ev.via is None or ev.via == LOCAL or on_lan \
+                        else self.peers[ev.via].key
+                    dp.route_selected(ev.prefix, peer, ev.metric, ev.router_id)
                 if lan is not None:
                     lan.route_selected(ev.prefix, ev.via if on_lan else None)
                 log.debug("route %s via %s metric %d", ev.prefix, ev.via, ev.metric)
@@ -627,10 +670,10 @@ class Daemon:
                         lan.forget(ev.neighbour)
                 elif self.endpoints is not None:
                     self.endpoints.on_neighbour(ev)
-                if isinstance(ev, NeighbourDown):
+                if isinstance(ev, NeighbourDown) and dp is not None:
                     # Its control /128 may have gone (wg syncconf, wg set): look now,
                     # not at the next periodic audit.
-                    self.dataplane.audit()
+                    dp.audit()
             elif isinstance(ev, SeqnoChanged):
                 self._save_state()
             elif isinstance(ev, RetractionAcked):
@@ -744,7 +787,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)  # not fatal while starting
         await self.start()
-        assert self.view is not None and self.dataplane is not None
+        assert self.view is not None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         api = ApiServer(self.config, self)
@@ -756,14 +799,17 @@ class Daemon:
         await api.start()
         metrics = await self._start_metrics(membership)
         web = await self._start_web()
-        dp = asyncio.create_task(self.dataplane.run(self._stop))
-        lan_routes = asyncio.create_task(self.lan.run(self._stop)) if self.lan else None
+        tasks: list[asyncio.Task[None]] = []
+        if self.dataplane is not None:
+            tasks += [asyncio.create_task(self.dataplane.run(self._stop)),
+                      asyncio.create_task(self.watch_interface()),
+                      asyncio.create_task(self.watch_peers())]
+            self.dataplane.kick()
+        if self.lan is not None:
+            tasks.append(asyncio.create_task(self.lan.run(self._stop)))
         # Always watching: a reload may add (or remove) the roster.
         roster_watch: asyncio.Task[None] | None = asyncio.create_task(self.watch_roster())
-        host_watch = asyncio.create_task(self.watch_host())
-        iface_watch = asyncio.create_task(self.watch_interface())
-        peer_watch = asyncio.create_task(self.watch_peers())
-        self.dataplane.kick()
+        tasks.append(asyncio.create_task(self.watch_host()))
         # Serving: the API answers, groups and routes are being announced.
         sd_notify("READY=1", f"STATUS={self.status_line()}")
         await self._stop.wait()
@@ -780,12 +826,13 @@ class Daemon:
             self._pump()
         # Let the data plane flush the last moves (no more move holds), then stop without
         # any flush.
-        await self.dataplane.final_apply(1.0)
-        dp.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await dp
-        for task in (host_watch, iface_watch, peer_watch,
-                     *([lan_routes] if lan_routes else [])):
+        if self.dataplane is not None:
+            await self.dataplane.final_apply(1.0)
+            tasks[0].cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await tasks[0]
+            tasks = tasks[1:]
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -800,8 +847,9 @@ class Daemon:
             await web.stop()
         self._save_state()
         self.close()
-        with contextlib.suppress(Exception):
-            await self.backend.close()
+        if self.backend is not None:
+            with contextlib.suppress(Exception):
+                await self.backend.close()
         return 0
 
     async def _start_metrics(self, membership: MembershipService) -> MetricsServer | None:
@@ -1046,6 +1094,8 @@ class Daemon:
 
     async def _reattach(self) -> str | None:
         """Re-bind to the interface that came back; what is missing, or None once done."""
+        if self.backend is None:
+            return "no WireGuard interface"
         try:
             dev = await self.backend.get()
         except Exception as e:
@@ -1078,7 +1128,7 @@ class Daemon:
     async def check_peers(self) -> None:
         """One look at the peers (see `watch_peers`)."""
         doctor, dp = self.doctor, self.dataplane
-        if doctor is None or dp is None or dp.paused:
+        if doctor is None or dp is None or dp.paused or self.backend is None:
             return  # the interface is gone: said once by watch_interface
         try:
             dev = await self.backend.get()
@@ -1138,8 +1188,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         node, dp = self.node, self.dataplane
-        assert node is not None and dp is not None and self.view is not None
-        q = dp.move_hold
+        assert node is not None and self.view is not None
         neighbours = self.view.neighbours()
         return {
             "interface": self.config.interface,
@@ -1149,9 +1198,9 @@ class Daemon:
             "api_socket": self.config.api_socket,
             "metrics": None if self.config.metrics is None else str(self.config.metrics),
             "web": None if self.config.web is None else str(self.config.web),
-            "backend": self.backend.kind,
+            "backend": None if self.backend is None else self.backend.kind,
             "router_id": node.router_id.hex(),
-            "control_address": str(self.control),
+            "control_address": None if self.backend is None else str(self.control),
             "seqno": node.seqno,
             "uptime_s": round(time.time() - self.stats.started, 3),
             "neighbours_up": sum(1 for n in neighbours if n.up),
@@ -1161,22 +1210,7 @@ class Daemon:
             "timers": {"hello": self.config.timers.hello, "dead": self.config.timers.dead,
                        "update": self.config.timers.update},
             "counters": dict(node.counters),
-            "dataplane": {"applies": dp.stats.applies,
-                          "ops": dp.stats.ops,
-                          "errors": dp.stats.errors,
-                          "last_apply_ms": round(dp.stats.last_apply_ms, 3),
-                          "held_moves": dp.stats.held_moves,
-                          "held_packets": dp.stats.held_packets,
-                          "unheld_withdrawals": dp.stats.unheld_withdrawals,
-                          "put_back": dp.stats.put_back,
-                          "split_applies": dp.stats.split,
-                          "resyncs": dp.stats.resyncs,
-                          "interface_present": not dp.paused,
-                          "holding": sorted(map(str, dp.holding())),
-                          "hold_device": q.ifname if q is not None else None,
-                          "hold": None if q is None else {
-                              k: getattr(q.stats, k) for k in
-                              ("holds", "held", "released", "dropped_full", "unmatched")}},
+            "dataplane": None if dp is None else self._dataplane_status(dp),
             "announcements_dropped": self.policy.dropped,
             "announcements_refused": self.policy.dropped_table(),
             "roster": None if self.policy.roster is None else {
@@ -1196,6 +1230,26 @@ class Daemon:
             "lan": [] if self.lan is None else self.lan.status(self._lan_neighbour_view),
         }
 
+    @staticmethod
+    def _dataplane_status(dp: DataPlaneApplier) -> dict[str, Any]:
+        q = dp.move_hold
+        return {"applies": dp.stats.applies,
+                "ops": dp.stats.ops,
+                "errors": dp.stats.errors,
+                "last_apply_ms": round(dp.stats.last_apply_ms, 3),
+                "held_moves": dp.stats.held_moves,
+                "held_packets": dp.stats.held_packets,
+                "unheld_withdrawals": dp.stats.unheld_withdrawals,
+                "put_back": dp.stats.put_back,
+                "split_applies": dp.stats.split,
+                "resyncs": dp.stats.resyncs,
+                "interface_present": not dp.paused,
+                "holding": sorted(map(str, dp.holding())),
+                "hold_device": q.ifname if q is not None else None,
+                "hold": None if q is None else {
+                    k: getattr(q.stats, k) for k in
+                    ("holds", "held", "released", "dropped_full", "unmatched")}}
+
     def _lan_neighbour_view(self, name: str) -> dict[str, object]:
         view = self.view
         nb = view.neighbour(name) if view is not None else None
@@ -1206,7 +1260,7 @@ class Daemon:
 
     def route_table(self) -> list[dict[str, Any]]:
         view, dp = self.view, self.dataplane
-        assert view is not None and dp is not None
+        assert view is not None
         out = []
         for sel in sorted(view.selected(), key=lambda s: str(s.prefix)):
             name = self.policy.origin_name
@@ -1222,7 +1276,7 @@ class Daemon:
                 # How the route was checked: signed, roster, address, peer policy, local.
                 "verified": "local" if sel.via == LOCAL else
                 trust.get((sel.via, sel.prefix), "?"),
-                "installed": dp.installed(sel.prefix) or sel.via == LOCAL
+                "installed": (dp is not None and dp.installed(sel.prefix)) or sel.via == LOCAL
                 or (self.lan is not None and self.lan.installed(sel.prefix)),
                 "routes": alts,
             })
@@ -1297,8 +1351,20 @@ class Daemon:
 
     def counters(self) -> DaemonCounters | None:
         node, dp = self.node, self.dataplane
-        if node is None or dp is None:
+        if node is None:
             return None
+        if dp is None:  # a LAN-only node: no data plane of its own
+            return DaemonCounters(
+                interface=self.config.label, router_id=node.router_id, control_address="",
+                seqno=node.seqno, routes=len(node.selected), served_groups=len(self._served),
+                babel=dict(node.counters), dataplane_applies=0, dataplane_ops=0,
+                dataplane_errors=0, last_apply_ms=0.0, held_moves=0, held_packets=0,
+                move_hold_dropped=None, announcements_dropped=self.policy.dropped,
+                announcements_refused=dict(self.policy.dropped_by), endpoints=None,
+                state_save_errors=self.state_errors, dataplane_put_back=0,
+                interface_resyncs=0,
+                signatures={k: v for k, v in self._signing_status().items()
+                            if k in ("signed", "verified", "verified_from_memory")})
         q = dp.move_hold
         return DaemonCounters(
             interface=self.config.interface, router_id=node.router_id,
@@ -1333,6 +1399,20 @@ def _needs_root(what: str) -> Iterator[None]:
                 getattr(e, "errno", None) in _EPERM or getattr(e, "code", None) in _EPERM:
             raise RuntimeError(f"needs root or CAP_NET_ADMIN for {what} ({e})") from e
         raise
+
+
+class _NoTransport:
+    """`ports.Transport` of a LAN-only node: no WireGuard interface, no peers to reach
+    (its LANs have sockets of their own, lan.py)."""
+
+    def open(self, control: ipaddress.IPv6Address,
+             on_datagrams: Callable[[Datagrams], None]) -> None: ...
+
+    def send(self, data: bytes, dest: ipaddress.IPv6Address) -> None: ...
+
+    def reopen(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def _read_sysctl(key: str) -> str | None:

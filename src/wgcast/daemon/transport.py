@@ -20,14 +20,14 @@ import socket
 import struct
 from collections.abc import Callable
 
-from wgcast.daemon.ports import Datagrams
+from wgcast.daemon.ports import BABEL_GROUP, Datagrams
 
 log = logging.getLogger("wgcast")
 
 #: Datagrams read per readable event before the engine's output is flushed.
 BURST = 64
-#: Babel's link-local multicast group (RFC 8966 section 5).
-BABEL_GROUP = ipaddress.IPv6Address("ff02::1:6")
+#: (BABEL_GROUP lives in ports.py, where the LAN service reads it too.)
+__all__ = ["BABEL_GROUP", "BURST", "UdpTransport"]
 
 
 class UdpTransport:
