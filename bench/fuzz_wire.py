@@ -33,6 +33,7 @@ from wgcast.babel.wire import (
     TLV,
     Ack,
     AckReq,
+    Digest,
     Hello,
     NextHop,
     PacketWriter,
@@ -137,7 +138,9 @@ def random_tlv(rng: random.Random) -> TLV:
         ihu, next_hop, router_id, router_id,
         update, update, update, update, update,
         route_request, seqno_request,
-        lambda: UnknownTLV(rng.randint(11, 255), rng.randbytes(rng.randrange(16))),
+        lambda: UnknownTLV(rng.choice((11, 99, 223, 225, 255)), rng.randbytes(rng.randrange(16))),
+        lambda: Digest(rng.getrandbits(16), rng.getrandbits(16), rng.getrandbits(32),
+                       rng.getrandbits(64), subs()),
     ]
     return rng.choice(makers)()
 

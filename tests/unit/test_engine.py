@@ -42,9 +42,11 @@ class Pump:
 
     def __init__(self, names: list[str], links: dict[tuple[str, str], float],
                  ties: bool = True, extra: dict[tuple[str, str], int] | None = None,
-                 start: float = 100.0) -> None:
+                 start: float = 100.0, quiet: bool | set[str] = True) -> None:
+        """`quiet`: which nodes do quiet mode (all, none, or those named)."""
         self.now = start
-        self.nodes = {n: Node(NodeConfig(rid(n)), start) for n in names}
+        self.nodes = {n: Node(NodeConfig(rid(n), quiet=quiet if isinstance(quiet, bool)
+                                         else n in quiet), start) for n in names}
         self.delay: dict[tuple[str, str], float] = {}
         self.cut: set[tuple[str, str]] = set()
         for (a, b), d in links.items():
@@ -341,15 +343,17 @@ def _tlvs_sent(p: Pump, src: str, since: int) -> list[tuple[str, object]]:
             for t in decode_packet(data)]
 
 
-def test_anycast_source_change_waits_for_every_ack() -> None:
+@pytest.mark.parametrize("quiet", [False, True])
+def test_anycast_source_change_waits_for_every_ack(quiet: bool) -> None:
     """o1 - a - b - o2, both origins announce one prefix. When a's link to o1 gets
     costly, a's best route is through b to o2: a does not switch source at once. It
     retracts the prefix with an AckReq to every neighbour but its next hop towards o1
     (which cannot route through a to o1), keeps forwarding towards o1 meanwhile, and
-    takes o2 only when b acknowledged. No loop at any time."""
+    takes o2 only when b acknowledged. No loop at any time. The same in quiet mode,
+    where every packet of triggered Updates carries an AckReq of its own besides."""
     prefix = net(7)
     p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
-                                      ("b", "o2"): 0.005})
+                                      ("b", "o2"): 0.005}, quiet=quiet)
     for o in ("o1", "o2"):
         p.nodes[o].originate(prefix, now=p.now)
     p.run(3.0)
@@ -357,12 +361,15 @@ def test_anycast_source_change_waits_for_every_ack() -> None:
     assert p.via("a", prefix) == "o1" and p.via("b", prefix) == "o2"
     assert not a.settling()
     since = len(p.sent)
+    released: dict[int, set[str]] = {}  # each release's opaque: whom it waited for
     a.neighbours["o1"].extra_cost = 1000
     trace = []
     for _ in range(100):
         p.run(0.001)
         sel = a.selected.get(prefix)
         trace.append((p.now, None if sel is None else (sel.via, sel.router_id), a.settling()))
+        for op, pending in a.requests.acks.items():
+            released.setdefault(op, set()).update(pending.waiting)
         for n in p.nodes:
             p.path(n, prefix)  # raises on a loop
     # While settling, a keeps the old source (never none, never the new one yet).
@@ -371,11 +378,15 @@ def test_anycast_source_change_waits_for_every_ack() -> None:
     assert trace[-1][1:] == (("b", rid("o2")), False)
     # The retraction went to b with an AckReq, b acked before the switch; o1, the next
     # hop towards the released source, was not asked.
-    sent = _tlvs_sent(p, "a", since)
-    assert {dst for dst, t in sent if isinstance(t, AckReq)} == {"b"}
+    # (In quiet mode every packet of Updates carries an AckReq of its own besides.)
+    ops = set(released)
+    assert released and all(waiting == {"b"} for waiting in released.values())
+    release = [dst for (_, s, dst, data) in p.sent[since:] if s == "a"
+               for t in decode_packet(data) if isinstance(t, AckReq) and t.opaque in ops]
+    assert set(release) == {"b"}
     switch = next(t for t, sel, _ in trace if sel == ("b", rid("o2")))
     acks = [(t, s) for (t, s, dst, data) in p.sent[since:] if dst == "a"
-            and any(isinstance(x, Ack) for x in decode_packet(data))]
+            and any(isinstance(x, Ack) and x.opaque in ops for x in decode_packet(data))]
     assert {s for _, s in acks} == {"b"}
     assert all(t + 0.005 <= switch + 1e-9 for t, _ in acks)
     assert RouteSelected(prefix, "b", a.selected[prefix].metric, rid("o2")) in p.events["a"]

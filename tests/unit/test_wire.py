@@ -24,17 +24,20 @@ from wgcast.babel.wire import (
     IHU,
     INFINITY,
     MAX_BODY,
+    T_DIGEST,
     TLV,
     UPDATE_DEFAULT_PREFIX,
     UPDATE_DEFAULT_ROUTER_ID,
     Ack,
     AckReq,
+    Digest,
     Hello,
     NextHop,
     OriginSig,
     PacketWriter,
     Pad1,
     PadN,
+    QuietCap,
     ResolvedRouteRequest,
     ResolvedSeqnoRequest,
     RouteRequest,
@@ -52,6 +55,7 @@ from wgcast.babel.wire import (
     decode_packet,
     encode_packet,
     encode_tlv,
+    fast_updates_acked,
     resolve,
 )
 from wgcast.prefix import Prefix
@@ -110,9 +114,10 @@ def subtlvs(in_ihu: bool) -> st.SearchStrategy[tuple[SubTLV, ...]]:
         st.builds(Timestamp, st.tuples(*([u32] * stamps))),
         st.builds(Tiebreak, st.integers(0, (1 << 64) - 1)),
         st.builds(OriginSig, st.binary(min_size=1, max_size=80)),
+        st.builds(QuietCap, st.binary(max_size=8)),
         st.builds(
             UnknownSub,
-            st.integers(0, 255).filter(lambda t: t not in (0, 1, 3, 112, 113)),  # incl. 0x80+
+            st.integers(0, 255).filter(lambda t: t not in (0, 1, 3, 112, 113, 114)),  # 0x80+
             st.binary(max_size=16),
         ),
     )
@@ -190,7 +195,10 @@ tlvs_strategy: st.SearchStrategy[TLV] = st.one_of(
     updates(),
     route_requests(),
     seqno_requests(),
-    st.builds(UnknownTLV, st.integers(11, 255), st.binary(max_size=255)),
+    st.builds(Digest, u16, u16, st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 64) - 1),
+              subtlvs(False)),
+    st.builds(UnknownTLV, st.integers(11, 255).filter(lambda t: t != T_DIGEST),
+              st.binary(max_size=255)),
 )
 packets_strategy = st.lists(tlvs_strategy, max_size=12)
 
@@ -744,7 +752,9 @@ def _random_tlv(rng: random.Random) -> TLV:
         update,
         update,
         route_request,
-        lambda: UnknownTLV(rng.randint(11, 255), rng.randbytes(rng.randrange(10))),
+        lambda: UnknownTLV(rng.choice((11, 99, 223, 225, 255)), rng.randbytes(rng.randrange(10))),
+        lambda: Digest(rng.getrandbits(16), rng.getrandbits(16), rng.getrandbits(32),
+                       rng.getrandbits(64), subs()),
     ]
     return rng.choice(makers)()
 
@@ -835,3 +845,30 @@ def test_hello_ihu_fast_layout_is_the_general_one() -> None:
         encode_tlv(Hello(0, 1 << 16, 1, (Timestamp((0,)),)), bytearray())
     with pytest.raises(LocalProtocolError):
         encode_tlv(IHU(AE_WILDCARD, 1, 1, b"", (Timestamp((0, 1 << 32)),)), bytearray())
+
+
+def test_fast_updates_acked_matches_the_general_decoder() -> None:
+    """Quiet mode's Update packets end with an AckReq: the fast path gives the Updates and
+    the opaque exactly as decode_packet + resolve, or declines (mutations included)."""
+    rng = random.Random(5)
+    seen = 0
+    for _ in range(300):
+        w = PacketWriter(400)
+        rid = bytes(rng.randrange(1, 256) for _ in range(8))
+        for _ in range(rng.randrange(1, 6)):
+            p = ipaddress.ip_network((0xFD00 << 112 | rng.getrandbits(16), 128))
+            w.add_update(p, rid, rng.randrange(65536), rng.choice([0, 96, INFINITY]), 400)
+        w.add(AckReq(rng.randrange(65536), 40))
+        pkt = w.take()[0]
+        b = bytearray(pkt)
+        b[rng.randrange(4, len(b))] = rng.randrange(256)
+        for data in (pkt, bytes(b), pkt[:-1], pkt + b"\0"):
+            fast = fast_updates_acked(data)
+            if fast is None:
+                continue
+            seen += 1
+            msgs = list(resolve(decode_packet(data)))
+            ups = [(m.prefix, m.router_id, m.seqno, m.metric, m.interval, m.tie, m.sig)
+                   for m in msgs if isinstance(m, RouteUpdate)]
+            assert fast == (ups, msgs[-1].opaque if isinstance(msgs[-1], AckReq) else None)
+    assert seen > 300

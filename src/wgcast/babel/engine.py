@@ -12,9 +12,11 @@ and the virtual-time simulator are thin drivers around the same object.
 The Node composes one object per concept, each in its own file: neighbours and link costs
 (neighbour.py), routes and the pure selection function (route.py), feasibility distances
 (source.py), our own prefixes (xroute.py), seqno requests and acks with their resends
-(request.py), the anycast source release (release.py), outgoing updates (update.py) and
-the codec (wire.py). What stays here is the dispatch of what arrives (Hello/IHU, Updates,
-requests, acks), the neighbours' life cycle, and the bookkeeping around selection.
+(request.py), the anycast source release (release.py), outgoing updates (update.py), quiet
+mode between wgcast nodes (quiet.py: acknowledged updates and digests instead of periodic
+full dumps) and the codec (wire.py). What stays here is the dispatch of what arrives
+(Hello/IHU, Updates, requests, acks, digests), the neighbours' life cycle, and the
+bookkeeping around selection.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.hellostream import HelloStream, HelloStreams, ihu_is_for
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
+from wgcast.babel.quiet import digest_sum, entry_hash
 from wgcast.babel.release import SourceRelease
 from wgcast.babel.request import RequestTracker
 from wgcast.babel.route import Route, RouteTable, Selected, SelectionParams, select
@@ -44,14 +47,17 @@ from wgcast.babel.source import SourceTable, seqno_less, seqno_plus
 from wgcast.babel.update import Updates
 from wgcast.babel.wire import (
     AE_WILDCARD,
+    DIGEST_FULL,
     HELLO_UNICAST,
     IHU,
     INFINITY,
     MAX_BODY,
     Ack,
     AckReq,
+    Digest,
     Hello,
     PacketWriter,
+    QuietCap,
     ResolvedRouteRequest,
     ResolvedSeqnoRequest,
     RouteRequest,
@@ -61,6 +67,7 @@ from wgcast.babel.wire import (
     centiseconds,
     decode_packet,
     fast_updates,
+    fast_updates_acked,
     intern_prefix,
     prefix_to_wire,
     resolve,
@@ -107,6 +114,10 @@ class NodeConfig:
     #: Signs our own announcements (None: they go unsigned).
     signer: OriginSigner | None = None
     observe: UpdateObserver | None = None
+    #: Quiet mode toward neighbours that do it too (quiet.py); False: RFC 8966 only.
+    quiet: bool = True
+    #: Sends of a packet of triggered Updates to a quiet neighbour before a full update.
+    delivery_tries: int = 5
 
     def __post_init__(self) -> None:
         if len(self.router_id) != 8 or self.router_id in (bytes(8), b"\xff" * 8):
@@ -173,7 +184,9 @@ class Node:
             ("packets_in", "packets_bad", "packets_unknown_neighbour", "packets_out",
              "bytes_in", "bytes_out", "tlvs_skipped", "updates_in", "updates_filtered",
              "updates_unfeasible", "route_changes", "seqno_requests_in",
-             "seqno_requests_forwarded", "seqno_requests_sent"), 0)
+             "seqno_requests_forwarded", "seqno_requests_sent", "digests_in",
+             "digest_mismatch", "digest_stale", "resyncs_requested", "routes_swept",
+             "deliveries_resent", "deliveries_given_up"), 0)
         self._events: deque[Event] = deque()
         self._out: dict[str, PacketWriter] = {}
         #: Writers that may hold output (PacketWriter.dirty), and each neighbour's rank
@@ -203,6 +216,20 @@ class Node:
         # - per neighbour, packets made only of feasible Updates that we processed, with the
         #   routes they set: a byte-identical repeat (a periodic dump) only refreshes them.
         self._rx_seen: dict[str, dict[bytes, tuple[int, int, list[Route], list[int]]]] = {}
+        # Quiet mode, per quiet neighbour (quiet.py): the opaque of the last AckReq heard
+        # from it; its full-update round (Route.mark); the Updates from it our accept
+        # filter dropped (prefix -> entry hash, round), which its digest still counts;
+        # when we last asked it for a full update.
+        self._rx_last_op: dict[str, int] = {}
+        self._rx_round: dict[str, int] = {}
+        self._rx_filtered: dict[str, dict[Prefix, tuple[int, int]]] = {}
+        self._resync_asked: dict[str, float] = {}
+        self._rx_stale: dict[str, int] = {}
+        #: Prefixes whose last selection was starved or saw a better route it could not
+        #: take: the periodic full updates of RFC 8966 make a node ask for a seqno again
+        #: (however its requests were lost); with quiet neighbours the timer does.
+        self._wanting: set[Prefix] = set()
+        self._hello_subs: tuple[QuietCap, ...] = (QuietCap(),) if config.quiet else ()
         #: Neighbours that get IPv4 routes as AE 1 + Next Hop (see add_neighbour).
         self._v4_next_hop: dict[str, bytes] = {}
         #: Outgoing Updates (update.py): announcements, full and triggered updates.
@@ -212,7 +239,8 @@ class Node:
             out=self._out, neighbours=self.neighbours, costs=self._cost, ties=self._tie,
             selected=self.selected, routes=self.routes, xroutes=self.xroutes,
             sources=self.sources, release=self._release, requests=self.requests,
-            signer=config.signer)
+            signer=config.signer, delivery_tries=config.delivery_tries,
+            delivery_backoff=2 * config.hello_interval)
         self._sign_epoch = config.signer.epoch() if config.signer is not None else 0
         #: Multicast Hello streams of LAN interfaces (hellostream.py; add_hello_stream).
         self._streams = HelloStreams()
@@ -270,6 +298,7 @@ class Node:
         del self._tie[nid]
         del self._own_cost[nid]
         del self._rx_seen[nid]
+        self._forget_rx(nid)
         self._v4_next_hop.pop(nid, None)
         self._nb_expiry.pop(nid, None)
         self._updates.neighbour_removed(nid)
@@ -319,7 +348,8 @@ class Node:
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
             w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
-                        centiseconds(interval), (Timestamp((stamp(self._now),)),)))
+                        centiseconds(interval),
+                        (Timestamp((stamp(self._now),)), *self._hello_subs)))
             if nb.up:
                 w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
@@ -360,6 +390,12 @@ class Node:
         fd_version = self.sources.version
         ann_version = self._updates.version
         updates = fast_updates(data)
+        ack_op: int | None = None
+        if updates is None and nb.quiet:
+            acked = fast_updates_acked(data)
+            if acked is not None:
+                updates, ack_op = acked
+                routes = None
         if updates is not None:
             on_update = self._on_update
             for prefix, rid, seqno, metric, interval, tie, sig in updates:
@@ -372,6 +408,9 @@ class Node:
             if routes and self.sources.version == fd_version and \
                     self._updates.version == ann_version and nb.up:
                 self._remember(seen, data, fd_version, ann_version, routes)
+            if ack_op is not None:
+                self._out[nb.id].add(Ack(ack_op))
+                self._rx_last_op[nb.id] = ack_op
             return
         try:
             tlvs = decode_packet(data)
@@ -404,8 +443,11 @@ class Node:
                     self._on_route_request(nb, msg)
                 elif isinstance(msg, AckReq):
                     self._out[nb.id].add(Ack(msg.opaque))
+                    self._rx_last_op[nb.id] = msg.opaque
                 elif isinstance(msg, Ack):
                     self._on_ack(nb.id, msg.opaque)
+                elif isinstance(msg, Digest):
+                    self._on_digest(nb, msg)
         except RemoteProtocolError:
             self.counters["packets_bad"] += 1
             routes = None
@@ -441,6 +483,11 @@ class Node:
         now = self._now
         for r in routes:
             r.expires = now + 3.5 * r.interval
+        rounds = self._rx_round
+        if rounds:
+            mark = rounds.get(routes[0].neighbour, 0)
+            for r in routes:
+                r.mark = mark
         return True
 
     def handle_timer(self, now: float) -> None:
@@ -472,12 +519,26 @@ class Node:
             if cfg.signer is not None:
                 epoch = cfg.signer.epoch()
                 if epoch != self._sign_epoch:
-                    # Our signatures were renewed: the cached full updates carry old ones.
+                    # Our signatures were renewed: the cached full updates carry old ones,
+                    # and quiet neighbours get no full update: tell them now.
                     self._sign_epoch = epoch
                     self._updates.changed()
+                    for prefix, sel in self.selected.items():
+                        if sel.via == LOCAL:
+                            self._updates.trigger(prefix)
+            if self._wanting:
+                self._ask_again()
+            delivering = self.requests.delivering
             for nb in self.neighbours.values():
                 if nb.up:
-                    self._updates.send_full(nb.id, now)
+                    if not nb.quiet:
+                        self._updates.send_full(nb.id, now)
+                    else:
+                        if not delivering(nb.id):
+                            # While an update is unacknowledged the digest would not match.
+                            self._updates.send_digest(nb.id, now)
+                        if self._rx_filtered.get(nb.id):
+                            self._ask_filtered(nb.id)
         self._resend_requests()
         self._updates.resend_retractions(now)
         if now >= self._next_gc:
@@ -501,7 +562,7 @@ class Node:
                 best = self._next_update
         if self._expiry and self._expiry[0][0] < best:
             best = self._expiry[0][0]
-        if self.requests.seqno_requests or self.requests.acks:
+        if self.requests.seqno_requests or self.requests.acks or self.requests.deliveries:
             req = self.requests.next_deadline()
             if req is not None and req < best:
                 best = req
@@ -573,7 +634,8 @@ class Node:
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
         w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
-                    centiseconds(cfg.hello_interval), (Timestamp((stamp(now),)),)))
+                    centiseconds(cfg.hello_interval),
+                    (Timestamp((stamp(now),)), *self._hello_subs)))
         if nb.last_hello is not None:
             # rxcost: our view of the link's cost; the neighbour takes the larger of its
             # own and ours, as we do (Neighbour.cost), so both ends agree. The echo of its
@@ -588,6 +650,9 @@ class Node:
 
     def _on_hello(self, nb: Neighbour, msg: Hello) -> int | None:
         ts = next((s.stamps[0] for s in msg.subtlvs if isinstance(s, Timestamp)), None)
+        quiet = bool(self._hello_subs) and any(isinstance(s, QuietCap) for s in msg.subtlvs)
+        if quiet != nb.quiet:
+            self._quiet_changed(nb, quiet)
         was_heard = nb.last_hello is not None
         nb.on_hello(self._now, msg.seqno, msg.interval, ts)
         if not nb.up and (not was_heard or nb.last_ihu is None):
@@ -635,6 +700,127 @@ class Node:
         self.requests.neighbour_gone(nb.id)
         self._finish_acks()
         self._updates.neighbour_down(nb.id)
+        self._forget_rx(nb.id)
+
+    # ------------------------------------------------------------ quiet mode (quiet.py)
+
+    def _quiet_changed(self, nb: Neighbour, quiet: bool) -> None:
+        """`nb` started (or stopped) saying it does quiet mode. Up already: a full update
+        starts what it knows from us afresh (or periodic full updates take over)."""
+        nb.quiet = quiet
+        if not nb.up:
+            return
+        self.requests.forget_deliveries(nb.id)
+        if quiet:
+            self._updates.send_full(nb.id, self._now)
+        else:
+            self._updates.forget_tx(nb.id)
+            self._forget_rx(nb.id)
+
+    def _forget_rx(self, nid: str) -> None:
+        self._rx_last_op.pop(nid, None)
+        self._rx_round.pop(nid, None)
+        self._rx_filtered.pop(nid, None)
+        self._resync_asked.pop(nid, None)
+        self._rx_stale.pop(nid, None)
+
+    def _rx_digest(self, nid: str, mark: int | None) -> tuple[int, int]:
+        """(count, hash) of what `nid` told us, as its Digest sums it: its routes here
+        and the Updates our filter dropped; `mark`: only those heard in that round."""
+        filtered = self._rx_filtered.get(nid) or {}
+        hashes: list[int] = []
+        for r in self.routes.routes_via(nid):
+            if (mark is not None and r.mark != mark) or r.prefix in filtered:
+                continue
+            if r.dgen != r.gen:
+                r.dhash = entry_hash(r.prefix, r.router_id, r.seqno, r.refmetric)
+                r.dgen = r.gen
+            hashes.append(r.dhash)
+        hashes += [h for h, m in filtered.values() if mark is None or m == mark]
+        return len(hashes), digest_sum(hashes)
+
+    def _on_digest(self, nb: Neighbour, msg: Digest) -> None:
+        """Check a quiet neighbour's Digest against what it told us (quiet.py)."""
+        if not nb.up or not nb.quiet:
+            return
+        nid = nb.id
+        self.counters["digests_in"] += 1
+        if msg.flags & DIGEST_FULL:
+            # The end of a full update: what it did not name this round is gone, if the
+            # dump arrived whole (else ask again; the next round starts clean).
+            mark = self._rx_round.get(nid, 0)
+            self._rx_round[nid] = mark + 1
+            if self._rx_digest(nid, mark) == (msg.count, msg.hash):
+                self._sweep(nid, mark)
+                # We now know all it told us, up to that version (lost Updates included).
+                self._rx_last_op[nid] = msg.version
+                self._rx_stale.pop(nid, None)
+            else:
+                self._ask_resync(nb)
+            return
+        if msg.version != self._rx_last_op.get(nid, 0):
+            # It covers an Update packet we have not heard (yet): no verdict, unless that
+            # lasts (the packet is lost for good and its sender gave up on us).
+            self.counters["digest_stale"] += 1
+            stale = self._rx_stale[nid] = self._rx_stale.get(nid, 0) + 1
+            if stale >= 3:
+                self._rx_stale[nid] = 0
+                self._ask_resync(nb)
+            return
+        self._rx_stale.pop(nid, None)
+        if self._rx_digest(nid, None) == (msg.count, msg.hash):
+            now = self._now
+            for r in self.routes.routes_via(nid):
+                r.expires = now + 3.5 * r.interval
+        else:
+            self._ask_resync(nb)
+
+    def _ask_again(self) -> None:
+        """What the periodic full updates of neighbours would make us do, when some are
+        quiet: select again where a better route was blocked (asking its source for a
+        seqno again), ask again where we are starved."""
+        if not any(nb.quiet for nb in self.neighbours.values()):
+            return
+        for prefix in list(self._wanting):
+            if prefix in self._release.releasing:
+                continue
+            if prefix in self.selected:
+                self._select(prefix)
+            elif self.routes.routes(prefix):
+                self._request_for_starved(prefix)
+            else:
+                self._wanting.discard(prefix)
+
+    def _ask_filtered(self, nid: str) -> None:
+        """Ask quiet neighbour `nid` again for what our accept filter refused (a rate
+        limit, a signature not yet known): RFC 8966 neighbours send it again with their
+        next periodic update; a quiet one would not."""
+        out = self._out[nid]
+        for prefix in list(self._rx_filtered[nid])[:64]:
+            ae, raw = prefix_to_wire(prefix)
+            out.add(RouteRequest(ae, prefix.prefixlen, raw))
+
+    def _ask_resync(self, nb: Neighbour) -> None:
+        """A digest disagreed: ask for a full update (at most once per update interval)."""
+        self.counters["digest_mismatch"] += 1
+        last = self._resync_asked.get(nb.id)
+        if last is not None and self._now - last < self.config.update_interval:
+            return
+        self._resync_asked[nb.id] = self._now
+        self.counters["resyncs_requested"] += 1
+        self._out[nb.id].add(RouteRequest(AE_WILDCARD, 0, b""))
+
+    def _sweep(self, nid: str, mark: int) -> None:
+        """Drop what quiet neighbour `nid` did not name in its last full update."""
+        filtered = self._rx_filtered.get(nid)
+        if filtered:
+            for p in [p for p, (_, m) in filtered.items() if m != mark]:
+                del filtered[p]
+        for r in self.routes.routes_via(nid):
+            if r.mark != mark:
+                self.counters["routes_swept"] += 1
+                self.routes.remove(r.prefix, nid)
+                self._select(r.prefix)
 
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
         """Reselect routes via `nb` when its agreed cost moved (by any amount: selection
@@ -656,6 +842,7 @@ class Node:
         selections stay as they are): see _receive_tlvs."""
         self.counters["updates_in"] += 1
         if prefix is None:
+            self._rx_filtered.pop(nb.id, None)
             for p in self.routes.via(nb.id):
                 self.routes.remove(p, nb.id)
                 self._select(p)
@@ -666,7 +853,15 @@ class Node:
         if accept is not None and metric < INFINITY and not accept(nb.id, prefix, rid, seqno,
                                                                    sig):
             self.counters["updates_filtered"] += 1
+            if nb.quiet:
+                # Its digest counts what it sent, accepted or not.
+                self._rx_filtered.setdefault(nb.id, {})[prefix] = (
+                    entry_hash(prefix, rid, seqno, metric), self._rx_round.get(nb.id, 0))
             return None
+        if self._rx_filtered:
+            filtered = self._rx_filtered.get(nb.id)
+            if filtered:
+                filtered.pop(prefix, None)
         route = self.routes.get(prefix, nb.id)
         if metric >= INFINITY:
             if route is not None:
@@ -678,6 +873,8 @@ class Node:
         expires = self._now + 3.5 * interval
         if route is None:
             route = Route(prefix, nb.id, rid, seqno, metric, interval, expires, tie, sig)
+            if self._rx_round:
+                route.mark = self._rx_round.get(nb.id, 0)
             self.routes.put(route)
             self._expiry_seq += 1
             heapq.heappush(self._expiry, (expires, self._expiry_seq, route))
@@ -685,6 +882,8 @@ class Node:
                 and route.feasible == feasible and route.tie == tie and route.sig == sig:
             # A refresh (the periodic update): selection has nothing new to consider.
             route.interval, route.expires = interval, expires
+            if self._rx_round:
+                route.mark = self._rx_round.get(nb.id, 0)
             if feasible:
                 if self.requests.seqno_requests:
                     self.requests.satisfied(prefix, rid, seqno)
@@ -699,10 +898,16 @@ class Node:
             route.router_id, route.seqno, route.refmetric, route.tie = rid, seqno, metric, tie
             route.interval, route.expires = interval, expires
             route.gen += 1
+            if self._rx_round:
+                route.mark = self._rx_round.get(nb.id, 0)
             if route.sig != sig:
-                # A renewed signature: what we pass on changes, the caches must follow.
+                # A renewed signature: what we pass on changes, the caches must follow
+                # (and quiet neighbours, which get no periodic full update, hear it now).
                 route.sig = sig
                 self._updates.changed()
+                sel = self.selected.get(prefix)
+                if sel is not None and sel.via == nb.id:
+                    self._updates.trigger(prefix)
         route.feasible = feasible
         quiet = True
         if feasible:
@@ -793,6 +998,8 @@ class Node:
     def _on_ack(self, nid: str, opaque: int) -> None:
         if self.requests.acked(nid, opaque):
             self._finish_acks()
+        else:
+            self.requests.delivered(nid, opaque)
 
     def _finish_acks(self) -> None:
         for pending in self.requests.finished():
@@ -875,6 +1082,10 @@ class Node:
                             self.sources.feasible, self.config.selection.mode)
             cur_m = choice.current_metric
             blocked = choice.blocked
+            if blocked is not None or (choice.best is None and routes):
+                self._wanting.add(prefix)
+            elif self._wanting:
+                self._wanting.discard(prefix)
             if blocked is not None and prefix not in self._release.releasing:
                 # A better path exists but is not feasible yet, or (starvation) no path
                 # is feasible: ask its source for a new seqno. Asked at every selection
@@ -962,12 +1173,34 @@ class Node:
 
     def _resend_requests(self) -> None:
         now = self._now
+        n_requests = len(self.requests.seqno_requests)
         for req in self.requests.due_seqno_requests(now, self._is_up):
             self._out[req.neighbour].add(self._seqno_tlv(req.prefix, req.router_id, req.seqno,
                                                          req.hopcount))
+        if self._wanting and len(self.requests.seqno_requests) < n_requests:
+            # A request ran out of tries (its resends, within the duplicate window of the
+            # nodes that forward it, may all have died with the first): ask afresh.
+            self._ask_again()
         for pending in self.requests.due_acks(now):
             self._updates.resend_acked(pending, now)
         self._finish_acks()
+        if self.requests.deliveries:
+            resync: set[str] = set()
+            for d in self.requests.due_deliveries(now):
+                nb = self.neighbours.get(d.neighbour)
+                if nb is None or not nb.up or not nb.quiet or d.neighbour in resync:
+                    continue
+                if d.tries_left < 0:
+                    # Out of tries: a full update instead (it ends with a DIGEST_FULL).
+                    self.counters["deliveries_given_up"] += 1
+                    resync.add(d.neighbour)
+                else:
+                    self.counters["deliveries_resent"] += 1
+                    self._updates.send_reliable(d.neighbour, d.prefixes, d.tries_left + 1,
+                                                d.backoff, now)
+            for nid in resync:
+                self.requests.forget_deliveries(nid)
+                self._updates.send_full(nid, now)
 
     @staticmethod
     def _seqno_tlv(prefix: Prefix, router_id: bytes, seqno: int, hopcount: int) -> SeqnoRequest:

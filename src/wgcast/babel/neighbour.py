@@ -81,6 +81,7 @@ class Neighbour:
         "multicast",
         "peer_hello_recv",
         "peer_hello_stamp",
+        "quiet",
         "rtt_ms",
         "rtt_samples",
         "rtt_slow_ms",
@@ -100,6 +101,8 @@ class Neighbour:
         #: This link's tie-break value (see link_tiebreak), added to a route's path tie.
         self.tie = tie
         self.up = False
+        #: Its Hellos say it does quiet mode (quiet.py), and so do we.
+        self.quiet = False
         self.hello_seqno_out = 0
         self.hello_seqno_in: int | None = None
         self.hello_history = 0
@@ -193,6 +196,7 @@ class Neighbour:
     def forget(self) -> None:
         """The neighbour went down: drop what we measured, keep our Hello seqno."""
         self.up = False
+        self.quiet = False
         self.last_hello = self.last_ihu = None
         self.hello_seqno_in = None
         self.hello_history = 0

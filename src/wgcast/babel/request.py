@@ -3,11 +3,14 @@
 Seqno requests are resent with exponential backoff until a feasible update arrives, and
 forwarded ones are remembered so a request flooding around a cycle is not forwarded twice
 (RFC 8966 3.8.1.2). Acks cover our urgent retractions: a drain and a source release
-(release.py) wait for them. The tracker decides what is due and when; the engine sends.
+(release.py) wait for them; and, toward quiet neighbours (quiet.py), every packet of
+triggered Updates (deliveries). Both share one opaque space: an Ack names one thing.
+The tracker decides what is due and when; the engine sends.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -54,12 +57,30 @@ class PendingAck:
 
 
 @dataclass(slots=True)
+class PendingDelivery:
+    """A packet of Updates to a quiet neighbour, sent with an AckReq: until acknowledged,
+    its prefixes are announced again (as they are then) with a new AckReq."""
+
+    neighbour: str
+    prefixes: tuple[Prefix, ...]
+    tries_left: int
+    next_resend: float
+    backoff: float
+
+
+@dataclass(slots=True)
 class RequestTracker:
     """Our pending seqno requests, forwarded-request memory and pending acks."""
 
     seqno_requests: dict[tuple[Prefix, bytes], PendingSeqnoRequest] = field(default_factory=dict)
     forwarded: dict[tuple[Prefix, bytes], tuple[int, float]] = field(default_factory=dict)
     acks: dict[int, PendingAck] = field(default_factory=dict)
+    #: Deliveries to quiet neighbours: neighbour -> opaque -> packet awaiting its Ack.
+    deliveries: dict[str, dict[int, PendingDelivery]] = field(default_factory=dict)
+    #: The opaques of `deliveries`, all neighbours together.
+    delivery_ops: set[int] = field(default_factory=set)
+    #: (next_resend, opaque, neighbour) of each delivery, stale entries left behind.
+    delivery_times: list[tuple[float, int, str]] = field(default_factory=list)
     next_opaque: int = 1
 
     def is_duplicate(self, prefix: Prefix, router_id: bytes, seqno: int, now: float) -> bool:
@@ -132,6 +153,70 @@ class RequestTracker:
         """A neighbour that died acknowledges nothing: stop waiting for it."""
         for pending in self.acks.values():
             pending.waiting.discard(neighbour)
+        self.forget_deliveries(neighbour)
+
+    def forget_deliveries(self, neighbour: str) -> None:
+        """Stop waiting for `neighbour`'s Acks of our Updates (it gets a full update, or
+        is gone)."""
+        per = self.deliveries.pop(neighbour, None)
+        if per:
+            self.delivery_ops.difference_update(per)
+
+    def expect_delivery(self, neighbour: str, prefixes: tuple[Prefix, ...], tries: int,
+                        now: float, backoff: float) -> int:
+        """A packet of Updates about `prefixes` goes to `neighbour` with the AckReq whose
+        opaque this returns; resent `tries - 1` times at most."""
+        op = self.new_opaque()
+        self.deliveries.setdefault(neighbour, {})[op] = PendingDelivery(
+            neighbour, prefixes, tries - 1, now + backoff, backoff)
+        self.delivery_ops.add(op)
+        heapq.heappush(self.delivery_times, (now + backoff, op, neighbour))
+        return op
+
+    def delivered(self, neighbour: str, opaque: int) -> bool:
+        """An Ack arrived; True if it was for a delivery of ours."""
+        per = self.deliveries.get(neighbour)
+        if per is None or per.pop(opaque, None) is None:
+            return False
+        self.delivery_ops.discard(opaque)
+        if not per:
+            del self.deliveries[neighbour]
+        return True
+
+    def delivering(self, neighbour: str) -> bool:
+        """Is a delivery to `neighbour` unacknowledged?"""
+        return neighbour in self.deliveries
+
+    def due_deliveries(self, now: float) -> list[PendingDelivery]:
+        """Deliveries to resend now (removed: the resend is a new delivery, with
+        `tries_left` and the doubled `backoff` it should carry on with); one out of
+        tries comes with `tries_left` < 0 (the caller resyncs that neighbour)."""
+        due: list[PendingDelivery] = []
+        times = self.delivery_times
+        while times and times[0][0] <= now:
+            _, op, nid = heapq.heappop(times)
+            per = self.deliveries.get(nid)
+            d = None if per is None else per.pop(op, None)
+            if d is None or per is None:
+                continue  # acknowledged or forgotten since
+            if not per:
+                del self.deliveries[nid]
+            self.delivery_ops.discard(op)
+            d.tries_left -= 1
+            d.backoff *= 2
+            due.append(d)
+        return due
+
+    def _next_delivery(self) -> float | None:
+        times = self.delivery_times
+        deliveries = self.deliveries
+        while times:
+            _, op, nid = times[0]
+            per = deliveries.get(nid)
+            if per is not None and op in per:
+                return times[0][0]
+            heapq.heappop(times)  # stale
+        return None
 
     def due_acks(self, now: float) -> list[PendingAck]:
         """The retractions to send again now (with their AckReq), their backoff doubled;
@@ -160,11 +245,21 @@ class RequestTracker:
             yield pending
 
     def new_opaque(self) -> int:
+        """An opaque that no pending ack or delivery uses (so no Ack is mistaken)."""
+        busy, ops = self.acks, self.delivery_ops
         op = self.next_opaque
-        self.next_opaque = (op % 0xFFFF) + 1
+        for _ in range(0x10000):
+            op = self.next_opaque
+            self.next_opaque = (op % 0xFFFF) + 1
+            if op not in busy and op not in ops:
+                break
         return op
 
     def next_deadline(self) -> float | None:
         times = [r.next_resend for r in self.seqno_requests.values()]
         times += [a.next_resend for a in self.acks.values()]
+        if self.deliveries:
+            t = self._next_delivery()
+            if t is not None:
+                times.append(t)
         return min(times) if times else None

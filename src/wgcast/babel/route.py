@@ -44,8 +44,8 @@ class Selected:
 class Route:
     """A route learned from a neighbour."""
 
-    __slots__ = ("expires", "feasible", "gen", "interval", "neighbour", "prefix", "refmetric",
-                 "router_id", "seqno", "sig", "tie")
+    __slots__ = ("dgen", "dhash", "expires", "feasible", "gen", "interval", "mark", "neighbour",
+                 "prefix", "refmetric", "router_id", "seqno", "sig", "tie")
 
     def __init__(self, prefix: Prefix, neighbour: str, router_id: bytes, seqno: int,
                  refmetric: int, interval: float, expires: float, tie: int = 0,
@@ -65,6 +65,11 @@ class Route:
         self.gen = 0
         #: Was the last update of this route feasible when it arrived?
         self.feasible = False
+        #: Quiet mode (quiet.py): the full-update round of its neighbour in which it was
+        #: last heard, and its entry hash as of generation `dgen` (a cache).
+        self.mark = 0
+        self.dhash = 0
+        self.dgen = -2
 
     def metric(self, cost: int) -> int:
         if cost >= INFINITY or self.refmetric >= INFINITY:
@@ -118,6 +123,11 @@ class RouteTable:
 
     def via(self, neighbour: str) -> list[Prefix]:
         return list(self._by_neighbour.get(neighbour, ()))
+
+    def routes_via(self, neighbour: str) -> list[Route]:
+        """Every route learned from `neighbour`."""
+        routes = self._routes
+        return [routes[p][neighbour] for p in self._by_neighbour.get(neighbour, ())]
 
     def all_routes(self) -> list[Route]:
         return [r for per in self._routes.values() for r in per.values()]

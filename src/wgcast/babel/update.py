@@ -7,22 +7,32 @@ INFINITY (poison reverse, split horizon in full updates). Three ways out: a sing
 neighbour that comes up, cached while nothing announced changed), and triggered updates
 (every prefix whose announcement changed, encoded once for all neighbours that are up,
 with the AckReqs of a release after them).
+
+Toward a quiet neighbour (quiet.py) the same, but every packet of triggered Updates carries
+an AckReq and is resent until acknowledged (`send_reliable`), a full update ends with a
+DIGEST_FULL Digest, the periodic full update is a Digest (`send_digest`), and Updates
+carry the longest interval; what it was told is kept in its `TxState`.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from wgcast.babel.events import LOCAL
 from wgcast.babel.neighbour import Neighbour
+from wgcast.babel.quiet import QUIET_INTERVAL_CS, TxState, entry_hash
 from wgcast.babel.release import SourceRelease
 from wgcast.babel.request import PendingAck, RequestTracker
 from wgcast.babel.route import RouteTable, Selected
 from wgcast.babel.source import SourceTable
 from wgcast.babel.wire import (
+    DIGEST_FULL,
     INFINITY,
+    T_ACKREQ,
     AckReq,
+    Digest,
     OriginSig,
     PacketWriter,
     SubTLV,
@@ -38,6 +48,15 @@ if TYPE_CHECKING:
     from wgcast.babel.engine import OriginSigner
 
 _NEVER = float("inf")
+#: An AckReq TLV on the wire (type, length, reserved, opaque, interval).
+_ACKREQ = struct.Struct("!BBHHH")
+_ACKREQ_LEN = _ACKREQ.size
+
+
+def _with_ackreq(packet: bytes, opaque: int, interval_cs: int) -> bytes:
+    """`packet` with an AckReq TLV appended to its body."""
+    return (packet[:2] + struct.pack("!H", len(packet) - 4 + _ACKREQ_LEN) + packet[4:]
+            + _ACKREQ.pack(T_ACKREQ, 6, 0, opaque, interval_cs))
 
 
 @dataclass(slots=True)
@@ -60,10 +79,11 @@ class Updates:
     are valid while it stays the same.
     """
 
-    __slots__ = ("_acks_to_attach", "_costs", "_interval_cs", "_max_body", "_neighbours",
-                 "_out", "_release", "_requests", "_retractions", "_retry_interval",
-                 "_retry_tries", "_routes", "_selected", "_signer", "_sources", "_ties",
-                 "_triggered", "_tx_full", "_xroutes", "router_id", "version")
+    __slots__ = ("_acks_to_attach", "_costs", "_delivery_backoff", "_delivery_tries",
+                 "_interval_cs", "_max_body", "_neighbours", "_out", "_release", "_requests",
+                 "_retractions", "_retry_interval", "_retry_tries", "_routes", "_selected",
+                 "_signer", "_sources", "_ties", "_triggered", "_tx", "_tx_full", "_xroutes",
+                 "last_op", "router_id", "version")
 
     def __init__(self, router_id: bytes, *, update_interval: float, max_body: int,
                  retraction_tries: int, retry_interval: float,
@@ -71,7 +91,8 @@ class Updates:
                  costs: dict[str, int], ties: dict[str, int],
                  selected: dict[Prefix, Selected], routes: RouteTable,
                  xroutes: XRouteTable, sources: SourceTable, release: SourceRelease,
-                 requests: RequestTracker, signer: OriginSigner | None = None) -> None:
+                 requests: RequestTracker, signer: OriginSigner | None = None,
+                 delivery_tries: int = 5, delivery_backoff: float = 0.4) -> None:
         self.router_id = router_id
         self._signer = signer
         self._interval_cs = centiseconds(update_interval)
@@ -95,6 +116,12 @@ class Updates:
         #: Per neighbour, the packets of our last full update, valid while `version`
         #: (bumped by anything that can change an announcement) has not moved.
         self._tx_full: dict[str, tuple[int, list[bytes]]] = {}
+        #: Per quiet neighbour, what we told it (from its last full update on).
+        self._tx: dict[str, TxState] = {}
+        #: Per neighbour, the opaque of the last AckReq we sent it (a Digest's version).
+        self.last_op: dict[str, int] = {}
+        self._delivery_tries = delivery_tries
+        self._delivery_backoff = delivery_backoff
 
     # ------------------------------------------------------------ what changed
 
@@ -130,9 +157,21 @@ class Updates:
 
     def neighbour_down(self, nid: str) -> None:
         self._acks_to_attach.pop(nid, None)
+        self.forget_tx(nid)
 
     def neighbour_removed(self, nid: str) -> None:
         self._tx_full.pop(nid, None)
+        self.forget_tx(nid)
+
+    def forget_tx(self, nid: str) -> None:
+        """`nid` is down or no longer quiet: what we told it no longer matters."""
+        self._tx.pop(nid, None)
+        self.last_op.pop(nid, None)
+
+    def tx_digest(self, nid: str) -> tuple[int, int] | None:
+        """(count, hash) of what we told quiet neighbour `nid` (None: not tracked)."""
+        tx = self._tx.get(nid)
+        return None if tx is None else tx.digest()
 
     # ------------------------------------------------------------ what we announce
 
@@ -187,7 +226,12 @@ class Updates:
         subs: tuple[SubTLV, ...] = ()
         if metric < INFINITY:
             subs = ((Tiebreak(tie),) if tie else ()) + ((OriginSig(sig),) if sig else ())
-        self._out[nid].add_update(prefix, rid, seqno, metric, self._interval_cs, subs)
+        quiet = self._neighbours[nid].quiet
+        self._out[nid].add_update(prefix, rid, seqno, metric,
+                                  QUIET_INTERVAL_CS if quiet else self._interval_cs, subs)
+        tx = self._tx.get(nid)
+        if tx is not None:
+            tx.set(prefix, entry_hash(prefix, rid, seqno, metric) if metric < INFINITY else None)
         if metric < INFINITY:
             self._sources.advertised(prefix, rid, seqno, metric, now)
             self._release.announced(prefix, rid)
@@ -196,13 +240,18 @@ class Updates:
         """An acked retraction again, with its AckReq, to those that did not ack."""
         for nid in pending.waiting:
             self.send(nid, pending.prefix, now)
-            self._out[nid].add(AckReq(pending.opaque, centiseconds(pending.backoff)))
+            self.ackreq(nid, pending.opaque, centiseconds(pending.backoff))
+
+    def ackreq(self, nid: str, opaque: int, interval_cs: int) -> None:
+        """An AckReq to `nid` (remembered as the version of our next Digest to it)."""
+        self._out[nid].add(AckReq(opaque, interval_cs))
+        self.last_op[nid] = opaque
 
     def resend_retractions(self, now: float) -> None:
         for prefix, rt in list(self._retractions.items()):
             if rt.next_time <= now:
                 for nid, nb in self._neighbours.items():
-                    if nb.up:
+                    if nb.up and not nb.quiet:  # a quiet one got it acknowledged
                         self.send(nid, prefix, now)
                 rt.tries_left -= 1
                 rt.next_time = now + self._retry_interval
@@ -220,14 +269,51 @@ class Updates:
     def send_full(self, nid: str, now: float) -> None:
         """Everything we announce, to `nid`. While no announcement can have changed since
         the last one (`version`), the same packets go out again: their feasibility
-        distances are already recorded and a receiver recognises them byte for byte."""
+        distances are already recorded and a receiver recognises them byte for byte.
+        To a quiet neighbour: never cached (rare), with the quiet interval, followed by
+        a DIGEST_FULL Digest of what it now knows from us."""
         w = self._out[nid]
+        if self._neighbours[nid].quiet:
+            self._send_full_quiet(nid, now)
+            return
         cached = self._tx_full.get(nid)
         if cached is not None and cached[0] == self.version:
             w.flush()
             w.packets.extend(cached[1])
             return
         version = self.version
+        entries = self._full_entries(nid, now)
+        packets = encode_updates(entries, self._interval_cs, self._max_body)[0]
+        if version == self.version:
+            self._tx_full[nid] = (version, packets)
+        w.flush()
+        w.packets.extend(packets)
+
+    def _send_full_quiet(self, nid: str, now: float) -> None:
+        entries = self._full_entries(nid, now)
+        packets = encode_updates(entries, QUIET_INTERVAL_CS, self._max_body)[0]
+        tx = TxState()
+        for prefix, rid, seqno, metric, _, _ in entries:
+            if metric < INFINITY:
+                tx.set(prefix, entry_hash(prefix, rid, seqno, metric))
+        self._tx[nid] = tx
+        w = self._out[nid]
+        w.flush()
+        w.packets.extend(packets)
+        count, total = tx.digest()
+        w.add(Digest(DIGEST_FULL, self.last_op.get(nid, 0), count, total))
+
+    def send_digest(self, nid: str, now: float) -> None:
+        """The periodic check to a quiet neighbour (a full update if we have no state)."""
+        tx = self._tx.get(nid)
+        if tx is None:
+            self.send_full(nid, now)
+            return
+        count, total = tx.digest()
+        self._out[nid].add(Digest(0, self.last_op.get(nid, 0), count, total))
+
+    def _full_entries(self, nid: str, now: float) -> list[UpdateEntry]:
+        """Everything we announce to `nid` (split horizon), advertised from now on."""
         advertised = self._sources.advertised
         announced = self._release.announced
         announce = self._announce
@@ -245,11 +331,7 @@ class Updates:
             # A neighbour that (re)appears during a release must not keep an old route.
             rid, seqno, metric, _, _ = self._announcement(nid, prefix)
             entries.append((prefix, rid, seqno, metric, 0, b""))
-        packets = encode_updates(entries, self._interval_cs, self._max_body)[0]
-        if version == self.version:
-            self._tx_full[nid] = (version, packets)
-        w.flush()
-        w.packets.extend(packets)
+        return entries
 
     def flush(self, now: float) -> None:
         """Send triggered updates (with any AckReqs attached after them)."""
@@ -261,16 +343,22 @@ class Updates:
                 self._send_triggered(prefixes, up, now)
         if self._acks_to_attach:
             acks = self._requests.acks
+            neighbours = self._neighbours
             for nid, ops in self._acks_to_attach.items():
                 for op in ops:
                     pending = acks.get(op)
                     if pending is not None:
-                        self._out[nid].add(AckReq(op, centiseconds(pending.backoff)))
+                        if neighbours[nid].quiet:
+                            # The retraction again, in the AckReq's own packet: an Ack
+                            # then proves it was heard, even if its first packet was lost.
+                            self.send(nid, pending.prefix, now)
+                        self.ackreq(nid, op, centiseconds(pending.backoff))
             self._acks_to_attach.clear()
 
     def _send_triggered(self, prefixes: list[Prefix], up: list[str], now: float) -> None:
-        """The same Updates to every neighbour that is up (encoded once), each prefix
-        poisoned (metric INFINITY) towards the neighbour we route it through."""
+        """The same Updates to every neighbour that is up (encoded once per interval
+        kind), each prefix poisoned (metric INFINITY) towards the neighbour we route it
+        through; to quiet neighbours each packet with an AckReq (see `send_reliable`)."""
         entries: list[UpdateEntry] = []
         poison: dict[str, list[int]] = {}
         out = self._out
@@ -289,6 +377,13 @@ class Updates:
             if metric < INFINITY:
                 advertised(prefix, rid, seqno, metric, now)
                 announced(prefix, rid)
+        neighbours = self._neighbours
+        quiet = [nid for nid in up if neighbours[nid].quiet]
+        if quiet:
+            self._send_triggered_quiet(entries, poison, quiet, now)
+            up = [nid for nid in up if not neighbours[nid].quiet]
+            if not up:
+                return
         packets, offsets = encode_updates(entries, self._interval_cs, self._max_body)
         for nid in up:
             w = out[nid]
@@ -303,3 +398,72 @@ class Updates:
                 patched[pi][off:off + 2] = b"\xff\xff"
             w.packets.extend(bytes(patched[pi]) if pi in patched else pkt
                              for pi, pkt in enumerate(packets))
+
+    def _send_triggered_quiet(self, entries: list[UpdateEntry], poison: dict[str, list[int]],
+                              quiet: list[str], now: float) -> None:
+        packets, offsets = encode_updates(entries, QUIET_INTERVAL_CS,
+                                          self._max_body - _ACKREQ_LEN)
+        hashes = [entry_hash(p, rid, seqno, metric) if metric < INFINITY else None
+                  for p, rid, seqno, metric, _, _ in entries]
+        in_packet: list[list[Prefix]] = [[] for _ in packets]
+        for i, (pi, _) in enumerate(offsets):
+            in_packet[pi].append(entries[i][0])
+        groups = [tuple(ps) for ps in in_packet]
+        for nid in quiet:
+            idxs = poison.get(nid)
+            pkts = packets
+            if idxs:
+                patched = {pi: bytearray(packets[pi]) for pi, _ in (offsets[i] for i in idxs)}
+                for i in idxs:
+                    pi, off = offsets[i]
+                    patched[pi][off:off + 2] = b"\xff\xff"
+                pkts = [bytes(patched[pi]) if pi in patched else pkt
+                        for pi, pkt in enumerate(packets)]
+            self._deliver(nid, pkts, groups, self._delivery_tries, self._delivery_backoff, now)
+            tx = self._tx.get(nid)
+            if tx is not None:
+                poisoned = set(idxs) if idxs else ()
+                for i, e in enumerate(entries):
+                    tx.set(e[0], None if i in poisoned else hashes[i])
+
+    def _deliver(self, nid: str, packets: list[bytes], groups: list[tuple[Prefix, ...]],
+                 tries: int, backoff: float, now: float) -> None:
+        """Each packet to `nid` with an AckReq, expected back (RequestTracker)."""
+        w = self._out[nid]
+        w.flush()
+        expect = self._requests.expect_delivery
+        interval = centiseconds(backoff)
+        op = 0
+        for pkt, group in zip(packets, groups, strict=True):
+            op = expect(nid, group, tries, now, backoff)
+            w.packets.append(_with_ackreq(pkt, op, interval))
+        if packets:
+            self.last_op[nid] = op
+
+    def send_reliable(self, nid: str, prefixes: tuple[Prefix, ...], tries: int,
+                      backoff: float, now: float) -> None:
+        """Announce `prefixes` to quiet neighbour `nid` as they are now, each packet with
+        an AckReq: a resend of a delivery that was not acknowledged (never its old
+        bytes, which a later change may have overtaken)."""
+        advertised = self._sources.advertised
+        announced = self._release.announced
+        entries: list[UpdateEntry] = []
+        for prefix in prefixes:
+            rid, seqno, metric, tie, sig = self._announcement(nid, prefix)
+            if metric >= INFINITY:
+                tie, sig = 0, b""
+            else:
+                advertised(prefix, rid, seqno, metric, now)
+                announced(prefix, rid)
+            entries.append((prefix, rid, seqno, metric, tie, sig))
+        packets, offsets = encode_updates(entries, QUIET_INTERVAL_CS,
+                                          self._max_body - _ACKREQ_LEN)
+        in_packet: list[list[Prefix]] = [[] for _ in packets]
+        for i, (pi, _) in enumerate(offsets):
+            in_packet[pi].append(entries[i][0])
+        self._deliver(nid, packets, [tuple(ps) for ps in in_packet], tries, backoff, now)
+        tx = self._tx.get(nid)
+        if tx is not None:
+            for prefix, rid, seqno, metric, _, _ in entries:
+                tx.set(prefix, entry_hash(prefix, rid, seqno, metric)
+                       if metric < INFINITY else None)

@@ -28,6 +28,11 @@ MAX_BODY = 1280 - 40 - 8 - HEADER_LEN
 # TLV types
 T_PAD1, T_PADN, T_ACKREQ, T_ACK, T_HELLO, T_IHU = 0, 1, 2, 3, 4, 5
 T_ROUTERID, T_NEXTHOP, T_UPDATE, T_ROUTEREQ, T_SEQNOREQ = 6, 7, 8, 9, 10
+#: wgcast's digest of what the sender announced to the receiver (quiet mode), from the
+#: experimental TLV range (224-254): sent only to neighbours that announced S_QUIET.
+T_DIGEST = 224
+#: Digest flag: it ends a full update (the receiver may drop what the dump left out).
+DIGEST_FULL = 0x0001
 # Sub-TLV types
 S_PAD1, S_PADN, S_TIMESTAMP = 0, 1, 3
 #: wgcast's path tie-break (Update): from the experimental, non-mandatory range (112-126)
@@ -36,6 +41,9 @@ S_TIEBREAK = 112
 #: The origin's signature of an Update (docs/roster.md): same range, so babeld, BIRD and
 #: FRR skip it (RFC 8966 section 4.4: a non-mandatory unknown sub-TLV is ignored).
 S_ORIGIN_SIG = 113
+#: wgcast's quiet-mode capability (Hello): "I do acknowledged incremental updates and
+#: digests" (docs/architecture.md, quiet mode). Same range: other speakers ignore it.
+S_QUIET = 114
 MANDATORY = 0x80
 # Address encodings
 AE_WILDCARD, AE_IPV4, AE_IPV6, AE_LL, AE_V4V6 = 0, 1, 2, 3, 4
@@ -49,7 +57,7 @@ _MAX_PLEN = {AE_WILDCARD: 0, AE_IPV4: 32, AE_IPV6: 128, AE_LL: 128, AE_V4V6: 32}
 _LL_PREFIX = bytes.fromhex("fe80000000000000")
 #: Router-ids that must never be used (RFC 8966 section 4.6.7).
 RESERVED_ROUTER_IDS = (bytes(8), b"\xff" * 8)
-_KNOWN_SUBTLVS = (S_PAD1, S_PADN, S_TIMESTAMP, S_TIEBREAK, S_ORIGIN_SIG)
+_KNOWN_SUBTLVS = (S_PAD1, S_PADN, S_TIMESTAMP, S_TIEBREAK, S_ORIGIN_SIG, S_QUIET)
 #: Largest tie-break value: 64 bits on the wire.
 MAX_TIEBREAK = (1 << 64) - 1
 
@@ -106,6 +114,15 @@ class OriginSig:
 
 
 @dataclass(frozen=True, slots=True)
+class QuietCap:
+    """Hello sub-TLV: the sender does quiet mode (acknowledged incremental updates and
+    digests instead of periodic full dumps). The body is kept as received (a later
+    version may add to it) so that bytes round-trip."""
+
+    body: bytes = b"\x01"
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownSub:
     """A sub-TLV we do not understand; if mandatory, its TLV must be ignored."""
 
@@ -117,7 +134,7 @@ class UnknownSub:
         return bool(self.type & MANDATORY)
 
 
-SubTLV = SubPad1 | SubPadN | Timestamp | Tiebreak | OriginSig | UnknownSub
+SubTLV = SubPad1 | SubPadN | Timestamp | Tiebreak | OriginSig | QuietCap | UnknownSub
 
 
 # ---------------------------------------------------------------- TLVs
@@ -229,6 +246,19 @@ class SeqnoRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Digest:
+    """What the sender announced to us, summed up (quiet mode): `count` finite routes
+    whose entry hashes (`wgcast.babel.quiet.entry_hash`) add up to `hash` modulo 2**64,
+    as of the Update packet the sender sent us last with the AckReq `version`."""
+
+    flags: int
+    version: int
+    count: int
+    hash: int
+    subtlvs: tuple[SubTLV, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownTLV:
     """A TLV type we do not know: kept for round-trip, ignored by the engine."""
 
@@ -238,7 +268,7 @@ class UnknownTLV:
 
 TLV = (
     Pad1 | PadN | AckReq | Ack | Hello | IHU | RouterId | NextHop | Update | RouteRequest
-    | SeqnoRequest | UnknownTLV
+    | SeqnoRequest | Digest | UnknownTLV
 )
 
 
@@ -276,6 +306,8 @@ def _decode_subtlvs(data: bytes, pos: int, end: int, in_ihu: bool) -> tuple[SubT
             if slen == 0:
                 raise RemoteProtocolError("empty origin signature sub-TLV")
             out.append(OriginSig(bytes(body)))
+        elif stype == S_QUIET:
+            out.append(QuietCap(bytes(body)))
         else:
             out.append(UnknownSub(stype, bytes(body)))
     return tuple(out)
@@ -306,6 +338,9 @@ def _encode_subtlvs(subtlvs: Iterable[SubTLV], out: bytearray, in_ihu: bool) -> 
             if not 1 <= len(s.body) <= 255:
                 raise LocalProtocolError(f"origin signature of {len(s.body)} bytes")
             out += bytes((S_ORIGIN_SIG, len(s.body))) + s.body
+        elif isinstance(s, QuietCap):
+            _check_u(len(s.body), 8, "quiet sub-TLV length")
+            out += bytes((S_QUIET, len(s.body))) + s.body
         else:
             _check_u(s.type, 8, "sub-TLV type")
             if s.type in _KNOWN_SUBTLVS:
@@ -428,6 +463,10 @@ def _decode_tlv(ttype: int, data: bytes, pos: int, end: int) -> TLV:
         prefix = bytes(data[pos + 14 : pos + 14 + plen_bytes])
         subs = _decode_subtlvs(data, pos + 14 + plen_bytes, end, False)
         return SeqnoRequest(ae, plen, seqno, hopcount, rid, prefix, subs)
+    if ttype == T_DIGEST:
+        need(16, "Digest")
+        flags, version, count, digest = struct.unpack_from("!HHIQ", data, pos)
+        return Digest(flags, version, count, digest, _decode_subtlvs(data, pos + 16, end, False))
     return UnknownTLV(ttype, bytes(data[pos:end]))
 
 
@@ -578,10 +617,17 @@ def encode_tlv(tlv: TLV, out: bytearray) -> None:
             raise LocalProtocolError("router-id must be 8 bytes")
         body += struct.pack("!BBHBB", tlv.ae, tlv.plen, tlv.seqno, tlv.hopcount, 0)
         body += tlv.router_id + tlv.prefix
+    elif isinstance(tlv, Digest):
+        ttype = T_DIGEST
+        _check_u(tlv.flags, 16, "Digest flags")
+        _check_u(tlv.version, 16, "Digest version")
+        _check_u(tlv.count, 32, "Digest count")
+        _check_u(tlv.hash, 64, "Digest hash")
+        body += struct.pack("!HHIQ", tlv.flags, tlv.version, tlv.count, tlv.hash)
     else:
         ttype = tlv.type
         _check_u(ttype, 8, "TLV type")
-        if ttype <= T_SEQNOREQ:
+        if ttype <= T_SEQNOREQ or ttype == T_DIGEST:
             raise LocalProtocolError(f"UnknownTLV with the known type {ttype}")
         body += tlv.body
     if not isinstance(tlv, (PadN, UnknownTLV)):
@@ -708,7 +754,8 @@ class ResolvedSeqnoRequest:
     hopcount: int
 
 
-Message = Hello | IHU | AckReq | Ack | RouteUpdate | ResolvedRouteRequest | ResolvedSeqnoRequest
+Message = (Hello | IHU | AckReq | Ack | RouteUpdate | ResolvedRouteRequest
+           | ResolvedSeqnoRequest | Digest)
 
 
 def _has_mandatory_unknown(tlv: TLV) -> bool:
@@ -792,7 +839,7 @@ def resolve(tlvs: Sequence[TLV], skipped: list[str] | None = None) -> Iterator[M
         if ignored:
             skip("unknown mandatory sub-TLV")
             continue
-        if isinstance(tlv, (Hello, IHU, AckReq, Ack)):
+        if isinstance(tlv, (Hello, IHU, AckReq, Ack, Digest)):
             yield tlv
         elif isinstance(tlv, Update):  # AE 0: retracts every route of the sender
             if tlv.metric != INFINITY:
@@ -1114,6 +1161,18 @@ def fast_updates(data: bytes) -> list[FastUpdate] | None:
         else:
             return None
     return out
+
+
+def fast_updates_acked(data: bytes) -> tuple[list[FastUpdate], int] | None:
+    """`fast_updates` for a packet of plain Updates ending with a plain AckReq (what
+    quiet mode sends): (updates, AckReq opaque), or None (the general decoder then)."""
+    n = len(data)
+    if n < 16 or data[-8] != T_ACKREQ or data[-7] != 6 or (data[2] << 8 | data[3]) != n - 4:
+        return None
+    updates = fast_updates(data[:2] + struct.pack("!H", n - 12) + data[4:-8])
+    if updates is None:
+        return None
+    return updates, data[-4] << 8 | data[-3]
 
 
 _UPDATE = struct.Struct("!BBBBBBHHH")
