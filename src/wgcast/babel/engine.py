@@ -20,6 +20,7 @@ requests, acks), the neighbours' life cycle, and the bookkeeping around selectio
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,15 @@ from wgcast.babel.events import (
     RetractionAcked,
     RouteSelected,
     SeqnoChanged,
+)
+from wgcast.babel.liveness import (
+    F_ANSWERS,
+    F_HOLD,
+    F_PROBE,
+    Liveness,
+    LivenessParams,
+    fast_neighbours,
+    liveness_subtlv,
 )
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
 from wgcast.babel.release import SourceRelease
@@ -56,6 +66,7 @@ from wgcast.babel.wire import (
     RouteRequest,
     RouteUpdate,
     SeqnoRequest,
+    SubTLV,
     Timestamp,
     centiseconds,
     decode_packet,
@@ -102,6 +113,8 @@ class NodeConfig:
     accept: AcceptFilter | None = None
     #: Signs our own announcements (None: they go unsigned).
     signer: OriginSigner | None = None
+    #: Probing and Hellos on demand between wgcast neighbours (liveness.py).
+    liveness: LivenessParams = field(default_factory=LivenessParams)
 
     def __post_init__(self) -> None:
         if len(self.router_id) != 8 or self.router_id in (bytes(8), b"\xff" * 8):
@@ -166,6 +179,12 @@ class Node:
             sources=self.sources, release=self._release, requests=self.requests,
             signer=config.signer)
         self._sign_epoch = config.signer.epoch() if config.signer is not None else 0
+        #: Late-Hello probing and Hellos on demand (liveness.py).
+        self._live = Liveness(config.liveness)
+        #: The neighbours we need fast Hellos from (liveness.fast_neighbours): refreshed
+        #: on every selection change, and in full now and then (new alternatives).
+        self._fast: set[str] = set()
+        self._next_fast_scan = now
 
     # ------------------------------------------------------------ public API
 
@@ -203,6 +222,7 @@ class Node:
         self._tie[nid] = tie
         self._own_cost[nid] = INFINITY
         self._rx_seen[nid] = {}
+        self._live.add(nid)
 
     def remove_neighbour(self, nid: str) -> None:
         nb = self.neighbours.get(nid)
@@ -219,6 +239,8 @@ class Node:
         del self._rx_seen[nid]
         self._v4_next_hop.pop(nid, None)
         self._nb_expiry.pop(nid, None)
+        self._live.remove(nid)
+        self._fast.discard(nid)
         self._updates.neighbour_removed(nid)
 
     def originate(self, prefix: Prefix, metric: int = 0, now: float | None = None) -> None:
@@ -258,8 +280,12 @@ class Node:
         for nb in self.neighbours.values():
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
+            subs: tuple[SubTLV, ...] = (Timestamp((stamp(self._now),)),)
+            if not nb.multicast:
+                # wgcast neighbours: do not probe us to death during the hold.
+                subs += (liveness_subtlv(F_ANSWERS | F_HOLD, interval),)
             w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
-                        centiseconds(interval), (Timestamp((stamp(self._now),)),)))
+                        centiseconds(interval), subs))
             if nb.up:
                 w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
@@ -274,6 +300,8 @@ class Node:
         counters = self.counters
         counters["packets_in"] += 1
         counters["bytes_in"] += len(data)
+        n_events = len(self._events)
+        self._live.on_packet(neighbour, self._now)
         seen = self._rx_seen[neighbour]
         hit = seen.pop(data, None) if nb.up else None
         if hit is not None and self._refresh_seen(hit):
@@ -290,6 +318,8 @@ class Node:
                 self._own_cost[neighbour] = own
                 self._send_hello(nb)
         self._maybe_recost(nb)
+        if len(self._events) > n_events:
+            self._selection_moved(n_events)
         self._updates.flush(self._now)
 
     def _receive_tlvs(self, nb: Neighbour, data: bytes,
@@ -384,12 +414,15 @@ class Node:
     def handle_timer(self, now: float) -> None:
         self._tick(now)
         cfg = self.config
+        n_events = len(self._events)
         for nid, t in self._next_hello.items():
             if t <= now:
                 self._send_hello(self.neighbours[nid])
         # A timer only takes neighbours down (they come up on what we receive).
         for nid in [nid for nid, t in self._nb_expiry.items() if t <= now]:
             self._check_neighbour(self.neighbours[nid])
+        if self._nb_expiry:
+            self._probe_or_bury(now)
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
             _, _, route = heapq.heappop(expiry)
@@ -415,6 +448,10 @@ class Node:
                     self._updates.send_full(nb.id, now)
         self._resend_requests()
         self._updates.resend_retractions(now)
+        if len(self._events) > n_events:
+            self._selection_moved(n_events)
+        if now >= self._next_fast_scan:
+            self._scan_fast(now)
         if now >= self._next_gc:
             self._next_gc = now + 60.0
             for prefix, sel in self.selected.items():
@@ -435,6 +472,11 @@ class Node:
                     best = t
             if self._next_update < best:
                 best = self._next_update
+            t = self._live.next_deadline(nb_expiry)
+            if t < best:
+                best = t
+            if self._next_fast_scan < best:
+                best = self._next_fast_scan
         if self._expiry and self._expiry[0][0] < best:
             best = self._expiry[0][0]
         if self.requests.seqno_requests or self.requests.acks:
@@ -479,6 +521,13 @@ class Node:
         self._send_hello(nb)
         self._updates.flush(self._now)
 
+    def heard(self, nid: str, when: float, now: float | None = None) -> None:
+        """The driver saw traffic from `nid` after `when` (WireGuard's receive counter
+        moved): a sign of life that postpones probing it, like a packet of ours would."""
+        self._tick(now)
+        if not self._live.heard(nid, min(when, self._now)):
+            raise LocalProtocolError(f"no neighbour {nid!r}")
+
     # ------------------------------------------------------------ neighbours
 
     def _tick(self, now: float | None) -> None:
@@ -487,14 +536,31 @@ class Node:
                 raise LocalProtocolError(f"time went backwards: {now} < {self._now}")
             self._now = now
 
-    def _send_hello(self, nb: Neighbour) -> None:
+    def _send_hello(self, nb: Neighbour, flags: int = 0) -> None:
         if self._restart_holding:
             return  # the hold Hello was our last (see restart_hold)
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
+        live = self._live
+        interval = live.tx_interval(nb.id, cfg.hello_interval)
+        next_in = interval
+        subs: tuple[SubTLV, ...] = (Timestamp((stamp(now),)),)
+        if not nb.multicast:
+            # Generic (multicast) neighbours get plain RFC 8966 Hellos.
+            p = live.peers[nb.id]
+            want = live.want(nb.id in self._fast, cfg.hello_interval)
+            if want != p.asked:
+                p.asked, p.repeats = want, 2
+            elif p.repeats:
+                # Say a new request a few times, a Hello interval apart: one loss must
+                # not leave the neighbour sending slow Hellos.
+                p.repeats -= 1
+                if p.answers:
+                    next_in = min(interval, cfg.hello_interval)
+            subs += (liveness_subtlv(F_ANSWERS | flags, want),)
         w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
-                    centiseconds(cfg.hello_interval), (Timestamp((stamp(now),)),)))
+                    centiseconds(interval), subs))
         if nb.last_hello is not None:
             # rxcost: our view of the link's cost; the neighbour takes the larger of its
             # own and ours, as we do (Neighbour.cost), so both ends agree. The echo of its
@@ -503,19 +569,27 @@ class Node:
             self._own_cost[nb.id] = own
             echo = () if nb.peer_hello_stamp is None or nb.peer_hello_recv is None else \
                 (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)
-            w.add(IHU(AE_WILDCARD, own, centiseconds(cfg.hello_interval), b"", echo))
+            w.add(IHU(AE_WILDCARD, own, centiseconds(interval), b"", echo))
         nb.last_sent_hello = now
-        self._next_hello[nb.id] = now + cfg.hello_interval
+        self._next_hello[nb.id] = now + next_in
 
     def _on_hello(self, nb: Neighbour, msg: Hello) -> int | None:
         ts = next((s.stamps[0] for s in msg.subtlvs if isinstance(s, Timestamp)), None)
         was_heard = nb.last_hello is not None
         nb.on_hello(self._now, msg.seqno, msg.interval, ts)
+        flags, changed = self._live.on_hello(nb.id, self._now, msg.interval / 100.0,
+                                             msg.subtlvs)
+        last = nb.last_sent_hello
         if not nb.up and (not was_heard or nb.last_ihu is None):
             # Answer at once so the neighbour gets an IHU without waiting a full interval.
-            last = nb.last_sent_hello
             if last is None or self._now - last >= self.config.hello_interval / 4:
                 self._send_hello(nb)
+        elif (flags & F_PROBE or (changed and self._next_hello[nb.id] > self._now +
+                                  self._live.tx_interval(nb.id, self.config.hello_interval))) \
+                and (last is None or self._now - last >= 0.001):
+            # A probe, or the neighbour wants our Hellos sooner than the next is due:
+            # answer now (at most one Hello per millisecond).
+            self._send_hello(nb)
         return ts
 
     def _on_ihu(self, nb: Neighbour, msg: IHU) -> tuple[int, int] | None:
@@ -544,6 +618,7 @@ class Node:
 
     def _neighbour_down(self, nb: Neighbour) -> None:
         nb.forget()
+        self._live.peers[nb.id].reset()
         self._cost[nb.id] = INFINITY
         self._updates.changed()
         self._events.append(NeighbourDown(nb.id))
@@ -553,6 +628,56 @@ class Node:
         self.requests.neighbour_gone(nb.id)
         self._finish_acks()
         self._updates.neighbour_down(nb.id)
+
+    def _probe_or_bury(self, now: float) -> None:
+        """Probe the wgcast neighbours whose Hello is late; take down those whose
+        probes all went unanswered (liveness.py)."""
+        neighbours = self.neighbours
+
+        def rtt(nid: str) -> float | None:
+            ms = neighbours[nid].rtt_ms
+            return None if ms is None else ms / 1000.0
+
+        probe, dead = self._live.due(now, list(self._nb_expiry), rtt)
+        for nid in probe:
+            self._send_hello(neighbours[nid], F_PROBE)
+        for nid in dead:
+            nb = neighbours[nid]
+            if nb.up:
+                self._neighbour_down(nb)
+            self._nb_expiry.pop(nid, None)
+
+    def _selection_moved(self, since: int) -> None:
+        """Selections changed (RouteSelected events from index `since`): ask the new
+        next hops that need it for fast Hellos at once."""
+        if not self.config.liveness.idle_hello_interval:
+            return
+        moved = [ev.prefix for ev in itertools.islice(self._events, since, None)
+                 if isinstance(ev, RouteSelected) and ev.via is not None and ev.via != LOCAL]
+        if moved:
+            self._ask_fast(fast_neighbours(self.routes, self.selected, moved) - self._fast)
+
+    def _scan_fast(self, now: float) -> None:
+        """Recompute in full whom we need fast Hellos from (an alternative may have
+        appeared, a need gone): added ones are asked at once, dropped ones in the next
+        regular Hello."""
+        live = self.config.liveness
+        if not live.idle_hello_interval:
+            self._next_fast_scan = _NEVER
+            return
+        self._next_fast_scan = now + max(self.config.hello_interval,
+                                         live.idle_hello_interval / 2)
+        new = fast_neighbours(self.routes, self.selected)
+        added = new - self._fast
+        self._fast = new
+        self._ask_fast(added)
+
+    def _ask_fast(self, nids: set[str]) -> None:
+        for nid in nids:
+            self._fast.add(nid)
+            nb = self.neighbours.get(nid)
+            if nb is not None and nb.up and self._live.peers[nid].answers:
+                self._send_hello(nb)
 
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
         """Reselect routes via `nb` when its agreed cost moved (by any amount: selection
