@@ -243,7 +243,7 @@ class Liveness:
                 r = rtt(nid)
                 if r is None:
                     r = min(p.interval / 4, 0.05)
-                timeout = 1.5 * r + max(p.interval / 10, 0.002) + 2 * p.jitter
+                timeout = 1.25 * r + max(p.interval / 10, 0.002) + 2 * p.jitter
                 spacing = p.spacing = timeout / (2 * k)
                 p.probes_sent = 1
                 p.next_probe = now + spacing if k > 1 else _NEVER
