@@ -10,8 +10,8 @@ interval by the seed; per neighbour, virtual ms until it declares the node down.
 `idle`: boot a full mesh with anycast 10x3 to quiescence, then count the bytes of Hello
 and IHU TLVs (a packet's header too when it holds nothing else) and all bytes, per node
 per second, over `--seconds` more. `false`: neighbours declared down with nothing
-failing, under `--jitter` and `--loss`, on a mesh that routes. Runs against any checkout (PYTHONPATH) for
-before/after figures.
+failing, under `--jitter` and `--loss`, on a mesh that routes. Runs against any
+checkout (PYTHONPATH) for before/after figures.
 """
 
 from __future__ import annotations
