@@ -421,6 +421,8 @@ class Node:
         # A timer only takes neighbours down (they come up on what we receive).
         for nid in [nid for nid, t in self._nb_expiry.items() if t <= now]:
             self._check_neighbour(self.neighbours[nid])
+        if self._live.params is not cfg.liveness:
+            self._live.params = cfg.liveness  # the driver replaced the config (reload)
         if self._nb_expiry:
             self._probe_or_bury(now)
         expiry = self._expiry
@@ -663,7 +665,7 @@ class Node:
         regular Hello."""
         live = self.config.liveness
         if not live.idle_hello_interval:
-            self._next_fast_scan = _NEVER
+            self._next_fast_scan = now + 10.0  # off; looks again after a reload
             return
         self._next_fast_scan = now + max(self.config.hello_interval,
                                          live.idle_hello_interval / 2)
