@@ -316,7 +316,7 @@ class Node:
                 # Our view of the link moved: tell the neighbour at once (our IHU carries
                 # it), so the two ends agree on the new cost within a one-way delay.
                 self._own_cost[neighbour] = own
-                self._send_hello(nb)
+                self._send_hello(nb, ihu=True)
         self._maybe_recost(nb)
         if len(self._events) > n_events:
             self._selection_moved(n_events)
@@ -520,7 +520,7 @@ class Node:
         nb = self.neighbours.get(nid)
         if nb is None:
             raise LocalProtocolError(f"no neighbour {nid!r}")
-        self._send_hello(nb)
+        self._send_hello(nb, ihu=True)
         self._updates.flush(self._now)
 
     def heard(self, nid: str, when: float, now: float | None = None) -> None:
@@ -538,7 +538,10 @@ class Node:
                 raise LocalProtocolError(f"time went backwards: {now} < {self._now}")
             self._now = now
 
-    def _send_hello(self, nb: Neighbour, flags: int = 0) -> None:
+    def _send_hello(self, nb: Neighbour, flags: int = 0, ihu: bool = False) -> None:
+        """A Hello to `nb`, with an IHU when `ihu`, when `nb` is not a wgcast neighbour on
+        fast Hellos, or every third Hello otherwise (RFC 8966 allows an IHU interval
+        longer than the Hello interval; the RTT is sampled from those)."""
         if self._restart_holding:
             return  # the hold Hello was our last (see restart_hold)
         now, cfg = self._now, self.config
@@ -553,17 +556,29 @@ class Node:
             p = live.peers[nb.id]
             want = live.want(nb.id in self._fast, cfg.hello_interval)
             if want != p.asked:
-                p.asked, p.repeats = want, 2
-            elif p.repeats:
+                p.asked, p.repeats = want, 3
+            if p.repeats:
                 # Say a new request a few times, a Hello interval apart: one loss must
                 # not leave the neighbour sending slow Hellos.
                 p.repeats -= 1
                 if p.answers:
                     next_in = min(interval, cfg.hello_interval)
             subs += (liveness_subtlv(F_ANSWERS | flags, want),)
+            # Our IHU interval is 3 Hello intervals on fast Hellos, whether or not we thin
+            # them yet (a neighbour that does not answer probes gets one in each Hello).
+            ihu_every = 3 if interval < 1.0 else 1
+            if ihu_every > 1 and p.answers and nb.up and not ihu:
+                p.since_ihu += 1
+                ihu = p.since_ihu >= ihu_every
+            else:
+                ihu = True
+            if ihu:
+                p.since_ihu = 0
+        else:
+            ihu, ihu_every = True, 1
         w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
                     centiseconds(interval), subs))
-        if nb.last_hello is not None:
+        if ihu and nb.last_hello is not None:
             # rxcost: our view of the link's cost; the neighbour takes the larger of its
             # own and ours, as we do (Neighbour.cost), so both ends agree. The echo of its
             # Hello timestamp only when its Hellos carry one (BIRD's do not).
@@ -571,7 +586,7 @@ class Node:
             self._own_cost[nb.id] = own
             echo = () if nb.peer_hello_stamp is None or nb.peer_hello_recv is None else \
                 (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)
-            w.add(IHU(AE_WILDCARD, own, centiseconds(interval), b"", echo))
+            w.add(IHU(AE_WILDCARD, own, centiseconds(ihu_every * interval), b"", echo))
         nb.last_sent_hello = now
         self._next_hello[nb.id] = now + next_in
 
@@ -585,7 +600,7 @@ class Node:
         if not nb.up and (not was_heard or nb.last_ihu is None):
             # Answer at once so the neighbour gets an IHU without waiting a full interval.
             if last is None or self._now - last >= self.config.hello_interval / 4:
-                self._send_hello(nb)
+                self._send_hello(nb, ihu=True)
         elif (flags & F_PROBE or (changed and self._next_hello[nb.id] > self._now +
                                   self._live.tx_interval(nb.id, self.config.hello_interval))) \
                 and (last is None or self._now - last >= 0.001):

@@ -90,7 +90,8 @@ class PeerLiveness:
     """What we know of one neighbour's liveness beyond RFC 8966's Hello history."""
 
     __slots__ = ("answers", "asked", "expected", "heard", "holding", "interval", "jitter",
-                 "next_probe", "probe_deadline", "probes_sent", "repeats", "spacing", "wants")
+                 "next_probe", "probe_deadline", "probes_sent", "repeats", "since_ihu", "spacing",
+                 "wants")
 
     def __init__(self) -> None:
         #: It answers probes (its Hellos carry our sub-TLV).
@@ -101,6 +102,8 @@ class PeerLiveness:
         #: more of our Hellos go at the configured interval so that the request gets there.
         self.asked: float | None = None
         self.repeats = 0
+        #: Our Hellos to it since our last IHU (see Node._send_hello).
+        self.since_ihu = 0
         #: Its Hello interval (seconds) and when its next Hello is due.
         self.interval = 0.0
         self.expected: float | None = None
