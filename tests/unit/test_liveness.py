@@ -4,6 +4,8 @@ generic neighbours, Hellos on demand, the driver's signs of life."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from test_engine import Pump, net, rid
 
@@ -155,3 +157,27 @@ def test_liveness_params_reject_nonsense() -> None:
     node = Node(NodeConfig(rid("a"), liveness=ALL_FAST), 0.0)
     with pytest.raises(LocalProtocolError):
         node.heard("nobody", 0.0)
+
+
+def test_a_next_hop_of_someone_with_an_alternative_is_watched_fast_too() -> None:
+    """o1 - n2 - n3 - n4 - o5, o1 and o5 originate one anycast prefix (the lab's line:5).
+    n4 sees only o5's instance (n3 routes through n4, so it poisons it to n4), but n3 has
+    the other instance and asked n4 for fast Hellos: n4 asks o5 for fast Hellos too, and
+    notices o5's death after about one Hello interval, not after `idle_hello`."""
+    live = LivenessParams(idle_hello_interval=2.0)
+    names = ["o1", "n2", "n3", "n4", "o5"]
+    links = {(a, b): 0.005 for a, b in itertools.pairwise(names)}
+    p = Pump(names, links, live=live)
+    for o in ("o1", "o5"):
+        p.nodes[o].originate(net(9), now=p.now)
+    p.run(8.0)
+    assert p.path("n3", net(9)) == ["n3", "n4", "o5"]
+    since = p.now
+    p.run(2.0)
+    assert {h.interval for _, h in hellos(p, "o5", "n4", since)} == {20}
+    p.cut.update({("n4", "o5"), ("o5", "n4")})
+    last = max(t for t, _ in hellos(p, "o5", "n4"))
+    t_down = down_at(p, "n4", "o5", 3.0)
+    assert t_down is not None and t_down - last < 1.5 * HELLO
+    p.run(1.0)
+    assert p.path("n3", net(9)) == ["n3", "n2", "o1"]

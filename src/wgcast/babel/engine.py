@@ -597,6 +597,9 @@ class Node:
         flags, changed = self._live.on_hello(nb.id, self._now, msg.interval / 100.0,
                                              msg.subtlvs)
         last = nb.last_sent_hello
+        if changed:
+            # What it asks of us may change what we need of our next hops (needs_fast).
+            self._next_fast_scan = self._now
         if not nb.up and (not was_heard or nb.last_ihu is None):
             # Answer at once so the neighbour gets an IHU without waiting a full interval.
             if last is None or self._now - last >= self.config.hello_interval / 4:
@@ -672,7 +675,9 @@ class Node:
         moved = [ev.prefix for ev in itertools.islice(self._events, since, None)
                  if isinstance(ev, RouteSelected) and ev.via is not None and ev.via != LOCAL]
         if moved:
-            self._ask_fast(fast_neighbours(self.routes, self.selected, moved) - self._fast)
+            askers = self._live.askers(self.config.hello_interval)
+            self._ask_fast(fast_neighbours(self.routes, self.selected, moved, askers)
+                           - self._fast)
 
     def _scan_fast(self, now: float) -> None:
         """Recompute in full whom we need fast Hellos from (an alternative may have
@@ -684,7 +689,8 @@ class Node:
             return
         self._next_fast_scan = now + max(self.config.hello_interval,
                                          live.idle_hello_interval / 2)
-        new = fast_neighbours(self.routes, self.selected)
+        new = fast_neighbours(self.routes, self.selected,
+                              askers=self._live.askers(self.config.hello_interval))
         added = new - self._fast
         self._fast = new
         self._ask_fast(added)

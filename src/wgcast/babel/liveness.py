@@ -158,6 +158,11 @@ class Liveness:
             return base
         return max(base, p.wants)
 
+    def askers(self, base: float) -> list[str]:
+        """The wgcast neighbours that asked us for Hellos every `base` (or faster)."""
+        return [nid for nid, p in self.peers.items()
+                if p.answers and p.wants is not None and p.wants <= base]
+
     def want(self, fast: bool, base: float) -> float:
         idle = self.params.idle_hello_interval
         return base if fast or not idle else max(base, idle)
@@ -266,26 +271,40 @@ class Liveness:
         return probe, dead
 
 
-def needs_fast(routes: RouteTable, prefix: Prefix, via: str) -> bool:
+def needs_fast(routes: RouteTable, prefix: Prefix, via: str,
+               askers: Iterable[str] = ()) -> bool:
     """Must we notice fast the death of `via`, our next hop for `prefix`? Yes if the
     prefix survives it: `via` is transit (the route's refmetric is not 0, as at an
-    origin), or another origin announces the prefix (anycast)."""
+    origin), or another origin announces the prefix (anycast). And yes for those that
+    depend on us: a neighbour that asked us for fast Hellos (`askers`) and routes the
+    prefix through us (it poisoned it to us, or never announced it: split horizon) may
+    have an alternative we do not see, so it needs our retraction fast."""
     per = routes.routes(prefix)
     r = per.get(via)
     if r is None or r.refmetric > 0:
         return True
     rid = r.router_id
-    return any(o.router_id != rid and o.refmetric < INFINITY for o in per.values())
+    if any(o.router_id != rid and o.refmetric < INFINITY for o in per.values()):
+        return True
+    for x in askers:
+        if x != via:
+            rx = per.get(x)
+            if rx is None or rx.refmetric >= INFINITY:
+                return True
+    return False
 
 
 def fast_neighbours(routes: RouteTable, selected: Mapping[Prefix, Selected],
-                    prefixes: Iterable[Prefix] | None = None) -> set[str]:
-    """The neighbours we need fast Hellos from, judged on `prefixes` (default: all)."""
+                    prefixes: Iterable[Prefix] | None = None,
+                    askers: Iterable[str] = ()) -> set[str]:
+    """The neighbours we need fast Hellos from, judged on `prefixes` (default: all);
+    `askers`: the neighbours that asked us for fast Hellos (see needs_fast)."""
+    askers = tuple(askers)
     out: set[str] = set()
     for prefix in selected if prefixes is None else prefixes:
         sel = selected.get(prefix)
         if sel is None or sel.via == LOCAL or sel.via in out:
             continue
-        if needs_fast(routes, prefix, sel.via):
+        if needs_fast(routes, prefix, sel.via, askers):
             out.add(sel.via)
     return out
