@@ -222,7 +222,8 @@ class Liveness:
         due = p.expected
         if p.heard is not None and p.heard + p.interval > due:
             due = p.heard + p.interval
-        return due + 4 * p.jitter + max(p.interval / 20, 0.001)
+        # Jitter widens the margin, up to half an interval (a loaded host's timers).
+        return due + min(4 * p.jitter + max(p.interval / 20, 0.001), p.interval / 2)
 
     def next_deadline(self, up: Iterable[str]) -> float:
         best = _NEVER
@@ -251,7 +252,8 @@ class Liveness:
                 r = rtt(nid)
                 if r is None:
                     r = min(p.interval / 4, 0.05)
-                timeout = 1.25 * r + max(p.interval / 10, 0.002) + 2 * p.jitter
+                timeout = 1.25 * r + max(p.interval / 10, 0.002) + min(2 * p.jitter,
+                                                                        p.interval / 4)
                 spacing = p.spacing = timeout / (2 * k)
                 p.probes_sent = 1
                 p.next_probe = now + spacing if k > 1 else _NEVER
