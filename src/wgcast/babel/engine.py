@@ -586,7 +586,11 @@ class Node:
             self._own_cost[nb.id] = own
             echo = () if nb.peer_hello_stamp is None or nb.peer_hello_recv is None else \
                 (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)
-            w.add(IHU(AE_WILDCARD, own, centiseconds(ihu_every * interval), b"", echo))
+            # Thinned IHUs promise 3x their spacing: a few IHUs lost in a row must not
+            # take the link down (no probe follows a late IHU); a link that fails one
+            # way is still found by the other end's probes.
+            ihu_iv = interval if ihu_every == 1 else 3 * ihu_every * interval
+            w.add(IHU(AE_WILDCARD, own, centiseconds(ihu_iv), b"", echo))
         nb.last_sent_hello = now
         self._next_hello[nb.id] = now + next_in
 
@@ -608,8 +612,8 @@ class Node:
                                   self._live.tx_interval(nb.id, self.config.hello_interval))) \
                 and (last is None or self._now - last >= 0.001):
             # A probe, or the neighbour wants our Hellos sooner than the next is due:
-            # answer now (at most one Hello per millisecond).
-            self._send_hello(nb)
+            # answer now (at most one Hello per millisecond), with an IHU.
+            self._send_hello(nb, ihu=True)
         return ts
 
     def _on_ihu(self, nb: Neighbour, msg: IHU) -> tuple[int, int] | None:
@@ -660,7 +664,7 @@ class Node:
 
         probe, dead = self._live.due(now, list(self._nb_expiry), rtt)
         for nid in probe:
-            self._send_hello(neighbours[nid], F_PROBE)
+            self._send_hello(neighbours[nid], F_PROBE, ihu=True)
         for nid in dead:
             nb = neighbours[nid]
             if nb.up:
