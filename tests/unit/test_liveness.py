@@ -134,19 +134,23 @@ def test_a_new_route_asks_for_fast_hellos_at_once() -> None:
 
 
 def test_the_drivers_sign_of_life_postpones_probing() -> None:
+    """Traffic WireGuard counted (`Node.heard`) postpones probing by an interval (not
+    more: probing must begin before the RFC expiry, which then waits for its verdict)."""
     p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
     p.run(3.0)
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    p.run(last + 0.006 - p.now)  # b's last Hello has arrived
     p.cut.add(("b", "a"))  # b's packets no longer reach a, but WireGuard says b sends
     t0 = p.now
     a = p.nodes["a"]
-    for _ in range(40):
+    for _ in range(35):  # until 0.35 s after b's last Hello: due at 0.2, postponed to 0.4
+        a.heard("b", p.now)
         p.run(0.01)
-        a.heard("b", p.now, now=p.now)
     assert probes(p, "a", "b", t0) == 0
     assert NeighbourDown("b") not in p.events["a"]
-    # Without the sign of life, the RFC expiry (3 intervals after the last Hello) or the
-    # probes take it down.
+    # Without it, the probes take b down.
     assert down_at(p, "a", "b", 1.0) is not None
+    assert probes(p, "a", "b", t0) >= 1
 
 
 def test_liveness_params_reject_nonsense() -> None:

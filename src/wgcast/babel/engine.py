@@ -626,6 +626,10 @@ class Node:
     def _check_neighbour(self, nb: Neighbour) -> None:
         dead = self.config.dead
         alive = nb.alive(self._now, dead)
+        # A wgcast neighbour being probed lives until the probes' verdict (liveness.py).
+        probe_deadline = self._live.peers[nb.id].probe_deadline  # inf: not probing
+        if not alive and nb.up and self._now < probe_deadline < _NEVER:
+            alive = True
         if alive and not nb.up:
             nb.up = True
             self._events.append(NeighbourUp(nb.id))
@@ -635,6 +639,8 @@ class Node:
         elif not alive and nb.up:
             self._neighbour_down(nb)
         exp = nb.expiry(dead) if nb.up else None
+        if exp is not None and exp < probe_deadline < _NEVER:
+            exp = probe_deadline
         if exp is None:
             self._nb_expiry.pop(nb.id, None)
         else:

@@ -221,7 +221,9 @@ class Liveness:
             return _NEVER
         due = p.expected
         if p.heard is not None and p.heard + p.interval > due:
-            due = p.heard + p.interval
+            # Other traffic postpones probing, by an interval at most: probing must
+            # begin before the RFC expiry (the engine then waits for its verdict).
+            due = min(p.heard + p.interval, p.expected + p.interval)
         # Jitter widens the margin, up to half an interval (a loaded host's timers).
         return due + min(4 * p.jitter + max(p.interval / 20, 0.001), p.interval / 2)
 
