@@ -2,7 +2,7 @@
 at a time: each test runs the daemon with two values of a key and shows that what it
 does differs, so a key that is parsed but ignored fails here (as `backend` once was).
 
-Keys covered: `timers.update`, `timers.retract_grace`, `route_selection`,
+Keys covered: `timers.update`, `timers.retract_grace`, `timers.idle_hello`, `route_selection`,
 `api_socket_mode`, `groups.allow_uids` / `allow_gids`, `metrics`. The last three run
 `Daemon.run()`, which binds the API socket (a Unix socket under the test's tmp_path) and,
 for `metrics`, an HTTP listener on 127.0.0.1 at a port the kernel picks.
@@ -25,7 +25,7 @@ from daemon_fakes import MemoryTransport, Mesh, Node, config_text, running, unti
 
 from wgcast import keys
 from wgcast.anycast.policy import Peer
-from wgcast.babel.wire import Ack, Digest, Update, decode_packet, encode_packet
+from wgcast.babel.wire import Ack, Digest, Hello, Update, decode_packet, encode_packet
 from wgcast.client import request
 from wgcast.daemon.api_context import Connection
 from wgcast.prefix import Prefix
@@ -102,6 +102,49 @@ def test_the_update_interval_sets_the_rate_of_digests_between_wgcast_nodes(
     # Several digests in 1.2 s against none, and no full update either way.
     assert often_dg >= 2 and rarely_dg == 0, (often_dg, rarely_dg)
     assert rarely == 0, rarely
+
+
+# --------------------------------------------------------------------------- idle_hello
+
+
+class _HelloTap(MemoryTransport):
+    """A memory transport that keeps the (time, interval) of each Hello it sends."""
+
+    def __init__(self, mesh: Mesh) -> None:
+        super().__init__(mesh)
+        self.hellos: list[tuple[float, int]] = []
+
+    def send(self, data: bytes, dest: ipaddress.IPv6Address) -> None:
+        now = asyncio.get_running_loop().time()
+        self.hellos += [(now, t.interval) for t in decode_packet(data) if isinstance(t, Hello)]
+        super().send(data, dest)
+
+
+def _hellos_to_b(tmp: Path, idle: str) -> tuple[int, set[int]]:
+    """(how many Hellos a sent b in 1.5 s once settled, their intervals in centiseconds),
+    with b's `timers.idle_hello`: b routes nothing through a that would survive a's
+    death, so what it asks of a is its idle interval."""
+    async def main() -> tuple[int, set[int]]:
+        mesh, a, b = _pair(tmp, b_timers=f'idle_hello = "{idle}"')
+        tap = _HelloTap(mesh)
+        a.daemon.transport = tap
+        async with running(mesh):
+            await until(lambda: b.daemon.status()["neighbours_up"] == 1, what="a up")
+            await asyncio.sleep(1.0)  # b's request reached a
+            t0 = asyncio.get_running_loop().time()
+            await asyncio.sleep(1.5)
+            seen = [iv for t, iv in tap.hellos if t >= t0]
+            return len(seen), set(seen)
+
+    return asyncio.run(main())
+
+
+def test_idle_hello_sets_the_rate_of_hellos_to_an_idle_neighbour(tmp_path: Path) -> None:
+    often, often_iv = _hellos_to_b(tmp_path, "0s")
+    rarely, rarely_iv = _hellos_to_b(tmp_path, "3s")
+    # Off: the fast profile's Hello interval (50ms); 3s: what b asked for.
+    assert often_iv == {5} and rarely_iv <= {300}, (often_iv, rarely_iv)
+    assert often >= 10 and rarely <= 1, (often, rarely)
 
 
 # --------------------------------------------------------------------------- retract_grace

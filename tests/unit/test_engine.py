@@ -24,6 +24,7 @@ from wgcast.babel.events import (
     RouteSelected,
     SeqnoChanged,
 )
+from wgcast.babel.liveness import LivenessParams
 from wgcast.babel.neighbour import link_tiebreak
 from wgcast.babel.wire import INFINITY, Ack, AckReq, decode_packet
 from wgcast.prefix import Prefix
@@ -42,10 +43,16 @@ class Pump:
 
     def __init__(self, names: list[str], links: dict[tuple[str, str], float],
                  ties: bool = True, extra: dict[tuple[str, str], int] | None = None,
-                 start: float = 100.0, quiet: bool | set[str] = True) -> None:
+                 start: float = 100.0, quiet: bool | set[str] = True,
+                 live: LivenessParams | None = None, hello: float = 0.2) -> None:
         """`quiet`: which nodes do quiet mode (all, none, or those named)."""
         self.now = start
-        self.nodes = {n: Node(NodeConfig(rid(n), quiet=quiet if isinstance(quiet, bool)
+        # By default every neighbour gets Hellos at the Hello interval (no idle ones):
+        # the tests of costs and selection count in Hello intervals; test_liveness.py
+        # covers Hellos on demand.
+        live = live or LivenessParams(idle_hello_interval=0.0)
+        self.nodes = {n: Node(NodeConfig(rid(n), hello_interval=hello, liveness=live,
+                                         quiet=quiet if isinstance(quiet, bool)
                                          else n in quiet), start) for n in names}
         self.delay: dict[tuple[str, str], float] = {}
         self.cut: set[tuple[str, str]] = set()

@@ -22,6 +22,7 @@ bookkeeping around selection.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,15 @@ from wgcast.babel.events import (
     SeqnoChanged,
 )
 from wgcast.babel.hellostream import HelloStream, HelloStreams, ihu_is_for
+from wgcast.babel.liveness import (
+    F_ANSWERS,
+    F_HOLD,
+    F_PROBE,
+    Liveness,
+    LivenessParams,
+    fast_neighbours,
+    liveness_subtlv,
+)
 from wgcast.babel.neighbour import LinkCostParams, Neighbour, stamp
 from wgcast.babel.quiet import digest_sum, entry_hash
 from wgcast.babel.release import SourceRelease
@@ -63,6 +73,7 @@ from wgcast.babel.wire import (
     RouteRequest,
     RouteUpdate,
     SeqnoRequest,
+    SubTLV,
     Timestamp,
     centiseconds,
     decode_packet,
@@ -118,6 +129,8 @@ class NodeConfig:
     quiet: bool = True
     #: Sends of a packet of triggered Updates to a quiet neighbour before a full update.
     delivery_tries: int = 5
+    #: Probing and Hellos on demand between wgcast neighbours (liveness.py).
+    liveness: LivenessParams = field(default_factory=LivenessParams)
 
     def __post_init__(self) -> None:
         if len(self.router_id) != 8 or self.router_id in (bytes(8), b"\xff" * 8):
@@ -244,6 +257,12 @@ class Node:
         self._sign_epoch = config.signer.epoch() if config.signer is not None else 0
         #: Multicast Hello streams of LAN interfaces (hellostream.py; add_hello_stream).
         self._streams = HelloStreams()
+        #: Late-Hello probing and Hellos on demand (liveness.py).
+        self._live = Liveness(config.liveness)
+        #: The neighbours we need fast Hellos from (liveness.fast_neighbours): refreshed
+        #: on every selection change, and in full now and then (new alternatives).
+        self._fast: set[str] = set()
+        self._next_fast_scan = now
 
     # ------------------------------------------------------------ public API
 
@@ -283,6 +302,7 @@ class Node:
         self._tie[nid] = tie
         self._own_cost[nid] = INFINITY
         self._rx_seen[nid] = {}
+        self._live.add(nid)
 
     def remove_neighbour(self, nid: str) -> None:
         nb = self.neighbours.get(nid)
@@ -301,6 +321,8 @@ class Node:
         self._forget_rx(nid)
         self._v4_next_hop.pop(nid, None)
         self._nb_expiry.pop(nid, None)
+        self._live.remove(nid)
+        self._fast.discard(nid)
         self._updates.neighbour_removed(nid)
         self._streams.leave(nid)
 
@@ -347,9 +369,12 @@ class Node:
                 continue  # its Hellos are its stream's (above)
             nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
             w = self._out[nb.id]
+            subs: tuple[SubTLV, ...] = (Timestamp((stamp(self._now),)), *self._hello_subs)
+            if not nb.multicast:
+                # wgcast neighbours: do not probe us to death during the hold.
+                subs += (liveness_subtlv(F_ANSWERS | F_HOLD, interval),)
             w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
-                        centiseconds(interval),
-                        (Timestamp((stamp(self._now),)), *self._hello_subs)))
+                        centiseconds(interval), subs))
             if nb.up:
                 w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
@@ -364,6 +389,8 @@ class Node:
         counters = self.counters
         counters["packets_in"] += 1
         counters["bytes_in"] += len(data)
+        n_events = len(self._events)
+        self._live.on_packet(neighbour, self._now)
         seen = self._rx_seen[neighbour]
         hit = seen.pop(data, None) if nb.up else None
         if hit is not None and self._refresh_seen(hit):
@@ -378,8 +405,10 @@ class Node:
                 # Our view of the link moved: tell the neighbour at once (our IHU carries
                 # it), so the two ends agree on the new cost within a one-way delay.
                 self._own_cost[neighbour] = own
-                self._send_hello(nb)
+                self._send_hello(nb, ihu=True)
         self._maybe_recost(nb)
+        if len(self._events) > n_events:
+            self._selection_moved(n_events)
         self._updates.flush(self._now)
 
     def _receive_tlvs(self, nb: Neighbour, data: bytes,
@@ -493,6 +522,7 @@ class Node:
     def handle_timer(self, now: float) -> None:
         self._tick(now)
         cfg = self.config
+        n_events = len(self._events)
         for nid in self._next_hello.due(now):
             self._send_hello(self.neighbours[nid])
         for st in self._streams.streams.values():
@@ -502,6 +532,10 @@ class Node:
         if self._nb_expiry.earliest() <= now:
             for nid in [nid for nid, t in self._nb_expiry.items() if t <= now]:
                 self._check_neighbour(self.neighbours[nid])
+        if self._live.params is not cfg.liveness:
+            self._live.params = cfg.liveness  # the driver replaced the config (reload)
+        if self._nb_expiry:
+            self._probe_or_bury(now)
         expiry = self._expiry
         while expiry and expiry[0][0] <= now:
             _, _, route = heapq.heappop(expiry)
@@ -541,6 +575,10 @@ class Node:
                             self._ask_filtered(nb.id)
         self._resend_requests()
         self._updates.resend_retractions(now)
+        if len(self._events) > n_events:
+            self._selection_moved(n_events)
+        if now >= self._next_fast_scan:
+            self._scan_fast(now)
         if now >= self._next_gc:
             self._next_gc = now + 60.0
             for prefix, sel in self.selected.items():
@@ -560,6 +598,11 @@ class Node:
                 best = t
             if self._next_update < best:
                 best = self._next_update
+            t = self._live.next_deadline(nb_expiry)
+            if t < best:
+                best = t
+            if self._next_fast_scan < best:
+                best = self._next_fast_scan
         if self._expiry and self._expiry[0][0] < best:
             best = self._expiry[0][0]
         if self.requests.seqno_requests or self.requests.acks or self.requests.deliveries:
@@ -612,8 +655,15 @@ class Node:
         nb = self.neighbours.get(nid)
         if nb is None:
             raise LocalProtocolError(f"no neighbour {nid!r}")
-        self._send_hello(nb)
+        self._send_hello(nb, ihu=True)
         self._updates.flush(self._now)
+
+    def heard(self, nid: str, when: float, now: float | None = None) -> None:
+        """The driver saw traffic from `nid` after `when` (WireGuard's receive counter
+        moved): a sign of life that postpones probing it, like a packet of ours would."""
+        self._tick(now)
+        if not self._live.heard(nid, min(when, self._now)):
+            raise LocalProtocolError(f"no neighbour {nid!r}")
 
     # ------------------------------------------------------------ neighbours
 
@@ -623,7 +673,10 @@ class Node:
                 raise LocalProtocolError(f"time went backwards: {now} < {self._now}")
             self._now = now
 
-    def _send_hello(self, nb: Neighbour) -> None:
+    def _send_hello(self, nb: Neighbour, flags: int = 0, ihu: bool = False) -> None:
+        """A Hello to `nb`, with an IHU when `ihu`, when `nb` is not a wgcast neighbour on
+        fast Hellos, or every third Hello otherwise (RFC 8966 allows an IHU interval
+        longer than the Hello interval; the RTT is sampled from those)."""
         if self._restart_holding:
             return  # the hold Hello was our last (see restart_hold)
         sid = self._streams.member_of.get(nb.id)
@@ -633,10 +686,38 @@ class Node:
         now, cfg = self._now, self.config
         nb.hello_seqno_out = seqno_plus(nb.hello_seqno_out)
         w = self._out[nb.id]
+        live = self._live
+        interval = live.tx_interval(nb.id, cfg.hello_interval)
+        next_in = interval
+        subs: tuple[SubTLV, ...] = (Timestamp((stamp(now),)), *self._hello_subs)
+        if not nb.multicast:
+            # Generic (multicast) neighbours get plain RFC 8966 Hellos.
+            p = live.peers[nb.id]
+            want = live.want(nb.id in self._fast, cfg.hello_interval)
+            if want != p.asked:
+                p.asked, p.repeats = want, 3
+            if p.repeats:
+                # Say a new request a few times, a Hello interval apart: one loss must
+                # not leave the neighbour sending slow Hellos.
+                p.repeats -= 1
+                if p.answers:
+                    next_in = min(interval, cfg.hello_interval)
+            subs += (liveness_subtlv(F_ANSWERS | flags, want),)
+            # Our IHU interval is 3 Hello intervals on fast Hellos, whether or not we thin
+            # them yet (a neighbour that does not answer probes gets one in each Hello).
+            ihu_every = 3 if interval < 1.0 else 1
+            if ihu_every > 1 and p.answers and nb.up and not ihu:
+                p.since_ihu += 1
+                ihu = p.since_ihu >= ihu_every
+            else:
+                ihu = True
+            if ihu:
+                p.since_ihu = 0
+        else:
+            ihu, ihu_every = True, 1
         w.add(Hello(0 if nb.multicast else HELLO_UNICAST, nb.hello_seqno_out,
-                    centiseconds(cfg.hello_interval),
-                    (Timestamp((stamp(now),)), *self._hello_subs)))
-        if nb.last_hello is not None:
+                    centiseconds(interval), subs))
+        if ihu and nb.last_hello is not None:
             # rxcost: our view of the link's cost; the neighbour takes the larger of its
             # own and ours, as we do (Neighbour.cost), so both ends agree. The echo of its
             # Hello timestamp only when its Hellos carry one (BIRD's do not).
@@ -644,9 +725,13 @@ class Node:
             self._own_cost[nb.id] = own
             echo = () if nb.peer_hello_stamp is None or nb.peer_hello_recv is None else \
                 (Timestamp((nb.peer_hello_stamp, nb.peer_hello_recv)),)
-            w.add(IHU(AE_WILDCARD, own, centiseconds(cfg.hello_interval), b"", echo))
+            # Thinned IHUs promise 3x their spacing: a few IHUs lost in a row must not
+            # take the link down (no probe follows a late IHU); a link that fails one
+            # way is still found by the other end's probes.
+            ihu_iv = interval if ihu_every == 1 else 3 * ihu_every * interval
+            w.add(IHU(AE_WILDCARD, own, centiseconds(ihu_iv), b"", echo))
         nb.last_sent_hello = now
-        self._next_hello[nb.id] = now + cfg.hello_interval
+        self._next_hello[nb.id] = now + next_in
 
     def _on_hello(self, nb: Neighbour, msg: Hello) -> int | None:
         ts = next((s.stamps[0] for s in msg.subtlvs if isinstance(s, Timestamp)), None)
@@ -655,11 +740,22 @@ class Node:
             self._quiet_changed(nb, quiet)
         was_heard = nb.last_hello is not None
         nb.on_hello(self._now, msg.seqno, msg.interval, ts)
+        flags, changed = self._live.on_hello(nb.id, self._now, msg.interval / 100.0,
+                                             msg.subtlvs)
+        last = nb.last_sent_hello
+        if changed:
+            # What it asks of us may change what we need of our next hops (needs_fast).
+            self._next_fast_scan = self._now
         if not nb.up and (not was_heard or nb.last_ihu is None):
             # Answer at once so the neighbour gets an IHU without waiting a full interval.
-            last = nb.last_sent_hello
             if last is None or self._now - last >= self.config.hello_interval / 4:
-                self._send_hello(nb)
+                self._send_hello(nb, ihu=True)
+        elif (flags & F_PROBE or (changed and self._next_hello[nb.id] > self._now +
+                                  self._live.tx_interval(nb.id, self.config.hello_interval))) \
+                and (last is None or self._now - last >= 0.001):
+            # A probe, or the neighbour wants our Hellos sooner than the next is due:
+            # answer now (at most one Hello per millisecond), with an IHU.
+            self._send_hello(nb, ihu=True)
         return ts
 
     def _on_ihu(self, nb: Neighbour, msg: IHU) -> tuple[int, int] | None:
@@ -675,6 +771,10 @@ class Node:
     def _check_neighbour(self, nb: Neighbour) -> None:
         dead = self.config.dead
         alive = nb.alive(self._now, dead)
+        # A wgcast neighbour being probed lives until the probes' verdict (liveness.py).
+        probe_deadline = self._live.peers[nb.id].probe_deadline  # inf: not probing
+        if not alive and nb.up and self._now < probe_deadline < _NEVER:
+            alive = True
         if alive and not nb.up:
             nb.up = True
             self._events.append(NeighbourUp(nb.id))
@@ -684,6 +784,8 @@ class Node:
         elif not alive and nb.up:
             self._neighbour_down(nb)
         exp = nb.expiry(dead) if nb.up else None
+        if exp is not None and exp < probe_deadline < _NEVER:
+            exp = probe_deadline
         if exp is None:
             self._nb_expiry.pop(nb.id, None)
         else:
@@ -691,6 +793,7 @@ class Node:
 
     def _neighbour_down(self, nb: Neighbour) -> None:
         nb.forget()
+        self._live.peers[nb.id].reset()
         self._cost[nb.id] = INFINITY
         self._updates.changed()
         self._events.append(NeighbourDown(nb.id))
@@ -821,6 +924,59 @@ class Node:
                 self.counters["routes_swept"] += 1
                 self.routes.remove(r.prefix, nid)
                 self._select(r.prefix)
+
+    def _probe_or_bury(self, now: float) -> None:
+        """Probe the wgcast neighbours whose Hello is late; take down those whose
+        probes all went unanswered (liveness.py)."""
+        neighbours = self.neighbours
+
+        def rtt(nid: str) -> float | None:
+            ms = neighbours[nid].rtt_ms
+            return None if ms is None else ms / 1000.0
+
+        probe, dead = self._live.due(now, list(self._nb_expiry), rtt)
+        for nid in probe:
+            self._send_hello(neighbours[nid], F_PROBE, ihu=True)
+        for nid in dead:
+            nb = neighbours[nid]
+            if nb.up:
+                self._neighbour_down(nb)
+            self._nb_expiry.pop(nid, None)
+
+    def _selection_moved(self, since: int) -> None:
+        """Selections changed (RouteSelected events from index `since`): ask the new
+        next hops that need it for fast Hellos at once."""
+        if not self.config.liveness.idle_hello_interval:
+            return
+        moved = [ev.prefix for ev in itertools.islice(self._events, since, None)
+                 if isinstance(ev, RouteSelected) and ev.via is not None and ev.via != LOCAL]
+        if moved:
+            askers = self._live.askers(self.config.hello_interval)
+            self._ask_fast(fast_neighbours(self.routes, self.selected, moved, askers)
+                           - self._fast)
+
+    def _scan_fast(self, now: float) -> None:
+        """Recompute in full whom we need fast Hellos from (an alternative may have
+        appeared, a need gone): added ones are asked at once, dropped ones in the next
+        regular Hello."""
+        live = self.config.liveness
+        if not live.idle_hello_interval:
+            self._next_fast_scan = now + 10.0  # off; looks again after a reload
+            return
+        self._next_fast_scan = now + max(self.config.hello_interval,
+                                         live.idle_hello_interval / 2)
+        new = fast_neighbours(self.routes, self.selected,
+                              askers=self._live.askers(self.config.hello_interval))
+        added = new - self._fast
+        self._fast = new
+        self._ask_fast(added)
+
+    def _ask_fast(self, nids: set[str]) -> None:
+        for nid in nids:
+            self._fast.add(nid)
+            nb = self.neighbours.get(nid)
+            if nb is not None and nb.up and self._live.peers[nid].answers:
+                self._send_hello(nb)
 
     def _maybe_recost(self, nb: Neighbour, force: bool = False) -> None:
         """Reselect routes via `nb` when its agreed cost moved (by any amount: selection

@@ -288,6 +288,9 @@ class Timers:
     #: packets to the prefix wait about 3 round trips to the old peer, so the replies
     #: still coming back through it pass WireGuard's source filter.
     move_hold: float = 0.2
+    #: Hello interval to a wgcast neighbour that routes nothing through us that would
+    #: survive our death (0: every neighbour gets `hello`); see docs/architecture.md.
+    idle_hello: float = 4.0
 
     @classmethod
     def for_profile(cls, profile: str) -> Timers:
@@ -854,7 +857,7 @@ _TOP_KEYS: Final = (
     "max_routes_per_peer", "max_update_rate", "name", "web", "lan", "health_checks",
 )
 _TIMER_KEYS: Final = ("profile", "hello", "dead", "update", "retract_grace", "restart_hold",
-                      "move_hold")
+                      "move_hold", "idle_hello")
 _LINK_KEYS: Final = ("base_cost", "rtt_cost_per_ms", "max_rtt_cost")
 _PEER_KEYS: Final = ("name", "public_key", "endpoints", "may_originate", "cost", "probe_port",
                       "babel", "babel_address", "ipv4_next_hop")
@@ -1051,7 +1054,14 @@ class _Reader:
         grace = self.get(t, "timers", "retract_grace", _duration(0.001, 60.0), base.retract_grace)
         hold = self.get(t, "timers", "restart_hold", _duration(0.0, 600.0), base.restart_hold)
         move_hold = self.get(t, "timers", "move_hold", _duration(0.0, 5.0), base.move_hold)
-        timers = Timers(profile, hello, dead, update, grace, hold, move_hold)
+        idle = self.get(t, "timers", "idle_hello",
+                        _duration(0.0, _MAX_INTERVAL, centiseconds=True), base.idle_hello)
+        if valid and 0 < idle < hello:
+            self.err("timers.idle_hello",
+                     f'expected "0s" (off) or at least hello ({format_duration(hello)}), got '
+                     f"{format_duration(idle)}: idle neighbours get Hellos less often, "
+                     "not more")
+        timers = Timers(profile, hello, dead, update, grace, hold, move_hold, idle)
         if valid and timers.dead_interval >= update:
             set_keys = [k for k in ("update", "hello", "dead") if k in t]
             where = f"timers.{set_keys[0]}" if set_keys else "timers"

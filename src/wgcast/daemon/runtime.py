@@ -39,6 +39,7 @@ from wgcast.babel.events import (
     RouteSelected,
     SeqnoChanged,
 )
+from wgcast.babel.liveness import LivenessParams
 from wgcast.babel.neighbour import LinkCostParams, link_tiebreak
 from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import PORT, Ack, RouteUpdate, decode_packet, encode_packet, resolve
@@ -75,6 +76,7 @@ from wgcast.daemon.ports import (
     Transport,
 )
 from wgcast.daemon.reload import diff, refusals
+from wgcast.daemon.rx_feed import RxFeed
 from wgcast.daemon.state import State, StateError, load_state, save_state
 from wgcast.daemon.trace import TraceRing
 from wgcast.daemon.transport import BABEL_GROUP, UdpTransport
@@ -82,7 +84,7 @@ from wgcast.daemon.web import WebServer
 from wgcast.dataplane.backend import open_device
 from wgcast.dataplane.move_hold import MoveHoldQueue, move_hold_ifname
 from wgcast.dataplane.system import System
-from wgcast.dataplane.types import PeerKey, PermissionDenied, WireGuardBackend
+from wgcast.dataplane.types import Device, PeerKey, PermissionDenied, WireGuardBackend
 from wgcast.keys import control_address, decode_key, router_id
 from wgcast.origin import Signer, Verifier
 from wgcast.prefix import Prefix
@@ -274,6 +276,8 @@ class Daemon:
         #: Acks held back until the data plane moved, and those sent on the time bound.
         self.acks_held = 0
         self.acks_gate_expired = 0
+        #: WireGuard's rx counters between two device reads (see _feed_rx).
+        self._rx_feed = RxFeed()
 
     # ------------------------------------------------------------ clock
 
@@ -303,6 +307,7 @@ class Daemon:
             accept=self.policy.accept,
             signer=self.signer,
             observe=self._heard,
+            liveness=LivenessParams(idle_hello_interval=timers.idle_hello),
         )
         self.node = Node(ncfg, self.now())
         self.policy.routes_from = self.node.route_count_via
@@ -546,7 +551,9 @@ class Daemon:
                 self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(), remembered)
                 nb = node.neighbours.get(pc.name)
                 if nb is not None:
-                    nb.extra_cost = pc.cost  # the next Hello/IHU carries the new cost
+                    nb.extra_cost = pc.cost
+                    if nb.up:
+                        node.hello_now(pc.name, now)  # its IHU carries the new cost
             if first_seen:
                 save_remembered(new.state_file, {**first_seen, **remembered})
         if ch.keys:
@@ -573,6 +580,7 @@ class Daemon:
         t = new.timers
         node.config = dataclasses.replace(
             node.config, hello_interval=t.hello, dead=t.dead,
+            liveness=dataclasses.replace(node.config.liveness, idle_hello_interval=t.idle_hello),
             link=LinkCostParams(new.link.base_cost, float(new.link.rtt_cost_per_ms),
                                 new.link.max_rtt_cost),
             selection=SelectionParams(mode=new.route_selection))
@@ -1282,6 +1290,7 @@ class Daemon:
         except Exception as e:
             log.debug("peers: cannot read the device: %s", e)
             return
+        self._feed_rx(dev)
         absent = {n for n, p in doctor.problems.items() if p.kind == NOT_ON_DEVICE}
         doctor.observe(dev)
         now_absent = {n for n, p in doctor.problems.items() if p.kind == NOT_ON_DEVICE}
@@ -1294,6 +1303,24 @@ class Daemon:
                 for name in back:
                     self.node.hello_now(name, self.now())
                 self._pump()
+
+    def _feed_rx(self, dev: Device) -> None:
+        """WireGuard's rx counters, read for the doctor anyway, as signs of life for the
+        engine (rx_feed.py): a peer carrying traffic is not probed for a late Hello."""
+        node = self.node
+        if node is None:
+            return
+        on_device = {p.public_key: p.rx_bytes for p in dev.peers}
+        rx = {name: on_device[info.key] for name, info in self.peers.items()
+              if info.key in on_device}
+        now = self.now()
+        fed = False
+        for name, since in self._rx_feed.observe(now, rx):
+            if name in node.neighbours:
+                node.heard(name, since, now=now)
+                fed = True
+        if fed:
+            self._pump()  # re-arms the engine's timer (probing moved later)
 
     async def watch_host(self, every: float = 5.0) -> None:
         """Look at the host's settings now and then (forwarding)."""

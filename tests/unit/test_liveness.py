@@ -1,0 +1,187 @@
+"""Liveness between wgcast neighbours (babel/liveness.py), h11-style: `Node`s pumped with
+explicit `now` (test_engine.Pump), bytes between them: late-Hello probing, restart holds,
+generic neighbours, Hellos on demand, the driver's signs of life."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from test_engine import Pump, net, rid
+
+from wgcast.babel.engine import Node, NodeConfig
+from wgcast.babel.errors import LocalProtocolError
+from wgcast.babel.events import NeighbourDown
+from wgcast.babel.liveness import F_PROBE, LivenessParams, parse_liveness
+from wgcast.babel.wire import Hello, decode_packet
+
+HELLO = 0.2
+ALL_FAST = LivenessParams(idle_hello_interval=0.0)
+
+
+def hellos(p: Pump, src: str, dst: str, since: float = 0.0) -> list[tuple[float, Hello]]:
+    return [(t, tlv) for (t, s, d, data) in p.sent if s == src and d == dst and t >= since
+            for tlv in decode_packet(data) if isinstance(tlv, Hello)]
+
+
+def probes(p: Pump, src: str, dst: str, since: float = 0.0) -> int:
+    return sum(1 for _, h in hellos(p, src, dst, since)
+               if (lv := parse_liveness(h.subtlvs)) is not None and lv[0] & F_PROBE)
+
+
+def down_at(p: Pump, name: str, nid: str, seconds: float, step: float = 0.001) -> float | None:
+    """Run up to `seconds` in steps; the time `name` declared `nid` down, or None."""
+    for _ in range(round(seconds / step)):
+        p.run(step)
+        if NeighbourDown(nid) in p.events[name]:
+            return p.now
+    return None
+
+
+def test_a_dead_wgcast_neighbour_is_found_after_about_one_interval() -> None:
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    p.cut.update({("a", "b"), ("b", "a")})
+    t0 = p.now
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    t_down = down_at(p, "a", "b", 1.0)
+    assert t_down is not None
+    assert probes(p, "a", "b", t0) >= 1
+    # Down one interval after the last Hello sent, plus the probes (a few RTTs): well
+    # before RFC 8966's `dead` (3) intervals of silence.
+    assert t_down - last < 1.5 * HELLO < 3 * HELLO
+
+
+def test_one_lost_hello_is_probed_and_the_neighbour_stays_up() -> None:
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    p.run(last + HELLO / 2 - p.now)
+    # Lose exactly b's next Hello: the direction b -> a is cut while it is sent.
+    p.cut.add(("b", "a"))
+    p.run(last + HELLO + 0.002 - p.now)
+    p.cut.clear()
+    t_lost = p.now
+    p.run(2.0)
+    assert NeighbourDown("b") not in p.events["a"]
+    assert p.nodes["a"].neighbours["b"].up
+    assert probes(p, "a", "b", t_lost) >= 1
+    # b answered a probe at once: a Hello off its schedule, right after a probe arrived.
+    probe_times = [t for t, h in hellos(p, "a", "b", t_lost)
+                   if (lv := parse_liveness(h.subtlvs)) and lv[0] & F_PROBE]
+    answers = [t for t, _ in hellos(p, "b", "a", t_lost)
+               if any(abs(t - (pt + 0.005)) < 1e-6 for pt in probe_times)]
+    assert answers
+
+
+def test_a_restart_hold_is_not_probed_to_death() -> None:
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    p.nodes["b"].restart_hold(6.0, now=p.now)
+    p.run(0.02)
+    p.cut.update({("a", "b"), ("b", "a")})  # b is gone, restarting
+    t0 = p.now
+    assert down_at(p, "a", "b", 5.0, step=0.01) is None
+    assert probes(p, "a", "b", t0) == 0
+    assert down_at(p, "a", "b", 2.0, step=0.01) is not None  # the hold ran out
+
+
+def test_a_generic_neighbour_is_never_probed_and_keeps_rfc_detection() -> None:
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    b = p.nodes["b"]
+    b.remove_neighbour("a")
+    b.add_neighbour("a", multicast=True)  # RFC 8966 Hellos only, like babeld
+    p.run(3.0)
+    assert p.nodes["a"].neighbours["b"].up
+    p.cut.update({("a", "b"), ("b", "a")})
+    t0 = p.now
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    t_down = down_at(p, "a", "b", 2.0)
+    assert t_down is not None and t_down - last >= 3 * HELLO - 1e-9
+    assert probes(p, "a", "b", t0) == 0
+
+
+def test_fast_hellos_only_to_the_neighbour_that_routes_through_us() -> None:
+    """x - b - y; y originates a prefix: x routes it through b (transit for x), so x asks
+    b for fast Hellos; y routes nothing through b and gets idle ones."""
+    live = LivenessParams(idle_hello_interval=2.0)
+    p = Pump(["x", "b", "y"], {("x", "b"): 0.005, ("b", "y"): 0.005}, live=live)
+    p.nodes["y"].originate(net(1), now=p.now)
+    p.run(6.0)
+    assert p.via("x", net(1)) == "b"
+    since = p.now
+    p.run(4.0)
+    to_x = hellos(p, "b", "x", since)
+    to_y = hellos(p, "b", "y", since)
+    assert len(to_x) >= 4.0 / HELLO - 2
+    assert len(to_y) <= 4.0 / 2.0 + 1
+    assert all(h.interval == 20 for _, h in to_x)  # centiseconds
+    assert all(h.interval == 200 for _, h in to_y)
+
+
+def test_a_new_route_asks_for_fast_hellos_at_once() -> None:
+    """Nothing routed: idle Hellos both ways. When y starts originating, x asks b for fast
+    Hellos in its next packet, not at its next idle Hello."""
+    live = LivenessParams(idle_hello_interval=2.0)
+    p = Pump(["x", "b", "y"], {("x", "b"): 0.005, ("b", "y"): 0.005}, live=live)
+    p.run(6.0)
+    assert hellos(p, "b", "x", p.now - 2.5)[-1][1].interval == 200
+    p.nodes["y"].originate(net(1), now=p.now)
+    t0 = p.now
+    p.run(0.1)
+    fast = [t for t, h in hellos(p, "b", "x", t0) if h.interval == 20]
+    assert fast and fast[0] - t0 < 0.05
+
+
+def test_the_drivers_sign_of_life_postpones_probing() -> None:
+    """Traffic WireGuard counted (`Node.heard`) postpones probing by an interval (not
+    more: probing must begin before the RFC expiry, which then waits for its verdict)."""
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    p.run(last + 0.006 - p.now)  # b's last Hello has arrived
+    p.cut.add(("b", "a"))  # b's packets no longer reach a, but WireGuard says b sends
+    t0 = p.now
+    a = p.nodes["a"]
+    for _ in range(35):  # until 0.35 s after b's last Hello: due at 0.2, postponed to 0.4
+        a.heard("b", p.now)
+        p.run(0.01)
+    assert probes(p, "a", "b", t0) == 0
+    assert NeighbourDown("b") not in p.events["a"]
+    # Without it, the probes take b down.
+    assert down_at(p, "a", "b", 1.0) is not None
+    assert probes(p, "a", "b", t0) >= 1
+
+
+def test_liveness_params_reject_nonsense() -> None:
+    with pytest.raises(ValueError):
+        LivenessParams(idle_hello_interval=-1)
+    with pytest.raises(ValueError):
+        LivenessParams(probes=0)
+    node = Node(NodeConfig(rid("a"), liveness=ALL_FAST), 0.0)
+    with pytest.raises(LocalProtocolError):
+        node.heard("nobody", 0.0)
+
+
+def test_a_next_hop_of_someone_with_an_alternative_is_watched_fast_too() -> None:
+    """o1 - n2 - n3 - n4 - o5, o1 and o5 originate one anycast prefix (the lab's line:5).
+    n4 sees only o5's instance (n3 routes through n4, so it poisons it to n4), but n3 has
+    the other instance and asked n4 for fast Hellos: n4 asks o5 for fast Hellos too, and
+    notices o5's death after about one Hello interval, not after `idle_hello`."""
+    live = LivenessParams(idle_hello_interval=2.0)
+    names = ["o1", "n2", "n3", "n4", "o5"]
+    links = {(a, b): 0.005 for a, b in itertools.pairwise(names)}
+    p = Pump(names, links, live=live)
+    for o in ("o1", "o5"):
+        p.nodes[o].originate(net(9), now=p.now)
+    p.run(8.0)
+    assert p.path("n3", net(9)) == ["n3", "n4", "o5"]
+    since = p.now
+    p.run(2.0)
+    assert {h.interval for _, h in hellos(p, "o5", "n4", since)} == {20}
+    p.cut.update({("n4", "o5"), ("o5", "n4")})
+    last = max(t for t, _ in hellos(p, "o5", "n4"))
+    t_down = down_at(p, "n4", "o5", 3.0)
+    assert t_down is not None and t_down - last < 1.5 * HELLO
+    p.run(1.0)
+    assert p.path("n3", net(9)) == ["n3", "n2", "o1"]
