@@ -307,7 +307,9 @@ class Daemon:
             accept=self.policy.accept,
             signer=self.signer,
             observe=self._heard,
-            liveness=LivenessParams(idle_hello_interval=timers.idle_hello),
+            # dead: Hellos missed (generic neighbours), probes unanswered (wgcast ones).
+            liveness=LivenessParams(idle_hello_interval=timers.idle_hello,
+                                    probes=timers.dead + 1),
         )
         self.node = Node(ncfg, self.now())
         self.policy.routes_from = self.node.route_count_via
@@ -580,7 +582,8 @@ class Daemon:
         t = new.timers
         node.config = dataclasses.replace(
             node.config, hello_interval=t.hello, dead=t.dead,
-            liveness=dataclasses.replace(node.config.liveness, idle_hello_interval=t.idle_hello),
+            liveness=dataclasses.replace(node.config.liveness, idle_hello_interval=t.idle_hello,
+                                         probes=t.dead + 1),
             link=LinkCostParams(new.link.base_cost, float(new.link.rtt_cost_per_ms),
                                 new.link.max_rtt_cost),
             selection=SelectionParams(mode=new.route_selection))
