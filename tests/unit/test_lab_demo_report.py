@@ -188,7 +188,8 @@ def test_trace_noise_flags_a_starved_daemon() -> None:
 
 
 def test_losses_after_the_move_and_a_starved_apply_are_noise() -> None:
-    tl = [{"from_ms": -700.0, "to_ms": 0.4, "node": "n5", "lost": 0},
+    tl: list[dict[str, Any]] = [
+          {"from_ms": -700.0, "to_ms": 0.4, "node": "n5", "lost": 0},
           {"from_ms": 0.4, "to_ms": 90.0, "node": None, "lost": 90},
           {"from_ms": 90.0, "to_ms": 500.0, "node": "n1", "lost": 3},
           {"from_ms": 500.0, "to_ms": 600.0, "node": None, "lost": 100},
