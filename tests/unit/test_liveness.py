@@ -185,3 +185,38 @@ def test_a_next_hop_of_someone_with_an_alternative_is_watched_fast_too() -> None
     assert t_down is not None and t_down - last < 1.5 * HELLO
     p.run(1.0)
     assert p.path("n3", net(9)) == ["n3", "n2", "o1"]
+
+
+def test_a_watched_neighbour_sends_fast_hellos_until_unwatched() -> None:
+    """`Node.watch` (a peer with several endpoints, judged by the Hellos on each path):
+    a and b route nothing through each other, so b sends idle Hellos; once a watches b,
+    b's Hellos come at the Hello interval, and go idle again after a stops watching."""
+    live = LivenessParams(idle_hello_interval=2.0)
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=live)
+    p.run(6.0)
+    assert hellos(p, "b", "a", p.now - 2.5)[-1][1].interval == 200
+    p.nodes["a"].watch("b", now=p.now)
+    t0 = p.now
+    p.run(2.0)
+    fast = [t for t, h in hellos(p, "b", "a", t0) if h.interval == 20]
+    assert fast and fast[0] - t0 < 0.05 and len(fast) >= 2.0 / HELLO - 2
+    p.nodes["a"].watch("b", on=False, now=p.now)
+    p.run(4.0)
+    assert hellos(p, "b", "a", p.now - 2.5)[-1][1].interval == 200
+    with pytest.raises(LocalProtocolError):
+        p.nodes["a"].watch("nobody", now=p.now)
+
+
+def test_a_watched_neighbour_is_not_probed_but_expires_as_rfc_8966_says() -> None:
+    """The driver fails a watched peer's path over before Babel's dead interval: a probe's
+    verdict must not come first (it would take the neighbour down on a path about to be
+    replaced); the RFC expiry still applies."""
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.nodes["a"].watch("b", now=p.now)
+    p.run(3.0)
+    p.cut.update({("a", "b"), ("b", "a")})
+    t0 = p.now
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    t_down = down_at(p, "a", "b", 2.0)
+    assert t_down is not None and probes(p, "a", "b", t0) == 0
+    assert t_down - last > 2.5 * HELLO

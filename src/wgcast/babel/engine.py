@@ -262,6 +262,8 @@ class Node:
         #: The neighbours we need fast Hellos from (liveness.fast_neighbours): refreshed
         #: on every selection change, and in full now and then (new alternatives).
         self._fast: set[str] = set()
+        #: Neighbours the driver needs fast Hellos from whatever we route (watch()).
+        self._watched: set[str] = set()
         self._next_fast_scan = now
 
     # ------------------------------------------------------------ public API
@@ -323,6 +325,7 @@ class Node:
         self._nb_expiry.pop(nid, None)
         self._live.remove(nid)
         self._fast.discard(nid)
+        self._watched.discard(nid)
         self._updates.neighbour_removed(nid)
         self._streams.leave(nid)
 
@@ -598,7 +601,9 @@ class Node:
                 best = t
             if self._next_update < best:
                 best = self._next_update
-            t = self._live.next_deadline(nb_expiry)
+            watched = self._watched
+            t = self._live.next_deadline(
+                [n for n in nb_expiry if n not in watched] if watched else nb_expiry)
             if t < best:
                 best = t
             if self._next_fast_scan < best:
@@ -934,7 +939,13 @@ class Node:
             ms = neighbours[nid].rtt_ms
             return None if ms is None else ms / 1000.0
 
-        probe, dead = self._live.due(now, list(self._nb_expiry), rtt)
+        # Watched neighbours are not probed: their paths fail over first (the driver's
+        # endpoint manager, at 2.25 silent Hellos), and a verdict before that would take
+        # the neighbour and its routes down on a path about to be replaced.
+        watched = self._watched
+        up = [n for n in self._nb_expiry if n not in watched] if watched else \
+            list(self._nb_expiry)
+        probe, dead = self._live.due(now, up, rtt)
         for nid in probe:
             self._send_hello(neighbours[nid], F_PROBE, ihu=True)
         for nid in dead:
@@ -967,9 +978,28 @@ class Node:
                                          live.idle_hello_interval / 2)
         new = fast_neighbours(self.routes, self.selected,
                               askers=self._live.askers(self.config.hello_interval))
+        new |= self._watched
         added = new - self._fast
         self._fast = new
         self._ask_fast(added)
+
+    def watch(self, nid: str, on: bool = True, now: float | None = None) -> None:
+        """Ask `nid` for Hellos at the Hello interval even when we route nothing through
+        it (`on`), and do not probe it, or stop both: the driver judges the paths to a
+        peer with several endpoints by the Hellos heard on them (an idle Hello every few
+        seconds would make an endpoint failover that slow) and fails over before
+        Babel's dead interval (a probe's verdict would come first and take the
+        neighbour down on a path about to be replaced)."""
+        self._tick(now)
+        if nid not in self.neighbours:
+            raise LocalProtocolError(f"no neighbour {nid!r}")
+        if on:
+            self._watched.add(nid)
+            if nid not in self._fast:
+                self._ask_fast({nid})
+        else:
+            self._watched.discard(nid)  # dropped at the next scan, if nothing else needs it
+        self._updates.flush(self._now)
 
     def _ask_fast(self, nids: set[str]) -> None:
         for nid in nids:

@@ -322,6 +322,8 @@ class Daemon:
                                     multicast=pc.name in self.multicast,
                                     ipv4_next_hop=None if pc.ipv4_next_hop is None
                                     else pc.ipv4_next_hop.packed)
+            if len(pc.endpoints) > 1:
+                self.node.watch(pc.name, now=self.now())
         for p in cfg.addresses:
             self.node.originate(p, 0, now=self.now())
         if cfg.lan:
@@ -549,10 +551,14 @@ class Daemon:
                                    multicast=pc.name in self.multicast,
                                    ipv4_next_hop=None if pc.ipv4_next_hop is None
                                    else pc.ipv4_next_hop.packed)
+                if len(pc.endpoints) > 1:
+                    node.watch(pc.name, now=now)
             for _old, pc in ch.peers_changed:
                 self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(), remembered)
                 nb = node.neighbours.get(pc.name)
                 if nb is not None:
+                    # Several endpoints: their paths are judged by fast Hellos (watch).
+                    node.watch(pc.name, len(pc.endpoints) > 1, now)
                     nb.extra_cost = pc.cost
                     if nb.up:
                         node.hello_now(pc.name, now)  # its IHU carries the new cost
