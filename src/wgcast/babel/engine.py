@@ -537,6 +537,7 @@ class Node:
                 self._check_neighbour(self.neighbours[nid])
         if self._live.params is not cfg.liveness:
             self._live.params = cfg.liveness  # the driver replaced the config (reload)
+            self._live.invalidate()
         if self._nb_expiry:
             self._probe_or_bury(now)
         expiry = self._expiry
@@ -993,6 +994,7 @@ class Node:
         self._tick(now)
         if nid not in self.neighbours:
             raise LocalProtocolError(f"no neighbour {nid!r}")
+        self._live.invalidate()
         if on:
             self._watched.add(nid)
             if nid not in self._fast:

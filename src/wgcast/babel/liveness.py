@@ -137,17 +137,28 @@ class Liveness:
     """Liveness state of every neighbour; the engine asks it when to probe, when a
     neighbour is dead, and at which interval to send each neighbour Hellos."""
 
-    __slots__ = ("params", "peers")
+    __slots__ = ("_earliest", "params", "peers")
 
     def __init__(self, params: LivenessParams) -> None:
         self.params = params
         self.peers: dict[str, PeerLiveness] = {}
+        #: next_deadline's last answer, or None: recomputed. The engine asks after every
+        #: packet and a scan is O(neighbours); the cache may only ever be too early (a
+        #: spurious wake-up), so what can make a deadline earlier lowers or drops it.
+        self._earliest: float | None = None
+
+    def invalidate(self) -> None:
+        """Recompute next_deadline at the next call (parameters or the set of neighbours
+        watched changed)."""
+        self._earliest = None
 
     def add(self, nid: str) -> None:
         self.peers[nid] = PeerLiveness()
+        self._earliest = None
 
     def remove(self, nid: str) -> None:
         self.peers.pop(nid, None)
+        self._earliest = None
 
     # ------------------------------------------------------------ our Hellos
 
@@ -176,6 +187,7 @@ class Liveness:
             p.heard = now
         if p.probes_sent:
             p.stop_probing()
+            self._earliest = None
 
     def heard(self, nid: str, when: float) -> bool:
         """The driver saw traffic from `nid` after `when` (e.g. WireGuard's rx counter);
@@ -187,6 +199,7 @@ class Liveness:
             p.heard = when
             if p.probes_sent:
                 p.stop_probing()
+                self._earliest = None
         return True
 
     def on_hello(self, nid: str, now: float, interval: float,
@@ -203,6 +216,7 @@ class Liveness:
         p.expected = now + interval
         parsed = parse_liveness(subtlvs)
         if parsed is None:
+            self._lower(p)
             return 0, False
         flags, wants = parsed
         p.answers = bool(flags & F_ANSWERS)
@@ -211,7 +225,15 @@ class Liveness:
         # A restart hold: keep it for the `dead` intervals it promised (the RFC expiry
         # decides), do not probe it to death.
         p.holding = bool(flags & F_HOLD)
+        self._lower(p)
         return flags, changed
+
+    def _lower(self, p: PeerLiveness) -> None:
+        """`p`'s deadline may have moved earlier: keep the cached earliest no later."""
+        if self._earliest is not None and not p.probes_sent:
+            t = self._trigger(p)
+            if t < self._earliest:
+                self._earliest = t
 
     # ------------------------------------------------------------ timers
 
@@ -228,6 +250,8 @@ class Liveness:
         return due + min(4 * p.jitter + max(p.interval / 20, 0.001), p.interval / 2)
 
     def next_deadline(self, up: Iterable[str]) -> float:
+        if self._earliest is not None:
+            return self._earliest
         best = _NEVER
         peers = self.peers
         for nid in up:
@@ -237,6 +261,7 @@ class Liveness:
                 t = p.probe_deadline
             if t < best:
                 best = t
+        self._earliest = best
         return best
 
     def due(self, now: float, up: Iterable[str],
@@ -272,6 +297,7 @@ class Liveness:
                 else:
                     p.next_probe = _NEVER
                 probe.append(nid)
+        self._earliest = None  # probes started or moved on: recomputed
         return probe, dead
 
 
