@@ -783,6 +783,7 @@ class Node:
             alive = True
         if alive and not nb.up:
             nb.up = True
+            self._live.invalidate()  # a new member of the set it scans
             self._events.append(NeighbourUp(nb.id))
             self._updates.send_full(nb.id, self._now)
             self._out[nb.id].add(RouteRequest(AE_WILDCARD, 0, b""))
