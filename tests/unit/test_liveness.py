@@ -12,7 +12,14 @@ from test_engine import Pump, net, rid
 from wgcast.babel.engine import Node, NodeConfig
 from wgcast.babel.errors import LocalProtocolError
 from wgcast.babel.events import NeighbourDown
-from wgcast.babel.liveness import F_PROBE, LivenessParams, parse_liveness
+from wgcast.babel.liveness import (
+    F_ANSWERS,
+    F_PROBE,
+    Liveness,
+    LivenessParams,
+    liveness_subtlv,
+    parse_liveness,
+)
 from wgcast.babel.wire import Hello, decode_packet
 
 HELLO = 0.2
@@ -220,3 +227,31 @@ def test_a_watched_neighbour_is_not_probed_but_expires_as_rfc_8966_says() -> Non
     t_down = down_at(p, "a", "b", 2.0)
     assert t_down is not None and probes(p, "a", "b", t0) == 0
     assert t_down - last > 2.5 * HELLO
+
+
+def test_a_verdict_looked_at_long_after_it_was_due_probes_once_more() -> None:
+    """We were stalled (a burst to parse, a starved host) past the probes' verdict: the
+    answers may sit unread in our socket, so the neighbour is probed once more, not
+    buried; a verdict looked at on time still buries it."""
+    lv = Liveness(LivenessParams())
+    lv.add("b")
+    hello = (liveness_subtlv(F_ANSWERS, HELLO),)
+    lv.on_hello("b", 0.0, HELLO, hello)
+
+    def rtt(_: str) -> float:
+        return 0.01
+
+    now = 0.0
+    probed: list[str] = []
+    for _ in range(1000):  # until the first probe (the Hello due at 0.2 s is late)
+        now += 0.001
+        probed, _dead = lv.due(now, ["b"], rtt)
+        if probed:
+            break
+    assert probed == ["b"]
+    deadline = lv.peers["b"].probe_deadline
+    probed, dead = lv.due(deadline + 1.0, ["b"], rtt)  # stalled for a second
+    assert (probed, dead) == (["b"], [])
+    again = lv.peers["b"].probe_deadline
+    assert again > deadline + 1.0
+    assert lv.due(again, ["b"], rtt) == ([], ["b"])

@@ -90,8 +90,8 @@ class PeerLiveness:
     """What we know of one neighbour's liveness beyond RFC 8966's Hello history."""
 
     __slots__ = ("answers", "asked", "expected", "heard", "holding", "interval", "jitter",
-                 "next_probe", "probe_deadline", "probes_sent", "repeats", "since_ihu", "spacing",
-                 "wants")
+                 "next_probe", "probe_deadline", "probes_sent", "rearmed", "repeats",
+                 "since_ihu", "spacing", "wants")
 
     def __init__(self) -> None:
         #: It answers probes (its Hellos carry our sub-TLV).
@@ -118,6 +118,8 @@ class PeerLiveness:
         self.spacing = 0.0
         self.next_probe = _NEVER
         self.probe_deadline = _NEVER
+        #: This round of probes was started again after a stall of ours (see due).
+        self.rearmed = False
 
     def probing(self) -> bool:
         return self.probes_sent > 0
@@ -125,6 +127,7 @@ class PeerLiveness:
     def stop_probing(self) -> None:
         self.probes_sent = 0
         self.next_probe = self.probe_deadline = _NEVER
+        self.rearmed = False
 
     def reset(self) -> None:
         """The neighbour went down: keep what it told us of itself, drop the timing."""
@@ -288,6 +291,17 @@ class Liveness:
                 probe.append(nid)
                 continue
             if now >= p.probe_deadline:
+                window = (k - 1) * p.spacing + 2 * k * p.spacing  # probes + timeout
+                if not p.rearmed and now - p.probe_deadline > max(window, 0.05):
+                    # We looked long after the verdict was due: we were stalled (a
+                    # burst to parse, a starved host), and the answers may sit unread in
+                    # our socket. Probe once more rather than bury a live neighbour.
+                    p.rearmed = True
+                    p.probes_sent = 1
+                    p.next_probe = now + p.spacing if k > 1 else _NEVER
+                    p.probe_deadline = now + window
+                    probe.append(nid)
+                    continue
                 dead.append(nid)
                 continue
             if now >= p.next_probe:
