@@ -17,6 +17,11 @@ from wgcast.sim.scenario import build_topology, node_config
 def false_downs(seed: int, jitter: str, loss: str, timers: str, seconds: float) -> int:
     topo = build_topology("line:5", delay="2-20ms", jitter=jitter, loss=loss, seed=seed)
     net = SimNetwork(topo, lambda n: node_config(n, timers), seed=seed)
+    return count_downs(net, seconds)
+
+
+def count_downs(net: SimNetwork, seconds: float) -> int:
+    """Neighbours declared down (each direction counts) from 5 s on, for `seconds`."""
     net.run_until(5.0)
     up = {(a, b): nb.up for a, node in net.nodes.items() for b, nb in node.neighbours.items()}
     downs = 0

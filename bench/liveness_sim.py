@@ -21,6 +21,8 @@ import json
 import statistics
 from collections.abc import Callable
 
+from false_alarms_sim import count_downs  # type: ignore[import-not-found]
+
 from wgcast.sim.scenario import TIMERS, Scenario
 
 
@@ -57,23 +59,8 @@ def false_downs(topology: str, timers: str, seed: int, jitter: str, loss: str,
     that routes (unicast + anycast 5x3), unlike bench/false_alarms_sim.py's bare line."""
     sc = Scenario(topology=topology, anycast=(5, 3), fail="none", seed=seed, timers=timers,
                   jitter=jitter, loss=loss)
-    net = sc.net
     sc.originate_all()
-    net.run_until(5.0)
-    up = {(a, b): nb.up for a, node in net.nodes.items() for b, nb in node.neighbours.items()}
-    downs = 0
-
-    def hook() -> None:
-        nonlocal downs
-        for a, node in net.nodes.items():
-            for b, nb in node.neighbours.items():
-                if up[(a, b)] and not nb.up:
-                    downs += 1
-                up[(a, b)] = nb.up
-
-    net.step_hooks.append(hook)
-    net.run_until(5.0 + seconds)
-    return downs
+    return count_downs(sc.net, seconds)
 
 
 def _hello_bytes(pkt: bytes) -> int:

@@ -165,21 +165,15 @@ class PeerPolicy:
                 trust = ADDRESS
             elif self.roster is not None and \
                     self.roster.member_by_router_id(rid) is not None:
-                why = self.roster.why_refused(rid, prefix)
+                why, trust, sign_key = self._by_roster(rid, prefix)
                 if why is not None:
                     return why
-                member = self.roster.member_by_router_id(rid)
-                sign_key = member.sign_key if member is not None else None
-                trust = ROSTER if sign_key is None or self.verifier is None else SIGNED
             else:
                 return "not allowed"
         elif self.roster is not None:
-            why = self.roster.why_refused(rid, prefix)
+            why, trust, sign_key = self._by_roster(rid, prefix)
             if why is not None:
                 return why
-            member = self.roster.member_by_router_id(rid)
-            sign_key = member.sign_key if member is not None else None
-            trust = ROSTER if sign_key is None or self.verifier is None else SIGNED
         else:
             origin = next((p for p in self.peers.values() if p.router_id == rid), None)
             if origin is not None:
@@ -208,6 +202,15 @@ class PeerPolicy:
             self.trust.clear()  # bounded: refilled by the next periodic updates
         self.trust[(neighbour, prefix)] = trust
         return None
+
+    def _by_roster(self, rid: bytes, prefix: Prefix) -> tuple[str | None, str, bytes | None]:
+        """The roster's word on origin `rid` announcing `prefix`: (refusal or None, the
+        trust a route taken gets, the origin's signing key if it has one)."""
+        assert self.roster is not None
+        member = self.roster.member_by_router_id(rid)
+        sign_key = member.sign_key if member is not None else None
+        trust = ROSTER if sign_key is None or self.verifier is None else SIGNED
+        return self.roster.why_refused(rid, prefix), trust, sign_key
 
     def _take_token(self, neighbour: str) -> bool:
         """One unit of work for `neighbour`, if its bucket has one (see the class)."""
