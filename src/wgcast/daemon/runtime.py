@@ -552,13 +552,13 @@ class Daemon:
                                    ipv4_next_hop=None if pc.ipv4_next_hop is None
                                    else pc.ipv4_next_hop.packed)
                 if len(pc.endpoints) > 1:
-                    node.watch(pc.name, now=now)
+                    node.watch(pc.name, now=self.now())
             for _old, pc in ch.peers_changed:
                 self._add_peer_info(pc, dp.allowed_ips(pc.key), dp.inherited(), remembered)
                 nb = node.neighbours.get(pc.name)
                 if nb is not None:
                     # Several endpoints: their paths are judged by fast Hellos (watch).
-                    node.watch(pc.name, len(pc.endpoints) > 1, now)
+                    node.watch(pc.name, len(pc.endpoints) > 1, self.now())
                     nb.extra_cost = pc.cost
                     if nb.up:
                         node.hello_now(pc.name, now)  # its IHU carries the new cost
