@@ -228,6 +228,15 @@ def test_every_row_of_the_attack_table_is_refused(ring4: Lab) -> None:
     assert all(after[p]["verified"] in ("signed", "local") for p in want)
     for p in ("2000::/3", "0.0.0.0/2", "8.8.8.0/24", str(n4_space_more)):
         assert p not in after
+    # The flood's routes were accepted (n2's own space, n2's key) but nobody refreshes
+    # them: they die out on every node, none goes round the ring for ever (a looping
+    # route counts to infinity; n2's daemon drops routes with its own router-id).
+    flood = {str(p) for p in mine}
+
+    def gone() -> bool:
+        return all(not flood & set(routes(lab, n)) for n in ("n1", "n3", "n4"))
+
+    wait_for(gone, 30, "the attacker's unrefreshed routes gone everywhere")
     wg = lab.wg_show("n1")["peers"]["n2"]["allowed_ips"]
     assert not {str(x) for x in wg} & {uni["n4"], "2000::/3", "0.0.0.0/2", "8.8.8.0/24"}
     # The real origin was not pushed to the forged seqno.

@@ -176,10 +176,14 @@ class MemoryTransport:
             return
         other = self.mesh.transports.get(dest)
         if other is not None and other.on_datagrams is not None:
-            asyncio.get_running_loop().call_soon(other.on_datagrams, [(self.control, data)])
+            batch: Datagrams = [(self.control, data, None)]
+            asyncio.get_running_loop().call_soon(other.on_datagrams, batch)
 
     def reopen(self) -> None:
         pass
+
+    def drain(self) -> None:
+        pass  # datagrams are delivered by call_soon, never queued
 
     def close(self) -> None:
         if self.control is not None:

@@ -26,7 +26,7 @@ from wgcast.babel.events import (
 )
 from wgcast.babel.liveness import LivenessParams
 from wgcast.babel.neighbour import link_tiebreak
-from wgcast.babel.wire import INFINITY, Ack, AckReq, decode_packet
+from wgcast.babel.wire import INFINITY, Ack, AckReq, PacketWriter, decode_packet
 from wgcast.prefix import Prefix
 
 
@@ -44,8 +44,13 @@ class Pump:
     def __init__(self, names: list[str], links: dict[tuple[str, str], float],
                  ties: bool = True, extra: dict[tuple[str, str], int] | None = None,
                  start: float = 100.0, quiet: bool | set[str] = True,
-                 live: LivenessParams | None = None, hello: float = 0.2) -> None:
-        """`quiet`: which nodes do quiet mode (all, none, or those named)."""
+                 live: LivenessParams | None = None, hello: float = 0.2,
+                 late: dict[str, float] | None = None, stamped: bool = True) -> None:
+        """`quiet`: which nodes do quiet mode (all, none, or those named). `late`: a node
+        busy elsewhere, that processes each datagram that long after it arrived (told the
+        arrival time, as a socket timestamp tells it, unless `stamped` is False)."""
+        self.late = late or {}
+        self.stamped = stamped
         self.now = start
         # By default every neighbour gets Hellos at the Hello interval (no idle ones):
         # the tests of costs and selection count in Hello intervals; test_liveness.py
@@ -61,7 +66,7 @@ class Pump:
             tie = link_tiebreak(a.encode(), b.encode()) if ties else 0
             for x, y in ((a, b), (b, a)):
                 self.nodes[x].add_neighbour(y, (extra or {}).get((x, y), 0), tie=tie)
-        self.queue: list[tuple[float, int, str, str, bytes]] = []
+        self.queue: list[tuple[float, int, str, str, bytes, float]] = []
         self.seq = itertools.count()
         self.events: dict[str, list[object]] = {n: [] for n in names}
         self.sent: list[tuple[float, str, str, bytes]] = []
@@ -72,8 +77,9 @@ class Pump:
             for nid, data in node.datagrams_to_send():
                 self.sent.append((self.now, name, nid, data))
                 if (name, nid) not in self.cut:
-                    heapq.heappush(self.queue, (self.now + self.delay[(name, nid)],
-                                                next(self.seq), nid, name, data))
+                    at = self.now + self.delay[(name, nid)]
+                    heapq.heappush(self.queue, (at + self.late.get(nid, 0.0),
+                                                next(self.seq), nid, name, data, at))
             while (ev := node.next_event()) is not None:
                 self.events[name].append(ev)
 
@@ -82,16 +88,18 @@ class Pump:
         end = self.now + seconds
         self._drain()
         for _ in range(1_000_000):
-            t_timer = min((d for n in self.nodes.values()
-                           if (d := n.next_deadline()) is not None), default=end + 1)
+            # A deadline already past fires now (as the runtime's call_at does).
+            t_timer = max(self.now, min((d for n in self.nodes.values()
+                                         if (d := n.next_deadline()) is not None),
+                                        default=end + 1))
             t_pkt = self.queue[0][0] if self.queue else end + 1
             t = min(t_timer, t_pkt)
             if t > end:
                 break
             self.now = t
             if t_pkt <= t_timer:
-                _, _, dst, src, data = heapq.heappop(self.queue)
-                self.nodes[dst].receive(t, src, data)
+                _, _, dst, src, data, at = heapq.heappop(self.queue)
+                self.nodes[dst].receive(t, src, data, at if self.stamped else None)
                 self.received[dst].append(t)
             else:
                 for n in self.nodes.values():
@@ -131,6 +139,24 @@ def test_hello_ihu_bring_both_up_with_rtt() -> None:
         assert NeighbourUp(y) in p.events[x]
         nb = p.nodes[x].neighbours[y]
         assert nb.up and nb.rtt_ms == pytest.approx(20.0, abs=0.5)
+
+
+@pytest.mark.parametrize("stamped", [True, False])
+def test_time_a_datagram_waits_for_a_busy_node_is_not_rtt(stamped: bool) -> None:
+    """b works through something else and reads each datagram 300 ms after it arrived.
+    Dated by their arrival (the socket's timestamp), b's echoes and samples still say
+    20 ms at both ends; dated by when they were read, the link looks 15 times slower and
+    its cost would take routes away from it."""
+    p = Pump(["a", "b"], {("a", "b"): 0.010}, late={"b": 0.300}, stamped=stamped)
+    p.run(3.0)
+    for x, y in (("a", "b"), ("b", "a")):
+        nb = p.nodes[x].neighbours[y]
+        assert nb.up
+        assert nb.rtt_ms is not None
+        if stamped:
+            assert nb.rtt_ms == pytest.approx(20.0, abs=0.5)
+        else:
+            assert nb.rtt_ms > 300.0
 
 
 def test_agreed_cost_is_the_larger_view_at_both_ends() -> None:
@@ -300,6 +326,48 @@ def test_seqno_request_travels_to_the_source_through_three_nodes() -> None:
     assert {v for v, _ in vias[:first_b]} == {"c"} and vias[0] == ("c", 0)
     assert set(vias[first_b:]) == {("b", 1)}
     assert a.selected[net(1)].metric == a.neighbour_cost("b") + b.neighbour_cost("c")
+
+
+def forged(prefix: Prefix, router_id: bytes, interval: float = 4.0) -> bytes:
+    """One Update of `prefix` from `router_id`, metric 0, seqno 1, as a liar sends it."""
+    w = PacketWriter()
+    w.add_update(prefix, router_id, 1, 0, round(interval * 100))
+    (pkt,) = w.take()
+    return pkt
+
+
+def test_a_route_looping_round_a_ring_counts_to_infinity_and_dies() -> None:
+    """Ring n1..n4. n1 hears, seemingly from n2, a route from a source nobody has (a
+    forged packet); n1 announces it on, it comes back to n1 from the real n2 with a
+    larger metric on the same source, and n1 keeps it (its current route): a loop. Each
+    lap adds the ring's cost until the metric reaches INFINITY, which is unreachable,
+    so the route dies everywhere. (Capped just below INFINITY, it went round for ever.)"""
+    p = Pump([f"n{i}" for i in range(1, 5)], ring(4))
+    p.run(3.0)
+    p.nodes["n1"].receive(p.now, "n2", forged(net(7), b"ghost!!!"))
+    p.run(1.0)
+    assert any(net(7) in n.selected for n in p.nodes.values())
+    p.run(60.0)
+    assert [name for name, n in p.nodes.items() if net(7) in n.selected] == []
+    # and the ring is quiet again: no Update about it any more
+    before = sum(n.counters["updates_in"] for n in p.nodes.values())
+    p.run(10.0)
+    after = sum(n.counters["updates_in"] for n in p.nodes.values())
+    assert after - before < 50
+
+
+def test_our_own_router_id_on_a_route_from_a_neighbour_is_not_used() -> None:
+    """A route carrying our router-id that we do not originate can only lead back to
+    us (our old announcement, or a copy of our key elsewhere): it is dropped, counted as
+    filtered, and never selected nor announced on."""
+    p = Pump(["a", "b", "c"], {("a", "b"): 0.005, ("b", "c"): 0.005})
+    p.run(2.0)
+    a = p.nodes["a"]
+    before = a.counters["updates_filtered"]
+    a.receive(p.now, "b", forged(net(8), rid("a")))
+    p.run(2.0)
+    assert a.counters["updates_filtered"] == before + 1
+    assert all(net(8) not in n.selected for n in p.nodes.values())
 
 
 def test_a_source_that_restarted_without_its_seqno_is_asked_for_a_newer_one() -> None:

@@ -61,9 +61,13 @@ def test_no_usable_route() -> None:
     assert run([], {}).best is None
 
 
-def test_metric_is_capped_below_infinity() -> None:
-    got = run([route("x", INFINITY - 10)], {"x": 96})
-    assert got.key == (INFINITY - 1, 0, "x")
+def test_a_metric_that_reaches_infinity_is_unreachable() -> None:
+    """Metrics add up to INFINITY, not to just below it (strictly monotonic, RFC 8966
+    3.5.2): a route whose metric reaches it is not used, the nearer one is."""
+    far, near = route("x", INFINITY - 10), route("y", INFINITY - 200)
+    assert run([far], {"x": 96}).best is None
+    got = run([far, near], {"x": 96, "y": 96})
+    assert got.best is near and got.key == (INFINITY - 104, 0, "y")
 
 
 def test_a_better_unfeasible_route_is_blocked() -> None:

@@ -187,6 +187,8 @@ class Node:
         self.config = config
         self.router_id = config.router_id
         self._now = now
+        #: Arrival time of the datagram being processed, if earlier than now (receive).
+        self._arrived: float | None = None
         self.neighbours: dict[str, Neighbour] = {}
         self.routes = RouteTable()
         self.sources = SourceTable()
@@ -382,9 +384,14 @@ class Node:
                 w.add(IHU(AE_WILDCARD, nb.own_cost(link), centiseconds(interval), b""))
             self._next_hello[nb.id] = _NEVER
 
-    def receive(self, now: float, neighbour: str, data: bytes) -> None:
-        """Process one datagram; bad bytes are counted and dropped, never raised."""
+    def receive(self, now: float, neighbour: str, data: bytes,
+                arrived: float | None = None) -> None:
+        """Process one datagram; bad bytes are counted and dropped, never raised.
+        `arrived`: when it reached the host (the socket's timestamp), if the driver knows.
+        RTT samples are dated from it: time it spent queued behind our own work is not
+        the link's, and would make a busy node move its routes away from a good link."""
         self._tick(now)
+        self._arrived = arrived if arrived is not None and arrived < self._now else None
         nb = self.neighbours.get(neighbour)
         if nb is None:
             self.counters["packets_unknown_neighbour"] += 1
@@ -491,7 +498,8 @@ class Node:
             self._remember(seen, data, fd_version, ann_version, routes)
         if hello_ts is not None and ihu_ts is not None:
             lp = self.config.link
-            nb.on_rtt_sample(now, ihu_ts[0], ihu_ts[1], hello_ts, lp.rtt_alpha, lp)
+            at = now if self._arrived is None else self._arrived
+            nb.on_rtt_sample(at, ihu_ts[0], ihu_ts[1], hello_ts, lp.rtt_alpha, lp)
 
     def _remember(self, seen: dict[bytes, tuple[int, int, list[Route], list[int]]],
                   data: bytes, fd_version: int, ann_version: int, routes: list[Route]) -> None:
@@ -745,7 +753,7 @@ class Node:
         if quiet != nb.quiet:
             self._quiet_changed(nb, quiet)
         was_heard = nb.last_hello is not None
-        nb.on_hello(self._now, msg.seqno, msg.interval, ts)
+        nb.on_hello(self._now, msg.seqno, msg.interval, ts, self._arrived)
         flags, changed = self._live.on_hello(nb.id, self._now, msg.interval / 100.0,
                                              msg.subtlvs)
         last = nb.last_sent_hello
@@ -1039,8 +1047,12 @@ class Node:
         if self.config.observe is not None:
             self.config.observe(nb.id, prefix, rid, seqno, metric)
         accept = self.config.accept
-        if accept is not None and metric < INFINITY and not accept(nb.id, prefix, rid, seqno,
-                                                                   sig):
+        if metric < INFINITY and ((accept is not None and not accept(nb.id, prefix, rid,
+                                                                      seqno, sig))
+                                  or rid == self.router_id):
+            # Our own router-id on a route we did not originate here is never used (as
+            # babeld does): it can only be our old announcement coming back, or a copy
+            # of our key at work elsewhere; taking it would route towards ourselves.
             self.counters["updates_filtered"] += 1
             if nb.quiet:
                 # Its digest counts what it sent, accepted or not.
@@ -1238,7 +1250,7 @@ class Node:
         if cost >= INFINITY or ref >= INFINITY:
             return INFINITY
         m = ref + cost
-        return m if m < INFINITY else INFINITY - 1
+        return m if m < INFINITY else INFINITY
 
     def _select(self, prefix: Prefix, force_trigger: bool = False) -> None:
         """Re-run route selection for one prefix; emit events and triggered updates.

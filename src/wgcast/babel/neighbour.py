@@ -121,7 +121,10 @@ class Neighbour:
         self.rtt_slow_ms: float | None = None
         self.rtt_samples = 0
 
-    def on_hello(self, now: float, seqno: int, interval_cs: int, ts: int | None) -> None:
+    def on_hello(self, now: float, seqno: int, interval_cs: int, ts: int | None,
+                 arrived: float | None = None) -> None:
+        """`arrived`: when the datagram reached the host, if earlier than `now` (it waited
+        in the socket); the Timestamp echo dates our hold time from it."""
         if self.hello_seqno_in is not None:
             gap = (seqno - self.hello_seqno_in) & 0xFFFF
             self.hello_history = ((self.hello_history << min(gap, 16)) | 1) & 0xFFFF \
@@ -133,7 +136,7 @@ class Neighbour:
         self.last_hello = now
         if ts is not None:
             self.peer_hello_stamp = ts
-            self.peer_hello_recv = stamp(now)
+            self.peer_hello_recv = stamp(now if arrived is None else arrived)
 
     def on_ihu(self, now: float, rxcost: int, interval_cs: int) -> None:
         self.txcost = rxcost

@@ -74,7 +74,7 @@ class Route:
     def metric(self, cost: int) -> int:
         if cost >= INFINITY or self.refmetric >= INFINITY:
             return INFINITY
-        return min(INFINITY - 1, self.refmetric + cost)
+        return min(INFINITY, self.refmetric + cost)
 
 
 class RouteTable:
@@ -178,9 +178,7 @@ def select(prefix: Prefix, routes: Iterable[Route], costs: Mapping[str, int],
         cost = costs.get(current.neighbour, INFINITY)
         ref = current.refmetric
         if cost < INFINITY and ref < INFINITY:
-            cur_m = ref + cost
-            if cur_m >= INFINITY:
-                cur_m = INFINITY - 1
+            cur_m = min(INFINITY, ref + cost)
         if current.router_id != current_rid and not feasible(
                 prefix, current.router_id, current.seqno, ref):
             cur_m = INFINITY
@@ -196,7 +194,10 @@ def select(prefix: Prefix, routes: Iterable[Route], costs: Mapping[str, int],
             continue
         m = route.refmetric + cost  # Route.metric
         if m >= INFINITY:
-            m = INFINITY - 1
+            # Unreachable: the metric saturates at INFINITY, never just below it. Addition
+            # must stay strictly monotonic (RFC 8966 3.5.2), or a route going round a loop
+            # would settle at INFINITY - 1 and circulate for ever instead of dying out.
+            continue
         if m > best_m:
             continue
         t = route.tie + ties[nid]

@@ -209,7 +209,7 @@ class Updates:
                     sel.metric = INFINITY
                 else:
                     m = ref + cost  # Route.metric, inline (hot path)
-                    sel.metric = m if m < INFINITY else INFINITY - 1
+                    sel.metric = m if m < INFINITY else INFINITY
                 sel.seqno = route.seqno
                 sel.tie = route.tie + self._ties[sel.via]
                 sig = route.sig

@@ -308,7 +308,8 @@ class MoveHoldDevice(Protocol):
     def stats(self) -> MoveHoldStats: ...
 
 
-Datagrams = list[tuple[ipaddress.IPv6Address, bytes]]
+#: (source, bytes, arrival time on the loop's clock or None if the socket did not say).
+Datagrams = list[tuple[ipaddress.IPv6Address, bytes, float | None]]
 
 
 class Transport(Protocol):
@@ -325,6 +326,10 @@ class Transport(Protocol):
 
     def reopen(self) -> None:
         """Bind again on the interface's current ifindex (it was recreated)."""
+        ...
+
+    def drain(self) -> None:
+        """Deliver, now and bounded, the datagrams that have already arrived."""
         ...
 
     def close(self) -> None: ...

@@ -628,12 +628,12 @@ class Daemon:
 
     def _on_datagrams(self, batch: Datagrams) -> None:
         assert self.node is not None
-        for src, data in batch:
+        for src, data, arrived in batch:
             name = self.by_control.get(src)
             if name is None:
                 self.node.counters["packets_unknown_neighbour"] += 1
                 continue
-            self.node.receive(self.now(), name, data)
+            self.node.receive(self.now(), name, data, arrived)
             if self.endpoints is not None:
                 self.endpoints.received(name)
         self._pump()
@@ -647,7 +647,7 @@ class Daemon:
         """Datagrams heard on a LAN: every new link-local source is a new neighbour."""
         node, service = self.node, self.lan
         assert node is not None and service is not None
-        for src, data in batch:
+        for src, data, arrived in batch:
             nb = service.neighbour(lan, src)
             if nb is None:
                 node.counters["packets_unknown_neighbour"] += 1
@@ -660,12 +660,15 @@ class Daemon:
                 self.policy.lan[nb.name] = PeerInfo(
                     nb.name, b"", src, b"", tuple(lan.may_originate) + tuple(self.config.anycast),
                     generic=True)
-            node.receive(self.now(), nb.name, data)
+            node.receive(self.now(), nb.name, data, arrived)
         self._pump()
 
     def _on_timer(self) -> None:
         self._timer = None
         assert self.node is not None
+        # What has arrived first: a verdict on a silent neighbour must not be reached
+        # while its Hellos wait in the socket behind a burst we are still working through.
+        self.transport.drain()
         self.node.handle_timer(self.now())
         self._pump()
 
@@ -1599,6 +1602,8 @@ class _NoTransport:
     def send(self, data: bytes, dest: ipaddress.IPv6Address) -> None: ...
 
     def reopen(self) -> None: ...
+
+    def drain(self) -> None: ...
 
     def close(self) -> None: ...
 

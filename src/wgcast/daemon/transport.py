@@ -4,6 +4,9 @@ a second one bound to Babel's multicast group ff02::1:6 (joined on that interfac
 Both are bound to the WireGuard interface (SO_BINDTODEVICE where allowed, and the scope
 id), so only the tunnel's datagrams arrive; each readable burst (up to 64 datagrams) is
 handed to the runtime as one batch, so the engine's output is flushed once per burst.
+Each datagram carries the kernel's arrival time (SO_TIMESTAMPNS, moved to the loop's
+monotonic clock): a Hello that waited in the socket while the daemon was busy is dated
+when it arrived, so the RTT it samples is the link's and not our event loop's lateness.
 Everything is sent from the control address: unicast to a neighbour's address, or to
 ff02::1:6 for a neighbour that needs multicast Hellos (babeld, BIRD, FRR), which
 WireGuard delivers to the one peer whose AllowedIPs cover the group. The multicast
@@ -18,6 +21,7 @@ import ipaddress
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 from wgcast.daemon.ports import BABEL_GROUP, Datagrams
@@ -26,6 +30,14 @@ log = logging.getLogger("wgcast")
 
 #: Datagrams read per readable event before the engine's output is flushed.
 BURST = 64
+#: Bursts `drain` reads at most (a flood must not hold the timer back for ever).
+DRAIN_BURSTS = 16
+#: SO_TIMESTAMPNS (asm-generic/socket.h; Python's socket module does not name it): the
+#: receive time as a struct timespec in a control message of the same type.
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+#: An arrival stamp further from now than this is not believed (a wall-clock step).
+MAX_SKEW = 5.0
 #: (BABEL_GROUP lives in ports.py, where the LAN service reads it too.)
 __all__ = ["BABEL_GROUP", "BURST", "UdpTransport"]
 
@@ -52,6 +64,8 @@ class UdpTransport:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.ifname.encode())
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.bind((str(control), self.port, 0, self._ifindex))
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self._ifindex)
@@ -87,6 +101,8 @@ class UdpTransport:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE,
                                 self.ifname.encode())
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             sock.bind((str(BABEL_GROUP), self.port, 0, self._ifindex))
             mreq = BABEL_GROUP.packed + struct.pack("@I", self._ifindex)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
@@ -96,12 +112,17 @@ class UdpTransport:
             raise
         return sock
 
-    def _on_readable(self, sock: socket.socket) -> None:
+    def _on_readable(self, sock: socket.socket) -> int:
+        """Read one burst and hand it over; returns how many datagrams were read."""
         assert self._on_datagrams is not None
         batch: Datagrams = []
+        space = socket.CMSG_SPACE(_TIMESPEC.size)
+        # The wall clock's offset to the loop's clock, once per burst.
+        mono = time.monotonic()
+        offset = time.time() - mono
         for _ in range(BURST):
             try:
-                data, addr = sock.recvfrom(65535)
+                data, ancdata, _flags, addr = sock.recvmsg(65535, space)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:
@@ -111,8 +132,18 @@ class UdpTransport:
                 src = ipaddress.IPv6Address(addr[0].split("%")[0])
             except ValueError:
                 continue
-            batch.append((src, data))
-        self._on_datagrams(batch)
+            batch.append((src, data, _arrival(ancdata, offset, mono)))
+        if batch:
+            self._on_datagrams(batch)
+        return len(batch)
+
+    def drain(self) -> None:
+        """Read what has already arrived (at most DRAIN_BURSTS bursts a socket): before
+        a timer judges a neighbour silent, its Hellos queued behind a flood count."""
+        for sock in (self._sock, self._msock):
+            for _ in range(DRAIN_BURSTS):
+                if sock is None or sock.fileno() < 0 or self._on_readable(sock) < BURST:
+                    break
 
     def send(self, data: bytes, dest: ipaddress.IPv6Address) -> None:
         assert self._sock is not None
@@ -129,3 +160,14 @@ class UdpTransport:
                     self._loop.remove_reader(sock.fileno())
             sock.close()
         self._sock = self._msock = None
+
+
+def _arrival(ancdata: list[tuple[int, int, bytes]], offset: float, mono: float) -> float | None:
+    """The kernel's receive time on the monotonic clock, None without a believable one."""
+    for level, kind, raw in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and \
+                len(raw) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(raw)
+            at = sec + nsec / 1e9 - offset
+            return min(at, mono) if mono - at < MAX_SKEW else None
+    return None
