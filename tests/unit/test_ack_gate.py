@@ -17,6 +17,7 @@ from wgcast.anycast.group import DRAIN_METRIC
 from wgcast.daemon.runtime import _has_ack
 
 ANY = ipaddress.ip_network("10.99.0.53/32")
+OTHER = ipaddress.ip_network("10.99.0.54/32")
 
 
 def _trio(tmp: Path) -> tuple[Mesh, Node, Node, Node]:
@@ -56,7 +57,19 @@ def test_an_ack_waits_for_the_data_plane_to_move(tmp_path: Path) -> None:
                         what="a selected c")
             unserve = asyncio.create_task(b.daemon.unserve(ANY, wait=3.0))
             await until(lambda: a.daemon.acks_held >= 1, what="a's Ack held back")
-            await asyncio.sleep(0.2)
+            # Meanwhile b announces another prefix: quiet mode asks a for an Ack of that
+            # delivery. It retracts nothing: a sends it at once, not held with the Acks
+            # of ANY's retraction (which would expire at the gate's bound, counted).
+            node_b = b.daemon.node
+            assert node_b is not None
+            await b.daemon.serve(OTHER)
+
+            def other_acked() -> bool:
+                return all(OTHER not in d.prefixes
+                           for per in node_b.requests.deliveries.values()
+                           for d in per.values())
+
+            await until(other_acked, what="b's delivery of OTHER acked by a")
             assert not unserve.done()
             assert a.device.holder(ANY) == b.public
             gate.set()

@@ -140,6 +140,9 @@ class NodeConfig:
 
 
 _NEVER = float("inf")
+#: Answered AckReqs whose retractions are remembered (`retractions_acked`): an Ack goes
+#: out in the same flush, so a few per neighbour is plenty.
+ACKED_KEPT = 1024
 
 
 class _Deadlines(dict[str, float]):
@@ -236,6 +239,9 @@ class Node:
         # filter dropped (prefix -> entry hash, round), which its digest still counts;
         # when we last asked it for a full update.
         self._rx_last_op: dict[str, int] = {}
+        #: (neighbour, opaque of an AckReq we answered) -> the prefixes retracted in its
+        #: packet (None: all, a wildcard retraction); the most recent ACKED_KEPT of them.
+        self._acked_retractions: dict[tuple[str, int], tuple[Prefix | None, ...]] = {}
         self._rx_round: dict[str, int] = {}
         self._rx_filtered: dict[str, dict[Prefix, tuple[int, int]]] = {}
         self._resync_asked: dict[str, float] = {}
@@ -450,6 +456,7 @@ class Node:
             if ack_op is not None:
                 self._out[nb.id].add(Ack(ack_op))
                 self._rx_last_op[nb.id] = ack_op
+                self._note_acked(nb.id, ack_op, [u[0] for u in updates if u[3] >= INFINITY])
             return
         try:
             tlvs = decode_packet(data)
@@ -457,11 +464,15 @@ class Node:
             self.counters["packets_bad"] += 1
             return
         skipped: list[str] = []
+        retracted: list[Prefix | None] = []
+        ack_op = None
         hello_ts: int | None = None
         ihu_ts: tuple[int, int] | None = None
         try:
             for msg in resolve(tlvs, skipped):
                 if isinstance(msg, RouteUpdate):
+                    if msg.metric >= INFINITY:
+                        retracted.append(msg.prefix)
                     route = self._on_update(
                         nb, None if msg.prefix is None else intern_prefix(msg.prefix),
                         msg.router_id, msg.seqno, msg.metric, msg.interval, msg.tie, msg.sig)
@@ -483,6 +494,7 @@ class Node:
                 elif isinstance(msg, AckReq):
                     self._out[nb.id].add(Ack(msg.opaque))
                     self._rx_last_op[nb.id] = msg.opaque
+                    ack_op = msg.opaque
                 elif isinstance(msg, Ack):
                     self._on_ack(nb.id, msg.opaque)
                 elif isinstance(msg, Digest):
@@ -490,6 +502,8 @@ class Node:
         except RemoteProtocolError:
             self.counters["packets_bad"] += 1
             routes = None
+        if ack_op is not None:
+            self._note_acked(nb.id, ack_op, retracted)
         if skipped:
             self.counters["tlvs_skipped"] += len(skipped)
             routes = None
@@ -500,6 +514,20 @@ class Node:
             lp = self.config.link
             at = now if self._arrived is None else self._arrived
             nb.on_rtt_sample(at, ihu_ts[0], ihu_ts[1], hello_ts, lp.rtt_alpha, lp)
+
+    def _note_acked(self, nid: str, opaque: int, retracted: list[Prefix | None]) -> None:
+        if not retracted:
+            return
+        kept = self._acked_retractions
+        kept[(nid, opaque)] = tuple(retracted)
+        if len(kept) > ACKED_KEPT:
+            del kept[next(iter(kept))]
+
+    def retractions_acked(self, nid: str, opaque: int) -> tuple[Prefix | None, ...]:
+        """The prefixes (None: all) retracted in the packet from `nid` whose AckReq
+        `opaque` we answered, () if none: the driver holds back only the Acks that say
+        "no more traffic to you for these" while its data plane still sends some."""
+        return self._acked_retractions.get((nid, opaque), ())
 
     def _remember(self, seen: dict[bytes, tuple[int, int, list[Route], list[int]]],
                   data: bytes, fd_version: int, ann_version: int, routes: list[Route]) -> None:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from wgcast.anycast.group import DRAIN_METRIC
@@ -254,17 +254,20 @@ class DataPlaneApplier:
         """Prefixes whose move is being held."""
         return list(self._holding)
 
-    def moving_away(self, peer: PeerKey) -> bool:
-        """Whether a route change not applied yet takes a prefix away from `peer`, which
-        still gets its packets (AllowedIPs, no hold started): until it is applied, an
-        Ack to that peer would claim more than the data plane does (see the runtime)."""
+    def moving_away(self, peer: PeerKey, prefixes: Collection[Prefix] | None = None) -> bool:
+        """Whether a route change not applied yet takes a prefix (of `prefixes`, or any)
+        away from `peer`, which still gets its packets (AllowedIPs, no hold started):
+        until it is applied, an Ack to that peer would claim more than the data plane
+        does (see the runtime)."""
         if not self._unapplied:
             return False
         have = self._actual.get(peer)
         if not have:
             return False
+        among = self._unapplied if prefixes is None else \
+            [p for p in prefixes if p in self._unapplied]
         return any(p in have and self._desired.get(p) != peer and p not in self._holding
-                   for p in self._unapplied)
+                   for p in among)
 
     def _settle_unapplied(self) -> None:
         """Forget the changes the last apply carried out (a split apply leaves some)."""

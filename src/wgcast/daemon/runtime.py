@@ -271,7 +271,7 @@ class Daemon:
         #: Route-change events of the anycast prefixes (`wgcast trace`).
         self.trace = TraceRing(config.anycast)
         #: Datagrams held back per neighbour (an Ack, and what follows it): see _gate.
-        self._held: dict[str, list[tuple[float, bytes]]] = {}
+        self._held: dict[str, list[tuple[float, bytes, tuple[Prefix | None, ...]]]] = {}
         self._held_timer: asyncio.TimerHandle | None = None
         #: Acks held back until the data plane moved, and those sent on the time bound.
         self.acks_held = 0
@@ -737,42 +737,50 @@ class Daemon:
             self._timer = self.clock.loop.call_at(max(deadline, now), self._on_timer)
 
     def _gate(self, name: str, data: bytes, now: float) -> bool:
-        """Hold back the Acks of a datagram to `name` while our data plane still sends
-        it traffic that a route change already took away (not applied yet): the Ack of
-        a retraction then means "nothing more comes to you from me", which a draining
-        instance waits for before its address goes down, however slow this node is to
-        apply. The rest of the datagram (Hellos, Updates) goes now: a neighbour must
-        not think us dead. Bounded by ACK_GATE_MAX. True if the datagram was handled
-        here (sent without its Acks, or held whole)."""
+        """Hold back the Acks of retractions to `name` while our data plane still sends
+        it traffic for a prefix they retracted (a route change not applied yet): such an
+        Ack means "nothing more comes to you from me", which a draining instance waits
+        for before its address goes down, however slow this node is to apply. Every
+        other TLV, and every other Ack (quiet mode's deliveries: their sender resends
+        after 0.4 s), goes now: a neighbour must not think us dead. Bounded by
+        ACK_GATE_MAX. True if the datagram was handled here (sent without the held
+        Acks, or held whole)."""
         dp = self.dataplane
         info = self.peers.get(name)
+        node = self.node
         # Cheapest first: nearly always nothing is moving (no look at the bytes).
-        if dp is None or info is None or (
-                name not in self._held and not dp.moving_away(info.key)) or \
-                not _has_ack(data):
+        if dp is None or info is None or node is None or \
+                not dp.moving_away(info.key) or not _has_ack(data):
             return False
         try:
             tlvs = decode_packet(data)
         except Exception:  # our own bytes; never let the gate lose a datagram
             return False
-        acks = [t for t in tlvs if isinstance(t, Ack)]
-        rest = [t for t in tlvs if not isinstance(t, Ack)]
-        held = self._held.get(name)
-        if held is None:
-            held = self._held[name] = []
-            self.acks_held += 1
-            if self._held_timer is None and self.clock is not None:
-                self._held_timer = self.clock.loop.call_at(now + ACK_GATE_MAX,
-                                                           self._release_held)
-        held.append((now, encode_packet(acks)))
+        hold: list[tuple[Ack, tuple[Prefix | None, ...]]] = []
+        for t in tlvs:
+            if isinstance(t, Ack):
+                gone = node.retractions_acked(name, t.opaque)
+                if gone and dp.moving_away(info.key, _named(gone)):
+                    hold.append((t, gone))
+        if not hold:
+            return False
+        held_acks = {a for a, _ in hold}
+        rest = [t for t in tlvs if not (isinstance(t, Ack) and t in held_acks)]
+        held = self._held.setdefault(name, [])
+        self.acks_held += 1
+        for ack, gone in hold:
+            held.append((now, encode_packet([ack]), gone))
+        if self._held_timer is None and self.clock is not None:
+            self._held_timer = self.clock.loop.call_at(now + ACK_GATE_MAX,
+                                                       self._release_held)
         if rest:
             self.transport.send(encode_packet(rest), BABEL_GROUP if name in self.multicast
                                 else info.control)
         return True
 
     def _release_held(self) -> None:
-        """Send the held datagrams whose neighbour the data plane no longer sends moved
-        traffic to, or that waited ACK_GATE_MAX."""
+        """Send the held Acks whose prefixes the data plane no longer sends to their
+        neighbour, or that waited ACK_GATE_MAX."""
         if not self._held:
             return
         if self._held_timer is not None:
@@ -782,20 +790,25 @@ class Daemon:
         now = self.now()
         first = None
         for name in list(self._held):
-            held = self._held[name]
             info = self.peers.get(name)
-            expired = now >= held[0][0] + ACK_GATE_MAX
-            if info is None or dp is None or expired or not dp.moving_away(info.key):
-                del self._held[name]
+            keep = []
+            for entry in self._held[name]:
+                at, data, gone = entry
+                expired = now >= at + ACK_GATE_MAX
+                if info is not None and dp is not None and not expired and dp.moving_away(
+                        info.key, _named(gone)):
+                    keep.append(entry)
+                    first = at if first is None else min(first, at)
+                    continue
                 if expired:
                     self.acks_gate_expired += 1
-                if info is None:
-                    continue
-                dest = BABEL_GROUP if name in self.multicast else info.control
-                for _, data in held:
-                    self.transport.send(data, dest)
+                if info is not None:
+                    self.transport.send(data, BABEL_GROUP if name in self.multicast
+                                        else info.control)
+            if keep:
+                self._held[name] = keep
             else:
-                first = held[0][0] if first is None else min(first, held[0][0])
+                del self._held[name]
         if first is not None and self.clock is not None:
             self._held_timer = self.clock.loop.call_at(first + ACK_GATE_MAX,
                                                        self._release_held)
@@ -1606,6 +1619,11 @@ class _NoTransport:
     def drain(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def _named(gone: tuple[Prefix | None, ...]) -> tuple[Prefix, ...] | None:
+    """The prefixes retracted, None for all of them (a wildcard retraction among them)."""
+    return None if None in gone else tuple(p for p in gone if p is not None)
 
 
 def _has_ack(data: bytes) -> bool:
