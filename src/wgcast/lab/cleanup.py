@@ -52,9 +52,11 @@ def teardown(labid: str, base: str | None = None,
     pids = {p.pid for p in recorded if alive(p.pid, p.starttime)}
     pids |= set(pids_in_netns(namespaces))
     pids.discard(os.getpid())
-    # Daemons first (they may clean up through WireGuard), then the rest.
+    # Daemons first, killed at once: a lab is torn down, not drained (a daemon stopped
+    # with SIGTERM drains its groups for about 2 s, waiting on neighbours that are being
+    # killed alongside it; nothing it would clean up outlives the namespaces).
     daemons = [p.pid for p in recorded if p.kind == "daemon" and p.pid in pids]
-    survivors = terminate(daemons, 3.0) if daemons else []
+    survivors = terminate(daemons, 0.0, signal.SIGKILL) if daemons else []
     survivors += terminate(sorted(pids - set(daemons)), 3.0)
     for po in (popens or {}).values():
         with contextlib.suppress(Exception):

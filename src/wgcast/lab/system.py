@@ -214,11 +214,12 @@ def wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
     return left
 
 
-def terminate(pids: Sequence[int], timeout: float = 3.0) -> list[int]:
-    """SIGTERM, wait, SIGKILL, wait. Returns pids that survived everything."""
+def terminate(pids: Sequence[int], timeout: float = 3.0,
+              sig: signal.Signals = signal.SIGTERM) -> list[int]:
+    """`sig` (SIGTERM), wait, SIGKILL, wait. Returns pids that survived everything."""
     for p in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(p, signal.SIGTERM)
+            os.kill(p, sig)
     left = wait_gone(pids, timeout)
     for p in left:
         with contextlib.suppress(ProcessLookupError, PermissionError):
