@@ -34,8 +34,9 @@ class FakeEngine:
         return tuple(self.routes.get(prefix, ()))
 
 
-def _moved(tmp: Path, withdrew: bool) -> tuple[int, int]:
-    """ANY on origin b, then on c: (holds, moves not held as a withdrawal)."""
+def _moved(tmp: Path, withdrew: bool, drained: bool = False) -> tuple[int, int]:
+    """ANY on origin b, then on c: (holds, moves not held as a withdrawal). `drained`:
+    b announced a draining instance before its route went."""
     async def main() -> tuple[int, int]:
         kb, kc = (keys.public_from_private(keys.generate_private()) for _ in range(2))
         cfg = loads(f'interface = "wg-a"\nstate_file = "{tmp}/a.state"\n'
@@ -60,6 +61,8 @@ def _moved(tmp: Path, withdrew: bool) -> tuple[int, int]:
                                   RouteSnapshot("c", rc, 1, 0, 400)]
             dp.route_selected(ANY, kb, 128, rb)
             await until(lambda: dev.holder(ANY) == kb, what="ANY on b")
+            if drained:  # heard before the retraction (a drain's two steps)
+                dp.heard("b", ANY, 0xFF00)
             if withdrew:  # b retracted its instance: its route is gone
                 engine.routes[ANY] = [RouteSnapshot("c", rc, 1, 0, 400)]
             else:  # b drains: still announced, with a metric worse than c's
@@ -83,3 +86,9 @@ def test_a_move_away_from_an_origin_that_withdrew_is_not_held(tmp_path: Path) ->
     """A service killed (or left) at b: nothing of its instance comes back, a hold would
     only add its length to the outage."""
     assert _moved(tmp_path, withdrew=True) == (0, 1)
+
+
+def test_a_drains_retraction_before_the_move_is_applied_keeps_the_hold(tmp_path: Path) -> None:
+    """b drained, then retracted, both before our move was applied (a slow host, the
+    kernel test bed): the move ends a drain, it is held as one."""
+    assert _moved(tmp_path, withdrew=True, drained=True) == (1, 0)

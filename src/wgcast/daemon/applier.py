@@ -110,6 +110,9 @@ class DataPlaneApplier:
         #: The source (router-id) of the last paths per prefix through each of the last
         #: two peers: a move away from an origin that withdrew its instance is not held.
         self._path_origin: dict[Prefix, dict[PeerKey, bytes | None]] = {}
+        #: (prefix, neighbour name) whose last announcement was a draining instance
+        #: (DRAIN_METRIC): its retraction ends a drain, and the move away stays held.
+        self._drained: set[tuple[Prefix, str]] = set()
         self._move_holds_off = False
         self._dirty = asyncio.Event()
         #: The interface is gone: nothing is applied (desired state kept) until resync().
@@ -208,6 +211,15 @@ class DataPlaneApplier:
         if self._changed_at is None:
             self._changed_at = self.clock.now()
         self._dirty.set()
+
+    def heard(self, neighbour: str, prefix: Prefix, metric: int) -> None:
+        """An Update heard from `neighbour` (the engine's observer, before it applies
+        it). A drain's retraction can reach us before our move away from the draining
+        instance is applied (a slow host): that move is still a drain's, held."""
+        if DRAIN_METRIC <= metric < INFINITY:
+            self._drained.add((prefix, neighbour))
+        elif metric < DRAIN_METRIC and self._drained:
+            self._drained.discard((prefix, neighbour))
 
     def kick(self) -> None:
         """Apply now (the first apply after start)."""
@@ -510,8 +522,11 @@ class DataPlaneApplier:
             return 0.0
         if self._path_origin.get(p, {}).get(old) == router_id(old) and not any(
                 r.neighbour == name and r.metric < INFINITY for r in engine.routes_to(p)):
-            self.stats.unheld_withdrawals += 1
-            return 0.0
+            if (p, name) in self._drained:
+                self._drained.discard((p, name))  # a drain's end: held below
+            else:
+                self.stats.unheld_withdrawals += 1
+                return 0.0
         rtt = 3 * (nb.rtt_ms or 0.0)
         metric = self._path_metric.get(p)
         per_ms = self.config.link.rtt_cost_per_ms

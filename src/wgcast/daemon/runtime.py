@@ -815,8 +815,11 @@ class Daemon:
 
     def _heard(self, neighbour: str, prefix: Prefix, rid: bytes, seqno: int,
                metric: int) -> None:
-        """The engine's Update observer: the trace keeps those that change something."""
+        """The engine's Update observer: the trace keeps those that change something, the
+        data plane notes draining instances (move holds)."""
         self.trace.heard(self.now(), neighbour, prefix, rid, seqno, metric)
+        if self.dataplane is not None:
+            self.dataplane.heard(neighbour, prefix, metric)
 
     def _trace_sent(self, now: float, sent: Sequence[tuple[str, bytes]]) -> None:
         """The Updates of traced prefixes in what was just sent (looked at only for a
