@@ -12,7 +12,6 @@ symmetric cost per link, which WireGuard's source filter needs (see `cost`).
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from dataclasses import dataclass
 
 from wgcast.babel.wire import INFINITY
@@ -57,16 +56,6 @@ class LinkCostParams:
     cost_alpha: float = 1 / 64
     rtt_hysteresis_rel: float = 0.1
     rtt_hysteresis_ms: float = 0.2
-    #: The slow average is fed a low quantile (`rtt_quantile`) of the last
-    #: `rtt_window` samples rather than each sample (0: each sample). Queueing and a
-    #: starved host only ever add to a sample, and on a busy host they add a lot (6 to
-    #: 117 ms on a 1 ms link on the 16-node lab): averaged raw, that noise moved costs,
-    #: then shortest paths, then seqnos (every node bumped its seqno 25 times in 20 s and
-    #: the mesh never settled). A low quantile ignores delays that hit fewer than 3 in 4
-    #: samples, and unlike the window's minimum it is steady under symmetric jitter; a
-    #: real change of latency still shows at the slow average's pace.
-    rtt_window: int = 16
-    rtt_quantile: float = 0.25
 
     def cost(self, rtt_ms: float | None, extra: int = 0) -> int:
         rtt_term = 0 if rtt_ms is None else min(self.max_rtt_cost,
@@ -93,7 +82,6 @@ class Neighbour:
         "peer_hello_recv",
         "peer_hello_stamp",
         "quiet",
-        "rtt_floor",
         "rtt_ms",
         "rtt_samples",
         "rtt_slow_ms",
@@ -132,8 +120,6 @@ class Neighbour:
         self.cost_rtt_ms: float | None = None
         self.rtt_slow_ms: float | None = None
         self.rtt_samples = 0
-        #: The last LinkCostParams.rtt_window samples (ms).
-        self.rtt_floor: deque[float] = deque()
 
     def on_hello(self, now: float, seqno: int, interval_cs: int, ts: int | None,
                  arrived: float | None = None) -> None:
@@ -170,21 +156,10 @@ class Neighbour:
         if params is None:
             self.cost_rtt_ms = self.rtt_slow_ms = self.rtt_ms
             return
-        if params.rtt_window > 0:
-            floor = self.rtt_floor
-            floor.append(rtt)
-            if len(floor) > params.rtt_window:
-                floor.popleft()
-            rtt = sorted(floor)[int(len(floor) * params.rtt_quantile)]
         n = self.rtt_samples
         slow = self.rtt_slow_ms
-        if slow is None or 0 < len(self.rtt_floor) < 4:
-            # The first few: their quantile is their least, and a first sample that
-            # was delayed must not weigh on the average for long.
-            slow = rtt
-        else:
-            w = max(params.cost_alpha, 1.0 / n)
-            slow = (1 - w) * slow + w * rtt
+        w = max(params.cost_alpha, 1.0 / n)
+        slow = rtt if slow is None else (1 - w) * slow + w * rtt
         self.rtt_slow_ms = slow
         ref = self.cost_rtt_ms
         # Follow the average closely while it is young (a few samples), then in steps.
@@ -233,4 +208,3 @@ class Neighbour:
         self.rtt_ms = None
         self.cost_rtt_ms = self.rtt_slow_ms = None
         self.rtt_samples = 0
-        self.rtt_floor.clear()
