@@ -8,6 +8,7 @@ it serves with `current_connection()`.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,18 @@ class ApiError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def prefix_arg(raw: object, expected: str = "an IP prefix"
+               ) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A request's "prefix": a string naming an exact prefix, bounded; ApiError if not."""
+    if not isinstance(raw, str) or len(raw) > 64:
+        raise ApiError("bad_request", f'expected "prefix": {expected} such as '
+                                      '"fd00:a::53/128"')
+    try:
+        return ipaddress.ip_network(raw.strip(), strict=True)
+    except ValueError as e:
+        raise ApiError("bad_prefix", f"not a prefix: {e}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 from wgcast.anycast.group import DRAIN_METRIC, Group
 from wgcast.anycast.member import Limits, MemberError, Registry
 from wgcast.anycast.policy import Peer, Policy, refusal
-from wgcast.daemon.api_context import ApiError, Connection, current_connection
+from wgcast.daemon.api_context import ApiError, Connection, current_connection, prefix_arg
 from wgcast.daemon.config import Config, GroupConf, Prefix
 from wgcast.daemon.health import HealthMonitor
 from wgcast.daemon.ports import (
@@ -348,14 +347,7 @@ class MembershipService:
     # ------------------------------------------------------------------ requests
 
     def _group(self, req: dict[str, Any]) -> tuple[Prefix, Group]:
-        raw = req.get("prefix")
-        if not isinstance(raw, str) or len(raw) > 64:
-            raise ApiError("bad_request", 'expected "prefix": an anycast prefix such as '
-                                          '"fd00:a::53/128"')
-        try:
-            prefix = ipaddress.ip_network(raw.strip(), strict=True)
-        except ValueError as e:
-            raise ApiError("bad_prefix", f"not a prefix: {e}") from None
+        prefix = prefix_arg(req.get("prefix"), "an anycast prefix")
         g = self.groups.get(prefix)
         if g is None:
             known = ", ".join(str(p) for p in self.groups) or "none"

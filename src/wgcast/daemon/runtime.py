@@ -44,6 +44,7 @@ from wgcast.babel.neighbour import LinkCostParams, link_tiebreak
 from wgcast.babel.route import SelectionParams
 from wgcast.babel.wire import PORT, Ack, RouteUpdate, decode_packet, encode_packet, resolve
 from wgcast.daemon.api import ApiError, ApiServer
+from wgcast.daemon.api_context import prefix_arg
 from wgcast.daemon.applier import DataPlaneApplier
 from wgcast.daemon.catchments import CatchmentCollector, catchment_table
 from wgcast.daemon.config import Config, ConfigError, LanConf, PeerConf, load
@@ -270,8 +271,9 @@ class Daemon:
         self.doctor: PeerDoctor | None = None
         #: Route-change events of the anycast prefixes (`wgcast trace`).
         self.trace = TraceRing(config.anycast)
-        #: Datagrams held back per neighbour (an Ack, and what follows it): see _gate.
-        self._held: dict[str, list[tuple[float, bytes, tuple[Prefix | None, ...]]]] = {}
+        #: Acks held back per neighbour: (since, the Ack's bytes, the prefixes its
+        #: retraction named, None: all); see _gate.
+        self._held: dict[str, list[tuple[float, bytes, tuple[Prefix, ...] | None]]] = {}
         self._held_timer: asyncio.TimerHandle | None = None
         #: Acks held back until the data plane moved, and those sent on the time bound.
         self.acks_held = 0
@@ -743,8 +745,8 @@ class Daemon:
         for before its address goes down, however slow this node is to apply. Every
         other TLV, and every other Ack (quiet mode's deliveries: their sender resends
         after 0.4 s), goes now: a neighbour must not think us dead. Bounded by
-        ACK_GATE_MAX. True if the datagram was handled here (sent without the held
-        Acks, or held whole)."""
+        ACK_GATE_MAX. True if the datagram was handled here (sent without the Acks it
+        held)."""
         dp = self.dataplane
         info = self.peers.get(name)
         node = self.node
@@ -756,20 +758,20 @@ class Daemon:
             tlvs = decode_packet(data)
         except Exception:  # our own bytes; never let the gate lose a datagram
             return False
-        hold: list[tuple[Ack, tuple[Prefix | None, ...]]] = []
+        hold: list[tuple[Ack, tuple[Prefix, ...] | None]] = []
         for t in tlvs:
             if isinstance(t, Ack):
                 gone = node.retractions_acked(name, t.opaque)
-                if gone and dp.moving_away(info.key, _named(gone)):
-                    hold.append((t, gone))
+                if gone and dp.moving_away(info.key, named := _named(gone)):
+                    hold.append((t, named))
         if not hold:
             return False
         held_acks = {a for a, _ in hold}
         rest = [t for t in tlvs if not (isinstance(t, Ack) and t in held_acks)]
         held = self._held.setdefault(name, [])
         self.acks_held += 1
-        for ack, gone in hold:
-            held.append((now, encode_packet([ack]), gone))
+        for ack, named in hold:
+            held.append((now, encode_packet([ack]), named))
         if self._held_timer is None and self.clock is not None:
             self._held_timer = self.clock.loop.call_at(now + ACK_GATE_MAX,
                                                        self._release_held)
@@ -793,10 +795,10 @@ class Daemon:
             info = self.peers.get(name)
             keep = []
             for entry in self._held[name]:
-                at, data, gone = entry
+                at, data, named = entry
                 expired = now >= at + ACK_GATE_MAX
-                if info is not None and dp is not None and not expired and dp.moving_away(
-                        info.key, _named(gone)):
+                if info is not None and dp is not None and not expired and \
+                        dp.moving_away(info.key, named):
                     keep.append(entry)
                     first = at if first is None else min(first, at)
                     continue
@@ -852,13 +854,7 @@ class Daemon:
                 "now": round(self.now(), 6)}
         if raw is None:
             return {**base, **self.trace.summary()}
-        if not isinstance(raw, str) or len(raw) > 64:
-            raise ApiError("bad_request", 'expected "prefix": an IP prefix such as '
-                                          '"fd00:a::53/128"')
-        try:
-            prefix = ipaddress.ip_network(raw.strip(), strict=True)
-        except ValueError as e:
-            raise ApiError("bad_prefix", f"not a prefix: {e}") from None
+        prefix = prefix_arg(raw)
         return {**base, **self.trace.view(prefix, None if since is None else float(since))}
 
     # ports.EngineControl (the endpoint manager after a switch)
