@@ -10,6 +10,7 @@ import heapq
 import ipaddress
 import itertools
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -61,6 +62,11 @@ class Pump:
                                          else n in quiet), start) for n in names}
         self.delay: dict[tuple[str, str], float] = {}
         self.cut: set[tuple[str, str]] = set()
+        #: Loses the datagrams (src, dst, bytes) for which it returns True.
+        self.drop: Callable[[str, str, bytes], bool] | None = None
+        #: Stalled nodes (a starved process): nothing runs before the time given; then
+        #: what arrived meanwhile is read first, as the runtime drains before its timer.
+        self.stalled: dict[str, float] = {}
         for (a, b), d in links.items():
             self.delay[(a, b)] = self.delay[(b, a)] = d
             tie = link_tiebreak(a.encode(), b.encode()) if ties else 0
@@ -76,7 +82,8 @@ class Pump:
         for name, node in self.nodes.items():
             for nid, data in node.datagrams_to_send():
                 self.sent.append((self.now, name, nid, data))
-                if (name, nid) not in self.cut:
+                if (name, nid) not in self.cut and \
+                        (self.drop is None or not self.drop(name, nid, data)):
                     at = self.now + self.delay[(name, nid)]
                     heapq.heappush(self.queue, (at + self.late.get(nid, 0.0),
                                                 next(self.seq), nid, name, data, at))
@@ -89,7 +96,9 @@ class Pump:
         self._drain()
         for _ in range(1_000_000):
             # A deadline already past fires now (as the runtime's call_at does).
-            t_timer = max(self.now, min((d for n in self.nodes.values()
+            stalled = self.stalled
+            t_timer = max(self.now, min((max(d, stalled.get(name, d))
+                                         for name, n in self.nodes.items()
                                          if (d := n.next_deadline()) is not None),
                                         default=end + 1))
             t_pkt = self.queue[0][0] if self.queue else end + 1
@@ -99,12 +108,16 @@ class Pump:
             self.now = t
             if t_pkt <= t_timer:
                 _, _, dst, src, data, at = heapq.heappop(self.queue)
+                if stalled.get(dst, t) > t:
+                    heapq.heappush(self.queue, (stalled[dst], next(self.seq), dst, src,
+                                                data, at))
+                    continue
                 self.nodes[dst].receive(t, src, data, at if self.stamped else None)
                 self.received[dst].append(t)
             else:
-                for n in self.nodes.values():
+                for name, n in self.nodes.items():
                     d = n.next_deadline()
-                    if d is not None and d <= t:
+                    if d is not None and d <= t and stalled.get(name, t) <= t:
                         n.handle_timer(t)
             self._drain()
         else:

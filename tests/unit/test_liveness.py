@@ -255,3 +255,68 @@ def test_a_verdict_looked_at_long_after_it_was_due_probes_once_more() -> None:
     again = lv.peers["b"].probe_deadline
     assert again > deadline + 1.0
     assert lv.due(again, ["b"], rtt) == ([], ["b"])
+
+
+def test_a_neighbour_silent_while_we_were_stalled_is_probed_before_burial() -> None:
+    """Stalled past both the probing and the RFC expiry (a starved host: a burst to
+    parse, no CPU), with the neighbour's Hellos lost meanwhile: one round of probes
+    decides, the neighbour answers and stays up. This was the 16-node lab's storm:
+    neighbours buried unasked, their routes retracted, seqnos bumped, more load."""
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    a = p.nodes["a"]
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    p.run(last + 0.01 - p.now)
+    p.cut.add(("b", "a"))  # b's Hellos are lost while a is stalled
+    p.stalled["a"] = last + 4 * HELLO
+    p.run(p.stalled["a"] - p.now)
+    p.cut.clear()
+    p.run(1.0)
+    assert NeighbourDown("b") not in p.events["a"]
+    assert a.neighbours["b"].up
+    assert a.counters["expiry_probes"] == 1
+    assert a.counters["neighbours_down_expiry"] == 0
+
+
+def test_a_neighbour_whose_hellos_are_lost_but_updates_come_stays_up() -> None:
+    """Full buffers on a starved host lose Hellos (all of them, answers to probes too)
+    while the same neighbour's Updates get through: any Babel packet counts as a Hello
+    for a wgcast neighbour's expiry; when they stop as well, it goes down."""
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    a, b = p.nodes["a"], p.nodes["b"]
+    p.drop = lambda src, dst, data: src == "b" and any(isinstance(t, Hello)
+                                                      for t in decode_packet(data))
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    prefix = net(77)
+    for i in range(50):  # 1 s, five Hello intervals: b announces a new metric every 20 ms
+        b.originate(prefix, metric=i + 1, now=p.now)
+        p.run(0.02)
+    assert p.now - last > 3 * HELLO
+    assert NeighbourDown("b") not in p.events["a"]
+    assert a.counters["kept_by_packets"] >= 1
+    t_quiet = p.now  # b says nothing more
+    t_down = down_at(p, "a", "b", 2.0)
+    assert t_down is not None and t_down - t_quiet < 3 * HELLO + 0.1
+
+
+def test_wireguard_traffic_alone_does_not_keep_a_silent_neighbour_up() -> None:
+    """WireGuard's counters move for a node whose daemon died (its data traffic): they
+    postpone probing and end a round of probes, but do not keep the neighbour past the
+    RFC expiry, and rounds come once an interval at most, not at every sign."""
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    a = p.nodes["a"]
+    last = max(t for t, _ in hellos(p, "b", "a"))
+    p.cut.update({("a", "b"), ("b", "a")})
+    t_down = None
+    for _ in range(100):
+        a.heard("b", p.now)
+        p.run(0.01)
+        if NeighbourDown("b") in p.events["a"]:
+            t_down = p.now
+            break
+    # The RFC expiry (from the Hello's arrival, 5 ms after it was sent), one last round
+    # of probes (a few RTTs) and this loop's 10 ms step.
+    assert t_down is not None and t_down - last <= 3 * HELLO + 0.07
+    assert a.counters["probe_rounds"] <= 3

@@ -204,7 +204,8 @@ class Node:
              "updates_unfeasible", "route_changes", "seqno_requests_in",
              "seqno_requests_forwarded", "seqno_requests_sent", "digests_in",
              "digest_mismatch", "digest_stale", "resyncs_requested", "routes_swept",
-             "deliveries_resent", "deliveries_given_up"), 0)
+             "deliveries_resent", "deliveries_given_up", "neighbours_down_expiry",
+             "neighbours_down_probe", "probe_rounds", "expiry_probes", "kept_by_packets"), 0)
         self._events: deque[Event] = deque()
         self._out: dict[str, PacketWriter] = {}
         #: Writers that may hold output (PacketWriter.dirty), and each neighbour's rank
@@ -817,6 +818,21 @@ class Node:
         probe_deadline = self._live.peers[nb.id].probe_deadline  # inf: not probing
         if not alive and nb.up and self._now < probe_deadline < _NEVER:
             alive = True
+        kept = -_NEVER
+        if not alive and nb.up and nb.txcost < INFINITY and nb.id not in self._watched:
+            # Its Hellos are late past the RFC expiry, but a wgcast neighbour's other
+            # packets count as well (liveness.kept_until); silent altogether and not
+            # probed yet (we were stalled past the probing), one round of probes decides.
+            kept = self._live.kept_until(nb.id, dead)
+            if self._now < kept:
+                self.counters["kept_by_packets"] += 1
+                alive = True
+            elif self._live.at_expiry(nb.id, self._now, nb.expiry(dead),
+                                      None if nb.rtt_ms is None else nb.rtt_ms / 1000):
+                self.counters["expiry_probes"] += 1
+                self._send_hello(nb, F_PROBE, ihu=True)
+                probe_deadline = self._live.peers[nb.id].probe_deadline
+                alive = True
         if alive and not nb.up:
             nb.up = True
             self._live.invalidate()  # a new member of the set it scans
@@ -825,10 +841,13 @@ class Node:
             self._out[nb.id].add(RouteRequest(AE_WILDCARD, 0, b""))
             self._maybe_recost(nb, force=True)
         elif not alive and nb.up:
+            self.counters["neighbours_down_expiry"] += 1
             self._neighbour_down(nb)
         exp = nb.expiry(dead) if nb.up else None
         if exp is not None and exp < probe_deadline < _NEVER:
             exp = probe_deadline
+        if exp is not None and exp < kept:
+            exp = kept
         if exp is None:
             self._nb_expiry.pop(nb.id, None)
         else:
@@ -984,11 +1003,15 @@ class Node:
         up = [n for n in self._nb_expiry if n not in watched] if watched else \
             list(self._nb_expiry)
         probe, dead = self._live.due(now, up, rtt)
+        live = self._live.peers
         for nid in probe:
+            if live[nid].probes_sent == 1:
+                self.counters["probe_rounds"] += 1
             self._send_hello(neighbours[nid], F_PROBE, ihu=True)
         for nid in dead:
             nb = neighbours[nid]
             if nb.up:
+                self.counters["neighbours_down_probe"] += 1
                 self._neighbour_down(nb)
             self._nb_expiry.pop(nid, None)
 

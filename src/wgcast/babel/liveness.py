@@ -19,7 +19,12 @@ experimental range, so babeld, BIRD and FRR ignore it) this module does better:
   needs the neighbour, `idle_hello_interval` otherwise. A node sends each wgcast
   neighbour Hellos at the interval it asked (never faster than its own configured one).
 * **Other signs of life.** Any packet from the neighbour, and whatever the driver knows
-  (`Node.heard`: WireGuard's receive counter moved), postpones probing.
+  (`Node.heard`: WireGuard's receive counter moved), postpones probing and ends a round
+  of probes (the next waits an interval). Any Babel packet also counts as a Hello for
+  the RFC expiry (`kept_until`): a starved host loses and delays Hellos while other
+  packets come. WireGuard's counters do not: they move for a node whose daemon died.
+* **No burial unasked.** At the RFC expiry of a wgcast neighbour never probed (we were
+  stalled past the probing), one last round of probes decides (`at_expiry`).
 
 Generic neighbours (no sub-TLV heard) keep the RFC behaviour: Hellos at the configured
 interval, down after `dead` silent intervals, never probed. The RFC expiry stays the
@@ -89,9 +94,26 @@ def parse_liveness(subtlvs: Iterable[SubTLV]) -> tuple[int, float] | None:
 class PeerLiveness:
     """What we know of one neighbour's liveness beyond RFC 8966's Hello history."""
 
-    __slots__ = ("answers", "asked", "expected", "heard", "holding", "interval", "jitter",
-                 "next_probe", "probe_deadline", "probes_sent", "rearmed", "repeats",
-                 "since_ihu", "spacing", "wants")
+    __slots__ = (
+        "answers",
+        "asked",
+        "expected",
+        "expiry_round",
+        "heard",
+        "holding",
+        "interval",
+        "jitter",
+        "next_probe",
+        "not_before",
+        "probe_deadline",
+        "probes_sent",
+        "rearmed",
+        "repeats",
+        "since_ihu",
+        "spacing",
+        "spoke",
+        "wants",
+    )
 
     def __init__(self) -> None:
         #: It answers probes (its Hellos carry our sub-TLV).
@@ -109,6 +131,8 @@ class PeerLiveness:
         self.expected: float | None = None
         #: The last sign of life: any packet, or the driver's `heard`.
         self.heard: float | None = None
+        #: Its last Babel packet (not the driver's signs: see kept_until).
+        self.spoke: float | None = None
         #: Mean deviation of its Hellos' arrival from the time they were due.
         self.jitter = 0.0
         #: Its last Hello was a restart hold: no probing until it sends a regular one.
@@ -120,6 +144,10 @@ class PeerLiveness:
         self.probe_deadline = _NEVER
         #: This round of probes was started again after a stall of ours (see due).
         self.rearmed = False
+        #: A round of probes ended by a sign of life: no new round before this time.
+        self.not_before = 0.0
+        #: The RFC expiry for which a last round of probes was sent (see at_expiry).
+        self.expiry_round: float | None = None
 
     def probing(self) -> bool:
         return self.probes_sent > 0
@@ -129,9 +157,18 @@ class PeerLiveness:
         self.next_probe = self.probe_deadline = _NEVER
         self.rearmed = False
 
+    def answer(self, now: float) -> None:
+        """A sign of life ended this round of probes: the next waits an interval (a
+        neighbour whose Hellos are lost while its other packets come is probed once an
+        interval, not at every packet)."""
+        self.stop_probing()
+        self.not_before = now + self.interval
+
     def reset(self) -> None:
         """The neighbour went down: keep what it told us of itself, drop the timing."""
-        self.expected = self.heard = None
+        self.expiry_round = None
+        self.not_before = 0.0
+        self.expected = self.heard = self.spoke = None
         self.jitter = 0.0
         self.stop_probing()
 
@@ -188,8 +225,9 @@ class Liveness:
         p = self.peers[nid]
         if p.heard is None or now > p.heard:
             p.heard = now
+        p.spoke = now
         if p.probes_sent:
-            p.stop_probing()
+            p.answer(now)
             self._earliest = None
 
     def heard(self, nid: str, when: float) -> bool:
@@ -201,9 +239,21 @@ class Liveness:
         if p.heard is None or when > p.heard:
             p.heard = when
             if p.probes_sent:
-                p.stop_probing()
+                p.answer(when)
                 self._earliest = None
         return True
+
+    def kept_until(self, nid: str, dead: int) -> float:
+        """Until when `nid`'s last Babel packet of any kind keeps it alive past its RFC
+        expiry: `dead` of its Hello intervals after it, as after a Hello (-inf: not a
+        wgcast neighbour). Over WireGuard every packet is authenticated, and a starved
+        host loses or delays Hellos (full buffers, late timers) while other packets of
+        the same neighbour come. The driver's signs do not count: WireGuard's counters
+        also move for a node whose daemon is dead."""
+        p = self.peers.get(nid)
+        if p is None or p.spoke is None or not p.answers or p.holding or not p.interval:
+            return -_NEVER
+        return p.spoke + dead * p.interval
 
     def on_hello(self, nid: str, now: float, interval: float,
                  subtlvs: Iterable[SubTLV]) -> tuple[int, bool]:
@@ -250,7 +300,8 @@ class Liveness:
             # begin before the RFC expiry (the engine then waits for its verdict).
             due = min(p.heard + p.interval, p.expected + p.interval)
         # Jitter widens the margin, up to half an interval (a loaded host's timers).
-        return due + min(4 * p.jitter + max(p.interval / 20, 0.001), p.interval / 2)
+        t = due + min(4 * p.jitter + max(p.interval / 20, 0.001), p.interval / 2)
+        return t if t >= p.not_before else p.not_before
 
     def next_deadline(self, up: Iterable[str]) -> float:
         if self._earliest is not None:
@@ -267,6 +318,31 @@ class Liveness:
         self._earliest = best
         return best
 
+    def at_expiry(self, nid: str, now: float, expiry: float | None,
+                  rtt: float | None) -> bool:
+        """The RFC expiry of `nid` is reached with nothing heard: start one last round of
+        probes (once per expiry) and return True, rather than bury it unasked. Late-Hello
+        probing runs before the expiry, unless we were stalled past both (a burst to
+        parse, a starved host) or a round was ended by WireGuard's counters alone.
+        False: not a wgcast neighbour, holding, probed already: the expiry stands."""
+        p = self.peers.get(nid)
+        if p is None or not self.params.probe or not p.answers or p.holding or \
+                p.probes_sent or expiry is None or p.expiry_round == expiry:
+            return False
+        p.expiry_round = expiry
+        self._start_round(p, now, rtt)
+        self._earliest = None
+        return True
+
+    def _start_round(self, p: PeerLiveness, now: float, rtt: float | None) -> None:
+        k = self.params.probes
+        r = min(p.interval / 4, 0.05) if rtt is None else rtt
+        timeout = 1.25 * r + max(p.interval / 10, 0.002) + min(2 * p.jitter, p.interval / 4)
+        spacing = p.spacing = timeout / (2 * k)
+        p.probes_sent = 1
+        p.next_probe = now + spacing if k > 1 else _NEVER
+        p.probe_deadline = now + (k - 1) * spacing + timeout
+
     def due(self, now: float, up: Iterable[str],
             rtt: Callable[[str], float | None]) -> tuple[list[str], list[str]]:
         """(neighbours to probe now, neighbours found dead) among those that are `up`;
@@ -279,15 +355,7 @@ class Liveness:
             if not p.probes_sent:
                 if self._trigger(p) > now:
                     continue
-                r = rtt(nid)
-                if r is None:
-                    r = min(p.interval / 4, 0.05)
-                timeout = 1.25 * r + max(p.interval / 10, 0.002) + min(2 * p.jitter,
-                                                                        p.interval / 4)
-                spacing = p.spacing = timeout / (2 * k)
-                p.probes_sent = 1
-                p.next_probe = now + spacing if k > 1 else _NEVER
-                p.probe_deadline = now + (k - 1) * spacing + timeout
+                self._start_round(p, now, rtt(nid))
                 probe.append(nid)
                 continue
             if now >= p.probe_deadline:
