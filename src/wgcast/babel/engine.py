@@ -205,7 +205,8 @@ class Node:
              "seqno_requests_forwarded", "seqno_requests_sent", "digests_in",
              "digest_mismatch", "digest_stale", "resyncs_requested", "routes_swept",
              "deliveries_resent", "deliveries_given_up", "neighbours_down_expiry",
-             "neighbours_down_probe", "probe_rounds", "expiry_probes", "kept_by_packets"), 0)
+             "neighbours_down_probe", "probe_rounds", "expiry_probes", "kept_by_packets",
+             "cost_changes"), 0)
         self._events: deque[Event] = deque()
         self._out: dict[str, PacketWriter] = {}
         #: Writers that may hold output (PacketWriter.dirty), and each neighbour's rank
@@ -1076,6 +1077,8 @@ class Node:
         cost = nb.cost(self.config.link)
         if self._cost[nb.id] == cost and not force:
             return
+        if not force:
+            self.counters["cost_changes"] += 1
         self._cost[nb.id] = cost
         self._updates.changed()
         for prefix in self.routes.via(nb.id):

@@ -12,6 +12,7 @@ symmetric cost per link, which WireGuard's source filter needs (see `cost`).
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 from dataclasses import dataclass
 
 from wgcast.babel.wire import INFINITY
@@ -56,6 +57,15 @@ class LinkCostParams:
     cost_alpha: float = 1 / 64
     rtt_hysteresis_rel: float = 0.1
     rtt_hysteresis_ms: float = 0.2
+    #: Delay on a path only adds (queues, a peer or its WireGuard scheduled late): a
+    #: sample above rtt_spike times the lowest of the last rtt_window counts as that
+    #: much. On a busy host samples ran at 30x the link's RTT during the lab's boot: the
+    #: mean of the first samples set costs 3-6x too high, and they came down in 10%
+    #: steps over minutes, each step a wave of announcements (the 16-node lab's idle
+    #: churn: a cost change per node per second). A real rise shows once the window
+    #: has forgotten the lower samples.
+    rtt_spike: float = 4.0
+    rtt_window: int = 64
 
     def cost(self, rtt_ms: float | None, extra: int = 0) -> int:
         rtt_term = 0 if rtt_ms is None else min(self.max_rtt_cost,
@@ -83,6 +93,7 @@ class Neighbour:
         "peer_hello_stamp",
         "quiet",
         "rtt_ms",
+        "rtt_recent",
         "rtt_samples",
         "rtt_slow_ms",
         "tie",
@@ -120,6 +131,8 @@ class Neighbour:
         self.cost_rtt_ms: float | None = None
         self.rtt_slow_ms: float | None = None
         self.rtt_samples = 0
+        #: The last samples (LinkCostParams.rtt_window), for their minimum.
+        self.rtt_recent: deque[float] = deque()
 
     def on_hello(self, now: float, seqno: int, interval_cs: int, ts: int | None,
                  arrived: float | None = None) -> None:
@@ -158,12 +171,18 @@ class Neighbour:
             return
         n = self.rtt_samples
         slow = self.rtt_slow_ms
+        settled = n * params.cost_alpha >= 0.25
+        recent = self.rtt_recent
+        recent.append(rtt)
+        if len(recent) > params.rtt_window:
+            recent.popleft()
+        rtt = min(rtt, params.rtt_spike * min(recent) + params.rtt_hysteresis_ms)
         w = max(params.cost_alpha, 1.0 / n)
         slow = rtt if slow is None else (1 - w) * slow + w * rtt
         self.rtt_slow_ms = slow
         ref = self.cost_rtt_ms
         # Follow the average closely while it is young (a few samples), then in steps.
-        rel = 0.02 if n * params.cost_alpha < 0.25 else params.rtt_hysteresis_rel
+        rel = params.rtt_hysteresis_rel if settled else 0.02
         if ref is None or abs(slow - ref) > max(params.rtt_hysteresis_ms, rel * ref):
             self.cost_rtt_ms = slow
 
@@ -207,4 +226,5 @@ class Neighbour:
         self.peer_hello_stamp = self.peer_hello_recv = None
         self.rtt_ms = None
         self.cost_rtt_ms = self.rtt_slow_ms = None
+        self.rtt_recent.clear()
         self.rtt_samples = 0

@@ -38,6 +38,9 @@ SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("@qq")
 #: An arrival stamp further from now than this is not believed (a wall-clock step).
 MAX_SKEW = 5.0
+#: Source and destination addresses remembered in their parsed forms (the neighbours':
+#: parsing one for every datagram was a tenth of an idle daemon's receive path).
+ADDR_CACHE = 4096
 #: (BABEL_GROUP lives in ports.py, where the LAN service reads it too.)
 __all__ = ["BABEL_GROUP", "BURST", "UdpTransport"]
 
@@ -54,6 +57,8 @@ class UdpTransport:
         self._control: ipaddress.IPv6Address | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_datagrams: Callable[[Datagrams], None] | None = None
+        self._src: dict[str, ipaddress.IPv6Address] = {}
+        self._dst: dict[ipaddress.IPv6Address, tuple[str, int, int, int]] = {}
 
     def open(self, control: ipaddress.IPv6Address,
              on_datagrams: Callable[[Datagrams], None]) -> None:
@@ -128,10 +133,15 @@ class UdpTransport:
             except OSError as e:
                 log.warning("receive: %s", e)
                 break
-            try:
-                src = ipaddress.IPv6Address(addr[0].split("%")[0])
-            except ValueError:
-                continue
+            src = self._src.get(addr[0])
+            if src is None:
+                try:
+                    src = ipaddress.IPv6Address(addr[0].split("%")[0])
+                except ValueError:
+                    continue
+                if len(self._src) >= ADDR_CACHE:
+                    self._src.clear()
+                self._src[addr[0]] = src
             batch.append((src, data, _arrival(ancdata, offset, mono)))
         if batch:
             self._on_datagrams(batch)
@@ -148,8 +158,13 @@ class UdpTransport:
     def send(self, data: bytes, dest: ipaddress.IPv6Address) -> None:
         assert self._sock is not None
         # No handshake yet or peer unreachable: the next Hello retries.
+        to = self._dst.get(dest)
+        if to is None or to[3] != self._ifindex:
+            if len(self._dst) >= ADDR_CACHE:
+                self._dst.clear()
+            to = self._dst[dest] = (str(dest), self.port, 0, self._ifindex)
         with contextlib.suppress(OSError):
-            self._sock.sendto(data, (str(dest), self.port, 0, self._ifindex))
+            self._sock.sendto(data, to)
 
     def close(self) -> None:
         for sock in (self._sock, self._msock):
