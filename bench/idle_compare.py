@@ -79,7 +79,12 @@ def snapshot(lab: Lab) -> dict[str, Any]:
 def measure(cfg: Config, nodes: int, settle_s: float, window_s: float | None,
             babeld: str) -> dict[str, Any]:
     topo = TOPOLOGIES[nodes]
-    kw = {"instances": "n1", "delay": "1ms", "seed": 1}
+    # 32 Python daemons importing at once on 2 cores take more than the default 10 s.
+    kw = {"instances": "n1", "delay": "1ms", "seed": 1,
+          "daemon_ready_timeout": max(10.0, 0.75 * nodes),
+          # The instance's health check (an exec) at 1 s: its 200 ms default times out on
+          # a 2-core host running 32 daemons, and idle cost is what is measured here.
+          "health_interval": "1s"}
     t0 = time.monotonic()
     lab = (Lab(topo, router=BabeldRouter(hello=cfg.hello, binary=babeld), **kw)
            if cfg.router == "babeld" else Lab(topo, timers=cfg.timers, **kw))
