@@ -51,6 +51,8 @@ _NEVER = float("inf")
 #: An AckReq TLV on the wire (type, length, reserved, opaque, interval).
 _ACKREQ = struct.Struct("!BBHHH")
 _ACKREQ_LEN = _ACKREQ.size
+#: Entry hashes remembered by `Updates._hash` (a few per announced prefix is plenty).
+HASHES_KEPT = 16384
 
 
 def _with_ackreq(packet: bytes, opaque: int, interval_cs: int) -> bytes:
@@ -80,10 +82,10 @@ class Updates:
     """
 
     __slots__ = ("_acks_to_attach", "_costs", "_delivery_backoff", "_delivery_tries",
-                 "_interval_cs", "_max_body", "_neighbours", "_out", "_release", "_requests",
-                 "_retractions", "_retry_interval", "_retry_tries", "_routes", "_selected",
-                 "_signer", "_sources", "_ties", "_triggered", "_tx", "_tx_full", "_xroutes",
-                 "last_op", "router_id", "version")
+                 "_hashes", "_interval_cs", "_max_body", "_neighbours", "_out", "_release",
+                 "_requests", "_retractions", "_retry_interval", "_retry_tries", "_routes",
+                 "_selected", "_signer", "_sources", "_ties", "_triggered", "_tx", "_tx_full",
+                 "_xroutes", "last_op", "router_id", "version")
 
     def __init__(self, router_id: bytes, *, update_interval: float, max_body: int,
                  retraction_tries: int, retry_interval: float,
@@ -122,6 +124,9 @@ class Updates:
         self.last_op: dict[str, int] = {}
         self._delivery_tries = delivery_tries
         self._delivery_backoff = delivery_backoff
+        #: entry_hash memo: a full update to each of N quiet neighbours hashes the same
+        #: announcements N times (bounded: cleared when it outgrows HASHES_KEPT).
+        self._hashes: dict[tuple[Prefix, bytes, int, int], int] = {}
 
     # ------------------------------------------------------------ what changed
 
@@ -218,6 +223,16 @@ class Updates:
         sig = signer.sign(prefix, sel.seqno) if signer is not None else b""
         return sel.router_id, sel.seqno, sel.metric, sel.tie, None, sig
 
+    def _hash(self, prefix: Prefix, rid: bytes, seqno: int, metric: int) -> int:
+        """entry_hash, remembered."""
+        key = (prefix, rid, seqno, metric)
+        h = self._hashes.get(key)
+        if h is None:
+            if len(self._hashes) >= HASHES_KEPT:
+                self._hashes.clear()
+            h = self._hashes[key] = entry_hash(prefix, rid, seqno, metric)
+        return h
+
     # ------------------------------------------------------------ sending
 
     def send(self, nid: str, prefix: Prefix, now: float) -> None:
@@ -231,7 +246,7 @@ class Updates:
                                   QUIET_INTERVAL_CS if quiet else self._interval_cs, subs)
         tx = self._tx.get(nid)
         if tx is not None:
-            tx.set(prefix, entry_hash(prefix, rid, seqno, metric) if metric < INFINITY else None)
+            tx.set(prefix, self._hash(prefix, rid, seqno, metric) if metric < INFINITY else None)
         if metric < INFINITY:
             self._sources.advertised(prefix, rid, seqno, metric, now)
             self._release.announced(prefix, rid)
@@ -295,7 +310,7 @@ class Updates:
         tx = TxState()
         for prefix, rid, seqno, metric, _, _ in entries:
             if metric < INFINITY:
-                tx.set(prefix, entry_hash(prefix, rid, seqno, metric))
+                tx.set(prefix, self._hash(prefix, rid, seqno, metric))
         self._tx[nid] = tx
         w = self._out[nid]
         w.flush()
@@ -403,7 +418,7 @@ class Updates:
                               quiet: list[str], now: float) -> None:
         packets, offsets = encode_updates(entries, QUIET_INTERVAL_CS,
                                           self._max_body - _ACKREQ_LEN)
-        hashes = [entry_hash(p, rid, seqno, metric) if metric < INFINITY else None
+        hashes = [self._hash(p, rid, seqno, metric) if metric < INFINITY else None
                   for p, rid, seqno, metric, _, _ in entries]
         in_packet: list[list[Prefix]] = [[] for _ in packets]
         for i, (pi, _) in enumerate(offsets):
@@ -465,5 +480,5 @@ class Updates:
         tx = self._tx.get(nid)
         if tx is not None:
             for prefix, rid, seqno, metric, _, _ in entries:
-                tx.set(prefix, entry_hash(prefix, rid, seqno, metric)
+                tx.set(prefix, self._hash(prefix, rid, seqno, metric)
                        if metric < INFINITY else None)
