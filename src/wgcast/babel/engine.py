@@ -641,8 +641,9 @@ class Node:
             if self._next_update < best:
                 best = self._next_update
             watched = self._watched
+            # Lazily: the set is only walked when liveness has no cached answer.
             t = self._live.next_deadline(
-                [n for n in nb_expiry if n not in watched] if watched else nb_expiry)
+                (n for n in nb_expiry if n not in watched) if watched else nb_expiry)
             if t < best:
                 best = t
             if self._next_fast_scan < best:
@@ -1001,8 +1002,11 @@ class Node:
         # endpoint manager, at 2.25 silent Hellos), and a verdict before that would take
         # the neighbour and its routes down on a path about to be replaced.
         watched = self._watched
-        up = [n for n in self._nb_expiry if n not in watched] if watched else \
-            list(self._nb_expiry)
+        nb_expiry = self._nb_expiry
+        if self._live.next_deadline((n for n in nb_expiry if n not in watched) if watched
+                                    else nb_expiry) > now:
+            return  # nothing due (a scan of every neighbour at every timer, otherwise)
+        up = [n for n in nb_expiry if n not in watched] if watched else list(nb_expiry)
         probe, dead = self._live.due(now, up, rtt)
         live = self._live.peers
         for nid in probe:

@@ -379,7 +379,8 @@ class Liveness:
                 else:
                     p.next_probe = _NEVER
                 probe.append(nid)
-        self._earliest = None  # probes started or moved on: recomputed
+        if probe or dead or (self._earliest is not None and self._earliest <= now):
+            self._earliest = None  # probes started or moved on (or a spurious wake-up)
         return probe, dead
 
 
