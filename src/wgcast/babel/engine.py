@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -640,10 +640,7 @@ class Node:
                 best = t
             if self._next_update < best:
                 best = self._next_update
-            watched = self._watched
-            # Lazily: the set is only walked when liveness has no cached answer.
-            t = self._live.next_deadline(
-                (n for n in nb_expiry if n not in watched) if watched else nb_expiry)
+            t = self._live.next_deadline(self._probed())
             if t < best:
                 best = t
             if self._next_fast_scan < best:
@@ -989,6 +986,12 @@ class Node:
                 self.routes.remove(r.prefix, nid)
                 self._select(r.prefix)
 
+    def _probed(self) -> Iterable[str]:
+        """The up neighbours liveness watches (not those the driver watches, see
+        _probe_or_bury); lazy: walked only when liveness has no cached deadline."""
+        watched, nb_expiry = self._watched, self._nb_expiry
+        return (n for n in nb_expiry if n not in watched) if watched else nb_expiry
+
     def _probe_or_bury(self, now: float) -> None:
         """Probe the wgcast neighbours whose Hello is late; take down those whose
         probes all went unanswered (liveness.py)."""
@@ -1001,13 +1004,9 @@ class Node:
         # Watched neighbours are not probed: their paths fail over first (the driver's
         # endpoint manager, at 2.25 silent Hellos), and a verdict before that would take
         # the neighbour and its routes down on a path about to be replaced.
-        watched = self._watched
-        nb_expiry = self._nb_expiry
-        if self._live.next_deadline((n for n in nb_expiry if n not in watched) if watched
-                                    else nb_expiry) > now:
+        if self._live.next_deadline(self._probed()) > now:
             return  # nothing due (a scan of every neighbour at every timer, otherwise)
-        up = [n for n in nb_expiry if n not in watched] if watched else list(nb_expiry)
-        probe, dead = self._live.due(now, up, rtt)
+        probe, dead = self._live.due(now, list(self._probed()), rtt)
         live = self._live.peers
         for nid in probe:
             if live[nid].probes_sent == 1:

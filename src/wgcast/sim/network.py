@@ -275,7 +275,8 @@ class SimNetwork:
     def run_until(self, t_end: float, max_steps: int = 50_000_000) -> None:
         # The engines allocate a few small objects per route per packet and free them
         # (almost) all; the default GC thresholds rescan the million long-lived routes of
-        # a large mesh over and over for little garbage (a fifth of the run at full:40).
+        # a large mesh over and over for little garbage (0-10% of a full:40 run, side by
+        # side; costs ~16% peak memory on random:1000:6).
         saved = gc.get_threshold()
         gc.set_threshold(*GC_THRESHOLDS)
         try:
