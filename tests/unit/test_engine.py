@@ -433,20 +433,23 @@ def _tlvs_sent(p: Pump, src: str, since: int) -> list[tuple[str, object]]:
 
 @pytest.mark.parametrize("quiet", [False, True])
 def test_anycast_source_change_waits_for_every_ack(quiet: bool) -> None:
-    """o1 - a - b - o2, both origins announce one prefix. When a's link to o1 gets
-    costly, a's best route is through b to o2: a does not switch source at once. It
-    retracts the prefix with an AckReq to every neighbour but its next hop towards o1
-    (which cannot route through a to o1), keeps forwarding towards o1 meanwhile, and
-    takes o2 only when b acknowledged. No loop at any time. The same in quiet mode,
+    """o1 - a - b - o2, and c behind a; both origins announce one prefix. When a's link
+    to o1 gets costly, a's best route is through b to o2: a does not switch source at
+    once. It retracts the prefix with an AckReq to c, which routes through a to o1, keeps
+    forwarding towards o1 meanwhile, and takes o2 only when c acknowledged. Neither o1 (its
+    next hop towards the source it releases) nor b (which announces o2, the other source,
+    so does not route through a) is asked. No loop at any time. The same in quiet mode,
     where every packet of triggered Updates carries an AckReq of its own besides."""
     prefix = net(7)
-    p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
-                                      ("b", "o2"): 0.005}, quiet=quiet)
+    p = Pump(["o1", "a", "b", "o2", "c"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
+                                           ("b", "o2"): 0.005, ("a", "c"): 0.005},
+             quiet=quiet)
     for o in ("o1", "o2"):
         p.nodes[o].originate(prefix, now=p.now)
     p.run(3.0)
     a = p.nodes["a"]
     assert p.via("a", prefix) == "o1" and p.via("b", prefix) == "o2"
+    assert p.via("c", prefix) == "a"
     assert not a.settling()
     since = len(p.sent)
     released: dict[int, set[str]] = {}  # each release's opaque: whom it waited for
@@ -464,21 +467,43 @@ def test_anycast_source_change_waits_for_every_ack(quiet: bool) -> None:
     settling = [t for t in trace if t[2]]
     assert settling and {t[1] for t in settling} == {("o1", rid("o1"))}
     assert trace[-1][1:] == (("b", rid("o2")), False)
-    # The retraction went to b with an AckReq, b acked before the switch; o1, the next
-    # hop towards the released source, was not asked.
-    # (In quiet mode every packet of Updates carries an AckReq of its own besides.)
+    # The retraction went to c with an AckReq, c acked before the switch.
     ops = set(released)
-    assert released and all(waiting == {"b"} for waiting in released.values())
+    assert released and all(waiting == {"c"} for waiting in released.values())
     release = [dst for (_, s, dst, data) in p.sent[since:] if s == "a"
                for t in decode_packet(data) if isinstance(t, AckReq) and t.opaque in ops]
-    assert set(release) == {"b"}
+    assert set(release) == {"c"}
     switch = next(t for t, sel, _ in trace if sel == ("b", rid("o2")))
     acks = [(t, s) for (t, s, dst, data) in p.sent[since:] if dst == "a"
             and any(isinstance(x, Ack) and x.opaque in ops for x in decode_packet(data))]
-    assert {s for _, s in acks} == {"b"}
+    assert {s for _, s in acks} == {"c"}
     assert all(t + 0.005 <= switch + 1e-9 for t, _ in acks)
     assert RouteSelected(prefix, "b", a.selected[prefix].metric, rid("o2")) in p.events["a"]
     assert not any(isinstance(e, RetractionAcked) for e in p.events["a"])  # no drain
+
+
+def test_anycast_source_change_with_nobody_behind_is_at_once() -> None:
+    """o1 - a - b - o2: a moves from o1 to o2 through b without waiting for any ack. o1
+    is its next hop towards the source it leaves, and b announces the other source, so
+    neither routes through a (engine._start_release); no loop on the way."""
+    prefix = net(7)
+    p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
+                                      ("b", "o2"): 0.005})
+    for o in ("o1", "o2"):
+        p.nodes[o].originate(prefix, now=p.now)
+    p.run(3.0)
+    a = p.nodes["a"]
+    assert p.via("a", prefix) == "o1" and p.via("b", prefix) == "o2"
+    a.neighbours["o1"].extra_cost = 1000
+    moved: float | None = None
+    for _ in range(100):
+        p.run(0.001)
+        assert not a.settling()  # no release: nobody to wait for
+        for n in p.nodes:
+            p.path(n, prefix)  # raises on a loop
+        if moved is None and p.via("a", prefix) == "b":
+            moved = p.now
+    assert moved is not None and p.path("a", prefix) == ["a", "b", "o2"]
 
 
 def test_a_drained_origin_hands_over_to_the_other_one() -> None:

@@ -1279,6 +1279,16 @@ class Node:
         source itself, our metric is above its own.) Waiting for it cost a round trip
         over the very link that brought the retraction, often the slowest one.
 
+        Nor does a wgcast neighbour whose route to us is finite and from another source
+        than the one we release, when we change sources (not for a leave or drain,
+        `notify`, whose acks also pace the address going down). It routes along that
+        other source, not through us: to route through us to our old source it would
+        first have had to release its own, and that waits for our ack, which replaces
+        its route at us with the retraction. (From our old source, it may just have
+        moved to route through us, its poisoned Update still in flight: it is waited
+        for.) In a line, the news of a dead instance then moves a node to the other one
+        at once, where it waited a round trip to the neighbour that brought the news.
+
         True if there was nobody to wait for (the release is complete at once).
         """
         release = self._release
@@ -1290,6 +1300,15 @@ class Node:
                 and old.router_id == owned[0]:
             exempt = old.via
         waiting = {nid for nid, nb in self.neighbours.items() if nb.up and nid != exempt}
+        if owned is not None and not notify and waiting:
+            per = self.routes.routes(prefix)
+            live = self._live.peers
+            rid = owned[0]
+            for nid in list(waiting):
+                r = per.get(nid)
+                if r is not None and r.refmetric < INFINITY and r.router_id != rid \
+                        and live[nid].answers:
+                    waiting.discard(nid)
         pending = release.begin(prefix, waiting, self._now, self.config.retraction_tries,
                                 2 * self.config.hello_interval, notify)
         if pending is None:

@@ -223,6 +223,11 @@ class RepairWatch:
     repaired_at: dict[Prefix, float] = field(default_factory=dict)
     _dirty: set[Prefix] = field(default_factory=set)
     _reach: dict[Prefix, set[str]] = field(default_factory=dict)
+    #: (prefix, node) -> when the node's path first broke, and when it first worked again
+    #: after that: each node's own first outage, apart from any later one (a second move,
+    #: to a better source, costs the nodes behind a source release: docs/architecture.md).
+    broke_at: dict[tuple[Prefix, str], float] = field(default_factory=dict)
+    first_fixed_at: dict[tuple[Prefix, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.start = self.net.now
@@ -262,13 +267,25 @@ class RepairWatch:
     def _whole(self, prefix: Prefix) -> bool:
         reach = self._reach[prefix]
         origins = self.net.origins(prefix)
+        now = self.net.now
+        whole = True
         for node, (kind, last) in path_ends(self.net, prefix).items():
-            if node in reach:
-                if kind != "local" or last not in origins:
-                    return False
-            elif kind != "none":
-                return False
-        return True
+            ok = (kind == "local" and last in origins) if node in reach else kind == "none"
+            key = (prefix, node)
+            if not ok:
+                whole = False
+                self.broke_at.setdefault(key, now)
+            elif key in self.broke_at and key not in self.first_fixed_at:
+                self.first_fixed_at[key] = now
+        return whole
+
+    def first_repair_ms(self) -> float | None:
+        """Milliseconds from the start to the end of the last node's first outage; None
+        if a node never got a working path back."""
+        if any(k not in self.first_fixed_at for k in self.broke_at):
+            return None
+        return max(((t - self.start) * 1000.0 for t in self.first_fixed_at.values()),
+                   default=0.0)
 
     def repair_ms(self) -> float | None:
         """Milliseconds from the start to the last repair; None if still broken."""

@@ -161,6 +161,8 @@ class Phase:
     check: RouteCheck | None = None
     #: Outage of the prefixes the fault hit (see RepairWatch); None: not watched.
     repair_ms: float | None = None
+    #: The end of the last node's first outage (RepairWatch.first_repair_ms).
+    first_repair_ms: float | None = None
     watched: list[str] = field(default_factory=list)
     #: Source-filter walk after quiescence; None: not checked.
     filter: FilterCheck | None = None
@@ -177,7 +179,9 @@ class Phase:
                                 "last_change_ms": round(self.duration_ms, 3)}
         if self.watched:
             d.update(watched=self.watched,
-                     repair_ms=None if self.repair_ms is None else round(self.repair_ms, 3))
+                     repair_ms=None if self.repair_ms is None else round(self.repair_ms, 3),
+                     first_repair_ms=None if self.first_repair_ms is None
+                     else round(self.first_repair_ms, 3))
         if self.check is not None:
             d.update(checked=self.check.checked, wrong=self.check.wrong_count,
                      suboptimal=self.check.suboptimal, max_excess=self.check.max_excess,
@@ -302,6 +306,7 @@ class Scenario:
         if watcher is not None:
             watcher.close()
             ph.repair_ms = watcher.repair_ms()
+            ph.first_repair_ms = watcher.first_repair_ms()
             ph.watched = [str(p) for p in watch or ()]
         if meter is not None:
             ph.event = meter.end(ph.last_change)
@@ -525,6 +530,8 @@ class Scenario:
             "failover_ms": None if failover is None else round(failover.duration_ms, 3),
             "repair_ms": None if failover is None or failover.repair_ms is None
             else round(failover.repair_ms, 3),
+            "first_repair_ms": None if failover is None or failover.first_repair_ms is None
+            else round(failover.first_repair_ms, 3),
             "recovery_ms": None if recovery is None else round(recovery.duration_ms, 3),
             "recovery_repair_ms": None if recovery is None or recovery.repair_ms is None
             else round(recovery.repair_ms, 3),
