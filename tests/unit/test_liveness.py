@@ -59,6 +59,26 @@ def test_a_dead_wgcast_neighbour_is_found_after_about_one_interval() -> None:
     assert t_down - last < 1.5 * HELLO < 3 * HELLO
 
 
+def test_the_verdict_comes_one_timeout_after_the_first_probe() -> None:
+    """All probes go within the first half of the slack (the timeout is the RTT plus a
+    slack), and the verdict one timeout after the first: a later probe needs no whole
+    timeout of its own, it still has an RTT and half the slack to be answered."""
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    rtt = p.nodes["a"].neighbours["b"].rtt_ms
+    assert rtt is not None and abs(rtt - 10.0) < 1.0
+    p.cut.update({("a", "b"), ("b", "a")})
+    t0 = p.now
+    t_down = down_at(p, "a", "b", 1.0, step=0.0002)
+    assert t_down is not None
+    sent = [t for t, h in hellos(p, "a", "b", t0)
+            if (lv := parse_liveness(h.subtlvs)) and lv[0] & F_PROBE]
+    assert len(sent) == LivenessParams().probes
+    slack = 0.25 * rtt / 1000 + HELLO / 10  # no jitter in the pump
+    assert sent[-1] - sent[0] <= slack / 2 + 1e-6
+    assert t_down - sent[0] <= rtt / 1000 + slack + 0.0003
+
+
 def test_one_lost_hello_is_probed_and_the_neighbour_stays_up() -> None:
     p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
     p.run(3.0)

@@ -841,7 +841,7 @@ class Node:
             self._maybe_recost(nb, force=True)
         elif not alive and nb.up:
             self.counters["neighbours_down_expiry"] += 1
-            self._neighbour_down(nb)
+            self._neighbour_down(nb, "expiry")
         exp = nb.expiry(dead) if nb.up else None
         if exp is not None and exp < probe_deadline < _NEVER:
             exp = probe_deadline
@@ -852,12 +852,13 @@ class Node:
         else:
             self._nb_expiry[nb.id] = exp
 
-    def _neighbour_down(self, nb: Neighbour) -> None:
+    def _neighbour_down(self, nb: Neighbour, how: str = "removed") -> None:
+        note = f"{how}: {self._live.describe(nb.id, self._now)}"
         nb.forget()
         self._live.peers[nb.id].reset()
         self._cost[nb.id] = INFINITY
         self._updates.changed()
-        self._events.append(NeighbourDown(nb.id))
+        self._events.append(NeighbourDown(nb.id, note))
         for prefix in self.routes.via(nb.id):
             self.routes.remove(prefix, nb.id)
             self._select(prefix)
@@ -1016,7 +1017,7 @@ class Node:
             nb = neighbours[nid]
             if nb.up:
                 self.counters["neighbours_down_probe"] += 1
-                self._neighbour_down(nb)
+                self._neighbour_down(nb, "probes unanswered")
             self._nb_expiry.pop(nid, None)
 
     def _selection_moved(self, since: int) -> None:

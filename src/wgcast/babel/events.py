@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wgcast.prefix import Prefix
 
@@ -28,6 +28,9 @@ class NeighbourUp:
 @dataclass(frozen=True, slots=True)
 class NeighbourDown:
     neighbour: str
+    #: How it was found dead, with the timings that made the detection (for traces:
+    #: where the milliseconds of a node cut went); not part of equality.
+    note: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,7 @@ class LivenessParams:
     #: Late-Hello probing of wgcast neighbours (False: RFC expiry only).
     probe: bool = True
     #: Probes sent before the neighbour is declared dead.
-    probes: int = 4
+    probes: int = 6
     #: Weight of a new lateness sample in the mean deviation.
     jitter_alpha: float = 0.125
 
@@ -109,6 +109,7 @@ class PeerLiveness:
         "probes_sent",
         "rearmed",
         "repeats",
+        "round_at",
         "since_ihu",
         "spacing",
         "spoke",
@@ -142,6 +143,8 @@ class PeerLiveness:
         self.spacing = 0.0
         self.next_probe = _NEVER
         self.probe_deadline = _NEVER
+        #: When this round of probes began (for `describe`).
+        self.round_at = 0.0
         #: This round of probes was started again after a stall of ours (see due).
         self.rearmed = False
         #: A round of probes ended by a sign of life: no new round before this time.
@@ -335,13 +338,38 @@ class Liveness:
         return True
 
     def _start_round(self, p: PeerLiveness, now: float, rtt: float | None) -> None:
+        """A round of probes: the verdict is due one timeout (the RTT plus a slack) after
+        the first. The others go within the first half of the slack, so each still has
+        its RTT plus half the slack to be answered: they guard against loss, and need
+        not each get a whole timeout after the last (which made a round 1.375 timeouts,
+        the largest part of a fast node cut's detection)."""
         k = self.params.probes
         r = min(p.interval / 4, 0.05) if rtt is None else rtt
-        timeout = 1.25 * r + max(p.interval / 10, 0.002) + min(2 * p.jitter, p.interval / 4)
-        spacing = p.spacing = timeout / (2 * k)
+        slack = 0.25 * r + max(p.interval / 10, 0.002) + min(2 * p.jitter, p.interval / 4)
+        p.spacing = slack / (2 * (k - 1)) if k > 1 else 0.0
+        p.round_at = now
         p.probes_sent = 1
-        p.next_probe = now + spacing if k > 1 else _NEVER
-        p.probe_deadline = now + (k - 1) * spacing + timeout
+        p.next_probe = now + p.spacing if k > 1 else _NEVER
+        p.probe_deadline = now + r + slack
+
+    def describe(self, nid: str, now: float) -> str:
+        """Where the time to declare `nid` dead went, in ms before `now`: its last packet
+        (or the driver's sign), when its Hello was due, our margin for its jitter, and
+        the last round of probes (for traces)."""
+        p = self.peers.get(nid)
+        if p is None:
+            return ""
+
+        def ago(t: float | None) -> str:
+            return "-" if t is None else f"{(now - t) * 1000:.1f}"
+
+        out = [f"heard {ago(p.heard)} ms ago, spoke {ago(p.spoke)}",
+               f"Hello due {ago(p.expected)} ago (interval {p.interval * 1000:.0f},"
+               f" jitter {p.jitter * 1000:.1f})"]
+        if p.probes_sent:
+            out.append(f"probes: {p.probes_sent} from {ago(p.round_at)} ago, verdict due "
+                       f"{ago(p.probe_deadline)} ago (spacing {p.spacing * 1000:.1f})")
+        return "; ".join(out)
 
     def due(self, now: float, up: Iterable[str],
             rtt: Callable[[str], float | None]) -> tuple[list[str], list[str]]:
@@ -359,12 +387,13 @@ class Liveness:
                 probe.append(nid)
                 continue
             if now >= p.probe_deadline:
-                window = (k - 1) * p.spacing + 2 * k * p.spacing  # probes + timeout
+                window = p.probe_deadline - p.round_at  # a whole round
                 if not p.rearmed and now - p.probe_deadline > max(window, 0.05):
                     # We looked long after the verdict was due: we were stalled (a
                     # burst to parse, a starved host), and the answers may sit unread in
                     # our socket. Probe once more rather than bury a live neighbour.
                     p.rearmed = True
+                    p.round_at = now
                     p.probes_sent = 1
                     p.next_probe = now + p.spacing if k > 1 else _NEVER
                     p.probe_deadline = now + window

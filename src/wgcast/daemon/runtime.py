@@ -313,7 +313,7 @@ class Daemon:
             observe=self._heard,
             # dead: Hellos missed (generic neighbours), probes unanswered (wgcast ones).
             liveness=LivenessParams(idle_hello_interval=timers.idle_hello,
-                                    probes=timers.dead + 1),
+                                    probes=2 * timers.dead),
         )
         self.node = Node(ncfg, self.now())
         self.policy.routes_from = self.node.route_count_via
@@ -593,7 +593,7 @@ class Daemon:
         node.config = dataclasses.replace(
             node.config, hello_interval=t.hello, dead=t.dead,
             liveness=dataclasses.replace(node.config.liveness, idle_hello_interval=t.idle_hello,
-                                         probes=t.dead + 1),
+                                         probes=2 * t.dead),
             link=LinkCostParams(new.link.base_cost, float(new.link.rtt_cost_per_ms),
                                 new.link.max_rtt_cost),
             selection=SelectionParams(mode=new.route_selection))
@@ -722,7 +722,8 @@ class Daemon:
                     dp.audit()
                     for p, r in self.routes.items():
                         if r.via == ev.neighbour:
-                            trace.event(p, now, "neighbour_down", neighbour=ev.neighbour)
+                            trace.event(p, now, "neighbour_down", neighbour=ev.neighbour,
+                                        note=ev.note)
                     trace.forget_neighbour(ev.neighbour)
             elif isinstance(ev, SeqnoChanged):
                 self._save_state()
