@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from test_engine import Pump, net, rid
 
-from wgcast.babel.wire import Digest, Hello, QuietCap, Update, decode_packet
+from wgcast.babel.wire import Digest, Hello, QuietCap, RouteRequest, Update, decode_packet
 from wgcast.prefix import Prefix
 
 
@@ -200,3 +200,25 @@ def test_an_update_the_filter_refused_is_asked_for_again() -> None:
     p.run(5.0)
     assert p.via("b", pc) == "a"
     assert b.counters["digest_mismatch"] == 0
+
+
+def test_our_own_route_coming_back_is_not_asked_for_again() -> None:
+    """a - b - c with a costly link a - c: c reaches a's prefix through b and announces
+    it to a with a finite metric. a never takes a route with its own router-id, and
+    asking c for it again would only bring the same Update back: a counts it in c's
+    digest (no resync) but never asks for it (it did, every update interval)."""
+    costly = {("a", "c"): 1000, ("c", "a"): 1000}
+    p = Pump(["a", "b", "c"], {("a", "b"): 0.005, ("b", "c"): 0.005, ("a", "c"): 0.005},
+             extra=costly)
+    pa = net(0xA)
+    a = p.nodes["a"]
+    a.originate(pa, now=p.now)
+    p.run(10.0)
+    assert p.path("c", pa) == ["c", "b", "a"]
+    since = len(p.sent)
+    filtered = a.counters["updates_filtered"]
+    p.run(20.0)
+    assert filtered > 0  # it did come back (c announces it finite), and a refused it
+    asked = [t for t in _tlvs(p, "a", "c", since) if isinstance(t, RouteRequest)]
+    assert asked == []
+    assert a.counters["digest_mismatch"] == 0

@@ -246,6 +246,10 @@ class Node:
         self._acked_retractions: dict[tuple[str, int], tuple[Prefix | None, ...]] = {}
         self._rx_round: dict[str, int] = {}
         self._rx_filtered: dict[str, dict[Prefix, tuple[int, int]]] = {}
+        #: Of those, the prefixes no new copy can make us take (our own router-id): in
+        #: the digest, never asked for again (asking would loop: request, the same
+        #: Update, refused, asked again at every update interval).
+        self._rx_refused: dict[str, set[Prefix]] = {}
         self._resync_asked: dict[str, float] = {}
         self._rx_stale: dict[str, int] = {}
         #: Prefixes whose last selection was starved or saw a better route it could not
@@ -886,6 +890,7 @@ class Node:
         self._rx_last_op.pop(nid, None)
         self._rx_round.pop(nid, None)
         self._rx_filtered.pop(nid, None)
+        self._rx_refused.pop(nid, None)
         self._resync_asked.pop(nid, None)
         self._rx_stale.pop(nid, None)
 
@@ -961,7 +966,8 @@ class Node:
         limit, a signature not yet known): RFC 8966 neighbours send it again with their
         next periodic update; a quiet one would not."""
         out = self._out[nid]
-        for prefix in list(self._rx_filtered[nid])[:64]:
+        refused = self._rx_refused.get(nid, ())
+        for prefix in [p for p in self._rx_filtered[nid] if p not in refused][:64]:
             ae, raw = prefix_to_wire(prefix)
             out.add(RouteRequest(ae, prefix.prefixlen, raw))
 
@@ -1098,6 +1104,7 @@ class Node:
         self.counters["updates_in"] += 1
         if prefix is None:
             self._rx_filtered.pop(nb.id, None)
+            self._rx_refused.pop(nb.id, None)
             for p in self.routes.via(nb.id):
                 self.routes.remove(p, nb.id)
                 self._select(p)
@@ -1116,6 +1123,11 @@ class Node:
                 # Its digest counts what it sent, accepted or not.
                 self._rx_filtered.setdefault(nb.id, {})[prefix] = (
                     entry_hash(prefix, rid, seqno, metric), self._rx_round.get(nb.id, 0))
+                refused = self._rx_refused.setdefault(nb.id, set())
+                if rid == self.router_id:
+                    refused.add(prefix)
+                else:
+                    refused.discard(prefix)
             return None
         if self._rx_filtered:
             filtered = self._rx_filtered.get(nb.id)
