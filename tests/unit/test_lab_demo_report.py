@@ -49,6 +49,26 @@ def test_floor_service_kill_on_a_line() -> None:
     assert f3 is not None and (f3.one_way_ms, f3.floor_ms) == (23, 46)
 
 
+def test_distance_vector_floor_adds_the_round_trip_to_the_node_that_turns() -> None:
+    # The lab's line:5 (seed 7), rounded: n5 serves n3 and n4. n4 next to a killed n5 has
+    # no route to n1 (n3 routes through n4: poisoned) until n3 heard the news (22 from
+    # n5) and its route to n1 came back (14): 8 in flight + 36, where physics allows 16.
+    # n3 turns itself: the same as physics.
+    line = Topology(nodes=["n1", "n2", "n3", "n4", "n5"], links=[
+        Link("n1", "n2", 18.0, id=0), Link("n2", "n3", 12.0, id=1),
+        Link("n3", "n4", 14.0, id=2), Link("n4", "n5", 8.0, id=3)], spec="line:5")
+    f4 = report.physical_floor(line, "n5", "n4", "n1", "service")
+    f3 = report.physical_floor(line, "n5", "n3", "n1", "service")
+    assert f4 is not None and f3 is not None
+    assert (f4.floor_ms, f4.dv_floor_ms) == (16, 44)
+    assert f3.dv_floor_ms == f3.floor_ms == 44
+    # In LINE, n3 is nearer n1: it announces n1 to n4 already, and n4 turns itself.
+    f = report.physical_floor(LINE, "n5", "n4", "n1", "service")
+    assert f is not None and f.dv_floor_ms == f.floor_ms == 18
+    f = report.physical_floor(line, "n5", "n4", "n1", "drain")
+    assert f is not None and f.dv_floor_ms == 0
+
+
 def test_floor_node_cut_is_detected_by_the_neighbour() -> None:
     f3 = report.physical_floor(LINE, "n5", "n3", "n1", "node")
     assert f3 is not None

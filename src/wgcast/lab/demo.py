@@ -146,6 +146,8 @@ def run_demo(opt: DemoOptions) -> dict[str, Any]:
                     "floor": floors[-1] if floors else None,
                     "outage_over_floor": _pct([v["outage_over_floor"] for v in mv
                                                if v.get("outage_over_floor") is not None]),
+                    "over_dv_floor_ms": _pct([v["over_dv_floor_ms"] for v in mv
+                                              if v.get("over_dv_floor_ms") is not None]),
                 }
             noise = report.noise_floor(runs, target)
             stages = _stage_medians(runs, clients)
@@ -307,6 +309,9 @@ def _one_run(lab: Lab, opt: DemoOptions, target: str, clients: list[str],
             v["floor"] = None if fl is None else fl.as_dict()
             v["outage_over_floor"] = (round(v["outage_ms"] / fl.floor_ms, 2)
                                       if fl is not None and fl.floor_ms > 0 else None)
+            # What distance vector allows (Floor.dv_floor_ms), in ms above it.
+            v["over_dv_floor_ms"] = (round(v["outage_ms"] - fl.dv_floor_ms, 1)
+                                     if fl is not None and fl.dv_floor_ms > 0 else None)
             if traces:
                 v["breakdown"] = report.breakdown(traces, lab.topology, target, c, after,
                                                   opt.fail, t_fail, moved, peer)

@@ -37,6 +37,13 @@ class Floor:
     old and new paths share, where the client's traffic can first turn (``signal_ms``
     from ``detected_at``, less the client's own ``client_to_turn_ms``). Detection timers
     (hellos, health checks) are not physics and are not in it.
+
+    ``dv_floor_ms``: the least outage a distance-vector protocol allows (Babel tells each
+    neighbour one route per prefix, its selected one, and poisons it to its next hop): a
+    node of the client's new path that the failed instance served (the client itself
+    included) learns its new route only once the news reached it and its new
+    announcement came back down the new path. On line:5, n4 (next to a killed n5) turns
+    only when n3's route to n1 came back: a round trip to n3 on top of the physics.
     """
 
     detected_at: str
@@ -46,12 +53,13 @@ class Floor:
     signal_ms: float
     client_to_turn_ms: float
     floor_ms: float
+    dv_floor_ms: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"detected_at": self.detected_at, "turn_at": self.turn_at,
                 "one_way_ms": self.one_way_ms, "in_flight_ms": self.in_flight_ms,
                 "signal_ms": self.signal_ms, "client_to_turn_ms": self.client_to_turn_ms,
-                "floor_ms": self.floor_ms}
+                "floor_ms": self.floor_ms, "dv_floor_ms": self.dv_floor_ms}
 
 
 def _dist(g: nx.Graph, a: str, b: str) -> float:
@@ -97,10 +105,18 @@ def physical_floor(topo: Topology, target: str, client: str, new_instance: str |
     if how == "link" and peer is not None and peer in old:
         in_flight += _dist(g, target, peer)  # the answer must cross the link back
     floor = 0.0 if how in GRACEFUL else max(0.0, in_flight + signal - c_turn)
+    # Distance vector: the nodes of the new path the target served (closer to it than to
+    # the new instance) each need the news, then their new route must come back to us.
+    ready = 0.0
+    for x in new[:-1]:
+        if _dist(g, x, target) < _dist(g, x, new_instance):
+            ready = max(ready, min(_dist(g, p, x) for p in points) + _dist(g, x, client))
+    dv = 0.0 if how in GRACEFUL else max(floor, in_flight + ready)
+
     def r(x: float) -> float:
         return round(x, 3)
 
-    return Floor(det, turn, r(one_way), r(in_flight), r(signal), r(c_turn), r(floor))
+    return Floor(det, turn, r(one_way), r(in_flight), r(signal), r(c_turn), r(floor), r(dv))
 
 
 def moved_clients(per_client: dict[str, dict[str, Any]], target: str) -> list[str]:
