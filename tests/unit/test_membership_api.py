@@ -370,6 +370,35 @@ def test_drain_waits_for_neighbours_then_retracts(tmp_path: Any) -> None:
     asyncio.run(go())
 
 
+def test_drain_waits_for_a_neighbour_that_went_down_meanwhile(tmp_path: Any) -> None:
+    """n3 is up when the drain begins, then declared down (a daemon starved of CPU goes
+    silent while its data plane still sends us its clients' queries): the drain does not
+    count it as moved; it goes on when n3 is back and announces another instance."""
+    async def go() -> None:
+        async with server(str(tmp_path)) as (d, api, ms):
+            prefix = ms.config.groups[0].prefix
+            engine = d.engine
+            engine.up = {"n2": True, "n3": True, "n4": False}
+            member = await connect(api.path)
+            assert (await member.req({"cmd": "join", "prefix": G1}))["served"]
+            admin = await connect(api.path)
+            task = asyncio.create_task(admin.req({"cmd": "drain", "prefix": G1,
+                                                  "move_timeout": 5, "settle": 0.05}))
+            await until(lambda: d.calls[-1] == ("serve", G1, DRAIN_METRIC))
+            engine.table[prefix] = {"n2": route("n2", b"\x02" * 8)}
+            engine.up["n3"] = False
+            await asyncio.sleep(0.2)
+            assert not task.done()  # n3 may still send us traffic
+            engine.up["n3"] = True
+            engine.table[prefix]["n3"] = route("n3", b"\x03" * 8)
+            r = await task
+            assert r["ok"] and r["drained"] and r["moved"]
+            for x in (member, admin):
+                await x.close()
+
+    asyncio.run(go())
+
+
 def test_drain_cancelled_by_undrain(tmp_path: Any) -> None:
     async def go() -> None:
         async with server(str(tmp_path)) as (d, api, _ms):

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -279,6 +280,9 @@ class MembershipService:
             # instance move to it while still forwarding to us.
             await self.serving.serve(prefix, metric=DRAIN_METRIC)
             moved = False
+            # The neighbours up now: one that goes down meanwhile may be a starved
+            # daemon whose data plane still sends us traffic (see neighbours_moved).
+            up_at_start = {nb.name for nb in self.engine.neighbours() if nb.up}
             # From the announcement on: a slow start (a loaded host) does not eat it.
             deadline = loop.time() + params.move_timeout
             while loop.time() < deadline:
@@ -288,7 +292,7 @@ class MembershipService:
                     return
                 if not g.held and not retired:
                     break  # the last member is gone: no reason to wait any more
-                if self.neighbours_moved(prefix):
+                if self.neighbours_moved(prefix, up_at_start):
                     moved = True
                     break
                 # A check failing meanwhile does not cut the drain short: a flaky check
@@ -314,16 +318,22 @@ class MembershipService:
         if self.trace is not None:
             self.trace.event(prefix, self._now(), "detected", note=why)
 
-    def neighbours_moved(self, prefix: Prefix) -> bool:
+    def neighbours_moved(self, prefix: Prefix, up_at_start: Collection[str] = ()) -> bool:
         """Every neighbour that is up announces another instance of `prefix` to us.
 
         A neighbour that routes through us poisons the route back (split horizon), so no
         route from it, or a route of our own origin, means it still sends traffic here.
+        A neighbour of `up_at_start` (up when the drain began) that is down now has not
+        moved either: a daemon starved of CPU is declared dead by its silence while its
+        data plane (the kernel, WireGuard) keeps sending us its clients' queries; taking
+        the address down then lost them all (the drain is bounded by move_timeout).
         """
         engine = self.engine
         routes = {r.neighbour: r for r in engine.routes_to(prefix)}
         for nb in engine.neighbours():
             if not nb.up:
+                if nb.name in up_at_start:
+                    return False
                 continue
             r = routes.get(nb.name)
             if r is None or r.router_id == engine.router_id or r.refmetric >= _INFINITY:
