@@ -21,7 +21,7 @@ import json
 import statistics
 from collections.abc import Callable
 
-from false_alarms_sim import count_downs  # type: ignore[import-not-found]
+from false_alarms_sim import count_downs  # type: ignore[import-not-found,unused-ignore]
 
 from wgcast.sim.scenario import TIMERS, Scenario
 
@@ -56,7 +56,8 @@ def detect(topology: str, timers: str, seed: int, jitter: str,
 def false_downs(topology: str, timers: str, seed: int, jitter: str, loss: str,
                 seconds: float) -> int:
     """Neighbours declared down (each direction counts) with nothing failing, on a mesh
-    that routes (unicast + anycast 5x3), unlike bench/false_alarms_sim.py's bare line."""
+    that routes (unicast + anycast 5x3 at seeded origins); bench/false_alarms_sim.py
+    measures line:5 with the instances at both ends, split by cause."""
     sc = Scenario(topology=topology, anycast=(5, 3), fail="none", seed=seed, timers=timers,
                   jitter=jitter, loss=loss)
     sc.originate_all()
