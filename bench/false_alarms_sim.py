@@ -17,10 +17,10 @@ Each run checks that it can see an alarm: once a second it samples the interval 
 node's Hellos announce to each neighbour (the share on the configured, fast interval is
 `fast_hello_share`, expected 1.0), it reports the probe rounds, and after the
 measurement it cuts n3 and checks that n2 and n4 declare it down at the end of a probe
-round (`control_cut`). A run that fails these checks makes the script exit 2. (The
-engine counts a round's verdict as `neighbours_down_expiry` when the RFC expiry passed
-during the round: Node._check_neighbour runs before _probe_or_bury at that deadline;
-`by` is that counter, `in_round` says a round was running.)
+round (`control_cut`). A run that fails these checks makes the script exit 2. (Before
+2026-12-08 the engine counted a round's verdict as `neighbours_down_expiry` when the RFC
+expiry passed during the round; `by` is that counter, `in_round` says a round was
+running.)
 
 Per condition (jitter 20% + loss 5%, jitter 20%, loss 5%), timers and seed: false downs
 (each direction counts), split by cause (probe verdict, RFC expiry), probe rounds, RFC

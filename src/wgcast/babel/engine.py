@@ -817,9 +817,13 @@ class Node:
     def _check_neighbour(self, nb: Neighbour) -> None:
         dead = self.config.dead
         alive = nb.alive(self._now, dead)
-        # A wgcast neighbour being probed lives until the probes' verdict (liveness.py).
+        # A wgcast neighbour being probed lives until the probes' verdict (liveness.py),
+        # which _probe_or_bury gives right after us (so that a verdict due now counts as
+        # a probe's, not as the RFC expiry that passed during the round); the expiry
+        # stays the backstop a Hello interval later.
         probe_deadline = self._live.peers[nb.id].probe_deadline  # inf: not probing
-        if not alive and nb.up and self._now < probe_deadline < _NEVER:
+        if not alive and nb.up and \
+                self._now < probe_deadline + self.config.hello_interval < _NEVER:
             alive = True
         kept = -_NEVER
         if not alive and nb.up and nb.txcost < INFINITY and nb.id not in self._watched:
