@@ -5,7 +5,16 @@ Per run: queries lost by the moved clients, the bystanders' loss (the lab's own 
 floor: a run where bystanders lost queries is flagged NOISY), the load average, and from
 the daemons' traces when the draining node's address went down beside when its
 neighbour's data plane moved. Usage: python bench/drain_cpu_load.py [--runs 20]
-[--out bench/results/drain_cpu_saturated.json]
+[--out bench/results/drain_cpu_saturated.json] [--no-protect-lab]
+
+`--protect-lab` (the default since 2026-12-08): what stands for the network and for
+machines other than the mesh's nodes runs at nice -10, so the busy loops load the
+daemons and the services, not the emulation: the relay (the links), the probers (the
+clients, elsewhere in reality) and wireguard-go (the data plane; in production kernel
+WireGuard, which runs in softirq, above any process). The echo services (the instances)
+and the daemons compete with the busy loops at equal priority. Without it the starved
+relay and probers lost queries of bystanders in most runs (15 of 20 noisy on
+2026-12-07), which no drain can prevent.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -28,6 +38,29 @@ def _busy(cpu: int) -> subprocess.Popen[bytes]:
                                "while True: pass"])
 
 
+#: Command-line fragments of the processes --protect-lab raises (see the docstring).
+PROTECTED = (b"wgcast.lab.relay", b"wgcast.lab.prober", b"wireguard-go")
+
+
+def _protect(stop: threading.Event, done: set[int]) -> None:
+    """Until `stop`: every 0.2 s, nice -10 for the new PROTECTED processes."""
+    while not stop.wait(0.2):
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or int(d) in done:
+                continue
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            if any(p in cmd for p in PROTECTED):
+                try:
+                    os.setpriority(os.PRIO_PROCESS, int(d), -10)
+                    done.add(int(d))
+                except OSError:
+                    pass
+
+
 def _load() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -39,9 +72,15 @@ def main() -> int:
     ap.add_argument("--busy", type=int, default=len(os.sched_getaffinity(0)),
                     help="busy loops (one per CPU by default; 0: none)")
     ap.add_argument("--out", default="bench/results/drain_cpu_saturated.json")
+    ap.add_argument("--protect-lab", action=argparse.BooleanOptionalAction, default=True,
+                    help="relay, probers and wireguard-go at nice -10 (see above)")
     args = ap.parse_args()
     cpus = sorted(os.sched_getaffinity(0))
     loops = [_busy(cpus[k % len(cpus)]) for k in range(args.busy)]
+    stop = threading.Event()
+    protected: set[int] = set()
+    if args.protect_lab:
+        threading.Thread(target=_protect, args=(stop, protected), daemon=True).start()
     t0 = time.time()
     try:
         time.sleep(1.0)
@@ -49,6 +88,7 @@ def main() -> int:
         res = run_demo(DemoOptions(fail="drain", runs=args.runs,
                                    out=lambda s: print(s, file=sys.stderr)))
     finally:
+        stop.set()
         for p in loops:
             p.kill()
             p.wait()
@@ -71,6 +111,7 @@ def main() -> int:
                      "neighbour_applied_ms": hop.get("applied_ms"),
                      "withdrawal": r.get("withdrawal")})
     out = {"bench": "drain_cpu_load", "runs": args.runs, "busy_loops": args.busy,
+           "protect_lab": args.protect_lab, "protected_processes": len(protected),
            "cpus": len(cpus), "load_before": load_before, "load_after": _load(),
            "seconds": round(time.time() - t0, 1),
            "runs_lossless": sum(1 for r in rows if not any(r["lost_moved"].values())),

@@ -20,7 +20,7 @@ from wgcast.babel.liveness import (
     liveness_subtlv,
     parse_liveness,
 )
-from wgcast.babel.wire import Hello, decode_packet
+from wgcast.babel.wire import HELLO_UNICAST, Hello, decode_packet, encode_packet
 
 HELLO = 0.2
 ALL_FAST = LivenessParams(idle_hello_interval=0.0)
@@ -77,6 +77,36 @@ def test_the_verdict_comes_one_timeout_after_the_first_probe() -> None:
     slack = 0.25 * rtt / 1000 + HELLO / 10  # no jitter in the pump
     assert sent[-1] - sent[0] <= slack / 2 + 1e-6
     assert t_down - sent[0] <= rtt / 1000 + slack + 0.0003
+
+
+def test_every_probe_of_a_bunched_round_is_answered_within_a_budget() -> None:
+    """Link jitter bunches a round's probes up (six within a millisecond): each gets its
+    answer (one answer per ms made a false alarm of two lost answers). A flood of probes
+    gets at most twice a round's worth of answers per Hello interval."""
+    p = Pump(["a", "b"], {("a", "b"): 0.005}, live=ALL_FAST)
+    p.run(3.0)
+    b = p.nodes["b"]
+    hello_seqno = 40000
+
+    def probe(at: float) -> None:
+        nonlocal hello_seqno
+        hello_seqno += 1
+        b.receive(at, "a", encode_packet([Hello(HELLO_UNICAST, hello_seqno, 5, (
+            liveness_subtlv(F_ANSWERS | F_PROBE, HELLO),))]))
+
+    def answers() -> int:
+        return sum(1 for _, d in b.datagrams_to_send() for t in decode_packet(d)
+                   if isinstance(t, Hello))
+
+    b.datagrams_to_send()  # whatever was due before
+    t0 = p.now
+    for i in range(6):
+        probe(t0 + i * 0.0001)
+    assert answers() == 6
+    k = LivenessParams().probes
+    for i in range(100):  # a flood, within the same Hello interval
+        probe(t0 + 0.001 + i * 0.0001)
+    assert answers() == 2 * k - 6
 
 
 def test_one_lost_hello_is_probed_and_the_neighbour_stays_up() -> None:

@@ -796,11 +796,15 @@ class Node:
             # Answer at once so the neighbour gets an IHU without waiting a full interval.
             if last is None or self._now - last >= self.config.hello_interval / 4:
                 self._send_hello(nb, ihu=True)
-        elif (flags & F_PROBE or (changed and self._next_hello[nb.id] > self._now +
-                                  self._live.tx_interval(nb.id, self.config.hello_interval))) \
-                and (last is None or self._now - last >= 0.001):
-            # A probe, or the neighbour wants our Hellos sooner than the next is due:
-            # answer now (at most one Hello per millisecond), with an IHU.
+        elif flags & F_PROBE:
+            # A probe: answer now, with an IHU (each probe, within a budget).
+            if self._live.may_answer(nb.id, self._now, self.config.hello_interval):
+                self._send_hello(nb, ihu=True)
+        elif changed and self._next_hello[nb.id] > self._now + self._live.tx_interval(
+                nb.id, self.config.hello_interval) and (last is None or
+                                                        self._now - last >= 0.001):
+            # The neighbour wants our Hellos sooner than the next is due: now (at most
+            # one Hello per millisecond), with an IHU.
             self._send_hello(nb, ihu=True)
         return ts
 

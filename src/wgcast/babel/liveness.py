@@ -95,6 +95,8 @@ class PeerLiveness:
     """What we know of one neighbour's liveness beyond RFC 8966's Hello history."""
 
     __slots__ = (
+        "answered",
+        "answered_since",
         "answers",
         "asked",
         "expected",
@@ -117,6 +119,9 @@ class PeerLiveness:
     )
 
     def __init__(self) -> None:
+        #: Our answers to its probes since `answered_since` (see Liveness.may_answer).
+        self.answered = 0
+        self.answered_since = -_NEVER
         #: It answers probes (its Hellos carry our sub-TLV).
         self.answers = False
         #: The interval at which it wants our Hellos (None: not said: the configured one).
@@ -244,6 +249,22 @@ class Liveness:
             if p.probes_sent:
                 p.answer(when)
                 self._earliest = None
+        return True
+
+    def may_answer(self, nid: str, now: float, window: float) -> bool:
+        """May we answer a probe of `nid` now? Each probe of a round gets its answer (a
+        round's probes come a few ms apart, and link jitter bunches them up: a limit of
+        one answer per ms dropped most, so that two lost answers made a false alarm),
+        up to twice our own round's probes per `window` (a Hello interval): a flood of
+        probes gets no more answers than that."""
+        p = self.peers.get(nid)
+        if p is None:
+            return False
+        if now - p.answered_since >= window:
+            p.answered_since, p.answered = now, 0
+        if p.answered >= 2 * self.params.probes:
+            return False
+        p.answered += 1
         return True
 
     def kept_until(self, nid: str, dead: int) -> float:
