@@ -482,16 +482,22 @@ def test_anycast_source_change_waits_for_every_ack(quiet: bool) -> None:
     assert not any(isinstance(e, RetractionAcked) for e in p.events["a"])  # no drain
 
 
-def test_anycast_source_change_with_nobody_behind_is_at_once() -> None:
-    """o1 - a - b - o2: a moves from o1 to o2 through b without waiting for any ack. o1
-    is its next hop towards the source it leaves, and b announces the other source, so
-    neither routes through a (engine._start_release); no loop on the way."""
-    prefix = net(7)
+def _two_origins_line(prefix: Prefix) -> Pump:
+    """o1 - a - b - o2, 5 ms links, both origins announcing `prefix`, converged."""
     p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
                                       ("b", "o2"): 0.005})
     for o in ("o1", "o2"):
         p.nodes[o].originate(prefix, now=p.now)
     p.run(3.0)
+    return p
+
+
+def test_anycast_source_change_with_nobody_behind_is_at_once() -> None:
+    """o1 - a - b - o2: a moves from o1 to o2 through b without waiting for any ack. o1
+    is its next hop towards the source it leaves, and b announces the other source, so
+    neither routes through a (engine._start_release); no loop on the way."""
+    prefix = net(7)
+    p = _two_origins_line(prefix)
     a = p.nodes["a"]
     assert p.via("a", prefix) == "o1" and p.via("b", prefix) == "o2"
     a.neighbours["o1"].extra_cost = 1000
@@ -510,11 +516,7 @@ def test_a_drained_origin_hands_over_to_the_other_one() -> None:
     """o1 retracts its instance: RetractionAcked once every neighbour knows, and every
     node ends on o2, with no loop on the way."""
     prefix = net(8)
-    p = Pump(["o1", "a", "b", "o2"], {("o1", "a"): 0.005, ("a", "b"): 0.005,
-                                      ("b", "o2"): 0.005})
-    for o in ("o1", "o2"):
-        p.nodes[o].originate(prefix, now=p.now)
-    p.run(3.0)
+    p = _two_origins_line(prefix)
     p.nodes["o1"].retract(prefix, now=p.now)
     for _ in range(100):
         p.run(0.001)

@@ -327,18 +327,25 @@ def test_slow_client_does_not_stall_others(tmp_path: Any) -> None:
     asyncio.run(go())
 
 
+async def _begin_drain(d: Any, api: Any) -> tuple[Any, Any, asyncio.Task[Any]]:
+    """n2 and n3 up, a member joined G1, an admin's drain under way (announced with
+    DRAIN_METRIC): (member, admin, the drain request's task)."""
+    d.engine.up = {"n2": True, "n3": True, "n4": False}
+    member = await connect(api.path)
+    assert (await member.req({"cmd": "join", "prefix": G1}))["served"]
+    admin = await connect(api.path)
+    task = asyncio.create_task(admin.req({"cmd": "drain", "prefix": G1,
+                                          "move_timeout": 5, "settle": 0.05}))
+    await until(lambda: d.calls[-1] == ("serve", G1, DRAIN_METRIC))
+    return member, admin, task
+
+
 def test_drain_waits_for_neighbours_then_retracts(tmp_path: Any) -> None:
     async def go() -> None:
         async with server(str(tmp_path)) as (d, api, ms):
             prefix = ms.config.groups[0].prefix
             engine = d.engine
-            engine.up = {"n2": True, "n3": True, "n4": False}
-            member = await connect(api.path)
-            assert (await member.req({"cmd": "join", "prefix": G1}))["served"]
-            admin = await connect(api.path)
-            task = asyncio.create_task(admin.req({"cmd": "drain", "prefix": G1,
-                                                  "move_timeout": 5, "settle": 0.05}))
-            await until(lambda: d.calls[-1] == ("serve", G1, DRAIN_METRIC))
+            member, admin, task = await _begin_drain(d, api)
             await asyncio.sleep(0.05)
             assert not task.done()  # nobody moved yet
             engine.table[prefix] = {"n2": route("n2", b"\x02" * 8)}
@@ -378,13 +385,7 @@ def test_drain_waits_for_a_neighbour_that_went_down_meanwhile(tmp_path: Any) -> 
         async with server(str(tmp_path)) as (d, api, ms):
             prefix = ms.config.groups[0].prefix
             engine = d.engine
-            engine.up = {"n2": True, "n3": True, "n4": False}
-            member = await connect(api.path)
-            assert (await member.req({"cmd": "join", "prefix": G1}))["served"]
-            admin = await connect(api.path)
-            task = asyncio.create_task(admin.req({"cmd": "drain", "prefix": G1,
-                                                  "move_timeout": 5, "settle": 0.05}))
-            await until(lambda: d.calls[-1] == ("serve", G1, DRAIN_METRIC))
+            member, admin, task = await _begin_drain(d, api)
             engine.table[prefix] = {"n2": route("n2", b"\x02" * 8)}
             engine.up["n3"] = False
             await asyncio.sleep(0.2)
