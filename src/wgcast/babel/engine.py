@@ -143,6 +143,10 @@ _NEVER = float("inf")
 #: Answered AckReqs whose retractions are remembered (`retractions_acked`): an Ack goes
 #: out in the same flush, so a few per neighbour is plenty.
 ACKED_KEPT = 1024
+#: Router-ids `Node._rid` shares, at most (then it starts again).
+RIDS_KEPT = 65536
+#: Update intervals in seconds by their centiseconds (a float per route otherwise).
+_INTERVALS: dict[int, float] = {}
 
 
 class _Deadlines(dict[str, float]):
@@ -256,6 +260,9 @@ class Node:
         #: take: the periodic full updates of RFC 8966 make a node ask for a seqno again
         #: (however its requests were lost); with quiet neighbours the timer does.
         self._wanting: set[Prefix] = set()
+        #: One bytes object per router-id for the routes to hold (a decoded packet makes
+        #: its own): a full mesh of N holds N^3 routes. Bounded (see _on_update).
+        self._rids: dict[bytes, bytes] = {}
         self._hello_subs: tuple[QuietCap, ...] = (QuietCap(),) if config.quiet else ()
         #: Neighbours that get IPv4 routes as AE 1 + Next Hop (see add_neighbour).
         self._v4_next_hop: dict[str, bytes] = {}
@@ -665,13 +672,18 @@ class Node:
         dirty = self._dirty
         if not dirty:
             return out
+        writers = self._out
         if len(dirty) == 1:
             nids = list(dirty)
+        elif 4 * len(dirty) >= len(writers) and len(writers) == len(self._rank):
+            # Every writer is a neighbour's (no Hello stream's, which rank first), and
+            # `_out` is in rank order (add_neighbour appends to both): no sort.
+            nids = [n for n in writers if n in dirty]
         else:
             rank = self._rank
             nids = sorted(dirty, key=lambda n: rank.get(n, -1))
         dirty.clear()
-        writers = self._out
+        n_bytes = 0
         for nid in nids:
             writer = writers.get(nid)
             if writer is not None and (writer.packets or writer._body):
@@ -680,8 +692,10 @@ class Node:
                     if nh is not None:
                         pkt = with_ipv4_next_hop(pkt, nh)
                     out.append((nid, pkt))
-                    self.counters["packets_out"] += 1
-                    self.counters["bytes_out"] += len(pkt)
+                    n_bytes += len(pkt)
+        counters = self.counters
+        counters["packets_out"] += len(out)
+        counters["bytes_out"] += n_bytes
         return out
 
     def next_event(self) -> Event | None:
@@ -861,7 +875,10 @@ class Node:
             exp = kept
         if exp is None:
             self._nb_expiry.pop(nb.id, None)
-        else:
+        elif self._nb_expiry.get(nb.id) != exp:
+            # Unchanged (every packet but Hellos and IHUs): no new heap entry. Only stale
+            # entries leave that heap (nothing calls `due` on it), so the one pushed with
+            # this deadline is still there; each packet of a full-mesh boot pushed one.
             self._nb_expiry[nb.id] = exp
 
     def _neighbour_down(self, nb: Neighbour, how: str = "removed") -> None:
@@ -1145,12 +1162,19 @@ class Node:
         if metric >= INFINITY:
             if route is not None:
                 self.routes.remove(prefix, nb.id)
-                self._select(prefix)
+                if not self._unmoved(prefix, nb.id, None):
+                    self._select(prefix)
             return None
         feasible = self.sources.feasible(prefix, rid, seqno, metric)
-        interval = interval_cs / 100.0 if interval_cs else self.config.update_interval
+        if interval_cs:
+            interval = _INTERVALS.get(interval_cs)
+            if interval is None:
+                interval = _INTERVALS[interval_cs] = interval_cs / 100.0
+        else:
+            interval = self.config.update_interval
         expires = self._now + 3.5 * interval
         if route is None:
+            rid = self._rid(rid)
             route = Route(prefix, nb.id, rid, seqno, metric, interval, expires, tie, sig)
             if self._rx_round:
                 route.mark = self._rx_round.get(nb.id, 0)
@@ -1174,6 +1198,7 @@ class Node:
             self._select(prefix)
             return None
         else:
+            rid = route.router_id if route.router_id == rid else self._rid(rid)
             route.router_id, route.seqno, route.refmetric, route.tie = rid, seqno, metric, tie
             route.interval, route.expires = interval, expires
             route.gen += 1
@@ -1197,8 +1222,63 @@ class Node:
             if self._wants_seqno(prefix, nb, route):
                 self._ask_seqno(prefix, nb, rid, seqno)
                 quiet = False
-        self._select(prefix)
+        if not self._unmoved(prefix, nb.id, route):
+            self._select(prefix)
         return route if quiet else None
+
+    def _unmoved(self, prefix: Prefix, nid: str, route: Route | None) -> bool:
+        """Can selection for `prefix` be skipped after the route from `nid` changed (now
+        `route`; None: removed)? Yes when `_select` would provably end where it is: our
+        selection is a route from another neighbour, chosen by plain `select` (shortest
+        mode, no source release around it, no better unfeasible route or starvation
+        recorded: `_wanting`), and the changed route is worse than it (or unusable).
+
+        Then the selected route is still the least feasible one: every other route is
+        unchanged since the last selection (any change of one re-selects, or got here),
+        so is its neighbour's cost (a new cost re-selects every route through it), and
+        the selected route itself is untouched. Nothing better was blocked, so `select`
+        would find no blocked route either (this one is worse than the selection), and
+        `_select` would store a Selected equal to ours and emit nothing. Feasibility
+        distances only tighten between selections, except for the source table's
+        garbage collection; a route it makes feasible that would beat the selection was
+        a better unfeasible one before: `_wanting`, never skipped.
+
+        In a full mesh nearly every Update is such a worse route from a neighbour we do
+        not route through, and `select` scans all N routes of the prefix for it."""
+        sel = self.selected.get(prefix)
+        if sel is None or sel.via == nid or sel.via == LOCAL or prefix in self._wanting:
+            return False
+        if self.config.selection.mode != "shortest":
+            return False
+        release = self._release
+        if prefix in release.releasing:
+            return False
+        owned = release.owned.get(prefix)
+        if owned is not None and owned[0] != sel.router_id:
+            return False
+        if route is None:
+            return True
+        cost = self._cost.get(nid, INFINITY)
+        ref = route.refmetric
+        if cost >= INFINITY or ref >= INFINITY:
+            return True  # unusable: select skips it
+        m = ref + cost
+        if m >= INFINITY:
+            return True
+        if m != sel.metric:
+            return m > sel.metric
+        t = route.tie + self._tie[nid]
+        return t > sel.tie or (t == sel.tie and nid > sel.via)
+
+    def _rid(self, rid: bytes) -> bytes:
+        """The node's one copy of `rid` (see `_rids`)."""
+        rids = self._rids
+        got = rids.get(rid)
+        if got is None:
+            if len(rids) >= RIDS_KEPT:
+                rids.clear()
+            got = rids[rid] = rid
+        return got
 
     def _wants_seqno(self, prefix: Prefix, nb: Neighbour, route: Route) -> bool:
         """Should an unfeasible `route` make us ask its source for a newer seqno? Yes if it

@@ -68,6 +68,20 @@ class TxState:
             total += h
         self.total = total & _MASK
 
+    def update(self, told: list[tuple[Prefix, int | None]]) -> None:
+        """`set` for each (prefix, entry hash), in order."""
+        entries = self.entries
+        total = self.total
+        pop = entries.pop
+        for prefix, h in told:
+            old = pop(prefix, None)
+            if old is not None:
+                total -= old
+            if h is not None:
+                entries[prefix] = h
+                total += h
+        self.total = total & _MASK
+
     def digest(self) -> tuple[int, int]:
         """(count, hash) as a Digest carries them."""
         return len(self.entries), self.total

@@ -173,6 +173,24 @@ class RequestTracker:
         heapq.heappush(self.delivery_times, (now + backoff, op, neighbour))
         return op
 
+    def expect_deliveries(self, neighbour: str, groups: list[tuple[Prefix, ...]], tries: int,
+                          now: float, backoff: float) -> list[int]:
+        """`expect_delivery` for each packet (its prefixes) in order: their opaques."""
+        if not groups:
+            return []
+        per = self.deliveries.setdefault(neighbour, {})
+        ops = self.delivery_ops
+        times = self.delivery_times
+        at = now + backoff
+        out: list[int] = []
+        for prefixes in groups:
+            op = self.new_opaque()
+            per[op] = PendingDelivery(neighbour, prefixes, tries - 1, at, backoff)
+            ops.add(op)
+            heapq.heappush(times, (at, op, neighbour))
+            out.append(op)
+        return out
+
     def delivered(self, neighbour: str, opaque: int) -> bool:
         """An Ack arrived; True if it was for a delivery of ours."""
         per = self.deliveries.get(neighbour)

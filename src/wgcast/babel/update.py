@@ -55,10 +55,11 @@ _ACKREQ_LEN = _ACKREQ.size
 HASHES_KEPT = 16384
 
 
-def _with_ackreq(packet: bytes, opaque: int, interval_cs: int) -> bytes:
-    """`packet` with an AckReq TLV appended to its body."""
-    return (packet[:2] + struct.pack("!H", len(packet) - 4 + _ACKREQ_LEN) + packet[4:]
-            + _ACKREQ.pack(T_ACKREQ, 6, 0, opaque, interval_cs))
+def _ackreq_head(packet: bytes) -> bytes:
+    """`packet` with its length grown by an AckReq TLV (`_ACKREQ`), which is to follow
+    it: the part that does not depend on the opaque, once per packet, not per
+    neighbour."""
+    return packet[:2] + struct.pack("!H", len(packet) - 4 + _ACKREQ_LEN) + packet[4:]
 
 
 @dataclass(slots=True)
@@ -424,36 +425,49 @@ class Updates:
         for i, (pi, _) in enumerate(offsets):
             in_packet[pi].append(entries[i][0])
         groups = [tuple(ps) for ps in in_packet]
+        # The packets as every neighbour not poisoned gets them, AckReq length included.
+        heads = [_ackreq_head(pkt) for pkt in packets]
+        # (prefix, entry hash) as TxState.set takes them, for a neighbour not poisoned.
+        told = [(e[0], hashes[i]) for i, e in enumerate(entries)]
+        txs = self._tx
         for nid in quiet:
             idxs = poison.get(nid)
-            pkts = packets
+            pkts = heads
             if idxs:
                 patched = {pi: bytearray(packets[pi]) for pi, _ in (offsets[i] for i in idxs)}
                 for i in idxs:
                     pi, off = offsets[i]
                     patched[pi][off:off + 2] = b"\xff\xff"
-                pkts = [bytes(patched[pi]) if pi in patched else pkt
-                        for pi, pkt in enumerate(packets)]
-            self._deliver(nid, pkts, groups, self._delivery_tries, self._delivery_backoff, now)
-            tx = self._tx.get(nid)
+                pkts = [_ackreq_head(bytes(patched[pi])) if pi in patched else head
+                        for pi, head in enumerate(heads)]
+            self._deliver(nid, pkts, groups, self._delivery_tries, self._delivery_backoff,
+                          now, headed=True)
+            tx = txs.get(nid)
             if tx is not None:
-                poisoned = set(idxs) if idxs else ()
-                for i, e in enumerate(entries):
-                    tx.set(e[0], None if i in poisoned else hashes[i])
+                if idxs:
+                    poisoned = set(idxs)
+                    tx.update([(p, None) if i in poisoned else (p, h)
+                               for i, (p, h) in enumerate(told)])
+                else:
+                    tx.update(told)
 
     def _deliver(self, nid: str, packets: list[bytes], groups: list[tuple[Prefix, ...]],
-                 tries: int, backoff: float, now: float) -> None:
-        """Each packet to `nid` with an AckReq, expected back (RequestTracker)."""
+                 tries: int, backoff: float, now: float, headed: bool = False) -> None:
+        """Each packet to `nid` with an AckReq, expected back (RequestTracker); `headed`:
+        the packets come through `_ackreq_head` already."""
         w = self._out[nid]
         w.flush()
-        expect = self._requests.expect_delivery
+        if len(packets) != len(groups):
+            raise ValueError("one group of prefixes per packet")
+        ops = self._requests.expect_deliveries(nid, groups, tries, now, backoff)
         interval = centiseconds(backoff)
-        op = 0
-        for pkt, group in zip(packets, groups, strict=True):
-            op = expect(nid, group, tries, now, backoff)
-            w.packets.append(_with_ackreq(pkt, op, interval))
+        out = w.packets
+        pack = _ACKREQ.pack
+        for pkt, op in zip(packets, ops, strict=True):
+            out.append((pkt if headed else _ackreq_head(pkt))
+                       + pack(T_ACKREQ, 6, 0, op, interval))
         if packets:
-            self.last_op[nid] = op
+            self.last_op[nid] = ops[-1]
 
     def send_reliable(self, nid: str, prefixes: tuple[Prefix, ...], tries: int,
                       backoff: float, now: float) -> None:

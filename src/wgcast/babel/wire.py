@@ -946,9 +946,10 @@ class PacketWriter:
     def flush(self) -> None:
         if self.dirty is not None:
             self.dirty.add(self.key)
-        if self._body:
-            self.packets.append(bytes((MAGIC, VERSION)) + struct.pack("!H", len(self._body))
-                                + bytes(self._body))
+        if not self._body:
+            return  # the state below is reset whenever the body is empty
+        self.packets.append(bytes((MAGIC, VERSION)) + struct.pack("!H", len(self._body))
+                            + bytes(self._body))
         self._body = bytearray()
         self._router_id = None
         self._default = {}

@@ -197,21 +197,29 @@ class SimNetwork:
         node = self.nodes[name]
         now = self.now
         stats = self.stats
-        for dst, data in node.datagrams_to_send():
-            stats.packets += 1
-            stats.bytes += len(data)
-            link = self.links[(name, dst)]
-            if not link.up or (link.loss and self.rng.random() < link.loss):
-                stats.dropped += 1
-                continue
-            jitter = self.rng.uniform(-link.jitter, link.jitter) if link.jitter else 0.0
-            t = now + link.delay + jitter
-            if t < now:
-                t = now
-            if t < link.last_arrival:
-                t = link.last_arrival  # FIFO: no reordering on one link
-            link.last_arrival = t
-            self._push(t, _PACKET, dst, name, data)
+        out = node.datagrams_to_send()
+        if out:
+            links, rng, heap, seq = self.links, self.rng, self._heap, self._seq
+            n_bytes = dropped = 0
+            for dst, data in out:
+                n_bytes += len(data)
+                link = links[(name, dst)]
+                if not link.up or (link.loss and rng.random() < link.loss):
+                    dropped += 1
+                    continue
+                jitter = rng.uniform(-link.jitter, link.jitter) if link.jitter else 0.0
+                t = now + link.delay + jitter
+                if t < now:
+                    t = now
+                if t < link.last_arrival:
+                    t = link.last_arrival  # FIFO: no reordering on one link
+                link.last_arrival = t
+                seq += 1  # _push, inline (one per datagram)
+                heapq.heappush(heap, (t, seq, _PACKET, dst, name, data))
+            self._seq = seq
+            stats.packets += len(out)
+            stats.bytes += n_bytes
+            stats.dropped += dropped
         while (ev := node.next_event()) is not None:
             if isinstance(ev, RouteSelected):
                 self._set_route(name, ev.prefix, ev.via)
