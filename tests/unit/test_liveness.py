@@ -107,6 +107,14 @@ def test_every_probe_of_a_bunched_round_is_answered_within_a_budget() -> None:
     for i in range(100):  # a flood, within the same Hello interval
         probe(t0 + 0.001 + i * 0.0001)
     assert answers() == 2 * k - 6
+    # A round that waited in our socket (we were stalled) gets one answer: we are alive
+    # now, once is enough; six answers per neighbour would only slow our recovery.
+    t1 = t0 + 1.0
+    for i in range(6):
+        hello_seqno += 1
+        b.receive(t1 + i * 0.00005, "a", encode_packet([Hello(HELLO_UNICAST, hello_seqno, 5, (
+            liveness_subtlv(F_ANSWERS | F_PROBE, HELLO),))]), arrived=t1 - 0.1 + i * 0.002)
+    assert answers() == 1
 
 
 def test_one_lost_hello_is_probed_and_the_neighbour_stays_up() -> None:
