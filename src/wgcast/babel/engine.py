@@ -145,8 +145,6 @@ _NEVER = float("inf")
 ACKED_KEPT = 1024
 #: Router-ids `Node._rid` shares, at most (then it starts again).
 RIDS_KEPT = 65536
-#: Update intervals in seconds by their centiseconds (a float per route otherwise).
-_INTERVALS: dict[int, float] = {}
 
 
 class _Deadlines(dict[str, float]):
@@ -249,11 +247,10 @@ class Node:
         #: packet (None: all, a wildcard retraction); the most recent ACKED_KEPT of them.
         self._acked_retractions: dict[tuple[str, int], tuple[Prefix | None, ...]] = {}
         self._rx_round: dict[str, int] = {}
-        self._rx_filtered: dict[str, dict[Prefix, tuple[int, int]]] = {}
-        #: Of those, the prefixes no new copy can make us take (our own router-id): in
-        #: the digest, never asked for again (asking would loop: request, the same
-        #: Update, refused, asked again at every update interval).
-        self._rx_refused: dict[str, set[Prefix]] = {}
+        #: neighbour -> prefix -> (entry hash, round, ask again) of an Update our filter
+        #: dropped: in the digest; asked for again unless no copy can ever be taken (our
+        #: own router-id: asking would loop, the same Update refused at every interval).
+        self._rx_filtered: dict[str, dict[Prefix, tuple[int, int, bool]]] = {}
         self._resync_asked: dict[str, float] = {}
         self._rx_stale: dict[str, int] = {}
         #: Prefixes whose last selection was starved or saw a better route it could not
@@ -263,6 +260,9 @@ class Node:
         #: One bytes object per router-id for the routes to hold (a decoded packet makes
         #: its own): a full mesh of N holds N^3 routes. Bounded (see _on_update).
         self._rids: dict[bytes, bytes] = {}
+        #: Update intervals in seconds by their centiseconds, shared by the routes (a
+        #: float per route otherwise); at most 65536 keys.
+        self._intervals: dict[int, float] = {}
         self._hello_subs: tuple[QuietCap, ...] = (QuietCap(),) if config.quiet else ()
         #: Neighbours that get IPv4 routes as AE 1 + Next Hop (see add_neighbour).
         self._v4_next_hop: dict[str, bytes] = {}
@@ -920,7 +920,6 @@ class Node:
         self._rx_last_op.pop(nid, None)
         self._rx_round.pop(nid, None)
         self._rx_filtered.pop(nid, None)
-        self._rx_refused.pop(nid, None)
         self._resync_asked.pop(nid, None)
         self._rx_stale.pop(nid, None)
 
@@ -936,7 +935,7 @@ class Node:
                 r.dhash = entry_hash(r.prefix, r.router_id, r.seqno, r.refmetric)
                 r.dgen = r.gen
             hashes.append(r.dhash)
-        hashes += [h for h, m in filtered.values() if mark is None or m == mark]
+        hashes += [h for h, m, _ in filtered.values() if mark is None or m == mark]
         return len(hashes), digest_sum(hashes)
 
     def _on_digest(self, nb: Neighbour, msg: Digest) -> None:
@@ -996,8 +995,7 @@ class Node:
         limit, a signature not yet known): RFC 8966 neighbours send it again with their
         next periodic update; a quiet one would not."""
         out = self._out[nid]
-        refused = self._rx_refused.get(nid, ())
-        for prefix in [p for p in self._rx_filtered[nid] if p not in refused][:64]:
+        for prefix in [p for p, (_, _, again) in self._rx_filtered[nid].items() if again][:64]:
             ae, raw = prefix_to_wire(prefix)
             out.add(RouteRequest(ae, prefix.prefixlen, raw))
 
@@ -1015,7 +1013,7 @@ class Node:
         """Drop what quiet neighbour `nid` did not name in its last full update."""
         filtered = self._rx_filtered.get(nid)
         if filtered:
-            for p in [p for p, (_, m) in filtered.items() if m != mark]:
+            for p in [p for p, (_, m, _) in filtered.items() if m != mark]:
                 del filtered[p]
         for r in self.routes.routes_via(nid):
             if r.mark != mark:
@@ -1134,7 +1132,6 @@ class Node:
         self.counters["updates_in"] += 1
         if prefix is None:
             self._rx_filtered.pop(nb.id, None)
-            self._rx_refused.pop(nb.id, None)
             for p in self.routes.via(nb.id):
                 self.routes.remove(p, nb.id)
                 self._select(p)
@@ -1152,12 +1149,8 @@ class Node:
             if nb.quiet:
                 # Its digest counts what it sent, accepted or not.
                 self._rx_filtered.setdefault(nb.id, {})[prefix] = (
-                    entry_hash(prefix, rid, seqno, metric), self._rx_round.get(nb.id, 0))
-                refused = self._rx_refused.setdefault(nb.id, set())
-                if rid == self.router_id:
-                    refused.add(prefix)
-                else:
-                    refused.discard(prefix)
+                    entry_hash(prefix, rid, seqno, metric), self._rx_round.get(nb.id, 0),
+                    rid != self.router_id)
             return None
         if self._rx_filtered:
             filtered = self._rx_filtered.get(nb.id)
@@ -1172,9 +1165,9 @@ class Node:
             return None
         feasible = self.sources.feasible(prefix, rid, seqno, metric)
         if interval_cs:
-            interval = _INTERVALS.get(interval_cs)
+            interval = self._intervals.get(interval_cs)
             if interval is None:
-                interval = _INTERVALS[interval_cs] = interval_cs / 100.0
+                interval = self._intervals[interval_cs] = interval_cs / 100.0
         else:
             interval = self.config.update_interval
         expires = self._now + 3.5 * interval

@@ -6,7 +6,7 @@ neighbour heard saying it ("quiet-capable"), and only toward it:
 - Every packet of triggered Updates carries an AckReq and is resent, with the current
   announcement of its prefixes (never the stale bytes: a resend must not undo a later
   change), with exponential backoff until acknowledged; out of tries, the neighbour gets
-  a full update instead (`RequestTracker.expect_delivery`).
+  a full update instead (`RequestTracker.expect_deliveries`).
 - The periodic full update becomes a Digest TLV: the count and the sum (mod 2**64) of
   `entry_hash` over what we announced to that neighbour with a finite metric (after
   poison reverse and split horizon: the per-neighbour `TxState`). The receiver sums the
@@ -59,17 +59,10 @@ class TxState:
 
     def set(self, prefix: Prefix, h: int | None) -> None:
         """We told it `prefix` with this entry hash (None: a retraction, INFINITY)."""
-        old = self.entries.pop(prefix, None)
-        total = self.total
-        if old is not None:
-            total -= old
-        if h is not None:
-            self.entries[prefix] = h
-            total += h
-        self.total = total & _MASK
+        self.update([(prefix, h)])
 
     def update(self, told: list[tuple[Prefix, int | None]]) -> None:
-        """`set` for each (prefix, entry hash), in order."""
+        """`set` for each (prefix, entry hash), in order (one pass for a packet's worth)."""
         entries = self.entries
         total = self.total
         pop = entries.pop

@@ -162,20 +162,11 @@ class RequestTracker:
         if per:
             self.delivery_ops.difference_update(per)
 
-    def expect_delivery(self, neighbour: str, prefixes: tuple[Prefix, ...], tries: int,
-                        now: float, backoff: float) -> int:
-        """A packet of Updates about `prefixes` goes to `neighbour` with the AckReq whose
-        opaque this returns; resent `tries - 1` times at most."""
-        op = self.new_opaque()
-        self.deliveries.setdefault(neighbour, {})[op] = PendingDelivery(
-            neighbour, prefixes, tries - 1, now + backoff, backoff)
-        self.delivery_ops.add(op)
-        heapq.heappush(self.delivery_times, (now + backoff, op, neighbour))
-        return op
-
     def expect_deliveries(self, neighbour: str, groups: list[tuple[Prefix, ...]], tries: int,
                           now: float, backoff: float) -> list[int]:
-        """`expect_delivery` for each packet (its prefixes) in order: their opaques."""
+        """Packets of Updates, each about its `groups` entry of prefixes, go to
+        `neighbour` with the AckReqs whose opaques this returns (in order); each is
+        resent `tries - 1` times at most."""
         if not groups:
             return []
         per = self.deliveries.setdefault(neighbour, {})
