@@ -811,13 +811,9 @@ class Node:
             if last is None or self._now - last >= self.config.hello_interval / 4:
                 self._send_hello(nb, ihu=True)
         elif flags & F_PROBE:
-            # A probe: answer now, with an IHU: each probe, within a budget, but only one
-            # per ms while we work through a backlog (the probe waited in our socket:
-            # a stalled daemon that wakes up to a round from every neighbour says it is
-            # alive once to each, not six times).
-            behind = self._arrived is not None and self._now - self._arrived > 0.001
-            if not (behind and last is not None and self._now - last < 0.001) and \
-                    self._live.may_answer(nb.id, self._now, self.config.hello_interval):
+            # A probe: answer now, with an IHU (within the limits of Liveness.may_answer).
+            if self._live.may_answer(nb.id, self._now, self.config.hello_interval,
+                                     self._arrived):
                 self._send_hello(nb, ihu=True)
         elif changed and self._next_hello[nb.id] > self._now + self._live.tx_interval(
                 nb.id, self.config.hello_interval) and (last is None or

@@ -96,6 +96,7 @@ class PeerLiveness:
 
     __slots__ = (
         "answered",
+        "answered_at",
         "answered_since",
         "answers",
         "asked",
@@ -121,7 +122,7 @@ class PeerLiveness:
     def __init__(self) -> None:
         #: Our answers to its probes since `answered_since` (see Liveness.may_answer).
         self.answered = 0
-        self.answered_since = -_NEVER
+        self.answered_at = self.answered_since = -_NEVER
         #: It answers probes (its Hellos carry our sub-TLV).
         self.answers = False
         #: The interval at which it wants our Hellos (None: not said: the configured one).
@@ -251,20 +252,27 @@ class Liveness:
                 self._earliest = None
         return True
 
-    def may_answer(self, nid: str, now: float, window: float) -> bool:
+    def may_answer(self, nid: str, now: float, window: float,
+                   arrived: float | None = None) -> bool:
         """May we answer a probe of `nid` now? Each probe of a round gets its answer (a
         round's probes come a few ms apart, and link jitter bunches them up: a limit of
         one answer per ms dropped most, so that two lost answers made a false alarm),
         up to twice our own round's probes per `window` (a Hello interval): a flood of
-        probes gets no more answers than that."""
+        probes gets no more answers than that. But a probe that waited in our socket
+        (`arrived` over a ms before `now`: we were stalled) gets one answer per ms: a
+        daemon waking up to a round from every neighbour says once to each that it is
+        alive, not six times."""
         p = self.peers.get(nid)
         if p is None:
+            return False
+        if arrived is not None and now - arrived > 0.001 and now - p.answered_at < 0.001:
             return False
         if now - p.answered_since >= window:
             p.answered_since, p.answered = now, 0
         if p.answered >= 2 * self.params.probes:
             return False
         p.answered += 1
+        p.answered_at = now
         return True
 
     def kept_until(self, nid: str, dead: int) -> float:
